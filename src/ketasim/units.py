@@ -15,6 +15,7 @@ Ketamine doses are base unless the user states a salt (``salt="hcl"``): 1 mg ket
 from __future__ import annotations
 
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ def ureg() -> pint.UnitRegistry:
     return reg
 
 
-_MASS_UNITS = {"mg", "g", "µg", "ug", "mcg", "microgram", "milligram", "gram", "kg"}
+_MASS_UNITS = {"mg", "g", "ug", "mcg", "microgram", "milligram", "gram"}
 DOSE_UNITS_ALLOWED = "mg, g, µg, mg/kg, µg/kg"
 TIME_UNITS_ALLOWED = "s, min, h, d, week"
 CONC_UNITS_ALLOWED = "ng/mL, µg/L, mg/L, µM, nM"
@@ -88,8 +89,9 @@ def parse_dose(text: str | float, salt: str | None = None, field: str = "dose") 
         value, unit = _split_number_unit(str(text), field, DOSE_UNITS_ALLOWED)
         if not unit:
             raise KetasimError(field, f"{text!r} has no unit", DOSE_UNITS_ALLOWED)
-    if not value > 0:
-        raise KetasimError(field, f"must be greater than zero, got {value:g}", "> 0")
+    if not math.isfinite(value) or not value > 0:
+        raise KetasimError(field, f"must be a finite amount greater than zero, got {value:g}",
+                           "> 0")
     per_kg = False
     u = unit.replace(" ", "").lower()
     if u.endswith("/kg"):
@@ -128,6 +130,8 @@ def parse_duration(text: str | float, field: str = "duration", allow_zero: bool 
     if key not in _TIME_ALIASES:
         raise KetasimError(field, f"unknown time unit {unit!r}", TIME_UNITS_ALLOWED)
     hours = ureg().Quantity(value, _TIME_ALIASES[key]).to("hour").magnitude
+    if not math.isfinite(hours):
+        raise KetasimError(field, f"must be finite, got {text!r}", "a finite time")
     if hours < 0 or (hours == 0 and not allow_zero):
         raise KetasimError(field, f"must be {'≥' if allow_zero else '>'} 0, got {text!r}",
                            ">= 0" if allow_zero else "> 0")

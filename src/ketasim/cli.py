@@ -1,0 +1,335 @@
+"""Command-line shell over the library (typer + rich). Errors: one line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import KetasimError
+
+# typer vendors click in recent releases; find its exception base without importing privates
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+DISCLAIMER = "ketasim is a research tool, not medical advice."
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help=f"Simulate ketamine for depression, from dose to mood. {DISCLAIMER}")
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                        help="Benchmarks (scripts that print numbers).")
+app.add_typer(bench_app, name="bench")
+out = Console(soft_wrap=True)
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _parse_times(text: str, field: str) -> np.ndarray:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise KetasimError(field, f"cannot read {text!r} as comma-separated numbers") from exc
+    t = np.asarray(vals, dtype=float)
+    if t.size == 0:
+        raise KetasimError(field, "need at least one time")
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise KetasimError(field, "times must be finite and ≥ 0")
+    if np.any(np.diff(t) <= 0):
+        raise KetasimError(field, "times must be strictly increasing")
+    return t
+
+
+def _default_times_h(regimen) -> np.ndarray:
+    end = regimen.end_h
+    fine = np.arange(5, 4 * 60 + 1, 5) / 60.0
+    coarse = np.arange(5.0, end + 24.0 + 1e-9, 1.0)
+    doses = np.concatenate([d.time_h + fine for d in regimen])
+    return np.unique(np.round(np.concatenate([fine, coarse, doses]), 9))
+
+
+@app.command()
+def pk(
+    drug: Annotated[str, typer.Option(help="ketamine | esketamine")] = "ketamine",
+    model: Annotated[str | None, typer.Option(help="PK model id (see `ketasim models`)")] = None,
+    route: Annotated[str, typer.Option(help="iv-bolus, iv-infusion, intranasal, oral, im, sc, "
+                                            "sublingual, rectal")] = "iv-infusion",
+    dose: Annotated[str, typer.Option(help="e.g. '0.5 mg/kg', '56 mg' (base)")] = "0.5 mg/kg",
+    duration: Annotated[str | None, typer.Option(help="IV infusion duration, e.g. '40 min'")]
+    = None,
+    schedule: Annotated[str | None, typer.Option(help="e.g. 'every 3.5 d x 8', "
+                                                      "'twice weekly for 4 weeks'")] = None,
+    salt: Annotated[str | None, typer.Option(help="'hcl' if the dose is ketamine HCl")] = None,
+    weight: Annotated[float, typer.Option(help="body weight, kg (0.5–300)")] = 70.0,
+    age: Annotated[float, typer.Option(help="age, years")] = 40.0,
+    sex: Annotated[str, typer.Option(help="male | female")] = "male",
+    race: Annotated[str, typer.Option(help="caucasian, black, asian, japanese, other")]
+    = "caucasian",
+    times_min: Annotated[str | None, typer.Option(help="output times, min, comma-separated")]
+    = None,
+    times_h: Annotated[str | None, typer.Option(help="output times, h, comma-separated")] = None,
+    regimen_csv: Annotated[str | None, typer.Option(help="read the regimen from a NONMEM-style "
+                                                         "event table (CSV)")] = None,
+    event_table: Annotated[str | None, typer.Option(help="write the regimen as a NONMEM-style "
+                                                         "event table (CSV) to this file")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    plot: Annotated[str | None, typer.Option(help="save a figure (PNG) to this file")] = None,
+    csv: Annotated[str | None, typer.Option(help="save the concentration table (CSV)")] = None,
+) -> None:
+    """Plasma, metabolite and effect-site concentrations for one patient and one regimen."""
+    from .pk import Covariates, resolve_model, simulate_pk
+    from .regimen import Regimen, normalise_route
+
+    if regimen_csv:
+        regimen = Regimen.from_event_table(_read_csv(regimen_csv, "regimen-csv"))
+    else:
+        r = normalise_route(route)
+        if r == "iv-infusion" and duration is None:
+            duration = "40 min"
+        regimen = Regimen.build(r, dose, duration=duration, schedule=schedule, salt=salt)
+    cov = Covariates(weight_kg=weight, age_years=age, sex=sex, race=race)
+    if times_min and times_h:
+        raise KetasimError("times-min", "give --times-min or --times-h, not both")
+    if times_min:
+        t = _parse_times(times_min, "times-min") / 60.0
+    elif times_h:
+        t = _parse_times(times_h, "times-h")
+    else:
+        t = _default_times_h(regimen)
+    card = resolve_model(drug, model, regimen.routes)
+    res = simulate_pk(regimen, t, drug=drug, model=card.id, covariates=cov)
+    if event_table:
+        from .pk.model import assemble
+
+        system = assemble(card, cov, routes=regimen.routes)
+        cmt = {rt: system.index(card.routes[rt].inputs[0].to) + 1 for rt in regimen.routes}
+        _write(event_table, regimen.to_event_table(weight, cmt).to_csv(index=False),
+               "event-table")
+    s = {k: v[0] for k, v in res.summary.items()}
+    payload = {
+        "time_min": (res.time_h * 60.0).tolist(),
+        "plasma_ng_per_ml": res.plasma_ng_per_ml[res.parent][0].tolist(),
+        "cmax_ng_per_ml": s["cmax_ng_per_ml"],
+        "tmax_min": round(float(s["tmax_h"]) * 60.0, 6),
+        "auc_ng_h_per_ml": s["auc_0_inf_ng_h_per_ml"],
+        "auc_0_24_ng_h_per_ml": s["auc_0_24_ng_h_per_ml"],
+        "auc_0_last_ng_h_per_ml": s["auc_0_last_ng_h_per_ml"],
+        "t_half_terminal_h": s["t_half_terminal_h"],
+        "anaesthetic_range": bool(s.get("anaesthetic_range", False)),
+    }
+    for sp, c in res.plasma_ng_per_ml.items():
+        if sp != res.parent:
+            payload[f"{sp}_plasma_ng_per_ml"] = c[0].tolist()
+            payload[f"{sp}_cmax_ng_per_ml"] = s[f"{sp}_cmax_ng_per_ml"]
+    for sp, c in res.effect_ng_per_ml.items():
+        payload["effect_site_ng_per_ml"] = c[0].tolist()
+    payload.update({
+        "drug": drug, "model": card.id, "sampling": card.sampling, "route": list(regimen.routes),
+        "n_doses": len(regimen), "dose_total_mg": regimen.total_mg(weight),
+        "weight_kg": weight, "warnings": res.warnings,
+        "auc_definition": "auc_ng_h_per_ml is AUC from 0 to infinity (all doses), exact",
+        "metadata": {k: v for k, v in res.metadata.items()
+                     if k not in ("dosed_mg", "presystemic_mg")},
+        "disclaimer": DISCLAIMER,
+    })
+    if csv:
+        _write(csv, res.to_frame().drop(columns="patient").to_csv(index=False), "csv")
+    if plot:
+        from .report import plot_pk
+
+        plot_pk(res, plot)
+    if as_json:
+        print(json.dumps(_jsonable(payload)))
+        return
+    table = Table(title=f"{drug} · {card.id} · {', '.join(regimen.routes)} · {weight:g} kg")
+    table.add_column("time (min)", justify="right")
+    table.add_column(f"{res.parent} plasma (ng/mL)", justify="right")
+    for sp in res.plasma_ng_per_ml:
+        if sp != res.parent:
+            table.add_column(f"{sp} (ng/mL)", justify="right")
+    if res.effect_ng_per_ml:
+        table.add_column("effect site (ng/mL)", justify="right")
+    for i, ti in enumerate(res.time_h):
+        row = [f"{ti * 60:.0f}", f"{res.plasma_ng_per_ml[res.parent][0, i]:.1f}"]
+        row += [f"{c[0, i]:.1f}" for sp, c in res.plasma_ng_per_ml.items() if sp != res.parent]
+        row += [f"{c[0, i]:.1f}" for c in res.effect_ng_per_ml.values()]
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"Cmax {payload['cmax_ng_per_ml']:.1f} ng/mL at {payload['tmax_min']:.0f} min · "
+              f"AUC0–∞ {payload['auc_ng_h_per_ml']:.0f} ng·h/mL · "
+              f"AUC0–24 {payload['auc_0_24_ng_h_per_ml']:.0f} ng·h/mL · "
+              f"terminal t½ {payload['t_half_terminal_h']:.1f} h")
+    for w in res.warnings:
+        out.print(f"[yellow]warning:[/] {w}")
+    out.print(f"[dim]{DISCLAIMER}[/]")
+
+
+def _read_csv(path: str, field: str):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError as exc:
+        raise KetasimError(field, f"file not found: {path}") from exc
+    except Exception as exc:  # pandas parser errors
+        raise KetasimError(field, f"cannot read {path} as CSV: {exc.__class__.__name__}") from exc
+
+
+def _write(path: str, text: str, field: str) -> None:
+    """Write atomically: a failed write leaves any existing file untouched."""
+    import os
+    import tempfile
+
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise KetasimError(field, f"folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ketasim-")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        os.unlink(tmp) if os.path.exists(tmp) else None
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror}") from exc
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List the PK models with their sources, routes and studied populations."""
+    from .cards import load_pk_cards
+
+    rows = []
+    for c in load_pk_cards().values():
+        rows.append({"id": c.id, "drug": c.drug, "title": c.title, "routes": list(c.routes),
+                     "sampling": c.sampling, "default": bool(c.default_for),
+                     "age_years": list(c.population.age_years),
+                     "weight_kg": list(c.population.weight_kg),
+                     "range_evidence": c.population.range_evidence,
+                     "citation": c.citation, "pmid": c.pmid, "doi": c.doi,
+                     "transcription": c.transcription})
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table(title="PK models (ketasim models --json for everything)")
+    for col in ("id", "drug", "title", "routes", "sampling", "population", "PMID / DOI"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        pop = f"{r['age_years'][0]:g}–{r['age_years'][1]:g} y, {r['weight_kg'][0]:g}–" \
+              f"{r['weight_kg'][1]:g} kg" + (" (assumed)" if r["range_evidence"] == "assumed"
+                                               else "")
+        src = " ".join(x for x in (r["pmid"] and f"PMID {r['pmid']}",
+                                   r["doi"] and f"doi {r['doi']}") if x)
+        t.add_row(r["id"] + (" (default)" if r["default"] else ""), r["drug"], r["title"],
+                  ", ".join(r["routes"]), r["sampling"], pop, src)
+    out.print(t)
+
+
+@app.command()
+def run(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """The main job on built-in defaults: PK summary of the standard antidepressant regimens."""
+    from .pk import simulate_pk
+    from .regimen import Regimen
+
+    cases = [
+        ("ketamine", None, Regimen.build("iv-infusion", "0.5 mg/kg", "40 min",
+                                         schedule="twice weekly for 4 weeks"),
+         "0.5 mg/kg IV over 40 min, twice weekly × 4 weeks"),
+        ("esketamine", None, Regimen.build("intranasal", "56 mg",
+                                           schedule="twice weekly for 4 weeks"),
+         "esketamine 56 mg intranasal, twice weekly × 4 weeks"),
+    ]
+    results = []
+    for drug, model, reg, label in cases:
+        t = np.array([40 / 60, 2.0, 4.0, 24.0, 84.0 + 40 / 60, 588.0 + 40 / 60, 672.0])
+        res = simulate_pk(reg, t, drug=drug, model=model)
+        s = {k: float(v[0]) for k, v in res.summary.items()}
+        results.append({"regimen": label, "drug": drug, "model": res.card.id,
+                        "time_h": t.tolist(),
+                        "plasma_ng_per_ml": res.plasma_ng_per_ml[res.parent][0].tolist(),
+                        **s, "metadata": {k: v for k, v in res.metadata.items()
+                                          if k not in ("dosed_mg", "presystemic_mg")}})
+    if as_json:
+        print(json.dumps(_jsonable(results)))
+        return
+    out.print(f"[bold]ketasim {__version__}[/] — PK summary for the default regimens "
+              "(70 kg adult). The mood model is not built yet.")
+    for r in results:
+        t = Table(title=f"{r['regimen']} · model {r['model']}")
+        for col in ("time (h)", "plasma (ng/mL)"):
+            t.add_column(col, justify="right")
+        for ti, c in zip(r["time_h"], r["plasma_ng_per_ml"], strict=True):
+            t.add_row(f"{ti:.2f}", f"{c:.1f}")
+        out.print(t)
+        out.print(f"Cmax {r['cmax_ng_per_ml']:.1f} ng/mL · AUC0–24 "
+                  f"{r['auc_0_24_ng_h_per_ml']:.0f} ng·h/mL · AUC0–∞ (all doses) "
+                  f"{r['auc_0_inf_ng_h_per_ml']:.0f} ng·h/mL · terminal t½ "
+                  f"{r['t_half_terminal_h']:.1f} h")
+    out.print(f"[dim]{DISCLAIMER}[/]")
+
+
+@bench_app.command("pk")
+def bench_pk(
+    n: Annotated[int, typer.Option(help="number of virtual patients")] = 100_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """µs per patient for N virtual patients on a 28-day, 8-dose IV regimen."""
+    from .bench import run_pk_bench
+
+    if n < 1 or n > 10_000_000:
+        raise KetasimError("n", f"must be 1..10,000,000, got {n}")
+    r = run_pk_bench(n_patients=n, seed=seed)
+    if as_json:
+        print(json.dumps(_jsonable(r)))
+        return
+    for k, v in r.items():
+        out.print(f"{k}: {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps ketasim and usage errors to one line on stderr and exit code 2."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="ketasim")
+    try:
+        app(args=argv, standalone_mode=False, prog_name="ketasim")
+    except KetasimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 2
+    except _ClickException as exc:
+        msg = exc.format_message().replace("\n", " ").strip()
+        if msg:
+            print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
