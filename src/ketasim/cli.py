@@ -86,6 +86,8 @@ def pk(
                                                          "event table (CSV)")] = None,
     event_table: Annotated[str | None, typer.Option(help="write the regimen as a NONMEM-style "
                                                          "event table (CSV) to this file")] = None,
+    enantiomers: Annotated[bool, typer.Option(help="also report S- and R-ketamine (racemic "
+                                                   "models)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     plot: Annotated[str | None, typer.Option(help="save a figure (PNG) to this file")] = None,
     csv: Annotated[str | None, typer.Option(help="save the concentration table (CSV)")] = None,
@@ -111,7 +113,8 @@ def pk(
     else:
         t = _default_times_h(regimen)
     card = resolve_model(drug, model, regimen.routes)
-    res = simulate_pk(regimen, t, drug=drug, model=card.id, covariates=cov)
+    res = simulate_pk(regimen, t, drug=drug, model=card.id, covariates=cov,
+                      enantiomers=enantiomers)
     if event_table:
         from .pk.model import assemble
 

@@ -200,6 +200,10 @@ class Regimen:
             if not amt > 0:
                 raise KetasimError(f"event table row {i + 1} AMT", "a dose needs an amount > 0")
             rate = float(rec.get("RATE", 0.0) or 0.0)
+            if rate < 0:
+                raise KetasimError(f"event table row {i + 1} RATE",
+                                   "modelled rate/duration (RATE < 0) is not supported",
+                                   "0 (bolus or absorption) or > 0 mg/h (infusion)")
             route = rec.get("ROUTE")
             if not isinstance(route, str) or not route:
                 cmt = int(rec.get("CMT", 1) or 1)
@@ -207,6 +211,8 @@ class Regimen:
                                                           "iv-bolus")
             n_addl = int(rec.get("ADDL", 0) or 0)
             ii = float(rec.get("II", 0.0) or 0.0)
+            if n_addl < 0:
+                raise KetasimError(f"event table row {i + 1} ADDL", "must be ≥ 0", ">= 0")
             if n_addl > 0 and not ii > 0:
                 raise KetasimError(f"event table row {i + 1} II", "ADDL > 0 needs II > 0")
             for k in range(n_addl + 1):

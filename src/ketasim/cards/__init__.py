@@ -110,6 +110,15 @@ class NasalDevices(BaseModel):
     device_mg: str
 
 
+class Enantiomers(BaseModel):
+    """Racemate split: each enantiomer gets half the dose and its own elimination factor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    elimination_parameter: str | None = None
+    s_factor: str
+    r_factor: str
+
+
 class Population(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str
@@ -142,6 +151,7 @@ class PKCard(BaseModel):
     effect_site: EffectSite | None = None
     covariates: list[Covariate] = Field(default_factory=list)
     nasal_devices: NasalDevices | None = None
+    enantiomers: Enantiomers | None = None
     default_for: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -183,6 +193,10 @@ class PKCard(BaseModel):
             need(cv.factor, "covariate factor")
         if self.effect_site:
             need(self.effect_site.ke0, "effect site")
+        if self.enantiomers:
+            need(self.enantiomers.elimination_parameter, "enantiomers")
+            need(self.enantiomers.s_factor, "enantiomers")
+            need(self.enantiomers.r_factor, "enantiomers")
         return self
 
     @property
@@ -271,6 +285,8 @@ def _merge_parts(data: dict, name: str) -> dict:
                 splits.extend(value)
             elif key in ("effect_site", "nasal_devices"):
                 data.setdefault(key, value)
+            elif key == "enantiomers":
+                data["enantiomers"] = {**value, **data.get("enantiomers", {})}
             elif key not in ("id", "description"):
                 raise CardError(f"part {part_name}", f"unknown key {key!r}")
     for sp in splits:

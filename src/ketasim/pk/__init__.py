@@ -92,7 +92,8 @@ def terminal_half_life_h(system: PKSystem, species: str) -> np.ndarray:
 
 def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | None = None,
                 covariates: Covariates | None = None, iiv: dict | None = None,
-                amounts: bool = True, reference: bool = False) -> PKResult:
+                amounts: bool = True, reference: bool = False,
+                enantiomers: bool = False) -> PKResult:
     """Simulate plasma (and effect-site) concentrations for a regimen.
 
     ``times_h``: output times (h after the first dose, strictly increasing). ``covariates``:
@@ -146,6 +147,22 @@ def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | 
             c = sol_dense.plasma_mg_per_l(sp) * 1000.0
             summary[f"{sp}_cmax_ng_per_ml"] = c.max(axis=1)
             summary[f"{sp}_auc_0_24_ng_h_per_ml"] = sol_dense.integral(f"auc_{sp}")[:, i24] * 1000
+    if enantiomers:
+        if card.enantiomers is None or card.enantiomers.elimination_parameter is None:
+            raise KetasimError("enantiomers", f"model {card.id} has no enantiomer split",
+                               "racemic ketamine models")
+        en = card.enantiomers
+        for label, fac in (("s-ketamine", en.s_factor), ("r-ketamine", en.r_factor)):
+            mult = dict(iiv or {})
+            p = en.elimination_parameter
+            mult[p] = np.asarray(mult.get(p, 1.0)) * system.params[fac]
+            sys_e = assemble(card, cov, routes=regimen.routes, iiv=mult)
+            sol_e = solver(sys_e, regimen, dense, w)
+            c = 0.5 * sol_e.plasma_mg_per_l(parent) * 1000.0  # half the racemic dose
+            plasma[label] = c[:, pos]
+            summary[f"{label}_cmax_ng_per_ml"] = c.max(axis=1)
+            summary[f"{label}_auc_0_24_ng_h_per_ml"] = (
+                0.5 * sol_e.integral(f"auc_{parent}")[:, i24] * 1000.0)
     drug_card = load_drug(card.drug)
     msgs = list(range_msgs)
     band = drug_card.bands.get("anaesthetic_ng_per_ml")

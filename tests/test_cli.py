@@ -1,0 +1,146 @@
+"""CLI contract: JSON keys, exit codes and one-line errors (run in-process through main())."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ketasim.cli import main
+
+KAMP = ["pk", "--drug", "ketamine", "--model", "kamp2020", "--route", "iv-infusion", "--dose",
+        "0.5 mg/kg", "--duration", "40 min", "--weight", "70", "--times-min", "5,10,20,40",
+        "--json"]
+
+
+def run(capsys, args):
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_pk_json_contract(capsys):
+    rc, out, err = run(capsys, KAMP)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["time_min"] == [5.0, 10.0, 20.0, 40.0]
+    assert len(d["plasma_ng_per_ml"]) == 4
+    for key in ("cmax_ng_per_ml", "tmax_min", "auc_ng_h_per_ml"):
+        assert isinstance(d[key], float)
+    # the infusion peak is at its end; concentrations rise during the infusion
+    assert d["tmax_min"] == pytest.approx(40.0, abs=1e-3)
+    assert all(b > a for a, b in zip(d["plasma_ng_per_ml"], d["plasma_ng_per_ml"][1:]))
+    # AUC 0-inf of a linear model with elimination from the sampled compartment = dose / CL
+    assert d["auc_ng_h_per_ml"] == pytest.approx(35.0 / 84.0 * 1000.0, rel=1e-9)
+    assert d["metadata"]["model"] == "kamp2020"
+    assert d["anaesthetic_range"] is False
+
+
+def test_pk_esketamine_intranasal(capsys):
+    rc, out, err = run(capsys, ["pk", "--drug", "esketamine", "--model", "perez-ruixo-2021",
+                                "--route", "intranasal", "--dose", "56 mg", "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert 10.0 < d["tmax_min"] < 90.0
+    assert "noresketamine_plasma_ng_per_ml" in d
+
+
+@pytest.mark.parametrize("route", ["iv-bolus", "iv-infusion", "intranasal", "oral", "im", "sc",
+                                   "sublingual", "rectal"])
+def test_every_racemic_route(capsys, route):
+    rc, out, err = run(capsys, ["pk", "--route", route, "--dose", "0.5 mg/kg", "--times-h",
+                                "0.5,1,2,4", "--json"])
+    assert rc == 0, err
+    assert max(json.loads(out)["plasma_ng_per_ml"]) > 0
+
+
+def test_anaesthetic_flag(capsys):
+    rc, out, _ = run(capsys, ["pk", "--model", "kamp2020", "--route", "iv-bolus", "--dose", "2 mg/kg",
+                              "--times-min",
+                              "1,5", "--json"])
+    d = json.loads(out)
+    assert rc == 0 and d["anaesthetic_range"] is True
+    assert any("anaesthetic" in w for w in d["warnings"])
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--dose", "-1 mg"], "dose"),
+    (["--dose", "0 mg/kg"], "dose"),
+    (["--dose", "5 furlongs"], "dose"),
+    (["--dose", "5 kg"], "dose"),
+    (["--duration", "40 parsecs"], "duration"),
+    (["--model", "nope"], "model"),
+    (["--route", "teleport"], "route"),
+    (["--drug", "esketamine", "--route", "im"], "route"),
+    (["--weight", "0.1"], "weight"),
+    (["--weight", "301"], "weight"),
+    (["--times-min", "5,5,10"], "times-min"),
+    (["--times-min", "10,5"], "times-min"),
+    (["--times-min", "a,b"], "times-min"),
+    (["--schedule", "now and then"], "schedule"),
+    (["--salt", "sulfate"], "salt"),
+    (["--weight", "abc"], "--weight"),
+])
+def test_bad_input_one_line_exit_2(capsys, args, field):
+    rc, out, err = run(capsys, ["pk", *args])
+    assert rc == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:") and field in lines[0]
+    assert "Traceback" not in err
+
+
+def test_failed_write_keeps_existing_file(capsys, tmp_path):
+    target = tmp_path / "conc.csv"
+    target.write_text("precious")
+    rc, _, err = run(capsys, [*KAMP[:-1], "--weight", "999", "--csv", str(target)])
+    assert rc == 2
+    assert target.read_text() == "precious"
+
+
+def test_event_table_round_trip(capsys, tmp_path):
+    table = tmp_path / "doses.csv"
+    rc, out1, err = run(capsys, ["pk", "--dose", "0.5 mg/kg", "--duration", "40 min",
+                                 "--schedule", "every 3.5 d x 8", "--times-h", "1,200",
+                                 "--event-table", str(table), "--json"])
+    assert rc == 0, err
+    assert "ADDL" in table.read_text()
+    rc, out2, err = run(capsys, ["pk", "--regimen-csv", str(table), "--times-h", "1,200",
+                                 "--json"])
+    assert rc == 0, err
+    a, b = json.loads(out1), json.loads(out2)
+    assert b["n_doses"] == 8
+    assert b["plasma_ng_per_ml"] == pytest.approx(a["plasma_ng_per_ml"], rel=1e-12)
+
+
+def test_models_lists_sources(capsys):
+    rc, out, _ = run(capsys, ["models", "--json"])
+    rows = json.loads(out)
+    assert rc == 0
+    ids = {r["id"] for r in rows}
+    assert {"kamp2020", "domino", "clements1981", "hijazi2003", "herd2007", "hornik2018",
+            "perez-ruixo-2021"} <= ids
+    assert all(r["pmid"] or r["doi"] for r in rows)
+
+
+def test_run_main_job(capsys):
+    rc, out, err = run(capsys, ["run", "--json"])
+    assert rc == 0, err
+    res = json.loads(out)
+    assert {r["drug"] for r in res} == {"ketamine", "esketamine"}
+    assert all(r["cmax_ng_per_ml"] > 0 for r in res)
+
+
+def test_enantiomers_add_up_to_racemate(capsys):
+    rc, out, err = run(capsys, ["pk", "--times-min", "20,40,120,600", "--enantiomers", "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    s, r, total = (d["s-ketamine_plasma_ng_per_ml"], d["r-ketamine_plasma_ng_per_ml"],
+                   d["plasma_ng_per_ml"])
+    # S is cleared faster than R, so after the infusion S < R; together they track the racemate
+    assert s[-1] < r[-1]
+    for a, b, t in zip(s, r, total, strict=True):
+        assert a + b == pytest.approx(t, rel=0.02)
+    rc, _, err = run(capsys, ["pk", "--drug", "esketamine", "--route", "intranasal", "--dose",
+                              "56 mg", "--enantiomers"])
+    assert rc == 2 and "enantiomers" in err
