@@ -110,7 +110,8 @@ def test_non_positive_dose_rejected(text):
     assert "greater than zero" in str(exc.value)
 
 
-@pytest.mark.parametrize("text", ["5 furlongs", "5 mL", "5 mg/h", "5 mol", "5 mg/lb"])
+@pytest.mark.parametrize("text", ["5 furlongs", "5 mL", "5 mg/h", "5 mol", "5 mg/lb", "5 kg",
+                                  "0.5 mg/kg/h"])
 def test_unknown_dose_unit_rejected(text):
     with pytest.raises(KetasimError) as exc:
         parse_dose(text)

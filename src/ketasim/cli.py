@@ -138,7 +138,7 @@ def pk(
         if sp != res.parent:
             payload[f"{sp}_plasma_ng_per_ml"] = c[0].tolist()
             payload[f"{sp}_cmax_ng_per_ml"] = s[f"{sp}_cmax_ng_per_ml"]
-    for sp, c in res.effect_ng_per_ml.items():
+    for c in res.effect_ng_per_ml.values():
         payload["effect_site_ng_per_ml"] = c[0].tolist()
     payload.update({
         "drug": drug, "model": card.id, "sampling": card.sampling, "route": list(regimen.routes),

@@ -199,20 +199,22 @@ class Regimen:
             amt = float(rec["AMT"])
             if not amt > 0:
                 raise KetasimError(f"event table row {i + 1} AMT", "a dose needs an amount > 0")
-            rate = float(rec.get("RATE", 0.0) or 0.0)
+            rate = _cell(rec, "RATE", 0.0)
             if rate < 0:
                 raise KetasimError(f"event table row {i + 1} RATE",
                                    "modelled rate/duration (RATE < 0) is not supported",
                                    "0 (bolus or absorption) or > 0 mg/h (infusion)")
             route = rec.get("ROUTE")
             if not isinstance(route, str) or not route:
-                cmt = int(rec.get("CMT", 1) or 1)
+                cmt = int(_cell(rec, "CMT", 1.0))
                 route = (route_of_cmt or {}).get(cmt) or ("iv-infusion" if rate > 0 else
                                                           "iv-bolus")
-            n_addl = int(rec.get("ADDL", 0) or 0)
-            ii = float(rec.get("II", 0.0) or 0.0)
-            if n_addl < 0:
-                raise KetasimError(f"event table row {i + 1} ADDL", "must be ≥ 0", ">= 0")
+            addl = _cell(rec, "ADDL", 0.0)
+            ii = _cell(rec, "II", 0.0)
+            if not (0 <= addl < 10000 and addl == int(addl)):
+                raise KetasimError(f"event table row {i + 1} ADDL",
+                                   f"must be a whole number 0..9999, got {addl:g}", "0..9999")
+            n_addl = int(addl)
             if n_addl > 0 and not ii > 0:
                 raise KetasimError(f"event table row {i + 1} II", "ADDL > 0 needs II > 0")
             for k in range(n_addl + 1):
@@ -225,6 +227,18 @@ class Regimen:
         if not doses:
             raise KetasimError("event table", "no dosing records (EVID 1)")
         return cls(tuple(doses))
+
+
+def _cell(rec: dict, key: str, default: float) -> float:
+    """A numeric event-table cell; a missing column or an empty (NaN) cell gives ``default``."""
+    v = rec.get(key)
+    if v is None:
+        return default
+    try:
+        x = float(v)
+    except (TypeError, ValueError) as exc:
+        raise KetasimError(f"event table {key}", f"not a number: {v!r}") from exc
+    return default if np.isnan(x) else x
 
 
 def _compress(rows: list[dict]) -> list[dict]:
@@ -265,7 +279,8 @@ def parse_schedule(text: str | None) -> list[float]:
     s = re.sub(r"\s+", " ", s)
     m = re.fullmatch(r"at (.+)", s)
     if m:
-        times = [parse_duration(p, field="schedule", allow_zero=True) for p in m.group(1).split(",")]
+        times = [parse_duration(p, field="schedule", allow_zero=True)
+                 for p in m.group(1).split(",")]
         if any(b <= a for a, b in zip(times, times[1:], strict=False)):
             raise KetasimError("schedule", "times after 'at' must be increasing")
         return times

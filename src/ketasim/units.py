@@ -184,7 +184,8 @@ def quantity_to_base(value: float, units: str, field: str) -> tuple[float, int]:
     dim = q.dimensionality
     targets = [("liter", {"[length]": 3}), ("liter/hour", {"[length]": 3, "[time]": -1}),
                ("1/hour", {"[time]": -1}), ("hour", {"[time]": 1}), ("mg", {"[mass]": 1}),
-               ("mg/L", {"[mass]": 1, "[length]": -3}), ("L/hour/year", {"[length]": 3, "[time]": -2})]
+               ("mg/L", {"[mass]": 1, "[length]": -3}),
+               ("L/hour/year", {"[length]": 3, "[time]": -2})]
     for target, want in targets:
         if dict(dim) == want:
             if target == "L/hour/year":

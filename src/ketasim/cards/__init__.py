@@ -193,6 +193,12 @@ class PKCard(BaseModel):
             need(cv.factor, "covariate factor")
         if self.effect_site:
             need(self.effect_site.ke0, "effect site")
+            if self.effect_site.of not in names:
+                raise ValueError(f"effect site of unknown compartment {self.effect_site.of!r}")
+        if self.nasal_devices:
+            nd = self.nasal_devices
+            for pname in (nd.base, nd.later_device_factor, nd.device_mg):
+                need(pname, "nasal_devices")
         if self.enantiomers:
             need(self.enantiomers.elimination_parameter, "enantiomers")
             need(self.enantiomers.s_factor, "enantiomers")
@@ -302,7 +308,7 @@ def _merge_parts(data: dict, name: str) -> dict:
     return data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_pk_cards() -> dict[str, PKCard]:
     """All PK model cards, by id."""
     cards = {}
@@ -314,7 +320,7 @@ def load_pk_cards() -> dict[str, PKCard]:
     return cards
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_drugs() -> dict[str, DrugCard]:
     cards = {}
     for p in _card_files("drugs"):

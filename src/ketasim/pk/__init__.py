@@ -118,7 +118,11 @@ def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | 
     n = system.n
     w = np.broadcast_to(cov.weight_kg, (n,))
     solver = solve_reference if reference else solve
-    horizon = max(float(t_out[-1]), regimen.end_h)
+    from .solve import compile_schedule
+
+    sched = compile_schedule(system, regimen, w)
+    input_end = max([regimen.end_h, *[inf[1] for inf in sched.infusions]])
+    horizon = max(float(t_out[-1]), input_end)  # AUC tail is exact only after the last input
     dense = _dense_grid(regimen, np.union1d(t_out, [horizon, 24.0]))
     sol_dense: Solution = solver(system, regimen, dense, w)
     pos = np.searchsorted(dense, np.round(t_out, 9))

@@ -60,7 +60,7 @@ from .solve import _TIME_DECIMALS, check_times, compile_schedule
 
 __all__ = ["FastResult", "solve_batch", "take_patients", "CHUNK"]
 
-CHUNK = 32  # patients per SIMD chunk (patient index innermost in the work arrays)
+CHUNK = 16  # patients per SIMD chunk (patient index innermost in the work arrays)
 
 _THETA7 = 0.9504178996162932  # Higham 2005: degree-7 Padé backward error ≤ 2^-53 below this
 _PADE7 = (17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0)
@@ -82,24 +82,24 @@ class FastResult(NamedTuple):
 
 # --------------------------------------------------------------------------- compiled kernels
 @numba.njit(cache=True, inline="always")
-def _matmul(A, B, out, m, cw):
+def _matmul(A, B, out, m):
     for i in range(m):
         for j in range(m):
-            for c in range(cw):
+            for c in range(CHUNK):
                 out[i, j, c] = 0.0
             for k in range(m):
-                for c in range(cw):
+                for c in range(CHUNK):
                     out[i, j, c] += A[i, k, c] * B[k, j, c]
 
 
 @numba.njit(cache=True)
-def _expm_chunk(M, h, E, cw):
-    """E[:, :, c] = exp(M[:, :, c]·h) for c < cw: Padé(7) with scaling and squaring."""
+def _expm_chunk(M, h, E):
+    """E[:, :, c] = exp(M[:, :, c]·h) for every lane c: Padé(7) with scaling and squaring."""
     m = M.shape[0]
     C = M.shape[2]
     # scaling: one s for the chunk, the largest any patient needs
     nrm = 0.0
-    for c in range(cw):
+    for c in range(CHUNK):
         for i in range(m):
             r = 0.0
             for j in range(m):
@@ -115,118 +115,131 @@ def _expm_chunk(M, h, E, cw):
     A = np.empty((m, m, C))
     for i in range(m):
         for j in range(m):
-            for c in range(cw):
+            for c in range(CHUNK):
                 A[i, j, c] = M[i, j, c] * f
     A2 = np.empty((m, m, C))
     A4 = np.empty((m, m, C))
     A6 = np.empty((m, m, C))
-    _matmul(A, A, A2, m, cw)
-    _matmul(A2, A2, A4, m, cw)
-    _matmul(A4, A2, A6, m, cw)
+    _matmul(A, A, A2, m)
+    _matmul(A2, A2, A4, m)
+    _matmul(A4, A2, A6, m)
     b0, b1, b2, b3, b4, b5, b6, b7 = _PADE7
     W = np.empty((m, m, C))
     V = np.empty((m, m, C))
     for i in range(m):
         for j in range(m):
             d = 1.0 if i == j else 0.0
-            for c in range(cw):
+            for c in range(CHUNK):
                 W[i, j, c] = b7 * A6[i, j, c] + b5 * A4[i, j, c] + b3 * A2[i, j, c] + b1 * d
                 V[i, j, c] = b6 * A6[i, j, c] + b4 * A4[i, j, c] + b2 * A2[i, j, c] + b0 * d
     U = A2  # reuse
-    _matmul(A, W, U, m, cw)
+    _matmul(A, W, U, m)
     Q = A4  # Q = V - U (diagonally dominant), P = V + U
     P = E
     for i in range(m):
         for j in range(m):
-            for c in range(cw):
+            for c in range(CHUNK):
                 Q[i, j, c] = V[i, j, c] - U[i, j, c]
                 P[i, j, c] = V[i, j, c] + U[i, j, c]
     # Gaussian elimination without pivoting (stable: Q strictly diagonally dominant)
     for k in range(m):
         for i in range(k + 1, m):
-            for c in range(cw):
+            for c in range(CHUNK):
                 Q[i, k, c] = Q[i, k, c] / Q[k, k, c]
             for j in range(k + 1, m):
-                for c in range(cw):
+                for c in range(CHUNK):
                     Q[i, j, c] -= Q[i, k, c] * Q[k, j, c]
             for j in range(m):
-                for c in range(cw):
+                for c in range(CHUNK):
                     P[i, j, c] -= Q[i, k, c] * P[k, j, c]
     for i in range(m - 1, -1, -1):
         for j in range(m):
             for k in range(i + 1, m):
-                for c in range(cw):
+                for c in range(CHUNK):
                     P[i, j, c] -= Q[i, k, c] * P[k, j, c]
-            for c in range(cw):
+            for c in range(CHUNK):
                 P[i, j, c] = P[i, j, c] / Q[i, i, c]
     # squaring
     T = A6
     for _ in range(s):
-        _matmul(E, E, T, m, cw)
+        _matmul(E, E, T, m)
         for i in range(m):
             for j in range(m):
-                for c in range(cw):
+                for c in range(CHUNK):
                     E[i, j, c] = T[i, j, c]
 
 
 @numba.njit(parallel=True, cache=True)
-def _kernel(K, idx, grow, in_state, hs, step_of, ev_ptr, ev_kind, ev_target, ev_vals,
-            out_pos, plasma_idx, inv_vol, auc_grid, out, auc_traj, auc_final, cmax, chunk):
+def _kernel(K, idx, grow, in_state, hs, step_of, nz_ptr, nz_col, ev_ptr, ev_kind, ev_target,
+            ev_vals, out_pos, plasma_idx, inv_vol, auc_grid, out, auc_traj, auc_final, cmax):
+    """All patients: exponentials per chunk, then propagation over the break points.
+
+    ``ev_vals`` and ``inv_vol`` are padded to a whole number of chunks. Row ``i`` of the
+    propagator has its structurally non-zero columns ``nz_col[nz_ptr[i]:nz_ptr[i+1]]``
+    (diagonal first); the others are exact zeros (block-triangular structure).
+    """
+    C = CHUNK
     n = K.shape[0]
     nd = idx.shape[0]
     n_in = in_state.shape[0]
     m = nd + 1 + n_in  # states, parent AUC, input rates
     r = nd + 1  # rows that evolve
+    nnz = nz_col.shape[0]
     n_u = hs.shape[0]
     n_bp = out_pos.shape[0]
     n_sp = plasma_idx.shape[0]
-    n_chunks = (n + chunk - 1) // chunk
+    pi = plasma_idx[0]
+    n_chunks = (n + C - 1) // C
     for ch in numba.prange(n_chunks):
-        p0 = ch * chunk
-        cw = min(chunk, n - p0)
-        M = np.zeros((m, m, chunk))
+        p0 = ch * C
+        cw = min(C, n - p0)
+        M = np.zeros((m, m, C))
         for c in range(cw):
             p = p0 + c
             for a in range(nd):
                 for b in range(nd):
                     M[a, b, c] = K[p, idx[a], idx[b]]
                 M[nd, a, c] = grow[p, a]
-            for j in range(n_in):
+        for j in range(n_in):
+            for c in range(C):
                 M[in_state[j], nd + 1 + j, c] = 1.0
-        Phi = np.empty((n_u, r, m, chunk))
-        E = np.empty((m, m, chunk))
+        Phi = np.empty((n_u, nnz, C))
+        E = np.empty((m, m, C))
         for u in range(n_u):
-            _expm_chunk(M, hs[u], E, cw)
+            _expm_chunk(M, hs[u], E)
             for i in range(r):
-                for j in range(m):
-                    for c in range(cw):
-                        Phi[u, i, j, c] = E[i, j, c]
-        y = np.zeros((m, chunk))
-        ynew = np.empty((r, chunk))
-        cm = np.zeros(chunk)
+                for q in range(nz_ptr[i], nz_ptr[i + 1]):
+                    j = nz_col[q]
+                    for c in range(C):
+                        Phi[u, q, c] = E[i, j, c]
+        y = np.zeros((m, C))
+        y2 = np.zeros((m, C))
+        cm = np.zeros(C)
         for k in range(n_bp):
             if k > 0:
                 u = step_of[k - 1]
                 for i in range(r):
-                    for c in range(cw):
-                        ynew[i, c] = 0.0
-                    for j in range(m):
-                        for c in range(cw):
-                            ynew[i, c] += Phi[u, i, j, c] * y[j, c]
-                for i in range(r):
-                    for c in range(cw):
-                        y[i, c] = ynew[i, c]
+                    q0 = nz_ptr[i]
+                    j0 = nz_col[q0]
+                    for c in range(C):
+                        y2[i, c] = Phi[u, q0, c] * y[j0, c]
+                    for q in range(q0 + 1, nz_ptr[i + 1]):
+                        j = nz_col[q]
+                        for c in range(C):
+                            y2[i, c] += Phi[u, q, c] * y[j, c]
+                y, y2 = y2, y
             for e in range(ev_ptr[k], ev_ptr[k + 1]):
                 tgt = ev_target[e]
-                if ev_kind[e] == 0:
+                if ev_kind[e] == 0:  # rate change: kept in both buffers
                     tgt = nd + 1 + tgt
-                for c in range(cw):
-                    y[tgt, c] += ev_vals[e, p0 + c]
-            pi = plasma_idx[0]
-            for c in range(cw):
-                cp = y[pi, c] * inv_vol[0, p0 + c]
-                if cp > cm[c]:
-                    cm[c] = cp
+                    for c in range(C):
+                        y[tgt, c] += ev_vals[e, p0 + c]
+                        y2[tgt, c] = y[tgt, c]
+                else:
+                    for c in range(C):
+                        y[tgt, c] += ev_vals[e, p0 + c]
+            for c in range(C):
+                cm[c] = max(cm[c], y[pi, c] * inv_vol[0, p0 + c])
             t = out_pos[k]
             if t >= 0:
                 for sp in range(n_sp):
@@ -255,6 +268,30 @@ def _needed_states(K: np.ndarray, targets: list[int]) -> list[int]:
     return sorted(need)
 
 
+def _propagator_pattern(K: np.ndarray, idx: np.ndarray, grow: np.ndarray,
+                        in_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Structurally non-zero entries of the evolving rows of exp(M·h), as CSR (diagonal first).
+
+    ``exp(M·h)[i, j]`` can be non-zero only if j reaches i in the graph of M (or i == j); the
+    Padé/squaring arithmetic keeps the other entries exactly zero, so they are skipped.
+    """
+    nd, n_in = len(idx), len(in_state)
+    m = nd + 1 + n_in
+    g = np.zeros((m, m), dtype=bool)
+    g[:nd, :nd] = np.any(K[:, idx][:, :, idx] != 0.0, axis=0)
+    g[nd, :nd] = np.any(grow != 0.0, axis=0)
+    g[in_state, nd + 1 + np.arange(n_in)] = True
+    reach = g | np.eye(m, dtype=bool)
+    for _ in range(m):  # transitive closure
+        reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+    ptr, cols = [0], []
+    for i in range(nd + 1):
+        row = [i] + [j for j in np.nonzero(reach[i])[0].tolist() if j != i]
+        cols += row
+        ptr.append(len(cols))
+    return np.asarray(ptr, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+
+
 def parent_species(system: PKSystem) -> str:
     """The parent drug's species name (the card's drug if it has a plasma output)."""
     drug = system.card.drug
@@ -262,8 +299,7 @@ def parent_species(system: PKSystem) -> str:
 
 
 def solve_batch(system: PKSystem, regimen: Regimen, t_grid_h: np.ndarray,
-                weight_kg: np.ndarray | float, *, auc_on_grid: bool = False,
-                chunk: int = CHUNK) -> FastResult:
+                weight_kg: np.ndarray | float, *, auc_on_grid: bool = False) -> FastResult:
     """Exact plasma concentrations of every patient of ``system`` on a shared grid, fast.
 
     ``t_grid_h``: output times (h after the first dose, strictly increasing, ≥ 0), shared by
@@ -279,8 +315,6 @@ def solve_batch(system: PKSystem, regimen: Regimen, t_grid_h: np.ndarray,
     check_times(t_out)
     if len(regimen) == 0:
         raise KetasimError("regimen", "has no doses")
-    if chunk < 1:
-        raise KetasimError("chunk", f"must be ≥ 1, got {chunk}")
     n = system.n
     w = np.broadcast_to(np.asarray(weight_kg, dtype=float), (n,))
     schedule = compile_schedule(system, regimen, w)
@@ -337,18 +371,22 @@ def solve_batch(system: PKSystem, regimen: Regimen, t_grid_h: np.ndarray,
     ev_ptr = np.cumsum(ev_ptr)
     ev_kind = np.asarray([e[2] for e in events], dtype=np.int64)
     ev_target = np.asarray([e[3] for e in events], dtype=np.int64)
-    ev_vals = np.empty((len(events), n))
+    n_pad = -(-n // CHUNK) * CHUNK  # per-patient inputs padded to whole chunks
+    ev_vals = np.zeros((len(events), n_pad))
     for i, e in enumerate(events):
-        ev_vals[i] = e[4]
+        ev_vals[i, :n] = e[4]
+    inv_vol_pad = np.zeros((len(species), n_pad))
+    inv_vol_pad[:, :n] = inv_vol
+    nz_ptr, nz_col = _propagator_pattern(K, idx, grow, in_state)
 
     T = len(t_out)
     out = np.empty((len(species), n, T))
     auc_traj = np.empty((n, T)) if auc_on_grid else np.empty((1, 1))
     auc_final = np.empty(n)
     cmax = np.empty(n)
-    _kernel(K, idx, grow, in_state, hs.astype(float), step_of.astype(np.int64), ev_ptr,
-            ev_kind, ev_target, ev_vals, out_pos, plasma_idx, inv_vol, auc_on_grid, out,
-            auc_traj, auc_final, cmax, int(chunk))
+    _kernel(K, idx, grow, in_state, hs.astype(float), step_of.astype(np.int64), nz_ptr, nz_col,
+            ev_ptr, ev_kind, ev_target, ev_vals, out_pos, plasma_idx, inv_vol_pad, auc_on_grid,
+            out, auc_traj, auc_final, cmax)
     plasma = {sp: out[i] for i, sp in enumerate(species)}
     plasma = {sp: plasma[sp] for sp in system.plasma}  # the system's order (parent first)
     return FastResult(plasma, auc_traj if auc_on_grid else auc_final, cmax)

@@ -54,6 +54,9 @@ def compile_schedule(system: PKSystem, regimen: Regimen, weight_kg: np.ndarray) 
             frac = np.broadcast_to(factor(system.params, inp.fraction, extra), (n,))
             absorbed += frac
             a = amt * frac
+            if inp.to not in system.states:
+                raise KetasimError("route", f"the system was assembled without route "
+                                   f"{d.route!r}; assemble it with routes={regimen.routes}")
             si = system.index(inp.to)
             if isinstance(d, Infusion):
                 dur = np.full(n, d.duration_h)
