@@ -120,7 +120,7 @@ def test_models_lists_sources(capsys):
     ids = {r["id"] for r in rows}
     assert {"kamp2020", "domino", "clements1981", "hijazi2003", "herd2007", "hornik2018",
             "perez-ruixo-2021"} <= ids
-    assert all(r["pmid"] or r["doi"] for r in rows)
+    assert all(r["pmid"] or r["doi"] or r["urls"] for r in rows)
 
 
 def test_run_main_job(capsys):

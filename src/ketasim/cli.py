@@ -223,7 +223,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
                      "age_years": list(c.population.age_years),
                      "weight_kg": list(c.population.weight_kg),
                      "range_evidence": c.population.range_evidence,
-                     "citation": c.citation, "pmid": c.pmid, "doi": c.doi,
+                     "species": c.species, "citation": c.citation, "pmid": c.pmid,
+                     "doi": c.doi, "urls": c.urls,
                      "transcription": c.transcription})
     if as_json:
         print(json.dumps(rows))

@@ -21,12 +21,12 @@ from .units import DoseAmount, parse_dose, parse_duration
 
 #: Routes ketasim knows. A PK model card lists the subset it supports.
 ROUTES: tuple[str, ...] = (
-    "iv-bolus", "iv-infusion", "intranasal", "oral", "im", "sc", "sublingual", "rectal",
+    "iv-bolus", "iv-infusion", "intranasal", "oral", "im", "sc", "sublingual", "rectal", "ip",
 )
 ROUTE_ALIASES = {
     "iv": "iv-infusion", "infusion": "iv-infusion", "bolus": "iv-bolus", "in": "intranasal",
     "nasal": "intranasal", "po": "oral", "intramuscular": "im", "subcutaneous": "sc",
-    "sl": "sublingual", "pr": "rectal",
+    "sl": "sublingual", "pr": "rectal", "intraperitoneal": "ip", "i.p.": "ip",
 }
 
 

@@ -136,10 +136,12 @@ class PKCard(BaseModel):
     id: str
     version: str = "1"
     drug: str
+    species: Literal["human", "mouse", "rat"] = "human"
     title: str
     citation: str
     pmid: str | None = None
     doi: str | None = None
+    urls: list[str] = Field(default_factory=list)  # pages read, for sources without PMID/DOI
     transcription: str = ""
     sampling: Literal["arterial", "venous", "unknown"]
     population: Population
@@ -206,7 +208,8 @@ class PKCard(BaseModel):
         return self
 
     @property
-    def species(self) -> list[str]:
+    def compounds(self) -> list[str]:
+        """Chemical species (parent, metabolites) in compartment order."""
         seen: list[str] = []
         for c in self.compartments:
             if c.species not in seen:
@@ -343,9 +346,10 @@ def load_pk_card(model: str) -> PKCard:
     return cards[model]
 
 
-def default_pk_model(drug: str, route: str | None = None) -> PKCard:
-    """The documented default PK model card for a drug (and route)."""
-    cands = [c for c in load_pk_cards().values() if drug in c.default_for]
+def default_pk_model(drug: str, route: str | None = None, species: str = "human") -> PKCard:
+    """The documented default PK model card for a drug (and route) in a species."""
+    cands = [c for c in load_pk_cards().values()
+             if drug in c.default_for and c.species == species]
     if route is not None:
         with_route = [c for c in cands if route in c.routes]
         cands = with_route or cands

@@ -27,15 +27,19 @@ _SUMMARY_STEP_H = 1.0 / 60.0  # Cmax/Tmax are found on a 1-min grid (plus all ev
 _SUMMARY_WINDOW_H = 24.0  # ... within 24 h after each dose start
 
 
-def resolve_model(drug: str, model: str | None, routes: tuple[str, ...] = ()) -> PKCard:
-    """The card for ``model``, or the drug's default; checks the drug matches the card."""
+def resolve_model(drug: str, model: str | None, routes: tuple[str, ...] = (),
+                  species: str = "human") -> PKCard:
+    """The card for ``model``, or the drug's default; checks drug and species match the card."""
     load_drug(drug)
     if model is None:
-        return default_pk_model(drug, routes[0] if routes else None)
+        return default_pk_model(drug, routes[0] if routes else None, species)
     card = load_pk_card(model)
     if card.drug != drug:
         raise KetasimError("model", f"model {model!r} is for {card.drug}, not {drug}",
                            "models for " + drug)
+    if card.species != species:
+        raise KetasimError("model", f"model {model!r} is for {card.species}, not {species}",
+                           f"models for {species}")
     return card
 
 
@@ -109,7 +113,7 @@ def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | 
     check_times(t_out)
     if len(regimen) == 0:
         raise KetasimError("regimen", "has no doses")
-    card = resolve_model(drug, model, regimen.routes)
+    card = resolve_model(drug, model, regimen.routes, cov.species)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StudiedRangeWarning)
         range_msgs = check_studied_range(card, cov)

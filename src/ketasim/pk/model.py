@@ -25,6 +25,8 @@ RACES = ("caucasian", "black", "asian", "japanese", "other")
 SEXES = ("male", "female")
 WEIGHT_RANGE_KG = (0.5, 300.0)
 AGE_RANGE_Y = (0.0, 120.0)
+#: accepted weight ranges by species (kg); human is the default
+SPECIES_WEIGHT_KG = {"human": WEIGHT_RANGE_KG, "mouse": (0.005, 0.1), "rat": (0.05, 1.5)}
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,15 @@ class Covariates:
     age_years: np.ndarray | float = 40.0
     race: str = "caucasian"
     sex: str = "male"
+    species: str = "human"
 
     def __post_init__(self) -> None:
         w = np.atleast_1d(np.asarray(self.weight_kg, dtype=float))
         a = np.atleast_1d(np.asarray(self.age_years, dtype=float))
-        lo, hi = WEIGHT_RANGE_KG
+        if self.species not in SPECIES_WEIGHT_KG:
+            raise KetasimError("species", f"unknown species {self.species!r}",
+                               ", ".join(SPECIES_WEIGHT_KG))
+        lo, hi = SPECIES_WEIGHT_KG[self.species]
         if not np.all(np.isfinite(w)) or np.any((w < lo) | (w > hi)):
             raise KetasimError("weight", f"must be within {lo:g}–{hi:g} kg, got {_show(w)}",
                                f"{lo:g}–{hi:g} kg")
@@ -195,7 +201,7 @@ def assemble(card: PKCard | str, cov: Covariates | None = None, routes: tuple[st
     s = len(states)
     idx = {name: i for i, name in enumerate(states)}
     K = np.zeros((n, s, s))
-    species = [sp for sp in card.species if any(comps[c].species == sp for c in reach)]
+    species = [sp for sp in card.compounds if any(comps[c].species == sp for c in reach)]
     integrals = [f"eliminated_{sp}" for sp in species] + [f"auc_{sp}" for sp in species
                                                             if any(comps[c].role == "plasma"
                                                                    and comps[c].species == sp
