@@ -232,6 +232,43 @@ class DrugCard(BaseModel):
         return self.constants[name].value
 
 
+class ParamCard(BaseModel):
+    """A card of model parameters for one stage (brain, receptor, mechanism, readouts)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    version: str = "1"
+    title: str
+    description: str = ""
+    parameters: dict[str, Param]
+    notes: list[str] = Field(default_factory=list)
+
+    def value(self, name: str) -> float:
+        return self.parameters[name].value
+
+    def hash(self) -> str:
+        return _card_hashes()[("mechanism", self.id)]
+
+
+@functools.lru_cache(maxsize=None)
+def load_param_cards() -> dict[str, ParamCard]:
+    """All mechanism-stage parameter cards (``cards/mechanism/*.yaml``), by id."""
+    cards = {}
+    for p in _card_files("mechanism"):
+        card = _validate(ParamCard, _read_yaml(p), p.name)
+        if card.id != p.name[:-5]:
+            raise CardError(f"card {p.name}", f"id {card.id!r} must equal the file name")
+        cards[card.id] = card
+    return cards
+
+
+def load_param_card(name: str) -> ParamCard:
+    cards = load_param_cards()
+    if name not in cards:
+        raise KetasimError("card", f"unknown card {name!r}", ", ".join(sorted(cards)))
+    return cards[name]
+
+
 def _card_files(kind: str):
     root = resources.files("ketasim.cards").joinpath(kind)
     return sorted((p for p in root.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
@@ -250,7 +287,7 @@ def _read_yaml(path) -> dict:
 @functools.lru_cache(maxsize=1)
 def _card_hashes() -> dict[tuple[str, str], str]:
     out = {}
-    for kind in ("pk", "pk_parts", "drugs"):
+    for kind in ("pk", "pk_parts", "drugs", "mechanism"):
         for p in _card_files(kind):
             out[(kind, p.name[:-5])] = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
     return out

@@ -1,0 +1,455 @@
+"""Mechanism: NMDA receptor block per neuronal population → signalling → synapses.
+
+Equations (time in hours, blocker concentrations in µM free brain, other states normalised so
+that 1 is the drug-free baseline unless stated):
+
+Receptor block (module :mod:`ketasim.receptor` for the constants), for population p and
+blocker j, with total block ``B_p = Σ_j b_pj``::
+
+    db_pj/dt = kon·C_j·Po_p·(1 − B_p)/m_pj − (kon·Kd0_j·Po_p + kesc_j·(1 − Po_p))·b_pj
+
+with ``m_pj = 1 + mgc_j·[Mg]/K_Mg(V_p)`` the Mg2+ competition factor (apparent Kd = Kd0·m).
+
+Populations: ``E2B`` (pyramidal, GluN2B, tonic), ``Esyn`` (pyramidal, spontaneous synaptic),
+``I`` (interneuron, GluN2C/2D-rich), ``H`` (lateral habenula; Po rises with bursting).
+
+Hypothesis branches, each weighted by ``w_a … w_f`` (:class:`Hypotheses`):
+
+(a) ``dK/dt = (1 − w_a·B_Esyn − K)/τ_K`` (eEF2K activity); ``dpE/dt = k_K·K·(1 − pE) −
+    k_PP·pE`` (phospho-eEF2); BDNF translation ``T = 1 + w_a·((1 − pE)/(1 − pE0) − 1)``.
+(b) GluN2B brake relief ``u_b = w_b·B_E2B`` (1 after GluN2B deletion) drives mTORC1.
+(c) ``r_I = (1 − B_I)^n_I``; target pyramidal rate ``1 + w_c·[(1 + g_dis(1 − r_I))(1 −
+    ζ·B_Esyn)⁺ − 1]``; ``dr_E/dt`` and ``dG/dt`` relax with τ_r, τ_G (glutamate ``G``).
+(d) AMPA drive ``A = (G + w_d·E_HNK·C_HNK/(EC50 + C_HNK))·(1 − NBQX)``.
+(e) ``dR_b/dt = ((1 − B_H/θ_H)⁺^h_H − R_b)/τ_b`` (LHb bursting stops once
+    block exceeds θ_H; bursting opens LHb channels, ``Po_H = Po_H,rest + π·R_b``).
+(f) spine formation from synaptic proteins through two maturation stages, weighted by w_f.
+
+Shared downstream: ``dBDNF/dt = k_BDNF·(T·(1 − aniso) − BDNF)``; release ``R = BDNF·A``;
+TrkB ``dX/dt = (R(1+K_T)/(K_T+R)·(1 − trkb) − X)/τ_T``; mTORC1 ``dM/dt = k_M·D^h_M·(1 −
+rapa)·(1 − M) − k_Moff·M`` with drive ``D = (X + g_b·u_b)·A/(1)``; synaptic proteins ``dP/dt =
+((1 + k_P(M/M0 − 1))(1 − aniso) − P)/τ_P``; precursors ``dN1/dt = (β·w_f·(P − 1)⁺ − N1)/τ_mat``,
+``dN2/dt = (N1 − N2)/τ_mat``; spines ``dS/dt = (1 + N2·(1 − spine block) − S)/τ_S``;
+synaptic strength ``W = S·P^q``.
+
+Readouts: p-eEF2 (``pE/pE0``), BDNF, TrkB, mTORC1 (``M/M0``), synaptic proteins, spine density,
+synaptic strength, glutamate, LHb burst rate, and forced-swim immobility (rodents)
+``I0·(1 − E_fast·w_e·(1 − R_b)⁺ − E_syn·(W − 1))`` (clipped to [0, 2·I0]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+from numba import njit
+
+from .cards import load_param_card
+from .errors import KetasimError
+
+POPULATIONS = ("E2B", "Esyn", "I", "H")
+HYPOTHESES = {
+    "a": "rest block → eEF2K ↓ → eEF2 dephosphorylation → BDNF translation ↑",
+    "b": "cortical GluN2B receptors tonically brake mTORC1; block lifts the brake",
+    "c": "disinhibition: interneuron block → glutamate surge → AMPA receptors",
+    "d": "hydroxynorketamine → AMPA receptors without NMDA block",
+    "e": "lateral habenula burst firing suppressed by trapped block",
+    "f": "new spines carry the sustained effect",
+}
+#: blocker species → (Kd0 parameter, escape parameter, Mg-competition parameter or None)
+BLOCKERS = {
+    "ketamine": ("Kd0_ketamine", "kesc_ketamine", None),
+    "esketamine": ("Kd0_esketamine", "kesc_ketamine", None),
+    "s-ketamine": ("Kd0_esketamine", "kesc_ketamine", None),
+    "r-ketamine": ("Kd0_arketamine", "kesc_ketamine", None),
+    "norketamine": ("Kd0_norketamine", "kesc_ketamine", None),
+    "noresketamine": ("Kd0_noresketamine", "kesc_ketamine", None),
+    "memantine": ("Kd0_memantine", "kesc_memantine", "mgc_memantine"),
+    "hnk": ("Kd0_hnk", "kesc_ketamine", None),
+}
+STATE_NAMES = ("eef2k", "p_eef2", "pyramidal_rate", "glutamate", "bdnf", "trkb", "mtorc1",
+               "synaptic_proteins", "precursor1", "precursor2", "spine_density", "lhb_burst")
+
+
+@dataclass(frozen=True)
+class Hypotheses:
+    """Weights of the hypothesis branches (0 = off, 1 = on); defaults from the card."""
+
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 1.0
+    d: float = 0.0
+    e: float = 1.0
+    f: float = 1.0
+
+    @classmethod
+    def default(cls) -> Hypotheses:
+        card = load_param_card("hypotheses")
+        return cls(**{h: card.value(f"w_{h}") for h in HYPOTHESES})
+
+    @classmethod
+    def parse(cls, text: str | None) -> Hypotheses:
+        """``"default"``, ``"a,b,f"`` (only these on), ``"only:c"``, or ``"a=0.5,d=1"``
+        (changes to the default)."""
+        if text is None or text.strip() in ("", "default"):
+            return cls.default()
+        t = text.strip().replace(" ", "")
+        if t.startswith("only:"):
+            names = t[5:].split(",")
+            _check_names(names)
+            return cls(**{h: float(h in names) for h in HYPOTHESES})
+        if "=" in t:
+            out = cls.default()
+            for item in t.split(","):
+                name, _, val = item.partition("=")
+                _check_names([name])
+                try:
+                    w = float(val)
+                except ValueError as exc:
+                    raise KetasimError("hypotheses", f"weight {val!r} is not a number") from exc
+                if not 0.0 <= w <= 10.0:
+                    raise KetasimError("hypotheses", f"weight of {name} must be 0..10")
+                out = replace(out, **{name: w})
+            return out
+        names = t.split(",")
+        _check_names(names)
+        return cls(**{h: float(h in names) for h in HYPOTHESES})
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_names(names: list[str]) -> None:
+    for n in names:
+        if n not in HYPOTHESES:
+            raise KetasimError("hypotheses", f"unknown hypothesis {n!r}", ", ".join(HYPOTHESES))
+
+
+INTERVENTIONS = {
+    "glun2b-deletion": "cortical GluN2B deletion (tonic brake permanently lifted)",
+    "eef2k-knockout": "eEF2 kinase knockout",
+    "bdnf-knockout": "BDNF knockout (no BDNF synthesis)",
+    "trkb-block": "TrkB receptor block",
+    "rapamycin": "mTORC1 inhibitor (acute, around the dose)",
+    "anisomycin": "protein-synthesis inhibitor (acute, around the dose)",
+    "nbqx": "AMPA receptor antagonist (acute, around the dose)",
+    "spine-blockade": "new spine formation prevented",
+    "mg": "extracellular Mg2+ changed: mg=<mM>",
+}
+
+
+@dataclass(frozen=True)
+class Interventions:
+    """Composable interventions by name (see :data:`INTERVENTIONS`)."""
+
+    names: tuple[str, ...] = ()
+    mg_mM: float | None = None
+
+    @classmethod
+    def parse(cls, items: str | list[str] | tuple[str, ...] | None) -> Interventions:
+        if not items:
+            return cls()
+        if isinstance(items, str):
+            items = [x for x in items.replace(" ", "").split(",") if x]
+        names, mg = [], None
+        for it in items:
+            if it.startswith("mg="):
+                try:
+                    mg = float(it[3:])
+                except ValueError as exc:
+                    raise KetasimError("interventions", f"cannot read {it!r}", "mg=<mM>") from exc
+                if not 0.0 <= mg <= 20.0:
+                    raise KetasimError("interventions", "mg must be within 0–20 mM")
+                continue
+            if it not in INTERVENTIONS or it == "mg":
+                raise KetasimError("interventions", f"unknown intervention {it!r}",
+                                   ", ".join(INTERVENTIONS))
+            names.append(it)
+        return cls(tuple(sorted(set(names))), mg)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def label(self) -> str:
+        parts = list(self.names) + ([f"mg={self.mg_mM:g}"] if self.mg_mM is not None else [])
+        return "+".join(parts) or "none"
+
+
+@dataclass
+class MechanismParams:
+    """All mechanism constants as plain floats (internal units: h, µM, mM, mV)."""
+
+    r: dict[str, float]
+    s: dict[str, float]
+    iv: dict[str, float]
+    hyp: Hypotheses
+    intv: Interventions
+    blockers: tuple[str, ...]
+    kd0: np.ndarray = field(init=False)
+    kesc: np.ndarray = field(init=False)
+    mgc: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        for b in self.blockers:
+            if b not in BLOCKERS:
+                raise KetasimError("blocker", f"no receptor card entry for {b!r}",
+                                   ", ".join(BLOCKERS))
+        self.kd0 = np.array([self.r[BLOCKERS[b][0]] for b in self.blockers])
+        self.kesc = np.array([self.r[BLOCKERS[b][1]] for b in self.blockers])
+        self.mgc = np.array([self.r[BLOCKERS[b][2]] if BLOCKERS[b][2] else 1.0
+                             for b in self.blockers])
+
+    @classmethod
+    def from_cards(cls, blockers: tuple[str, ...], hyp: Hypotheses | None = None,
+                   intv: Interventions | None = None,
+                   overrides: dict[str, float] | None = None) -> MechanismParams:
+        r = {k: v.value for k, v in load_param_card("receptor").parameters.items()}
+        s = {k: v.value for k, v in load_param_card("signalling").parameters.items()}
+        iv = {k: v.value for k, v in load_param_card("interventions").parameters.items()}
+        for k, v in (overrides or {}).items():
+            if k in r:
+                r[k] = v
+            elif k in s:
+                s[k] = v
+            else:
+                raise KetasimError("parameter", f"unknown mechanism parameter {k!r}")
+        return cls(r, s, iv, hyp or Hypotheses.default(), intv or Interventions(), blockers)
+
+    # ------------------------------------------------------------------ derived constants
+    def mg_matrix(self) -> np.ndarray:
+        """Mg2+ competition factor ``1 + mgc·[Mg]/K_Mg(V)`` per population and blocker.
+
+        Mg2+ occupying the pore slows ketamine's entry by this factor (apparent Kd =
+        Kd0 × factor); the blocker's exit from open channels is unaffected."""
+        r = self.r
+        mg = self.intv.mg_mM if self.intv.mg_mM is not None else r["Mg_mM"]
+        volts = {"E2B": r["V_pyramidal"], "Esyn": r["V_pyramidal"], "I": r["V_interneuron"],
+                 "H": r["V_lhb"]}
+        out = np.zeros((len(POPULATIONS), len(self.blockers)))
+        for i, p in enumerate(POPULATIONS):
+            kmg = r["K_Mg0_mM"] * np.exp(r["gamma_Mg"] * volts[p])
+            if p == "I":
+                kmg *= r["s_Mg_interneuron"]
+            out[i] = 1.0 + self.mgc * mg / kmg
+        return out
+
+    def n_states(self) -> int:
+        return len(self.blockers) + len(STATE_NAMES)
+
+    def packed(self) -> np.ndarray:
+        """All constants as one float array for the compiled right-hand side."""
+        r, s, iv, h, intv = self.r, self.s, self.iv, self.hyp, self.intv
+        win = any(n in intv for n in ("rapamycin", "anisomycin", "nbqx"))
+        vals = {
+            "kon": r["kon"], "Po_E2B": r["Po_E2B"], "Po_Esyn": r["Po_Esyn"], "Po_I": r["Po_I"],
+            "Po_H_rest": r["Po_H_rest"], "pi_H": r["pi_H"], "kesc_lhb": r["kesc_lhb_factor"],
+            **{k: s[k] for k in _SIG_KEYS},
+            "w_a": h.a, "w_b": h.b, "w_c": h.c, "w_d": h.d, "w_e": h.e, "w_f": h.f,
+            "ko_eef2k": float("eef2k-knockout" in intv),
+            "del_2b": float("glun2b-deletion" in intv),
+            "ko_bdnf": float("bdnf-knockout" in intv),
+            "trkb": iv["trkb_inhibition"] if "trkb-block" in intv else 0.0,
+            "rapa": iv["rapamycin_inhibition"] if "rapamycin" in intv else 0.0,
+            "aniso": iv["anisomycin_inhibition"] if "anisomycin" in intv else 0.0,
+            "nbqx": iv["nbqx_inhibition"] if "nbqx" in intv else 0.0,
+            "spine_block": iv["spine_block_fraction"] if "spine-blockade" in intv else 0.0,
+            "win_start": iv["drug_window_start_h"] if win else -1e30,
+            "win_end": iv["drug_window_end_h"] if win else 1e30,
+            "hnk_index": float(self.blockers.index("hnk")) if "hnk" in self.blockers else -1.0,
+        }
+        return np.array([vals[k] for k in _PACK], dtype=float)
+
+    def blocker_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Kd0 µM, escape rate 1/h, Mg factor per population × blocker)."""
+        return self.kd0.copy(), self.kesc.copy(), self.mg_matrix()
+
+    def baseline(self) -> np.ndarray:
+        """Drug-free steady state (genetic interventions settle to their new steady state)."""
+        y = np.zeros(self.n_states())
+        nb = len(self.blockers)
+        s = self.s
+        m = dict(zip(STATE_NAMES, range(nb, nb + len(STATE_NAMES)), strict=True))
+        ko = "eef2k-knockout" in self.intv
+        y[m["eef2k"]] = 0.0 if ko else 1.0
+        y[m["p_eef2"]] = 0.0 if ko else s["pE0"]
+        for k in ("pyramidal_rate", "glutamate", "lhb_burst", "bdnf", "trkb",
+                  "synaptic_proteins", "spine_density"):
+            y[m[k]] = 1.0
+        y[m["mtorc1"]] = s["M0"]
+        if any(n in self.intv for n in ("glun2b-deletion", "eef2k-knockout", "bdnf-knockout",
+                                        "trkb-block")):
+            y = self._settle(y)
+        return y
+
+    def _settle(self, y: np.ndarray) -> np.ndarray:
+        """Integrate drug-free for 60 days so genetic changes reach their new steady state."""
+        from scipy.integrate import odeint
+
+        zero = np.zeros(len(self.blockers))
+        kd0, kesc, mgf = self.blocker_arrays()
+        pk = self.packed()
+        sol = odeint(lambda yy, t: rhs_nb(t, yy, zero, kd0, kesc, mgf, pk),
+                     y, [0.0, 1440.0], rtol=1e-8, atol=1e-10)
+        return sol[-1]
+
+
+_SIG_KEYS = ("tau_K", "k_PP", "pE0", "g_b", "n_I", "g_dis", "zeta", "tau_r", "tau_G", "E_HNK",
+             "EC50_HNK", "k_BDNF", "tau_T", "K_T", "k_Moff", "M0", "h_M", "tau_P", "k_P",
+             "tau_mat", "beta", "tau_S", "q", "tau_b", "h_H", "theta_H")
+_PACK = ("kon", "Po_E2B", "Po_Esyn", "Po_I", "Po_H_rest", "pi_H", "kesc_lhb", *_SIG_KEYS,
+         "w_a", "w_b", "w_c", "w_d", "w_e", "w_f", "ko_eef2k", "del_2b", "ko_bdnf", "trkb",
+         "rapa", "aniso", "nbqx", "spine_block", "win_start", "win_end", "hnk_index")
+_I = {k: i for i, k in enumerate(_PACK)}
+
+
+@njit(cache=True)
+def qss_block(conc, kd0, kesc, mg_row, kon, po):
+    """Quasi-steady-state block of a fast population by several competing blockers.
+
+    Solves ``on_j (1 − Σb) = off_j b_j`` with ``on_j = kon·C_j·Po/m_j`` and ``off_j =
+    kon·Kd0_j·Po + kesc_j(1 − Po)``: ``b_j = (on_j/off_j)/(1 + Σ_k on_k/off_k)``.
+    """
+    n = conc.shape[0]
+    ratio = np.empty(n)
+    tot = 0.0
+    for j in range(n):
+        on = kon * max(conc[j], 0.0) * po / mg_row[j]
+        off = kon * kd0[j] * po + kesc[j] * (1.0 - po)
+        ratio[j] = on / off
+        tot += ratio[j]
+    return ratio / (1.0 + tot)
+
+
+@njit(cache=True)
+def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
+    """Compiled right-hand side (1/h).
+
+    ``y`` = [LHb block per blocker, 12 signalling states (:data:`STATE_NAMES`)]; ``conc`` free
+    brain µM per blocker; ``mgf`` Mg2+ factors (4 populations × blockers); ``P`` packed
+    constants (:meth:`MechanismParams.packed`).
+    """
+    nb = conc.shape[0]
+    kon = P[0]
+    bE2B = qss_block(conc, kd0, kesc, mgf[0], kon, P[1]).sum()
+    bEsyn = qss_block(conc, kd0, kesc, mgf[1], kon, P[2]).sum()
+    bI = qss_block(conc, kd0, kesc, mgf[2], kon, P[3]).sum()
+    K, pE, rE, G, BD, X = y[nb], y[nb + 1], y[nb + 2], y[nb + 3], y[nb + 4], y[nb + 5]
+    M, Pp, N1, N2, S, Rb = y[nb + 6], y[nb + 7], y[nb + 8], y[nb + 9], y[nb + 10], y[nb + 11]
+    dy = np.empty_like(y)
+    # lateral habenula: slow, trapped block kept as an ODE (Po rises with bursting)
+    BH = 0.0
+    for j in range(nb):
+        BH += y[j]
+    poH = P[4] + P[5] * max(Rb, 0.0)
+    free = min(max(1.0 - BH, 0.0), 1.0)
+    for j in range(nb):
+        dy[j] = (kon * max(conc[j], 0.0) / mgf[3, j] * poH * free
+                 - (kon * kd0[j] * poH + P[6] * kesc[j] * (1.0 - poH)) * y[j])
+    BH = min(max(BH, 0.0), 1.0)
+    o = 7
+    tau_K, k_PP, pE0, g_b, n_I = P[o], P[o + 1], P[o + 2], P[o + 3], P[o + 4]
+    g_dis, zeta, tau_r, tau_G = P[o + 5], P[o + 6], P[o + 7], P[o + 8]
+    E_HNK, EC50_HNK, k_BDNF, tau_T, K_T = P[o + 9], P[o + 10], P[o + 11], P[o + 12], P[o + 13]
+    k_Moff, M0, h_M, tau_P, k_P = P[o + 14], P[o + 15], P[o + 16], P[o + 17], P[o + 18]
+    tau_mat, beta, tau_S = P[o + 19], P[o + 20], P[o + 21]
+    tau_b, h_H, theta_H = P[o + 23], P[o + 24], P[o + 25]
+    o = 7 + 26
+    w_a, w_b, w_c, w_d, w_f = P[o], P[o + 1], P[o + 2], P[o + 3], P[o + 5]
+    ko_eef2k, del_2b, ko_bdnf, trkb = P[o + 6], P[o + 7], P[o + 8], P[o + 9]
+    win = 1.0 if (P[o + 14] <= t < P[o + 15]) else 0.0
+    rapa, aniso, nbqx, sblock = P[o + 10] * win, P[o + 11] * win, P[o + 12] * win, P[o + 13]
+    hnk_i = int(P[o + 16])
+    # (a) rest block → eEF2K → p-eEF2 → BDNF translation
+    if ko_eef2k > 0.5:
+        dK = -K / tau_K
+        kK = 0.0
+    else:
+        dK = (1.0 - w_a * bEsyn - K) / tau_K
+        kK = k_PP * pE0 / (1.0 - pE0)
+    dpE = kK * K * (1.0 - pE) - k_PP * pE
+    T = 1.0 + w_a * ((1.0 - pE) / (1.0 - pE0) - 1.0)
+    # (b) GluN2B tonic brake on mTORC1
+    u_b = w_b * (1.0 if del_2b > 0.5 else bE2B)
+    # (c) disinhibition → pyramidal firing → glutamate
+    r_I = max(1.0 - bI, 0.0) ** n_I
+    target = (1.0 + g_dis * (1.0 - r_I)) * max(1.0 - zeta * bEsyn, 0.0)
+    dr = (1.0 + w_c * (target - 1.0) - rE) / tau_r
+    dG = (rE - G) / tau_G
+    # (d) HNK → AMPA
+    a_hnk = 0.0
+    if hnk_i >= 0:
+        c = max(conc[hnk_i], 0.0)
+        a_hnk = E_HNK * c / (EC50_HNK + c)
+    A = max(G + w_d * a_hnk, 0.0) * (1.0 - nbqx)
+    # shared downstream
+    syn = 0.0 if ko_bdnf > 0.5 else T * (1.0 - aniso)
+    dBD = k_BDNF * (syn - BD)
+    R = max(BD, 0.0) * A
+    dX = (R * (1.0 + K_T) / (K_T + R) * (1.0 - trkb) - X) / tau_T
+    D = max(X + g_b * u_b, 0.0) * A
+    kM = k_Moff * M0 / (1.0 - M0)
+    dM = kM * D ** h_M * (1.0 - rapa) * (1.0 - M) - k_Moff * M
+    dP = ((1.0 + k_P * (M / M0 - 1.0)) * (1.0 - aniso) - Pp) / tau_P
+    # (f) spines through two maturation stages
+    dN1 = (beta * w_f * max(Pp - 1.0, 0.0) - N1) / tau_mat
+    dN2 = (N1 - N2) / tau_mat
+    dS = (1.0 + N2 * (1.0 - sblock) - S) / tau_S
+    # (e) LHb bursting stops once block exceeds theta_H
+    drive_h = max(1.0 - BH / theta_H, 0.0)
+    dRb = (drive_h ** h_H - Rb) / tau_b
+    dy[nb] = dK
+    dy[nb + 1] = dpE
+    dy[nb + 2] = dr
+    dy[nb + 3] = dG
+    dy[nb + 4] = dBD
+    dy[nb + 5] = dX
+    dy[nb + 6] = dM
+    dy[nb + 7] = dP
+    dy[nb + 8] = dN1
+    dy[nb + 9] = dN2
+    dy[nb + 10] = dS
+    dy[nb + 11] = dRb
+    return dy
+
+
+def fast_blocks(conc: np.ndarray, p: MechanismParams) -> dict[str, np.ndarray]:
+    """Quasi-steady-state block of the fast populations for concentrations (blockers, T)."""
+    kd0, kesc, mgf = p.blocker_arrays()
+    r = p.r
+    out = {}
+    for i, (pop, po) in enumerate((("E2B", r["Po_E2B"]), ("Esyn", r["Po_Esyn"]),
+                                   ("I", r["Po_I"]))):
+        b = np.array([qss_block(conc[:, k], kd0, kesc, mgf[i], r["kon"], po)
+                      for k in range(conc.shape[1])]).T
+        out[f"block_{pop}"] = b.sum(axis=0)
+        for j, bl in enumerate(p.blockers):
+            out[f"block_{pop}_{bl}"] = b[j]
+    return out
+
+def readouts(y: np.ndarray, conc: np.ndarray, p: MechanismParams) -> dict[str, np.ndarray]:
+    """Named readouts from states ``y`` (n_states, T) and free concentrations (blockers, T);
+    normalised to baseline = 1 unless stated (block fractions 0–1, immobility in s)."""
+    nbk = len(p.blockers)
+    st = dict(zip(STATE_NAMES, y[nbk:], strict=True))
+    s = p.s
+    out: dict[str, np.ndarray] = fast_blocks(conc, p)
+    out["block_H"] = y[:nbk].sum(axis=0)
+    for j, bl in enumerate(p.blockers):
+        out[f"block_H_{bl}"] = y[j]
+    out["p_eef2"] = st["p_eef2"] / s["pE0"]
+    out["eef2k"] = st["eef2k"]
+    out["glutamate"] = st["glutamate"]
+    out["pyramidal_rate"] = st["pyramidal_rate"]
+    out["bdnf"] = st["bdnf"]
+    out["trkb"] = st["trkb"]
+    out["mtorc1"] = st["mtorc1"] / s["M0"]
+    out["synaptic_proteins"] = st["synaptic_proteins"]
+    out["spine_density"] = st["spine_density"]
+    out["synaptic_strength"] = st["spine_density"] * np.maximum(st["synaptic_proteins"],
+                                                                0.0) ** s["q"]
+    out["lhb_burst"] = st["lhb_burst"]
+    eff = (s["fst_E_fast"] * p.hyp.e * np.maximum(1.0 - st["lhb_burst"], 0.0)
+           + s["fst_E_syn"] * (out["synaptic_strength"] - 1.0))
+    out["fst_immobility"] = np.clip(s["fst_immobility0"] * (1.0 - eff), 0.0,
+                                    2.0 * s["fst_immobility0"])
+    return out
