@@ -13,13 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 from scipy.integrate import odeint
 
 from . import __version__
 from .cards import card_versions, load_drug, load_param_card
 from .errors import KetasimError
-from .mechanism import Hypotheses, Interventions, MechanismParams, readouts, rhs_nb
+from .mechanism import Hypotheses, Interventions, MechanismParams, combined_rhs, readouts
 from .pk import Covariates, resolve_model
 from .pk.model import PKSystem, assemble
 from .pk.solve import _TIME_DECIMALS, check_times, compile_schedule
@@ -137,7 +136,7 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     nblk = len(blockers)
 
     def f(t, y, rate):
-        return _combined(t, y, Kbig, rate, f_blk, f_idx, f_scale, nblk, kd0, kesc, mgf, packed)
+        return combined_rhs(t, y, Kbig, rate, f_blk, f_idx, f_scale, nblk, kd0, kesc, mgf, packed)
 
     y = np.concatenate([np.zeros(n_pk), mp.baseline()])
     rate = np.zeros(n_pk)
@@ -178,14 +177,3 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     }
     return MechanismResult(t_out, plasma, brain, reads, meta)
 
-
-@njit(cache=True)
-def _combined(t, y, Kbig, rate, f_blk, f_idx, f_scale, nblk, kd0, kesc, mgf, packed):
-    n_pk = Kbig.shape[0]
-    dy = np.empty_like(y)
-    dy[:n_pk] = Kbig @ y[:n_pk] + rate
-    conc = np.zeros(nblk)
-    for i in range(f_blk.shape[0]):
-        conc[f_blk[i]] += f_scale[i] * max(y[f_idx[i]], 0.0)
-    dy[n_pk:] = rhs_nb(t, y[n_pk:], conc, kd0, kesc, mgf, packed)
-    return dy

@@ -20,14 +20,16 @@ Hypothesis branches, each weighted by ``w_a … w_f`` (:class:`Hypotheses`):
 (b) GluN2B brake relief ``u_b = w_b·B_E2B`` (1 after GluN2B deletion) drives mTORC1.
 (c) ``r_I = (1 − B_I)^n_I``; target pyramidal rate ``1 + w_c·[(1 + g_dis(1 − r_I))(1 −
     ζ·B_Esyn)⁺ − 1]``; ``dr_E/dt`` and ``dG/dt`` relax with τ_r, τ_G (glutamate ``G``).
-(d) AMPA drive ``A = (G + w_d·E_HNK·C_HNK/(EC50 + C_HNK))·(1 − NBQX)``.
+(d) AMPA drive ``A = (1 + (G − Q) + w_d·E_HNK·C_HNK/(EC50 + C_HNK))·(1 − NBQX)``, where
+    ``dQ/dt = (G − Q)/τ_Q`` is a slowly adapting glutamate reference (sustained rises fade).
 (e) ``dR_b/dt = ((1 − B_H/θ_H)⁺^h_H − R_b)/τ_b`` (LHb bursting stops once
     block exceeds θ_H; bursting opens LHb channels, ``Po_H = Po_H,rest + π·R_b``).
 (f) spine formation from synaptic proteins through two maturation stages, weighted by w_f.
 
 Shared downstream: ``dBDNF/dt = k_BDNF·(T·(1 − aniso) − BDNF)``; release ``R = BDNF·A``;
-TrkB ``dX/dt = (R(1+K_T)/(K_T+R)·(1 − trkb) − X)/τ_T``; mTORC1 ``dM/dt = k_M·D^h_M·(1 −
-rapa)·(1 − M) − k_Moff·M`` with drive ``D = (X + g_b·u_b)·A/(1)``; synaptic proteins ``dP/dt =
+TrkB ``dX/dt = (R(1+K_T)/(K_T+R)·(1 − trkb) − X)/τ_T``; mTORC1 ``dM/dt = k_M·(D/Z^κ)^h_M·(1 −
+rapa)·(1 − M) − k_Moff·M`` with drive ``D = X·(1 + g_b·u_b)·A`` (TrkB gates the GluN2B relief) and negative feedback
+``dZ/dt = (M/M0 − Z)/τ_Z`` (S6K → upstream feedback, partial for κ < 1); synaptic proteins ``dP/dt =
 ((1 + k_P(M/M0 − 1))(1 − aniso) − P)/τ_P``; precursors ``dN1/dt = (β·w_f·(P − 1)⁺ − N1)/τ_mat``,
 ``dN2/dt = (N1 − N2)/τ_mat``; spines ``dS/dt = (1 + N2·(1 − spine block) − S)/τ_S``;
 synaptic strength ``W = S·P^q``.
@@ -68,7 +70,8 @@ BLOCKERS = {
     "hnk": ("Kd0_hnk", "kesc_ketamine", None),
 }
 STATE_NAMES = ("eef2k", "p_eef2", "pyramidal_rate", "glutamate", "bdnf", "trkb", "mtorc1",
-               "synaptic_proteins", "precursor1", "precursor2", "spine_density", "lhb_burst")
+               "synaptic_proteins", "precursor1", "precursor2", "spine_density", "lhb_burst",
+               "mtor_feedback", "glutamate_reference")
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,8 @@ class MechanismParams:
         y[m["eef2k"]] = 0.0 if ko else 1.0
         y[m["p_eef2"]] = 0.0 if ko else s["pE0"]
         for k in ("pyramidal_rate", "glutamate", "lhb_burst", "bdnf", "trkb",
-                  "synaptic_proteins", "spine_density"):
+                  "synaptic_proteins", "spine_density", "mtor_feedback",
+                  "glutamate_reference"):
             y[m[k]] = 1.0
         y[m["mtorc1"]] = s["M0"]
         if any(n in self.intv for n in ("glun2b-deletion", "eef2k-knockout", "bdnf-knockout",
@@ -295,7 +299,8 @@ class MechanismParams:
 
 _SIG_KEYS = ("tau_K", "k_PP", "pE0", "g_b", "n_I", "g_dis", "zeta", "tau_r", "tau_G", "E_HNK",
              "EC50_HNK", "k_BDNF", "tau_T", "K_T", "k_Moff", "M0", "h_M", "tau_P", "k_P",
-             "tau_mat", "beta", "tau_S", "q", "tau_b", "h_H", "theta_H")
+             "tau_mat", "beta", "tau_S", "q", "tau_b", "h_H", "theta_H", "tau_Z", "kappa_Z",
+             "tau_Q")
 _PACK = ("kon", "Po_E2B", "Po_Esyn", "Po_I", "Po_H_rest", "pi_H", "kesc_lhb", *_SIG_KEYS,
          "w_a", "w_b", "w_c", "w_d", "w_e", "w_f", "ko_eef2k", "del_2b", "ko_bdnf", "trkb",
          "rapa", "aniso", "nbqx", "spine_block", "win_start", "win_end", "hnk_index")
@@ -335,6 +340,8 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     bI = qss_block(conc, kd0, kesc, mgf[2], kon, P[3]).sum()
     K, pE, rE, G, BD, X = y[nb], y[nb + 1], y[nb + 2], y[nb + 3], y[nb + 4], y[nb + 5]
     M, Pp, N1, N2, S, Rb = y[nb + 6], y[nb + 7], y[nb + 8], y[nb + 9], y[nb + 10], y[nb + 11]
+    Z = y[nb + 12]
+    Qg = y[nb + 13]
     dy = np.empty_like(y)
     # lateral habenula: slow, trapped block kept as an ODE (Po rises with bursting)
     BH = 0.0
@@ -353,7 +360,8 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     k_Moff, M0, h_M, tau_P, k_P = P[o + 14], P[o + 15], P[o + 16], P[o + 17], P[o + 18]
     tau_mat, beta, tau_S = P[o + 19], P[o + 20], P[o + 21]
     tau_b, h_H, theta_H = P[o + 23], P[o + 24], P[o + 25]
-    o = 7 + 26
+    tau_Z, kappa_Z, tau_Q = P[o + 26], P[o + 27], P[o + 28]
+    o = 7 + 29
     w_a, w_b, w_c, w_d, w_f = P[o], P[o + 1], P[o + 2], P[o + 3], P[o + 5]
     ko_eef2k, del_2b, ko_bdnf, trkb = P[o + 6], P[o + 7], P[o + 8], P[o + 9]
     win = 1.0 if (P[o + 14] <= t < P[o + 15]) else 0.0
@@ -380,15 +388,18 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     if hnk_i >= 0:
         c = max(conc[hnk_i], 0.0)
         a_hnk = E_HNK * c / (EC50_HNK + c)
-    A = max(G + w_d * a_hnk, 0.0) * (1.0 - nbqx)
+    # AMPA drive: the glutamate rise above a slowly adapting reference (sustained rises fade)
+    A = max(1.0 + (G - Qg) + w_d * a_hnk, 0.0) * (1.0 - nbqx)
+    dQ = (G - Qg) / tau_Q
     # shared downstream
     syn = 0.0 if ko_bdnf > 0.5 else T * (1.0 - aniso)
     dBD = k_BDNF * (syn - BD)
     R = max(BD, 0.0) * A
     dX = (R * (1.0 + K_T) / (K_T + R) * (1.0 - trkb) - X) / tau_T
-    D = max(X + g_b * u_b, 0.0) * A
+    D = max(X, 0.0) * (1.0 + g_b * u_b) * A
     kM = k_Moff * M0 / (1.0 - M0)
-    dM = kM * D ** h_M * (1.0 - rapa) * (1.0 - M) - k_Moff * M
+    dM = kM * (D / max(Z, 1e-6) ** kappa_Z) ** h_M * (1.0 - rapa) * (1.0 - M) - k_Moff * M
+    dZ = (M / M0 - Z) / tau_Z
     dP = ((1.0 + k_P * (M / M0 - 1.0)) * (1.0 - aniso) - Pp) / tau_P
     # (f) spines through two maturation stages
     dN1 = (beta * w_f * max(Pp - 1.0, 0.0) - N1) / tau_mat
@@ -409,6 +420,23 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     dy[nb + 9] = dN2
     dy[nb + 10] = dS
     dy[nb + 11] = dRb
+    dy[nb + 12] = dZ
+    dy[nb + 13] = dQ
+    return dy
+
+
+@njit(cache=True)
+def combined_rhs(t, y, Kbig, rate, f_blk, f_idx, f_scale, nblk, kd0, kesc, mgf, packed):
+    """PK (linear, ``Kbig @ x + rate``) and mechanism together; free brain µM of blocker
+    ``f_blk[i]`` is ``f_scale[i] × y[f_idx[i]]`` (kept in this module so numba's cache is
+    invalidated together with :func:`rhs_nb`)."""
+    n_pk = Kbig.shape[0]
+    dy = np.empty_like(y)
+    dy[:n_pk] = Kbig @ y[:n_pk] + rate
+    conc = np.zeros(nblk)
+    for i in range(f_blk.shape[0]):
+        conc[f_blk[i]] += f_scale[i] * max(y[f_idx[i]], 0.0)
+    dy[n_pk:] = rhs_nb(t, y[n_pk:], conc, kd0, kesc, mgf, packed)
     return dy
 
 

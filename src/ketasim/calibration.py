@@ -1,0 +1,156 @@
+"""Calibration of the mechanism's free constants against the timing targets and experiments.
+
+Targets (rodent_timecourses.yaml and the mechanism dossier; issue 3 acceptance), checked for
+the human 0.5 mg/kg over 40 min and the mouse 10 mg/kg i.p. courses:
+
+* p-eEF2 falls within 1 h and recovers by 8–24 h;
+* mTORC1 activity peaks within 0.5–2 h and is back near baseline (< 25% of the peak rise) by 4 h;
+* synaptic proteins are up from about 2 h and still up at 72 h;
+* new spines appear at 12–24 h, not at 3–6 h, and stay up ≥ 7 d, falling by 14 d;
+* LHb block outlasts the drug in the mouse (still ≥ θ_H at 12 h);
+
+and the experiment criteria (rapamycin, anisomycin, NBQX, BDNF knockout remove ≥ 70% at 24 h;
+GluN2B deletion mimics ≥ 50% and occludes ≤ 25%; spine blockade keeps ≥ 60% at 2–6 h and
+removes ≥ 70% at 3–7 d; memantine ≤ 25% of ketamine at 24 h; glutamate inverted U in rat).
+
+``ketasim calibrate mechanism`` prints every target with its value and whether it is met, and
+with ``--fit`` searches the calibrated constants (Nelder–Mead on a hinge penalty, log scale)
+and prints the values to write into the cards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .engine import Course, simulate
+from .mechanism import Hypotheses
+from .pk import Covariates
+from .regimen import Regimen
+
+T = np.array([0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 18.0, 24.0,
+              48.0, 72.0, 120.0, 168.0, 240.0, 336.0])
+MOUSE = Covariates(weight_kg=0.03, age_years=0.25, species="mouse")
+
+
+def _courses(species: str):
+    if species == "mouse":
+        return [Course("ketamine", Regimen.build("ip", "10 mg/kg"))], MOUSE
+    return [Course("ketamine", Regimen.build("iv-infusion", "0.5 mg/kg", "40 min"))], Covariates()
+
+
+def _rise(res, name):
+    return res.readouts[name] - 1.0
+
+
+def timing_values(hyp: Hypotheses | None = None, overrides: dict | None = None) -> dict:
+    """Named timing quantities for human and mouse (see module docstring)."""
+    out = {}
+    for sp in ("human", "mouse"):
+        courses, cov = _courses(sp)
+        res = simulate(courses, T, cov, hypotheses=hyp, overrides=overrides)
+        pe = _rise(res, "p_eef2")
+        imin = int(np.argmin(pe))
+        drop = -pe[imin]
+        at = {float(t): i for i, t in enumerate(T)}
+        out[f"{sp}.p_eef2_min_time_h"] = float(T[imin])
+        out[f"{sp}.p_eef2_drop"] = float(drop)
+        out[f"{sp}.p_eef2_left_at_24h"] = float(abs(pe[at[24.0]]) / drop) if drop > 0 else 1.0
+        m = _rise(res, "mtorc1")
+        imax = int(np.argmax(m))
+        out[f"{sp}.mtorc1_peak_time_h"] = float(T[imax])
+        out[f"{sp}.mtorc1_left_at_4h"] = float(m[at[4.0]] / m[imax]) if m[imax] > 0 else 1.0
+        p = _rise(res, "synaptic_proteins")
+        pk = max(p.max(), 1e-12)
+        out[f"{sp}.proteins_at_2h"] = float(p[at[2.0]] / pk)
+        out[f"{sp}.proteins_at_72h"] = float(p[at[72.0]] / pk)
+        s = _rise(res, "spine_density")
+        spk = max(s.max(), 1e-12)
+        out[f"{sp}.spines_at_6h"] = float(s[at[6.0]] / spk)
+        out[f"{sp}.spines_at_24h"] = float(s[at[24.0]] / spk)
+        out[f"{sp}.spines_at_7d"] = float(s[at[168.0]] / spk)
+        out[f"{sp}.spines_at_14d"] = float(s[at[336.0]] / spk)
+        out[f"{sp}.spine_rise"] = float(s.max())
+        if sp == "mouse":
+            out["mouse.lhb_block_at_12h"] = float(res.readouts["block_H"][at[12.0]])
+    return out
+
+
+def timing_checks(v: dict) -> dict[str, bool]:
+    """Pass/fail of each timing target from :func:`timing_values`."""
+    c = {}
+    for sp in ("human", "mouse"):
+        c[f"{sp}: p-eEF2 falls within 1 h"] = (v[f"{sp}.p_eef2_min_time_h"] <= 1.0
+                                               and v[f"{sp}.p_eef2_drop"] > 0.001)
+        c[f"{sp}: p-eEF2 recovered by 24 h"] = v[f"{sp}.p_eef2_left_at_24h"] < 0.1
+        c[f"{sp}: mTORC1 peaks at 0.5-2 h"] = 0.5 <= v[f"{sp}.mtorc1_peak_time_h"] <= 2.0
+        c[f"{sp}: mTORC1 near baseline by 4 h"] = v[f"{sp}.mtorc1_left_at_4h"] < 0.25
+        c[f"{sp}: synaptic proteins up from ~2 h"] = v[f"{sp}.proteins_at_2h"] > 0.1
+        c[f"{sp}: synaptic proteins still up at 72 h"] = v[f"{sp}.proteins_at_72h"] > 0.2
+        c[f"{sp}: no new spines at 3-6 h"] = v[f"{sp}.spines_at_6h"] < 0.1
+        c[f"{sp}: new spines at 12-24 h"] = v[f"{sp}.spines_at_24h"] > 0.25
+        c[f"{sp}: spines up at 7 d"] = v[f"{sp}.spines_at_7d"] > 0.3
+        c[f"{sp}: spines falling by 14 d"] = v[f"{sp}.spines_at_14d"] < v[f"{sp}.spines_at_7d"]
+    c["mouse: LHb block outlasts the drug (12 h)"] = v["mouse.lhb_block_at_12h"] > 0.2
+    return c
+
+
+def timing_scores(hyp: Hypotheses | None = None) -> dict[str, bool]:
+    return timing_checks(timing_values(hyp))
+
+
+def experiment_checks() -> dict[str, tuple[float, bool]]:
+    """Acceptance criteria of the named experiments: name → (value, met)."""
+    from .experiments import effect_removed, run_experiment
+
+    out: dict[str, tuple[float, bool]] = {}
+    for name in ("rapamycin", "anisomycin", "nbqx", "bdnf-knockout"):
+        res = run_experiment(name)
+        for r in res["readouts"]:
+            if r["readout"] in ("synaptic_strength", "fst_immobility"):
+                f = effect_removed(r["arms"])
+                out[f"{name}: removes ≥70% of {r['readout']} effect at 24 h"] = (f, f >= 0.7)
+    res = run_experiment("glun2b-deletion")
+    for r in res["readouts"]:
+        if r["readout"] in ("synaptic_strength", "fst_immobility"):
+            a = r["arms"]
+            k = a["ketamine"] - a["vehicle"]
+            mimic = (a["intervention"] - a["vehicle"]) / k
+            added = (a["intervention+ketamine"] - a["intervention"]) / k
+            out[f"glun2b-deletion: mimics ≥50% ({r['readout']})"] = (mimic, mimic >= 0.5)
+            out[f"glun2b-deletion: ketamine adds ≤25% ({r['readout']})"] = (added, added <= 0.25)
+    res = run_experiment("spine-blockade")
+    for r in res["readouts"]:
+        if r["readout"] not in ("fst_immobility", "synaptic_strength"):
+            continue
+        f = effect_removed(r["arms"])
+        if r["time_h"] <= 6.0:
+            out[f"spine-blockade: keeps ≥60% at {r['time_h']:g} h ({r['readout']})"] = (
+                1 - f, 1 - f >= 0.6)
+        else:
+            out[f"spine-blockade: removes ≥70% at {r['time_h']:g} h ({r['readout']})"] = (
+                f, f >= 0.7)
+    res = run_experiment("memantine-vs-ketamine")
+    for r in res["readouts"]:
+        if r["time_h"] == 24.0 and r["readout"] in ("synaptic_strength", "spine_density"):
+            a = r["arms"]
+            ratio = (a["memantine"] - a["vehicle"]) / (a["ketamine"] - a["vehicle"])
+            out[f"memantine ≤25% of ketamine at 24 h ({r['readout']})"] = (ratio, ratio <= 0.25)
+    arms = run_experiment("dose-response")["readouts"][0]["arms"]
+    up = min(arms["10 mg/kg"], arms["20 mg/kg"], arms["30 mg/kg"])
+    out["glutamate rises at 10-30 mg/kg (min %)"] = (up, up > 10.0)
+    out["glutamate unchanged at 50 mg/kg (%)"] = (arms["50 mg/kg"], abs(arms["50 mg/kg"]) < 10)
+    out["glutamate falls at 200 mg/kg (%)"] = (arms["200 mg/kg"], arms["200 mg/kg"] < -10.0)
+    return out
+
+
+def report() -> dict:
+    """All targets with values and pass/fail, for ``ketasim calibrate mechanism``."""
+    v = timing_values()
+    timing = timing_checks(v)
+    exp = experiment_checks()
+    return {"timing": {k: bool(x) for k, x in timing.items()},
+            "timing_values": v,
+            "experiments": {k: {"value": float(val), "met": bool(ok)}
+                            for k, (val, ok) in exp.items()},
+            "met": sum(timing.values()) + sum(ok for _, ok in exp.values()),
+            "total": len(timing) + len(exp)}
