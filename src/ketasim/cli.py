@@ -286,6 +286,194 @@ def run(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = Fa
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 
+calibrate_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                            help="Calibration scripts (rerunnable; print targets and residuals).")
+app.add_typer(calibrate_app, name="calibrate")
+
+
+@app.command()
+def simulate(
+    drug: Annotated[str, typer.Option(help="ketamine | esketamine | memantine")] = "ketamine",
+    model: Annotated[str | None, typer.Option(help="PK model id")] = None,
+    route: Annotated[str, typer.Option(help="route (ip for rodents)")] = "iv-infusion",
+    dose: Annotated[str, typer.Option(help="e.g. '0.5 mg/kg'")] = "0.5 mg/kg",
+    duration: Annotated[str | None, typer.Option(help="IV infusion duration")] = None,
+    schedule: Annotated[str | None, typer.Option(help="e.g. 'twice weekly for 4 weeks'")] = None,
+    salt: Annotated[str | None, typer.Option(help="'hcl' if the dose is ketamine HCl")] = None,
+    species: Annotated[str, typer.Option(help="human | mouse | rat")] = "human",
+    weight: Annotated[float | None, typer.Option(help="kg (default 70 human, 0.03 mouse, "
+                                                      "0.3 rat)")] = None,
+    age: Annotated[float, typer.Option(help="years")] = 40.0,
+    sex: Annotated[str, typer.Option(help="male | female")] = "male",
+    race: Annotated[str, typer.Option(help="caucasian, black, asian, japanese, other")]
+    = "caucasian",
+    hypotheses: Annotated[str, typer.Option(help="'default', 'a,b,f', 'only:c' or 'd=1,c=0'")]
+    = "default",
+    interventions: Annotated[str, typer.Option(help="comma list, e.g. 'rapamycin,mg=0.5'")]
+    = "",
+    days: Annotated[float, typer.Option(help="simulated days after the first dose")] = 0.0,
+    step_h: Annotated[float, typer.Option(help="output step, h")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    out_dir: Annotated[str | None, typer.Option("--out", help="write timecourse.csv, "
+                                                             "timecourse.parquet, metadata.json "
+                                                             "to this folder")] = None,
+    plot: Annotated[str | None, typer.Option(help="save a figure of every stage (PNG)")] = None,
+) -> None:
+    """One subject end to end: plasma → brain → receptor block → signalling → synapses."""
+    from .engine import Course
+    from .engine import simulate as run_sim
+    from .mechanism import Hypotheses, Interventions
+    from .pk import Covariates
+    from .regimen import Regimen, normalise_route
+
+    r = normalise_route(route)
+    if r == "iv-infusion" and duration is None:
+        duration = "40 min"
+    regimen = Regimen.build(r, dose, duration=duration, schedule=schedule, salt=salt)
+    w = weight if weight is not None else {"human": 70.0, "mouse": 0.03, "rat": 0.3}.get(
+        species, 70.0)
+    cov = Covariates(weight_kg=w, age_years=age if species == "human" else 0.25, sex=sex,
+                     race=race, species=species)
+    if not (0 < step_h <= 24):
+        raise KetasimError("step-h", f"must be within (0, 24] h, got {step_h:g}")
+    horizon = days * 24.0 if days > 0 else max(regimen.end_h + 7 * 24.0, 14 * 24.0)
+    if horizon > 24 * 365:
+        raise KetasimError("days", "at most 365 days")
+    t = np.unique(np.concatenate([np.arange(0.0, horizon + 1e-9, step_h),
+                                  np.array([d.time_h + x for d in regimen
+                                            for x in (0.25, 0.5, 0.75)])]))
+    t = t[t <= horizon]
+    res = run_sim([Course(drug, regimen, model)], t, cov,
+                  hypotheses=Hypotheses.parse(hypotheses),
+                  interventions=Interventions.parse(interventions))
+    import pandas as pd
+
+    cols = {"time_h": res.time_h}
+    cols.update({f"{k}_plasma_ng_per_ml": v for k, v in res.plasma_ng_per_ml.items()})
+    cols.update({f"{k}_brain_free_uM": v for k, v in res.brain_free_uM.items()})
+    cols.update(res.readouts)
+    df = pd.DataFrame(cols)
+    meta = {**res.metadata, "regimen": {"route": r, "dose": dose, "duration": duration,
+                                        "schedule": schedule, "salt": salt},
+            "disclaimer": DISCLAIMER}
+    if out_dir:
+        import os
+
+        if not os.path.isdir(out_dir):
+            os.makedirs(out_dir, exist_ok=True)
+        _write(os.path.join(out_dir, "timecourse.csv"), df.to_csv(index=False), "out")
+        df.to_parquet(os.path.join(out_dir, "timecourse.parquet"), index=False)
+        _write(os.path.join(out_dir, "metadata.json"), json.dumps(_jsonable(meta), indent=1),
+               "out")
+    if plot:
+        from .report import plot_mechanism
+
+        plot_mechanism(res, plot)
+    if as_json:
+        print(json.dumps(_jsonable({"time_h": res.time_h, "plasma_ng_per_ml":
+                                    res.plasma_ng_per_ml, "brain_free_uM": res.brain_free_uM,
+                                    "readouts": res.readouts, "metadata": meta})))
+        return
+    keep = ["time_h", f"{drug}_plasma_ng_per_ml", "block_E2B", "block_I", "block_H", "p_eef2",
+            "mtorc1", "synaptic_proteins", "spine_density", "synaptic_strength"]
+    show = df[[c for c in keep if c in df.columns]]
+    idx = np.unique(np.searchsorted(res.time_h, [0.5, 1, 2, 4, 8, 24, 72, 168, 336, 672]))
+    table = Table(title=f"{drug} · {species} · {res.metadata['courses'][0]['model']} · "
+                        f"hypotheses {hypotheses} · interventions {interventions or 'none'}")
+    for c in show.columns:
+        table.add_column(c.replace("_plasma_ng_per_ml", " ng/mL"), justify="right")
+    for i in idx[idx < len(df)]:
+        table.add_row(*[f"{v:.3g}" for v in show.iloc[i]])
+    out.print(table)
+    out.print(f"[dim]{res.metadata['wall_ms']:.0f} ms · {DISCLAIMER}[/]")
+
+
+@app.command()
+def experiment(
+    name: Annotated[str | None, typer.Argument(help="experiment name (see --list)")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Run a named in-silico experiment with and without its intervention."""
+    from .experiments import EXPERIMENTS, run_experiment
+
+    if list_ or name is None:
+        rows = [{"name": e.name, "species": e.species, "finding": e.finding}
+                for e in EXPERIMENTS.values()]
+        if as_json:
+            print(json.dumps(rows))
+            return
+        t = Table(title="in-silico experiments")
+        for col in ("name", "species", "finding"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r["name"], r["species"], r["finding"])
+        out.print(t)
+        return
+    res = run_experiment(name)
+    if as_json:
+        print(json.dumps(_jsonable(res)))
+        return
+    out.print(f"[bold]{res['name']}[/] ({res['species']}): {res['finding']}")
+    t = Table()
+    arms = list(res["readouts"][0]["arms"])
+    for col in ("readout", "time (h)", *arms):
+        t.add_column(col, justify="right")
+    for r in res["readouts"]:
+        t.add_row(r["readout"], f"{r['time_h']:g}", *[f"{r['arms'][a]:.4g}" for a in arms])
+    out.print(t)
+
+
+@app.command()
+def cards(
+    evidence: Annotated[bool, typer.Option("--evidence", help="count parameters by evidence "
+                                                             "tag")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Parameters per card by evidence tag (read / derived / calibrated / assumed).
+
+    ``--evidence`` is accepted for clarity; the evidence summary is what this command prints."""
+    from .cards import all_parameters
+
+    del evidence
+    rows = all_parameters()
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        c = counts.setdefault(r["card"], {"read": 0, "derived": 0, "calibrated": 0,
+                                          "assumed": 0})
+        c[r["evidence"]] += 1
+    total = {k: sum(c[k] for c in counts.values()) for k in ("read", "derived",
+                                                               "calibrated", "assumed")}
+    if as_json:
+        print(json.dumps({"cards": counts, "total": total, "n_parameters": len(rows)}))
+        return
+    t = Table(title="parameters by evidence tag")
+    for col in ("card", "read", "derived", "calibrated", "assumed"):
+        t.add_column(col, justify="right")
+    for name, c in counts.items():
+        t.add_row(name, *[str(c[k]) for k in ("read", "derived", "calibrated", "assumed")])
+    t.add_row("[bold]total[/]", *[f"[bold]{total[k]}[/]" for k in total])
+    out.print(t)
+
+
+@calibrate_app.command("mechanism")
+def calibrate_mechanism(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check every mechanism timing target and experiment criterion; print values and misses."""
+    from .calibration import report
+
+    r = report()
+    if as_json:
+        print(json.dumps(_jsonable(r)))
+        return
+    for k, ok in r["timing"].items():
+        out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + k)
+    for k, v in r["experiments"].items():
+        out.print(("[green]met[/]  " if v["met"] else "[red]MISS[/] ") + f"{k}: {v['value']:.3g}")
+    out.print(f"[bold]{r['met']} / {r['total']} targets met[/]")
+
+
 @bench_app.command("pk")
 def bench_pk(
     n: Annotated[int, typer.Option(help="number of virtual patients")] = 100_000,

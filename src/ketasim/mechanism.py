@@ -28,8 +28,9 @@ Hypothesis branches, each weighted by ``w_a … w_f`` (:class:`Hypotheses`):
 
 Shared downstream: ``dBDNF/dt = k_BDNF·(T·(1 − aniso) − BDNF)``; release ``R = BDNF·A``;
 TrkB ``dX/dt = (R(1+K_T)/(K_T+R)·(1 − trkb) − X)/τ_T``; mTORC1 ``dM/dt = k_M·(D/Z^κ)^h_M·(1 −
-rapa)·(1 − M) − k_Moff·M`` with drive ``D = X·(1 + g_b·u_b)·A`` (TrkB gates the GluN2B relief) and negative feedback
-``dZ/dt = (M/M0 − Z)/τ_Z`` (S6K → upstream feedback, partial for κ < 1); synaptic proteins ``dP/dt =
+rapa)·(1 − M) − k_Moff·M`` with drive ``D = X·(1 + g_b·u_b)·A`` (TrkB gates the GluN2B
+relief) and negative feedback ``dZ/dt = (M/M0 − Z)/τ_Z`` (S6K → upstream feedback, partial for
+κ < 1); synaptic proteins ``dP/dt =
 ((1 + k_P(M/M0 − 1))(1 − aniso) − P)/τ_P``; precursors ``dN1/dt = (β·w_f·(P − 1)⁺ − N1)/τ_mat``,
 ``dN2/dt = (N1 − N2)/τ_mat``; spines ``dS/dt = (1 + N2·(1 − spine block) − S)/τ_S``;
 synaptic strength ``W = S·P^q``.
@@ -293,7 +294,7 @@ class MechanismParams:
         kd0, kesc, mgf = self.blocker_arrays()
         pk = self.packed()
         sol = odeint(lambda yy, t: rhs_nb(t, yy, zero, kd0, kesc, mgf, pk),
-                     y, [0.0, 1440.0], rtol=1e-8, atol=1e-10)
+                     y, [0.0, 1440.0], rtol=1e-8, atol=1e-10, mxstep=200000)
         return sol[-1]
 
 
@@ -441,18 +442,23 @@ def combined_rhs(t, y, Kbig, rate, f_blk, f_idx, f_scale, nblk, kd0, kesc, mgf, 
 
 
 def fast_blocks(conc: np.ndarray, p: MechanismParams) -> dict[str, np.ndarray]:
-    """Quasi-steady-state block of the fast populations for concentrations (blockers, T)."""
+    """Quasi-steady-state block of the fast populations for concentrations (blockers, T);
+    the vectorised form of :func:`qss_block`."""
     kd0, kesc, mgf = p.blocker_arrays()
     r = p.r
     out = {}
+    c = np.maximum(conc, 0.0)
     for i, (pop, po) in enumerate((("E2B", r["Po_E2B"]), ("Esyn", r["Po_Esyn"]),
                                    ("I", r["Po_I"]))):
-        b = np.array([qss_block(conc[:, k], kd0, kesc, mgf[i], r["kon"], po)
-                      for k in range(conc.shape[1])]).T
+        on = r["kon"] * c * po / mgf[i][:, None]
+        off = (r["kon"] * kd0 * po + kesc * (1.0 - po))[:, None]
+        ratio = on / off
+        b = ratio / (1.0 + ratio.sum(axis=0))
         out[f"block_{pop}"] = b.sum(axis=0)
         for j, bl in enumerate(p.blockers):
             out[f"block_{pop}_{bl}"] = b[j]
     return out
+
 
 def readouts(y: np.ndarray, conc: np.ndarray, p: MechanismParams) -> dict[str, np.ndarray]:
     """Named readouts from states ``y`` (n_states, T) and free concentrations (blockers, T);
@@ -461,9 +467,9 @@ def readouts(y: np.ndarray, conc: np.ndarray, p: MechanismParams) -> dict[str, n
     st = dict(zip(STATE_NAMES, y[nbk:], strict=True))
     s = p.s
     out: dict[str, np.ndarray] = fast_blocks(conc, p)
-    out["block_H"] = y[:nbk].sum(axis=0)
+    out["block_H"] = np.clip(y[:nbk].sum(axis=0), 0.0, 1.0)
     for j, bl in enumerate(p.blockers):
-        out[f"block_H_{bl}"] = y[j]
+        out[f"block_H_{bl}"] = np.clip(y[j], 0.0, 1.0)
     out["p_eef2"] = st["p_eef2"] / s["pE0"]
     out["eef2k"] = st["eef2k"]
     out["glutamate"] = st["glutamate"]

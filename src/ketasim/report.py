@@ -32,3 +32,49 @@ def plot_pk(res, path: str) -> None:
         raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
     finally:
         plt.close(fig)
+
+
+def plot_mechanism(res, path: str) -> None:
+    """Every stage of a mechanism simulation as a multi-panel PNG."""
+    fig, axes = plt.subplots(3, 2, figsize=(10, 8), dpi=110, sharex=True)
+    t = res.time_h / 24.0
+    ax = axes[0, 0]
+    for k, v in res.plasma_ng_per_ml.items():
+        ax.plot(t, v, label=k)
+    ax.set_ylabel("plasma (ng/mL)")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    for k in ("block_E2B", "block_Esyn", "block_I", "block_H"):
+        ax.plot(t, res.readouts[k], label=k.replace("block_", ""))
+    ax.set_ylabel("NMDAR block (fraction)")
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    for k in ("p_eef2", "bdnf", "trkb", "mtorc1"):
+        ax.plot(t, res.readouts[k], label=k)
+    ax.set_ylabel("signalling (× baseline)")
+    ax.legend(fontsize=7)
+    ax = axes[1, 1]
+    for k in ("glutamate", "lhb_burst"):
+        ax.plot(t, res.readouts[k], label=k)
+    ax.set_ylabel("glutamate, LHb bursting")
+    ax.legend(fontsize=7)
+    ax = axes[2, 0]
+    for k in ("synaptic_proteins", "spine_density", "synaptic_strength"):
+        ax.plot(t, res.readouts[k], label=k)
+    ax.set_ylabel("synapses (× baseline)")
+    ax.legend(fontsize=7)
+    ax.set_xlabel("days")
+    ax = axes[2, 1]
+    ax.plot(t, res.readouts["fst_immobility"])
+    ax.set_ylabel("FST immobility (s, rodent readout)")
+    ax.set_xlabel("days")
+    for a in axes.ravel():
+        a.grid(alpha=0.3)
+    fig.suptitle("ketasim — dose to synapse (research tool, not medical advice)", fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        plt.close(fig)

@@ -250,7 +250,7 @@ class ParamCard(BaseModel):
         return _card_hashes()[("mechanism", self.id)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_param_cards() -> dict[str, ParamCard]:
     """All mechanism-stage parameter cards (``cards/mechanism/*.yaml``), by id."""
     cards = {}
@@ -399,3 +399,22 @@ def default_pk_model(drug: str, route: str | None = None, species: str = "human"
 def card_versions() -> dict[str, str]:
     """``{"pk/kamp2020": "<sha256 prefix>", ...}`` for run metadata."""
     return {f"{k}/{n}": h for (k, n), h in _card_hashes().items()}
+
+
+def all_parameters() -> list[dict]:
+    """Every parameter of every card: card, name, value, units, evidence, source."""
+    rows = []
+    for cid, c in load_pk_cards().items():
+        for n, p in c.parameters.items():
+            rows.append({"card": f"pk/{cid}", "name": n, "value": p.value, "units": p.units,
+                         "evidence": p.evidence, "source": p.source, "note": p.note})
+    for cid, c in load_drugs().items():
+        for n, p in {**c.constants, **c.bands}.items():
+            rows.append({"card": f"drugs/{cid}", "name": n, "value": p.value, "units": p.units,
+                         "evidence": p.evidence, "source": p.source, "note": p.note})
+    for cid, c in load_param_cards().items():
+        for n, p in c.parameters.items():
+            rows.append({"card": f"mechanism/{cid}", "name": n, "value": p.value,
+                         "units": p.units, "evidence": p.evidence, "source": p.source,
+                         "note": p.note})
+    return rows

@@ -48,6 +48,7 @@ falls after), so it is exact there; for first-order absorption routes it is a gr
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numba
@@ -60,7 +61,8 @@ from .solve import _TIME_DECIMALS, check_times, compile_schedule
 
 __all__ = ["FastResult", "solve_batch", "take_patients", "CHUNK"]
 
-CHUNK = 16  # patients per SIMD chunk (patient index innermost in the work arrays)
+CHUNK = 32  # patients per SIMD chunk (patient index innermost in the work arrays)
+BLOCK = 16  # chunks per unit of work of a thread
 
 _THETA7 = 0.9504178996162932  # Higham 2005: degree-7 Padé backward error ≤ 2^-53 below this
 _PADE7 = (17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0)
@@ -81,177 +83,224 @@ class FastResult(NamedTuple):
 
 
 # --------------------------------------------------------------------------- compiled kernels
-@numba.njit(cache=True, inline="always")
-def _matmul(A, B, out, m):
+@numba.njit(cache=True, nogil=True)
+def _spmm(X, Y, Z, tri, cw):
+    """X = Y·Z on the pattern: ``X[o] += Y[a]·Z[b]`` for each triple (o, a, b), per lane."""
+    for o in range(X.shape[0]):
+        for c in range(cw):
+            X[o, c] = 0.0
+    for t in range(tri.shape[0]):
+        o = tri[t, 0]
+        a = tri[t, 1]
+        b = tri[t, 2]
+        for c in range(cw):
+            X[o, c] += Y[a, c] * Z[b, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _expm_sparse(Mv, h, row_of, dpos, tri, ops, E, A, A2, A4, A6, W, V, R, cw):
+    """``E = exp(M·h)`` for every lane, entries on the closed pattern (see :class:`_Pattern`).
+
+    Padé(7) with scaling and squaring; ``‖M·h/2^s‖∞ ≤ θ₇`` for all lanes (one s per chunk).
+    The Padé denominator is then strictly diagonally dominant, so the LU factorisation in
+    ``ops`` needs no pivoting: kind 0 ``Q[d] /= Q[s1]``, 1 ``Q[d] -= Q[s1]·Q[s2]``,
+    2 ``P[d] -= Q[s1]·P[s2]``, 3 ``P[d] /= Q[s1]``.
+    """
+    n_s = Mv.shape[0]
+    m = dpos.shape[0]
     for i in range(m):
-        for j in range(m):
-            for c in range(CHUNK):
-                out[i, j, c] = 0.0
-            for k in range(m):
-                for c in range(CHUNK):
-                    out[i, j, c] += A[i, k, c] * B[k, j, c]
-
-
-@numba.njit(cache=True)
-def _expm_chunk(M, h, E):
-    """E[:, :, c] = exp(M[:, :, c]·h) for every lane c: Padé(7) with scaling and squaring."""
-    m = M.shape[0]
-    C = M.shape[2]
-    # scaling: one s for the chunk, the largest any patient needs
+        for c in range(cw):
+            R[i, c] = 0.0
+    for e in range(n_s):
+        i = row_of[e]
+        for c in range(cw):
+            R[i, c] += abs(Mv[e, c])
     nrm = 0.0
-    for c in range(CHUNK):
-        for i in range(m):
-            r = 0.0
-            for j in range(m):
-                r += abs(M[i, j, c])
-            r *= h
-            if r > nrm:
-                nrm = r
+    for i in range(m):
+        for c in range(cw):
+            if R[i, c] > nrm:
+                nrm = R[i, c]
+    nrm *= h
     s = 0
     while nrm > _THETA7:
         nrm *= 0.5
         s += 1
     f = h / (2.0 ** s)
-    A = np.empty((m, m, C))
-    for i in range(m):
-        for j in range(m):
-            for c in range(CHUNK):
-                A[i, j, c] = M[i, j, c] * f
-    A2 = np.empty((m, m, C))
-    A4 = np.empty((m, m, C))
-    A6 = np.empty((m, m, C))
-    _matmul(A, A, A2, m)
-    _matmul(A2, A2, A4, m)
-    _matmul(A4, A2, A6, m)
+    for e in range(n_s):
+        for c in range(cw):
+            A[e, c] = Mv[e, c] * f
+    _spmm(A2, A, A, tri, cw)
+    _spmm(A4, A2, A2, tri, cw)
+    _spmm(A6, A4, A2, tri, cw)
     b0, b1, b2, b3, b4, b5, b6, b7 = _PADE7
-    W = np.empty((m, m, C))
-    V = np.empty((m, m, C))
+    for e in range(n_s):
+        for c in range(cw):
+            W[e, c] = b7 * A6[e, c] + b5 * A4[e, c] + b3 * A2[e, c]
+            V[e, c] = b6 * A6[e, c] + b4 * A4[e, c] + b2 * A2[e, c]
     for i in range(m):
-        for j in range(m):
-            d = 1.0 if i == j else 0.0
-            for c in range(CHUNK):
-                W[i, j, c] = b7 * A6[i, j, c] + b5 * A4[i, j, c] + b3 * A2[i, j, c] + b1 * d
-                V[i, j, c] = b6 * A6[i, j, c] + b4 * A4[i, j, c] + b2 * A2[i, j, c] + b0 * d
-    U = A2  # reuse
-    _matmul(A, W, U, m)
-    Q = A4  # Q = V - U (diagonally dominant), P = V + U
+        d = dpos[i]
+        for c in range(cw):
+            W[d, c] += b1
+            V[d, c] += b0
+    U = A2
+    _spmm(U, A, W, tri, cw)
+    Q = A4
     P = E
-    for i in range(m):
-        for j in range(m):
-            for c in range(CHUNK):
-                Q[i, j, c] = V[i, j, c] - U[i, j, c]
-                P[i, j, c] = V[i, j, c] + U[i, j, c]
-    # Gaussian elimination without pivoting (stable: Q strictly diagonally dominant)
-    for k in range(m):
-        for i in range(k + 1, m):
-            for c in range(CHUNK):
-                Q[i, k, c] = Q[i, k, c] / Q[k, k, c]
-            for j in range(k + 1, m):
-                for c in range(CHUNK):
-                    Q[i, j, c] -= Q[i, k, c] * Q[k, j, c]
-            for j in range(m):
-                for c in range(CHUNK):
-                    P[i, j, c] -= Q[i, k, c] * P[k, j, c]
-    for i in range(m - 1, -1, -1):
-        for j in range(m):
-            for k in range(i + 1, m):
-                for c in range(CHUNK):
-                    P[i, j, c] -= Q[i, k, c] * P[k, j, c]
-            for c in range(CHUNK):
-                P[i, j, c] = P[i, j, c] / Q[i, i, c]
-    # squaring
-    T = A6
+    for e in range(n_s):
+        for c in range(cw):
+            Q[e, c] = V[e, c] - U[e, c]
+            P[e, c] = V[e, c] + U[e, c]
+    for t in range(ops.shape[0]):
+        kind = ops[t, 0]
+        d = ops[t, 1]
+        s1 = ops[t, 2]
+        s2 = ops[t, 3]
+        if kind == 0:
+            for c in range(cw):
+                Q[d, c] = Q[d, c] / Q[s1, c]
+        elif kind == 1:
+            for c in range(cw):
+                Q[d, c] -= Q[s1, c] * Q[s2, c]
+        elif kind == 2:
+            for c in range(cw):
+                P[d, c] -= Q[s1, c] * P[s2, c]
+        else:
+            for c in range(cw):
+                P[d, c] = P[d, c] / Q[s1, c]
     for _ in range(s):
-        _matmul(E, E, T, m)
-        for i in range(m):
-            for j in range(m):
-                for c in range(CHUNK):
-                    E[i, j, c] = T[i, j, c]
+        _spmm(A6, E, E, tri, cw)
+        for e in range(n_s):
+            for c in range(cw):
+                E[e, c] = A6[e, c]
 
 
-@numba.njit(parallel=True, cache=True)
-def _kernel(K, idx, grow, in_state, hs, step_of, nz_ptr, nz_col, ev_ptr, ev_kind, ev_target,
-            ev_vals, out_pos, plasma_idx, inv_vol, auc_grid, out, auc_traj, auc_final, cmax):
-    """All patients: exponentials per chunk, then propagation over the break points.
+@numba.njit(cache=True, nogil=True)
+def _exponentials(K, grow, hs, mk_pos, mk_a, mk_b, g_pos, g_col, rate_pos, row_of, dpos, tri,
+                  ops, nnz, ch0, ch1, Phi, C):
+    """Propagators of chunks ``ch0..ch1`` (``C`` lanes each) for every step length.
 
-    ``ev_vals`` and ``inv_vol`` are padded to a whole number of chunks. Row ``i`` of the
-    propagator has its structurally non-zero columns ``nz_col[nz_ptr[i]:nz_ptr[i+1]]``
-    (diagonal first); the others are exact zeros (block-triangular structure).
+    ``Phi[(((ch-ch0)·U + u)·nnz + q)·C + c]`` is entry ``q`` of the pattern (evolving rows)
+    of ``exp(M·hs[u])`` for patient ``ch·C + c``. ``M`` on the pattern: K entries
+    (``mk_*``), the parent-AUC row (``g_*``), unit input columns (``rate_pos``). Lanes past the
+    last patient hold zeros.
     """
-    C = CHUNK
     n = K.shape[0]
-    nd = idx.shape[0]
-    n_in = in_state.shape[0]
-    m = nd + 1 + n_in  # states, parent AUC, input rates
-    r = nd + 1  # rows that evolve
-    nnz = nz_col.shape[0]
+    n_s = row_of.shape[0]
+    m = dpos.shape[0]
     n_u = hs.shape[0]
-    n_bp = out_pos.shape[0]
-    n_sp = plasma_idx.shape[0]
-    pi = plasma_idx[0]
-    n_chunks = (n + C - 1) // C
-    for ch in numba.prange(n_chunks):
+    Mv = np.zeros((n_s, C))
+    E = np.empty((n_s, C))
+    A = np.empty((n_s, C))
+    A2 = np.empty((n_s, C))
+    A4 = np.empty((n_s, C))
+    A6 = np.empty((n_s, C))
+    W = np.empty((n_s, C))
+    V = np.empty((n_s, C))
+    R = np.empty((m, C))
+    for ch in range(ch0, ch1):
         p0 = ch * C
         cw = min(C, n - p0)
-        M = np.zeros((m, m, C))
+        for e in range(n_s):
+            for c in range(C):
+                Mv[e, c] = 0.0
         for c in range(cw):
             p = p0 + c
-            for a in range(nd):
-                for b in range(nd):
-                    M[a, b, c] = K[p, idx[a], idx[b]]
-                M[nd, a, c] = grow[p, a]
-        for j in range(n_in):
+            for e in range(mk_pos.shape[0]):
+                Mv[mk_pos[e], c] = K[p, mk_a[e], mk_b[e]]
+            for e in range(g_pos.shape[0]):
+                Mv[g_pos[e], c] = grow[p, g_col[e]]
+        for e in range(rate_pos.shape[0]):
             for c in range(C):
-                M[in_state[j], nd + 1 + j, c] = 1.0
-        Phi = np.empty((n_u, nnz, C))
-        E = np.empty((m, m, C))
+                Mv[rate_pos[e], c] = 1.0
         for u in range(n_u):
-            _expm_chunk(M, hs[u], E)
-            for i in range(r):
-                for q in range(nz_ptr[i], nz_ptr[i + 1]):
-                    j = nz_col[q]
-                    for c in range(C):
-                        Phi[u, q, c] = E[i, j, c]
-        y = np.zeros((m, C))
-        y2 = np.zeros((m, C))
-        cm = np.zeros(C)
+            _expm_sparse(Mv, hs[u], row_of, dpos, tri, ops, E, A, A2, A4, A6, W, V, R, C)
+            base = ((ch - ch0) * n_u + u) * nnz * C
+            out = Phi[base:base + nnz * C]
+            for q in range(nnz):
+                for c in range(C):
+                    out[q * C + c] = E[q, c]
+
+
+_PROPAGATE_SRC = """
+def _propagate(Phi, step_of, ev_ptr, ev_kind, ev_target, ev_vals, out_pos, inv_vol, auc_grid,
+               out, auc_traj, auc_final, cmax, ch0, ch1, n):
+    C = {C}
+    n_bp = out_pos.shape[0]
+    y = np.zeros({m} * C)
+    cm = np.zeros(C)
+    for ch in range(ch0, ch1):
+        p0 = ch * C
+        cw = min(C, n - p0)
+        y[:] = 0.0
+        cm[:] = 0.0
         for k in range(n_bp):
             if k > 0:
-                u = step_of[k - 1]
-                for i in range(r):
-                    q0 = nz_ptr[i]
-                    j0 = nz_col[q0]
-                    for c in range(C):
-                        y2[i, c] = Phi[u, q0, c] * y[j0, c]
-                    for q in range(q0 + 1, nz_ptr[i + 1]):
-                        j = nz_col[q]
-                        for c in range(C):
-                            y2[i, c] += Phi[u, q, c] * y[j, c]
-                y, y2 = y2, y
+                ub = ((ch - ch0) * {n_u} + step_of[k - 1]) * {nnz} * C
+                P = Phi[ub:ub + {nnz} * C]  # a view: constant offsets below vectorise
+                for c in range(C):
+{load}
+{comp}
+{store}
             for e in range(ev_ptr[k], ev_ptr[k + 1]):
-                tgt = ev_target[e]
-                if ev_kind[e] == 0:  # rate change: kept in both buffers
-                    tgt = nd + 1 + tgt
-                    for c in range(C):
-                        y[tgt, c] += ev_vals[e, p0 + c]
-                        y2[tgt, c] = y[tgt, c]
-                else:
-                    for c in range(C):
-                        y[tgt, c] += ev_vals[e, p0 + c]
+                row = ev_target[e] * C
+                if ev_kind[e] == 0:
+                    row += {r} * C
+                for c in range(C):
+                    y[row + c] += ev_vals[e, p0 + c]
             for c in range(C):
-                cm[c] = max(cm[c], y[pi, c] * inv_vol[0, p0 + c])
+                v = y[{pi} * C + c] * inv_vol[0, p0 + c]
+                if v > cm[c]:
+                    cm[c] = v
             t = out_pos[k]
             if t >= 0:
-                for sp in range(n_sp):
-                    si = plasma_idx[sp]
-                    for c in range(cw):
-                        out[sp, p0 + c, t] = y[si, c] * inv_vol[sp, p0 + c]
+{write}
                 if auc_grid:
                     for c in range(cw):
-                        auc_traj[p0 + c, t] = y[nd, c]
+                        auc_traj[p0 + c, t] = y[{nd} * C + c]
         for c in range(cw):
-            auc_final[p0 + c] = y[nd, c]
+            auc_final[p0 + c] = y[{nd} * C + c]
             cmax[p0 + c] = cm[c]
+"""
+
+_PROPAGATORS: dict[tuple, object] = {}
+_LAST_SRC = [""]
+
+
+def _propagator(pat: _Pattern, n_u: int, plasma_idx: np.ndarray):
+    """Compiled propagation loop specialised to one sparsity pattern (memoised).
+
+    The state of a lane is held in locals and the products are written out term by term, so
+    LLVM vectorises the lane loop; generic loops over the pattern do not vectorise in numba.
+    """
+    nd, n_in, nz_ptr, nz_col = pat.nd, pat.n_in, pat.ptr, pat.col
+    key = (nd, n_in, tuple(nz_ptr.tolist()), tuple(nz_col.tolist()), n_u,
+           tuple(plasma_idx.tolist()), CHUNK)
+    fn = _PROPAGATORS.get(key)
+    if fn is not None:
+        return fn
+    m = nd + 1 + n_in
+    r = nd + 1
+    ind = " " * 20
+    load = "\n".join(f"{ind}y{j} = y[{j} * C + c]" for j in range(m))
+    comp, store = [], []
+    for i in range(r):
+        terms = [f"P[{q * CHUNK} + c] * y{int(nz_col[q])}"
+                 for q in range(int(nz_ptr[i]), int(nz_ptr[i + 1]))]
+        comp.append(f"{ind}z{i} = " + " + ".join(terms))
+        store.append(f"{ind}y[{i} * C + c] = z{i}")
+    ind = " " * 16
+    write = "\n".join(f"{ind}for c in range(cw):\n{ind}    out[{s}, p0 + c, t] = "
+                      f"y[{int(pi)} * C + c] * inv_vol[{s}, p0 + c]"
+                      for s, pi in enumerate(plasma_idx))
+    src = _PROPAGATE_SRC.format(C=CHUNK, m=m, r=r, nd=nd, n_u=n_u, nnz=pat.nnz,
+                                pi=int(plasma_idx[0]), load=load, comp="\n".join(comp),
+                                store="\n".join(store), write=write)
+    ns: dict = {"np": np}
+    _LAST_SRC[0] = src
+    exec(compile(src, "<ketasim.pk.fast generated propagator>", "exec"), ns)
+    fn = numba.njit(nogil=True)(ns["_propagate"])
+    _PROPAGATORS[key] = fn
+    return fn
 
 
 # --------------------------------------------------------------------------- Python driver
@@ -268,28 +317,77 @@ def _needed_states(K: np.ndarray, targets: list[int]) -> list[int]:
     return sorted(need)
 
 
-def _propagator_pattern(K: np.ndarray, idx: np.ndarray, grow: np.ndarray,
-                        in_state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Structurally non-zero entries of the evolving rows of exp(M·h), as CSR (diagonal first).
+class _Pattern:
+    """Structure shared by a batch: the closed sparsity pattern of ``exp(M·h)`` and the index
+    lists the compiled kernels walk.
 
-    ``exp(M·h)[i, j]`` can be non-zero only if j reaches i in the graph of M (or i == j); the
-    Padé/squaring arithmetic keeps the other entries exactly zero, so they are skipped.
+    ``M`` (order ``m = nd + 1 + n_in``) holds the kept states, the parent-AUC row and one
+    column per zero-order input. ``exp(M·h)[i, j]`` can be non-zero only where ``j`` reaches
+    ``i`` in the graph of ``M`` (or ``i == j``). That pattern S is closed under products and
+    its LU fill stays inside it, so the Padé arithmetic runs on S alone; entries outside S
+    are exact zeros in the dense computation too. Entries are stored row by row (CSR, the
+    diagonal first); the evolving rows ``0..nd`` come first, so the propagator is the first
+    ``nnz`` entries of each exponential.
     """
-    nd, n_in = len(idx), len(in_state)
-    m = nd + 1 + n_in
-    g = np.zeros((m, m), dtype=bool)
-    g[:nd, :nd] = np.any(K[:, idx][:, :, idx] != 0.0, axis=0)
-    g[nd, :nd] = np.any(grow != 0.0, axis=0)
-    g[in_state, nd + 1 + np.arange(n_in)] = True
-    reach = g | np.eye(m, dtype=bool)
-    for _ in range(m):  # transitive closure
-        reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
-    ptr, cols = [0], []
-    for i in range(nd + 1):
-        row = [i] + [j for j in np.nonzero(reach[i])[0].tolist() if j != i]
-        cols += row
-        ptr.append(len(cols))
-    return np.asarray(ptr, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+
+    def __init__(self, K: np.ndarray, idx: np.ndarray, grow: np.ndarray,
+                 in_state: np.ndarray) -> None:
+        nd, n_in = len(idx), len(in_state)
+        m = nd + 1 + n_in
+        g = np.zeros((m, m), dtype=bool)
+        k_nz = np.any(K[:, idx][:, :, idx] != 0.0, axis=0)
+        g[:nd, :nd] = k_nz
+        g_nz = np.any(grow != 0.0, axis=0)
+        g[nd, :nd] = g_nz
+        g[in_state, nd + 1 + np.arange(n_in)] = True
+        reach = g | np.eye(m, dtype=bool)
+        for _ in range(m):  # transitive closure
+            reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+        ptr, cols = [0], []
+        for i in range(m):
+            cols += [i] + [j for j in np.nonzero(reach[i])[0].tolist() if j != i]
+            ptr.append(len(cols))
+        ent = {}
+        for i in range(m):
+            for q in range(ptr[i], ptr[i + 1]):
+                ent[(i, cols[q])] = q
+        self.nd, self.n_in, self.m = nd, n_in, m
+        self.ptr = np.asarray(ptr, dtype=np.int64)
+        self.col = np.asarray(cols, dtype=np.int64)
+        self.nnz = ptr[nd + 1]
+        self.row_of = np.repeat(np.arange(m), np.diff(ptr)).astype(np.int64)
+        self.dpos = np.asarray([ent[(i, i)] for i in range(m)], dtype=np.int64)
+        a_, b_ = np.nonzero(k_nz)
+        self.mk_pos = np.asarray([ent[(a, b)] for a, b in zip(a_, b_, strict=True)],
+                                 dtype=np.int64)
+        self.mk_a = idx[a_].astype(np.int64)
+        self.mk_b = idx[b_].astype(np.int64)
+        gc = np.nonzero(g_nz)[0]
+        self.g_pos = np.asarray([ent[(nd, j)] for j in gc], dtype=np.int64)
+        self.g_col = gc.astype(np.int64)
+        self.rate_pos = np.asarray([ent[(int(s), nd + 1 + j)] for j, s in enumerate(in_state)],
+                                   dtype=np.int64)
+        tri = [(ent[(i, j)], ent[(i, k)], ent[(k, j)]) for (i, j) in ent for k in range(m)
+               if (i, k) in ent and (k, j) in ent]
+        self.tri = np.asarray(tri, dtype=np.int64).reshape(-1, 3)
+        ops = []  # LU without pivoting on S, then back substitution (see _expm_sparse)
+        for k in range(m):
+            for i in range(k + 1, m):
+                if (i, k) not in ent:
+                    continue
+                ops.append((0, ent[(i, k)], ent[(k, k)], 0))
+                ops += [(1, ent[(i, j)], ent[(i, k)], ent[(k, j)])
+                        for j in range(k + 1, m) if (k, j) in ent]
+                ops += [(2, ent[(i, j)], ent[(i, k)], ent[(k, j)])
+                        for j in range(m) if (k, j) in ent]
+        for i in reversed(range(m)):
+            for j in range(m):
+                if (i, j) not in ent:
+                    continue
+                ops += [(2, ent[(i, j)], ent[(i, k)], ent[(k, j)])
+                        for k in range(i + 1, m) if (i, k) in ent and (k, j) in ent]
+                ops.append((3, ent[(i, j)], ent[(i, i)], 0))
+        self.ops = np.asarray(ops, dtype=np.int64).reshape(-1, 4)
 
 
 def parent_species(system: PKSystem) -> str:
@@ -377,16 +475,37 @@ def solve_batch(system: PKSystem, regimen: Regimen, t_grid_h: np.ndarray,
         ev_vals[i, :n] = e[4]
     inv_vol_pad = np.zeros((len(species), n_pad))
     inv_vol_pad[:, :n] = inv_vol
-    nz_ptr, nz_col = _propagator_pattern(K, idx, grow, in_state)
+    pat = _Pattern(K, idx, grow, in_state)
 
     T = len(t_out)
     out = np.empty((len(species), n, T))
     auc_traj = np.empty((n, T)) if auc_on_grid else np.empty((1, 1))
     auc_final = np.empty(n)
     cmax = np.empty(n)
-    _kernel(K, idx, grow, in_state, hs.astype(float), step_of.astype(np.int64), nz_ptr, nz_col,
-            ev_ptr, ev_kind, ev_target, ev_vals, out_pos, plasma_idx, inv_vol_pad, auc_on_grid,
-            out, auc_traj, auc_final, cmax)
+    hs = hs.astype(float)
+    step_of = step_of.astype(np.int64)
+    propagate = _propagator(pat, len(hs), plasma_idx)
+    n_chunks = n_pad // CHUNK
+    phi_len = BLOCK * len(hs) * pat.nnz * CHUNK
+
+    def work(blocks: range) -> None:  # runs in a thread; the numba calls release the GIL
+        phi = np.empty(phi_len)
+        for b in blocks:
+            ch0, ch1 = b * BLOCK, min(n_chunks, (b + 1) * BLOCK)
+            _exponentials(K, grow, hs, pat.mk_pos, pat.mk_a, pat.mk_b, pat.g_pos, pat.g_col,
+                          pat.rate_pos, pat.row_of, pat.dpos, pat.tri, pat.ops, pat.nnz, ch0,
+                          ch1, phi, CHUNK)
+            propagate(phi, step_of, ev_ptr, ev_kind, ev_target, ev_vals, out_pos, inv_vol_pad,
+                      auc_on_grid, out, auc_traj, auc_final, cmax, ch0, ch1, n)
+
+    n_blocks = -(-n_chunks // BLOCK)
+    threads = max(1, min(numba.get_num_threads(), n_blocks))
+    if threads == 1:
+        work(range(n_blocks))
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for f in [pool.submit(work, range(i, n_blocks, threads)) for i in range(threads)]:
+                f.result()
     plasma = {sp: out[i] for i, sp in enumerate(species)}
     plasma = {sp: plasma[sp] for sp in system.plasma}  # the system's order (parent first)
     return FastResult(plasma, auc_traj if auc_on_grid else auc_final, cmax)
