@@ -459,11 +459,21 @@ def cards(
 @calibrate_app.command("mechanism")
 def calibrate_mechanism(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    write: Annotated[str | None, typer.Option(help="also save the report (JSON) to this file, "
+                                                   "e.g. docs/calibration-mechanism.json")]
+    = None,
 ) -> None:
     """Check every mechanism timing target and experiment criterion; print values and misses."""
     from .calibration import report
 
     r = report()
+    if write:
+        from .cards import card_versions
+
+        r_out = {**r, "ketasim_version": __version__,
+                 "card_hashes": {k: v for k, v in card_versions().items()
+                                 if k.startswith("mechanism")}}
+        _write(write, json.dumps(_jsonable(r_out), indent=1), "write")
     if as_json:
         print(json.dumps(_jsonable(r)))
         return
