@@ -299,7 +299,7 @@ def _expected_presystemic_fraction(card: PKCard, route: str, dose_mg: float) -> 
         return (1.0 - frn) * (1.0 - p["Fgut"])
     if card.id == "memantine-label":
         return 1.0 - p["F"]
-    if card.id == "mouse-ip":
+    if card.id in ("mouse-ip", "rat-ip"):
         return 1.0 - p["F_ip"]
     key = {"im": "F_im", "sc": "F_sc", "intranasal": "F_in", "oral": "Fgut_oral",
            "sublingual": "F_sl", "rectal": "F_rectal"}[route]
@@ -309,7 +309,7 @@ def _expected_presystemic_fraction(card: PKCard, route: str, dose_mg: float) -> 
 @pytest.mark.parametrize(("cid", "route"), list(_route_cases()))
 def test_mass_balance_every_route(cid, route):
     card = load_pk_card(cid)
-    weight = 0.03 if card.species == "mouse" else 70.0
+    weight = {"mouse": 0.03, "rat": 0.3}.get(card.species, 70.0)
     dose = "56 mg" if card.drug == "esketamine" else "0.5 mg/kg"
     kw = {"duration": "40 min"} if route == "iv-infusion" else {}
     reg = Regimen.build(route, dose, schedule="at 0, 6 h, 30 h", **kw)

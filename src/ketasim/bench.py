@@ -93,9 +93,11 @@ def run_pk_bench(n_patients: int = 100_000, seed: int = 0, threads: int | None =
                  repeats: int = 2) -> dict:
     """Time the fast PK path for ``n_patients`` virtual patients; returns a flat dict.
 
-    ``us_per_patient``: the first full-size run after compilation (so it includes first use
-    of the output memory, ≈ 2·N·673·8 bytes); ``us_per_patient_warm``: best of ``repeats``
-    further runs. Both cover assembling K (with IIV), exponentials and propagation.
+    ``us_per_patient``: the first full-size run after compilation, so it includes the first
+    use of the output memory (``output_mb``; on a VM that can dominate); ``us_per_patient_warm``:
+    best of ``repeats`` further runs. Both time assembling K from the card (weights and IIV
+    factors already drawn), the exponentials and the propagation to all outputs.
+    ``us_per_patient_solve_only``: :func:`~ketasim.pk.fast.solve_batch` alone.
     ``compile_s``: the numba compile (or cache load) on a tiny batch, run first.
     ``max_rel_diff_vs_exact``: max relative difference of plasma parent and metabolite, all
     grid times, for ~20 random patients, against :func:`ketasim.pk.solve.solve`.
@@ -126,11 +128,14 @@ def run_pk_bench(n_patients: int = 100_000, seed: int = 0, threads: int | None =
             t0 = time.perf_counter()
             system, res = _simulate(card, regimen, t_grid, w, iiv)
             warm.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        solve_batch(system, regimen, t_grid, w)  # solver alone, K already built
-        solve_s = time.perf_counter() - t0
         max_rel = _check(system, regimen, t_grid, w, res, rng)
         parent = next(iter(res.plasma))
+        summary = (float(np.median(res.cmax) * 1000.0), float(np.median(res.auc) * 1000.0))
+        outputs = [*res.plasma]
+        del res
+        t0 = time.perf_counter()
+        solve_batch(system, regimen, t_grid, w)  # the solver alone, K already built
+        solve_s = time.perf_counter() - t0
         return {
             "n_patients": int(n_patients),
             "us_per_patient": first_s / n_patients * 1e6,
@@ -142,10 +147,11 @@ def run_pk_bench(n_patients: int = 100_000, seed: int = 0, threads: int | None =
             "model": card.id,
             "regimen": f"{BENCH_DRUG} " + ", ".join(BENCH_REGIMEN),
             "grid": f"0..{BENCH_HORIZON_H:g} h hourly ({len(t_grid)} times)",
-            "outputs": ", ".join(f"{sp} plasma (N×{len(t_grid)})" for sp in res.plasma)
+            "outputs": ", ".join(f"{sp} plasma (N×{len(t_grid)})" for sp in outputs)
             + f", {parent} Cmax and AUC(0–{BENCH_HORIZON_H:g} h)",
-            "median_cmax_ng_per_ml": float(np.median(res.cmax) * 1000.0),
-            "median_auc_ng_h_per_ml": float(np.median(res.auc) * 1000.0),
+            "output_mb": len(outputs) * n_patients * len(t_grid) * 8 / 1e6,
+            "median_cmax_ng_per_ml": summary[0],
+            "median_auc_ng_h_per_ml": summary[1],
             "machine": f"{platform.platform()}, {platform.machine()}, "
                        f"{os.cpu_count()} CPUs",
             "numba_threads": int(numba.get_num_threads()),
