@@ -177,3 +177,12 @@ def test_every_mechanism_parameter_has_provenance():
             assert p.source and len(p.source) > 10, name
             if p.evidence != "read":
                 assert p.note, name
+
+
+def test_calibration_fit_is_rerunnable():
+    from ketasim.calibration import FIT_PARAMETERS, fit
+
+    f = fit(max_evaluations=2)
+    assert set(f["best"]) == set(FIT_PARAMETERS)
+    assert f["penalty_best"] <= f["penalty_start"]
+    assert min(f["margins"]) >= 0.0  # the card values meet every target

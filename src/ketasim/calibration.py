@@ -154,3 +154,89 @@ def report() -> dict:
                             for k, (val, ok) in exp.items()},
             "met": sum(timing.values()) + sum(ok for _, ok in exp.values()),
             "total": len(timing) + len(exp)}
+
+
+#: constants searched by ``--fit`` (all tagged ``calibrated`` on their cards)
+FIT_PARAMETERS = ("tau_K", "k_PP", "g_b", "g_dis", "zeta", "k_BDNF", "k_Moff", "h_M", "tau_P",
+                  "k_P", "tau_mat", "beta", "tau_S", "theta_H", "tau_Z", "kappa_Z", "tau_Q",
+                  "kesc_lhb_factor", "Po_H_rest", "mgc_memantine")
+
+
+def _margins(overrides: dict) -> np.ndarray:
+    """Signed margins of every target (positive = met), scaled to be comparable."""
+    import ketasim.experiments as ex
+
+    from . import engine
+
+    orig = engine.simulate
+
+    def sim(*a, **k):
+        k.setdefault("overrides", overrides)
+        return orig(*a, **k)
+
+    ex.simulate = sim
+    try:
+        v = timing_values(overrides=overrides)
+        m = []
+        for sp in ("human", "mouse"):
+            m += [1.0 - v[f"{sp}.p_eef2_min_time_h"], v[f"{sp}.p_eef2_drop"] * 100 - 0.1,
+                  0.1 - v[f"{sp}.p_eef2_left_at_24h"],
+                  v[f"{sp}.mtorc1_peak_time_h"] - 0.5, 2.0 - v[f"{sp}.mtorc1_peak_time_h"],
+                  0.25 - v[f"{sp}.mtorc1_left_at_4h"], v[f"{sp}.proteins_at_2h"] - 0.1,
+                  v[f"{sp}.proteins_at_72h"] - 0.2, 0.1 - v[f"{sp}.spines_at_6h"],
+                  v[f"{sp}.spines_at_24h"] - 0.25, v[f"{sp}.spines_at_7d"] - 0.3,
+                  v[f"{sp}.spines_at_7d"] - v[f"{sp}.spines_at_14d"]]
+        m.append(v["mouse.lhb_block_at_12h"] - 0.2)
+        for k, (val, _ok) in experiment_checks().items():
+            if "removes" in k:
+                m.append(val - 0.7)
+            elif "keeps" in k:
+                m.append(val - 0.6)
+            elif "mimics" in k:
+                m.append(min(val - 0.5, 1.0))
+            elif "adds" in k or "memantine" in k:
+                m.append(0.25 - val)
+            elif "rises" in k:
+                m.append((val - 10.0) / 100.0)
+            elif "unchanged" in k:
+                m.append((10.0 - abs(val)) / 100.0)
+            elif "falls" in k:
+                m.append((-10.0 - val) / 100.0)
+        return np.asarray(m, dtype=float)
+    finally:
+        ex.simulate = orig
+
+
+def fit(max_evaluations: int = 200, margin: float = 0.02) -> dict:
+    """Nelder–Mead on log-parameters minimising Σ max(0, margin − m_i)² over all targets.
+
+    Starts from the card values; returns the best values, the penalty and the margins. The
+    cards are not edited: write the printed values into ``cards/mechanism/*.yaml`` (tag
+    ``calibrated``) and rerun ``ketasim calibrate mechanism --write`` to record the residuals.
+    """
+    from scipy.optimize import minimize
+
+    from .cards import load_param_card
+
+    start = {}
+    for name in FIT_PARAMETERS:
+        for card in ("signalling", "receptor"):
+            c = load_param_card(card)
+            if name in c.parameters:
+                start[name] = c.value(name)
+    names = list(start)
+    x0 = np.log(np.array([start[n] for n in names]))
+
+    def penalty(x):
+        ov = dict(zip(names, np.exp(x), strict=True))
+        if ov.get("kappa_Z", 0.5) >= 1.0 or ov.get("theta_H", 0.2) >= 1.0:
+            return 1e3
+        m = _margins(ov)
+        return float(np.sum(np.maximum(0.0, margin - m) ** 2))
+
+    p0 = penalty(x0)
+    res = minimize(penalty, x0, method="Nelder-Mead",
+                   options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-10})
+    best = dict(zip(names, np.exp(res.x).tolist(), strict=True))
+    return {"start": start, "best": best, "penalty_start": p0, "penalty_best": float(res.fun),
+            "evaluations": int(res.nfev), "margins": _margins(best).tolist()}

@@ -462,10 +462,27 @@ def calibrate_mechanism(
     write: Annotated[str | None, typer.Option(help="also save the report (JSON) to this file, "
                                                    "e.g. docs/calibration-mechanism.json")]
     = None,
+    do_fit: Annotated[bool, typer.Option("--fit", help="search the calibrated constants "
+                                                       "(Nelder-Mead, minutes)")] = False,
+    max_evaluations: Annotated[int, typer.Option(help="model evaluations for --fit")] = 200,
 ) -> None:
-    """Check every mechanism timing target and experiment criterion; print values and misses."""
-    from .calibration import report
+    """Check every mechanism timing target and experiment criterion; print values and misses.
 
+    With --fit, search the calibrated constants from the card values and print the best set."""
+    from .calibration import fit, report
+
+    if do_fit:
+        if not 1 <= max_evaluations <= 5000:
+            raise KetasimError("max-evaluations", "must be 1..5000")
+        f = fit(max_evaluations)
+        if as_json:
+            print(json.dumps(_jsonable(f)))
+            return
+        out.print(f"penalty {f['penalty_start']:.3g} → {f['penalty_best']:.3g} "
+                  f"({f['evaluations']} evaluations)")
+        for k, v in f["best"].items():
+            out.print(f"{k}: {f['start'][k]:.4g} → {v:.4g}")
+        return
     r = report()
     if write:
         from .cards import card_versions
