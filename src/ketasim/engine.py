@@ -41,6 +41,7 @@ class Course:
     drug: str
     regimen: Regimen
     model: str | None = None
+    iiv: dict[str, float] | None = None  # multiplicative factors on named card parameters
 
 
 @dataclass
@@ -93,7 +94,8 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     offset = 0
     for c in courses:
         card = resolve_model(c.drug, c.model, c.regimen.routes, cov.species)
-        system = assemble(card, cov, routes=c.regimen.routes, n=1)
+        iiv = {k: np.array([v]) for k, v in (c.iiv or {}).items() if k in card.parameters}
+        system = assemble(card, cov, routes=c.regimen.routes, n=1, iiv=iiv or None)
         sched = compile_schedule(system, c.regimen, np.array([w]))
         systems.append(system)
         schedules.append((offset, sched))
