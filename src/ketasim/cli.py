@@ -243,46 +243,216 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     out.print(t)
 
 
-@app.command()
-def run(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
-    """The main job on built-in defaults: PK summary of the standard antidepressant regimens."""
-    from .pk import simulate_pk
-    from .regimen import Regimen
+class _ProgressBar:
+    """Patients done / total on stderr, shown only once a run has taken more than 1 s and only
+    on a terminal (JSON on stdout stays clean)."""
 
-    cases = [
-        ("ketamine", None, Regimen.build("iv-infusion", "0.5 mg/kg", "40 min",
-                                         schedule="twice weekly for 4 weeks"),
-         "0.5 mg/kg IV over 40 min, twice weekly × 4 weeks"),
-        ("esketamine", None, Regimen.build("intranasal", "56 mg",
-                                           schedule="twice weekly for 4 weeks"),
-         "esketamine 56 mg intranasal, twice weekly × 4 weeks"),
-    ]
-    results = []
-    for drug, model, reg, label in cases:
-        t = np.array([40 / 60, 2.0, 4.0, 24.0, 84.0 + 40 / 60, 588.0 + 40 / 60, 672.0])
-        res = simulate_pk(reg, t, drug=drug, model=model)
-        s = {k: float(v[0]) for k, v in res.summary.items()}
-        results.append({"regimen": label, "drug": drug, "model": res.card.id,
-                        "time_h": t.tolist(),
-                        "plasma_ng_per_ml": res.plasma_ng_per_ml[res.parent][0].tolist(),
-                        **s, "metadata": {k: v for k, v in res.metadata.items()
-                                          if k not in ("dosed_mg", "presystemic_mg")}})
-    if as_json:
-        print(json.dumps(_jsonable(results)))
-        return
-    out.print(f"[bold]ketasim {__version__}[/] — PK summary for the default regimens "
-              "(70 kg adult). The mood model is not built yet.")
-    for r in results:
-        t = Table(title=f"{r['regimen']} · model {r['model']}")
-        for col in ("time (h)", "plasma (ng/mL)"):
+    def __init__(self, label: str) -> None:
+        import time
+
+        self.label = label
+        self.t0 = time.perf_counter()
+        self.bar = None
+        self.task = None
+        self.console = Console(stderr=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        import time
+
+        if self.bar is None:
+            if not self.console.is_terminal or time.perf_counter() - self.t0 < 1.0:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(),
+                                console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: str):
+    from .trial import run_trial
+
+    if workers is not None and not 1 <= workers <= 256:
+        raise KetasimError("workers", f"must be 1..256, got {workers}")
+    bar = _ProgressBar(label)
+    try:
+        if workers is not None and workers > 1:
+            return run_trial(scenario, chunk_size=chunk_size, executor="processes",
+                             progress=bar, workers=workers)
+        return run_trial(scenario, chunk_size=chunk_size, executor="serial", progress=bar)
+    finally:
+        bar.close()
+
+
+def _p(v) -> str:
+    return "–" if v is None else ("<0.0001" if v < 1e-4 else f"{v:.4f}")
+
+
+def _fmt(v, nd: int = 1, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.{nd}f}%" if pct else f"{v:.{nd}f}"
+
+
+def _print_trial(s: dict) -> None:
+    meta = s["meta"]
+    scale = {"madrs": "MADRS", "hamd17": "HAM-D17", "hamd6": "HAM-D6"}[meta["scale"]]
+    sc = meta["scenario"]
+    out.print(f"[bold]{sc['title'] or 'virtual trial'}[/] · {sc['population']['disorder']} · "
+              f"n = {sc['population']['n']} · seed {meta['seed']} · {meta['wall_s']:.1f} s "
+              f"({meta['executor']})")
+    for name, rows in s["arms"].items():
+        b = s["arm_summary"][name]
+        t = Table(title=f"{name}: {b['treatment']} (n = {b['n']}, baseline {scale} "
+                        f"{_fmt(b['baseline_mean'])})")
+        for col in ("visit", f"mean {scale}", "change", "95% CI", "response", "remission"):
             t.add_column(col, justify="right")
-        for ti, c in zip(r["time_h"], r["plasma_ng_per_ml"], strict=True):
-            t.add_row(f"{ti:.2f}", f"{c:.1f}")
+        u = Table(title=f"{name}: suicidality and side effects (means)")
+        for col in ("visit", "Δ item 10", "Δ SSI", "CADSS", "CADSS ≥ 4", "ΔSBP mmHg",
+                    "sedation"):
+            u.add_column(col, justify="right")
+        for v, r in rows.items():
+            lo, hi = r["ci95"]
+            t.add_row(v, _fmt(r["mean"]), _fmt(r["change"]), f"[{_fmt(lo)}, {_fmt(hi)}]",
+                      _fmt(r["response_rate"], 0, True), _fmt(r["remission_rate"], 0, True))
+            u.add_row(v, _fmt(r["madrs_item10_change"], 2), _fmt(r["ssi_change"], 1),
+                      _fmt(r["cadss_mean"]), _fmt(r["dissociation_incidence"], 0, True),
+                      _fmt(r["sbp_change_mmhg_mean"]), _fmt(r["sedation_mean"], 2))
         out.print(t)
-        out.print(f"Cmax {r['cmax_ng_per_ml']:.1f} ng/mL · AUC0–24 "
-                  f"{r['auc_0_24_ng_h_per_ml']:.0f} ng·h/mL · AUC0–∞ (all doses) "
-                  f"{r['auc_0_inf_ng_h_per_ml']:.0f} ng·h/mL · terminal t½ "
-                  f"{r['t_half_terminal_h']:.1f} h")
+        out.print(u)
+        tt, rl = b["time_to_response"], b["relapse"]
+        out.print(f"  time to response: median {_fmt(tt['median_h'])} h "
+                  f"({tt['n_responded']}/{tt['n']} ever responded); relapse: "
+                  f"{rl['n_relapsed']}/{rl['n_at_risk']} responders at "
+                  f"{rl['responder_visit'] or '–'} relapsed, median "
+                  f"{_fmt(rl['median_d'])} d ({rl['n_censored']} censored)")
+    for key, rows in s["differences"].items():
+        t = Table(title=f"{key}: difference in mean {scale} change (negative favours "
+                        f"{key.split('-')[0] if rows else ''})")
+        for col in ("visit", "difference", "95% CI", "p", "d", "Δ response", "95% CI "):
+            t.add_column(col, justify="right")
+        for v, r in rows.items():
+            lo, hi = r["ci95"]
+            rlo, rhi = r["response_rate_difference_ci95"]
+            t.add_row(v, _fmt(r["difference"]), f"[{_fmt(lo)}, {_fmt(hi)}]",
+                      _p(r["p_value"]), _fmt(r["cohens_d"], 2),
+                      _fmt(r["response_rate_difference"], 0, True),
+                      f"[{_fmt(rlo, 0, True)}, {_fmt(rhi, 0, True)}]")
+        out.print(t)
+
+
+@app.command()
+def trial(
+    scenario: Annotated[str | None, typer.Argument(help="scenario TOML file, or the name of a "
+                                                        "shipped example (--list-examples)")]
+    = None,
+    list_examples: Annotated[bool, typer.Option("--list-examples",
+                                                help="list the shipped scenarios")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    out_dir: Annotated[str | None, typer.Option("--out", help="write results.parquet, "
+                                                             "summary.json, report.html here")]
+    = None,
+    chunk_size: Annotated[int | None, typer.Option(help="patients per chunk (results do not "
+                                                        "depend on it)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (>1: processes "
+                                                     "executor)")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="override population.n")] = None,
+    seed: Annotated[int | None, typer.Option(help="override population.seed")] = None,
+) -> None:
+    """Run a virtual trial from a TOML scenario: arms, endpoints, differences, report."""
+    from .trial import example_names, example_title, resolve_scenario, with_overrides
+
+    if list_examples or scenario is None:
+        rows = [{"name": e, "title": example_title(e)} for e in example_names()]
+        if as_json:
+            print(json.dumps(rows))
+            return
+        t = Table(title="shipped scenarios (ketasim trial NAME)")
+        t.add_column("name")
+        t.add_column("title", overflow="fold")
+        for r in rows:
+            t.add_row(r["name"], r["title"])
+        out.print(t)
+        return
+    sc = with_overrides(resolve_scenario(scenario), n=n, seed=seed)
+    res = _run_scenario(sc, chunk_size, workers, "patients")
+    s = res.to_dict()
+    if out_dir:
+        from .report import write_trial_outputs
+
+        s["files"] = write_trial_outputs(res, out_dir)
+    if as_json:
+        print(json.dumps(s))
+        return
+    _print_trial(s)
+    if out_dir:
+        out.print(f"wrote {', '.join(s['files'])}")
+    out.print(f"[dim]{DISCLAIMER}[/]")
+
+
+@app.command()
+def run(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    out_dir: Annotated[str, typer.Option("--out", help="folder for figures, results.parquet, "
+                                                       "summary.json, report.html")]
+    = "ketasim-out",
+    n: Annotated[int | None, typer.Option("--n", help="virtual patients (default 500)")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default 0)")] = None,
+    workers: Annotated[int, typer.Option(help="worker processes (1 = serial)")] = 2,
+) -> None:
+    """The main job: ketamine 0.5 mg/kg IV over 40 min vs midazolam in 500 virtual TRD patients,
+    14 days; prints a summary and writes figures and a report."""
+    import time
+
+    from .report import write_trial_outputs
+    from .trial import resolve_scenario, with_overrides
+
+    t0 = time.perf_counter()
+    sc = with_overrides(resolve_scenario("default"), n=n, seed=seed)
+    res = _run_scenario(sc, None, workers, "virtual patients")
+    s = res.to_dict()
+    s["files"] = write_trial_outputs(res, out_dir, figures=True, field="out")
+    s["meta"]["total_wall_s"] = round(time.perf_counter() - t0, 3)
+    if as_json:
+        print(json.dumps(s))
+        return
+    h = s["headline"]
+    arms = list(s["arms"])
+    drug, ctrl = arms[0], arms[1]
+    out.print(f"[bold]ketasim {__version__}[/] — {sc.title}")
+    per_arm = ", ".join(f"{k} {v}" for k, v in s["meta"]["n_per_arm"].items())
+    out.print(f"{sc.population.n} virtual patients ({per_arm}), "
+              f"seed {sc.population.seed}, visits {', '.join(sc.endpoints.at)}")
+    out.print(f"PK: median peak effect-site ketamine "
+              f"{_fmt(h['median_peak_effect_site_ng_per_ml'][drug])} ng/mL")
+    on = h["onset"]
+    out.print("Onset (first visit with a 95% CI of the MADRS difference excluding 0): "
+              + (f"{on['visit']} (favours {on['favours']})" if on else "none"))
+    t = Table(title="response / remission (MADRS)")
+    for col in ("visit", *[f"{a} response" for a in arms], *[f"{a} remission" for a in arms]):
+        t.add_column(col, justify="right")
+    for v in h["response"]:
+        t.add_row(v, *[_fmt(h["response"][v][a], 0, True) for a in arms],
+                  *[_fmt(h["remission"][v][a], 0, True) for a in arms])
+    out.print(t)
+    d = h.get("difference_24h")
+    if d:
+        out.print(f"MADRS change at {d['visit']}, {drug} − {ctrl}: {_fmt(d['difference'])} "
+                  f"[95% CI {_fmt(d['ci95'][0])}, {_fmt(d['ci95'][1])}], "
+                  f"p = {_p(d['p_value'])}")
+    out.print(f"Dissociation: mean peak CADSS {drug} {_fmt(h['mean_peak_cadss'][drug])}, "
+              f"{ctrl} {_fmt(h['mean_peak_cadss'][ctrl])}; mean peak ΔSBP {drug} "
+              f"{_fmt(h['mean_peak_sbp_change_mmhg'][drug])} mmHg, {ctrl} "
+              f"{_fmt(h['mean_peak_sbp_change_mmhg'][ctrl])} mmHg")
+    out.print(f"wrote {', '.join(s['files'])} in {s['meta']['total_wall_s']:.1f} s")
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 

@@ -5,13 +5,16 @@ For patient i at time t (h after the first dose), with every constant in the ``c
 * **Drive** from the synaptic state (:mod:`ketasim.mechanism`):
   ``h(t) = f_d·a_fast·(1 − R_b)⁺ + a_proteins·(P − 1)⁺ + a_spines·(S − 1)⁺`` — LHb burst
   suppression (hours), synaptic proteins (days) and spines (sustained); ``f_d`` is the
-  disorder factor (bipolar > 1). Mood follows the drive through an effect compartment
-  ``dh_e/dt = k_mood·(h − h_e)``.
-* **Drug effect** (fraction of the baseline score): ``d = E_i·h_e/(h50 + h_e)`` with
-  ``E_i = logistic(logit(E) + η_E,i)``.
+  disorder factor (bipolar > 1). Mood follows the fast term through an effect compartment
+  with rate ``k_mood`` and the synaptic terms through one with ``k_mood_slow``.
+* **Drug effect** (fraction of the baseline score): direct ``d₀ = E_i·h_e/(h50 + h_e)`` with
+  ``E_i = logistic(logit(E) + η_E,i)``, and a consolidated part ``C`` that builds up while the
+  direct effect lasts (``dC/dt = (g_c·d₀ − C)/τ_c``) and fades after the last dose;
+  ``d = 1 − (1 − d₀)(1 − C)``.
 * **Placebo / expectancy and natural course**: ``p(t) = P_i·(1 − e^{−t/τ_p})·e^{−t/τ_fade}``,
-  ``P_i = logistic(logit(P) + η_P,i)``, P the saline or active-placebo fraction. Every arm
-  carries it (blinded infusion); active placebo adds midazolam sedation.
+  ``P_i = logistic(logit(P) + η_P,i)``; P is the saline fraction for saline arms and the
+  larger active-placebo fraction for arms whose infusion feels active (ketamine, midazolam).
+  Active placebo adds midazolam sedation.
 * **Oral antidepressant background**: ``a(t) = A·(1 − e^{−t/τ_AD})``.
 * **MADRS** ``= clip(B_i·(1 − p)·(1 − d)·(1 − a) + ε, 0, 60)`` with ε ~ N(0, σ) per visit.
   HAM-D17 = 0.75·MADRS, HAM-D6 = 0.36·MADRS (documented linear mappings, assumed).
@@ -83,91 +86,129 @@ def _grid(visits_h: np.ndarray, regimen: Regimen | None) -> np.ndarray:
 
 
 def _effect_compartment(t: np.ndarray, h: np.ndarray, k: float) -> np.ndarray:
-    """Exact first-order lag of a piecewise-linear input (1/h rate ``k``)."""
+    """Exact first-order lag (rate ``k``, 1/h) of a piecewise-linear input ``h`` (…, T)."""
     out = np.zeros_like(h)
+    dt = np.diff(t)
+    e = np.exp(-k * dt)
+    slope = np.diff(h, axis=-1) / np.where(dt > 0, dt, 1.0)
     for i in range(1, len(t)):
-        dt = t[i] - t[i - 1]
-        e = np.exp(-k * dt)
-        slope = (h[i] - h[i - 1]) / dt if dt > 0 else 0.0
-        # y' = k (h0 + slope·s − y)
-        out[i] = h[i] - slope / k + e * (out[i - 1] - h[i - 1] + slope / k)
+        # y' = k (h(t) − y) with h linear on the step
+        out[..., i] = (h[..., i] - slope[..., i - 1] / k
+                       + e[i - 1] * (out[..., i - 1] - h[..., i - 1] + slope[..., i - 1] / k))
     return out
 
 
-def simulate_patient(arm: ArmSpec, patient: Patient, visits_h: np.ndarray,
-                     hypotheses: Hypotheses | None = None) -> dict[str, np.ndarray]:
-    """Scores and side effects of one patient at the visit times (h)."""
-    c = {k: v.value for k, v in load_param_card("clinic").parameters.items()}
+def mechanism_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
+                         hypotheses: Hypotheses | None = None) -> dict[str, np.ndarray]:
+    """Drug-dependent inputs of the score model on the grid ``t`` (h): LHb burst suppression,
+    synaptic-protein and spine rises, effect-site concentration (ng/mL, potency-adjusted)."""
+    c = load_param_card("clinic")
     regimen = arm_regimen(arm)
-    t = _grid(visits_h, regimen)
     n = len(t)
-    drive = np.zeros(n)
-    ce = np.zeros(n)
-    if regimen is not None:
-        from .pk import resolve_model
+    zero = np.zeros(n)
+    if regimen is None:
+        return {"fast": zero, "proteins": zero, "spines": zero, "ce": zero}
+    from .pk import resolve_model
 
-        cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years,
-                         sex=patient.sex, race=patient.race)
-        card = resolve_model(arm.drug, arm.model, regimen.routes)
-        iiv = {k: patient.pk_factor_cl for k in _CL_NAMES if k in card.parameters}
-        iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
-        res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
-                       hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
-                       interventions=Interventions.parse(arm.interventions))
-        r = res.readouts
-        fast = c["a_fast"] * np.maximum(1.0 - r["lhb_burst"], 0.0)
-        if patient.disorder == "bipolar":
-            fast = fast * c["bipolar_fast_factor"]
-        drive = (fast + c["a_proteins"] * np.maximum(r["synaptic_proteins"] - 1.0, 0.0)
-                 + c["a_spines"] * np.maximum(r["spine_density"] - 1.0, 0.0))
-        parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
-        drug = load_drug(parent)
-        fu = load_param_card("brain").value("fu_ketamine")
-        ce = res.brain_free_uM[parent] * drug.constant("molar_mass") / fu  # ng/mL
-        if parent == "esketamine":
-            ce = ce * c["esketamine_potency_factor"]
-    he = _effect_compartment(t, drive, c["k_mood"])
-    emax = _logistic(_logit(c["drug_emax"]) + patient.eta_emax)
-    d = emax * he / (c["drive50"] + he)
-    p_typ = c["placebo_active"] if arm.control == "active-placebo" else c["placebo_saline"]
-    if arm.control is None:
-        p_typ = c["placebo_saline"]  # blinded drug arms carry the infusion-visit expectancy
-    p_i = _logistic(_logit(p_typ) + patient.eta_placebo)
+    cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years, sex=patient.sex,
+                     race=patient.race)
+    card = resolve_model(arm.drug, arm.model, regimen.routes)
+    iiv = {k: patient.pk_factor_cl for k in _CL_NAMES if k in card.parameters}
+    iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
+    res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
+                   hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
+                   interventions=Interventions.parse(arm.interventions))
+    r = res.readouts
+    parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
+    fu = load_param_card("brain").value("fu_ketamine")
+    ce = res.brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
+    if parent == "esketamine":
+        ce = ce * c.value("esketamine_potency_factor")
+    return {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
+            "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
+            "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
+
+
+def scores_from_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
+                           visits_h: np.ndarray, comp: dict[str, np.ndarray],
+                           c: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Scores and side effects at the visits from the mechanism components on grid ``t``."""
+    out = scores_batch(arm, [patient], t, visits_h,
+                       {k: v[None, :] for k, v in comp.items()}, c)
+    return {k: v[0] if v.ndim == 2 else v for k, v in out.items()}
+
+
+def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h: np.ndarray,
+                 comp: dict[str, np.ndarray], c: dict[str, float] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Vectorised over patients: ``comp`` arrays are (patients, len(t)); outputs (patients,
+    visits) except ``time_h``."""
+    c = c or {k: v.value for k, v in load_param_card("clinic").parameters.items()}
+    n = len(t)
+    npt = len(patients)
+    bip = np.array([p.disorder == "bipolar" for p in patients])
+    fast = c["a_fast"] * comp["fast"] * np.where(bip, c["bipolar_fast_factor"], 1.0)[:, None]
+    slow = c["a_proteins"] * comp["proteins"] + c["a_spines"] * comp["spines"]
+    ce = comp["ce"]
+    he = _effect_compartment(t, fast, c["k_mood"]) + _effect_compartment(t, slow,
+                                                                          c["k_mood_slow"])
+    eta_e = np.array([p.eta_emax for p in patients])[:, None]
+    emax = 1.0 / (1.0 + np.exp(-(_logit(c["drug_emax"]) + eta_e)))
+    d_direct = emax * he / (c["drive50"] + he)
+    # consolidation: sustained improvement builds up while the drug effect lasts, then fades
+    cons = _effect_compartment(t, c["consolidation_gain"] * d_direct,
+                               1.0 / (24.0 * c["consolidation_tau_d"]))
+    d = 1.0 - (1.0 - d_direct) * (1.0 - np.minimum(cons, 0.95))
+    # an infusion that feels active (ketamine, or midazolam's sedation) carries the larger
+    # expectancy; saline the smaller
+    p_typ = c["placebo_saline"] if arm.control == "saline" else c["placebo_active"]
+    eta_p = np.array([p.eta_placebo for p in patients])[:, None]
+    p_i = 1.0 / (1.0 + np.exp(-(_logit(p_typ) + eta_p)))
     p = p_i * (1.0 - np.exp(-t / c["placebo_tau_h"])) * np.exp(-t / (24.0 * c["placebo_decay_d"]))
-    a = np.zeros(n)
-    if arm.background == "oral-antidepressant" or "oral-antidepressant" in patient.comedication:
-        a = c["ad_background_max"] * (1.0 - np.exp(-t / (24.0 * c["ad_background_tau_d"])))
+    ad = np.array([arm.background == "oral-antidepressant"
+                   or "oral-antidepressant" in pt.comedication for pt in patients])[:, None]
+    a = ad * c["ad_background_max"] * (1.0 - np.exp(-t / (24.0 * c["ad_background_tau_d"])))
     core = (1.0 - p) * (1.0 - d) * (1.0 - a)
     idx = np.searchsorted(t, np.round(visits_h, 9))
-    noise = patient.residual[: len(visits_h)] * c["residual_sd"]
-    madrs = np.clip(patient.baseline_madrs * core[idx] + noise, 0.0, 60.0)
+    nv = len(visits_h)
+    base = np.array([pt.baseline_madrs for pt in patients])[:, None]
+    noise = np.array([pt.residual[:nv] for pt in patients]) * c["residual_sd"]
+    madrs = np.clip(base * core[:, idx] + noise, 0.0, 60.0)
     suic = (1.0 - p) * (1.0 - np.minimum(c["suicidality_gain"] * d, 0.99)) * (1.0 - a)
     sed = c["sedation_per_ng_ml"] * ce
     if arm.control == "active-placebo":
         k = np.log(2) / c["midazolam_half_life_h"]
         dur = 40.0 / 60.0
         rise = np.clip(t / dur, 0.0, 1.0)
-        sed = c["midazolam_sedation_peak"] * rise * np.exp(-k * np.maximum(t - dur, 0.0))
-    out = {
+        sed = np.broadcast_to(c["midazolam_sedation_peak"] * rise
+                              * np.exp(-k * np.maximum(t - dur, 0.0)), (npt, n))
+    peak = ce.max(axis=1, keepdims=True)
+    return {
         "time_h": visits_h,
         "madrs": madrs,
         "hamd17": np.clip(madrs * c["hamd17_per_madrs"], 0.0, 52.0),
         "hamd6": np.clip(madrs * c["hamd6_per_madrs"], 0.0, 22.0),
-        "madrs_item10": np.clip(c["item10_baseline"] * suic[idx], 0.0, 6.0),
-        "ssi": np.clip(c["ssi_baseline"] * suic[idx], 0.0, 38.0),
-        "cadss": np.clip(c["cadss_per_ng_ml"] * ce[idx], 0.0, 92.0),
-        "bprs_positive": np.clip(c["bprs_per_ng_ml"] * ce[idx], 0.0, 24.0),
-        "sbp_change_mmhg": c["sbp_per_ng_ml"] * ce[idx],
-        "sedation": np.clip(sed[idx], 0.0, 1.0),
-        "effect_site_ng_per_ml": ce[idx],
-        "drug_effect": d[idx],
-        "placebo_effect": p[idx],
-        "peak_effect_site_ng_per_ml": np.full(len(visits_h), float(ce.max())),
-        "peak_cadss": np.full(len(visits_h), float(np.clip(c["cadss_per_ng_ml"] * ce.max(), 0,
-                                                              92))),
-        "peak_sbp_change_mmhg": np.full(len(visits_h), float(c["sbp_per_ng_ml"] * ce.max())),
+        "madrs_item10": np.clip(c["item10_baseline"] * suic[:, idx], 0.0, 6.0),
+        "ssi": np.clip(c["ssi_baseline"] * suic[:, idx], 0.0, 38.0),
+        "cadss": np.clip(c["cadss_per_ng_ml"] * ce[:, idx], 0.0, 92.0),
+        "bprs_positive": np.clip(c["bprs_per_ng_ml"] * ce[:, idx], 0.0, 24.0),
+        "sbp_change_mmhg": c["sbp_per_ng_ml"] * ce[:, idx],
+        "sedation": np.clip(sed[:, idx], 0.0, 1.0),
+        "effect_site_ng_per_ml": ce[:, idx],
+        "drug_effect": d[:, idx],
+        "placebo_effect": p[:, idx],
+        "peak_effect_site_ng_per_ml": np.repeat(peak, nv, axis=1),
+        "peak_cadss": np.repeat(np.clip(c["cadss_per_ng_ml"] * peak, 0, 92), nv, axis=1),
+        "peak_sbp_change_mmhg": np.repeat(c["sbp_per_ng_ml"] * peak, nv, axis=1),
     }
-    return out
+
+
+def simulate_patient(arm: ArmSpec, patient: Patient, visits_h: np.ndarray,
+                     hypotheses: Hypotheses | None = None) -> dict[str, np.ndarray]:
+    """Scores and side effects of one patient at the visit times (h)."""
+    t = _grid(visits_h, arm_regimen(arm))
+    comp = mechanism_components(arm, patient, t, hypotheses)
+    return scores_from_components(arm, patient, t, visits_h, comp)
 
 
 def simulate_arm(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray,

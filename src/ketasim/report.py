@@ -78,3 +78,304 @@ def plot_mechanism(res, path: str) -> None:
         raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- virtual trials
+_SCALE_LABEL = {"madrs": "MADRS", "hamd17": "HAM-D17", "hamd6": "HAM-D6"}
+
+
+def _fig_png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _score_table(result):
+    """Per arm: visit labels (baseline first), mean score and its 95 % CI (t-based)."""
+    import numpy as np
+
+    from .stats import mean_ci
+
+    labels = result.meta["visits"]
+    out = {}
+    for arm in result.scenario.arms:
+        a = result.arm_arrays(arm.name).cols[result.scale]
+        m = a.mean(axis=0)
+        ci = np.array([mean_ci(a[:, j]) for j in range(a.shape[1])])
+        out[arm.name] = (m, ci[:, 0], ci[:, 1])
+    return labels, out
+
+
+def plot_trial_scores(result) -> bytes:
+    """Mean score ± 95 % CI per arm over the visits (PNG bytes)."""
+    import numpy as np
+
+    labels, rows = _score_table(result)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    x = np.arange(len(labels))
+    k = len(rows)
+    for i, (name, (m, lo, hi)) in enumerate(rows.items()):
+        dx = (i - (k - 1) / 2) * 0.06
+        ax.errorbar(x + dx, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=name)
+    ax.set_xticks(x, labels)
+    ax.set_xlabel("visit (time after the first dose)")
+    ax.set_ylabel(f"mean {_SCALE_LABEL[result.scale]} ± 95% CI")
+    ax.set_title(result.scenario.title or "virtual trial", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.99, 0.01, "ketasim — research tool, not medical advice", ha="right",
+             fontsize=7, color="grey")
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
+def plot_trial_response(result) -> bytes:
+    """Response and remission rates per arm and visit (PNG bytes)."""
+    import numpy as np
+
+    s = result.summary
+    visits = result.visits
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=True)
+    x = np.arange(len(visits))
+    k = len(s["arms"])
+    w = 0.8 / k
+    for ax, key, title in ((axes[0], "response_rate", "response"),
+                           (axes[1], "remission_rate", "remission")):
+        for i, (name, rows) in enumerate(s["arms"].items()):
+            ax.bar(x + (i - (k - 1) / 2) * w, [100 * rows[v][key] for v in visits], w,
+                   label=name)
+        ax.set_xticks(x, visits)
+        ax.set_title(f"{title} ({_SCALE_LABEL[result.scale]})", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("% of patients")
+    axes[0].legend(fontsize=8)
+    fig.text(0.99, 0.01, "ketasim — research tool, not medical advice", ha="right",
+             fontsize=7, color="grey")
+    fig.tight_layout()
+    return _fig_png(fig)
+
+
+def trial_figures(result) -> dict[str, bytes]:
+    """The trial's figures as PNG bytes: ``scores.png`` and ``response.png``."""
+    return {"scores.png": plot_trial_scores(result), "response.png": plot_trial_response(result)}
+
+
+def _f(v, nd: int = 1, pct: bool = False) -> str:
+    import math
+
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if pct:
+        return f"{100 * v:.{nd}f}%"
+    return f"{v:.{nd}f}"
+
+
+def _ci(c, nd: int = 1, pct: bool = False) -> str:
+    if c is None:
+        return "–"
+    return f"[{_f(c[0], nd, pct)}, {_f(c[1], nd, pct)}]"
+
+
+def _html_table(headers: list[str], rows: list[list[str]], caption: str = "") -> str:
+    from html import escape
+
+    h = "".join(f"<th>{escape(x)}</th>" for x in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;
+margin-top:1.6em}h3{font-size:1em}
+.disclaimer{background:#fff4e5;border:1px solid #f0b36b;padding:.6em 1em;border-radius:4px}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+caption{text-align:left;font-weight:600;padding:.3em 0}
+img{max-width:100%;border:1px solid #eee}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
+.muted{color:#666;font-size:.85em}
+"""
+
+
+def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
+    """A self-contained HTML report of a virtual trial (inline CSS, PNG figures as base64).
+
+    ``figures`` may pass already rendered ``scores.png`` / ``response.png`` bytes."""
+    import base64
+    import json
+    from html import escape
+
+    from .trial import DISCLAIMER
+
+    s = result.to_dict()
+    sc = result.scenario
+    meta = s["meta"]
+    scale = _SCALE_LABEL[result.scale]
+    title = sc.title or "ketasim virtual trial"
+    figs = trial_figures(result) if figures is None else figures
+    img = {k[:-4]: base64.b64encode(v).decode("ascii") for k, v in figs.items()}
+    p = sc.population
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p class='disclaimer'><strong>{escape(DISCLAIMER)}</strong> Virtual patients from a "
+        "mechanistic model; the numbers are model outputs, not clinical evidence. Do not use "
+        "them to dose or treat anyone.</p>",
+        "<h2>Scenario</h2>",
+        f"<p>Population: {escape(p.disorder.upper())}, n = {p.n}, seed {p.seed}, weight "
+        f"{p.weight_kg_mean:g} ± {p.weight_kg_sd:g} kg, age {p.age_mean:g} ± {p.age_sd:g} y, "
+        f"{100 * p.female_fraction:.0f}% female, {escape(p.race)}"
+        + (f", on {escape(', '.join(p.comedication))}" if p.comedication else "")
+        + f". Scale {scale}; response = fall ≥ {100 * sc.endpoints.response_fraction:.0f}% "
+        f"from baseline; remission = {scale} ≤ {meta['remission_threshold']:g}.</p>",
+        _html_table(["arm", "n", "ratio", "treatment"],
+                    [[a.name, str(s["arm_summary"][a.name]["n"]), f"{a.ratio:g}",
+                      s["arm_summary"][a.name]["treatment"]] for a in sc.arms], "arms"),
+        "<h2>Mean score over time</h2>",
+        f"<img alt='mean {scale} per arm' src='data:image/png;base64,{img['scores']}'>",
+        "<h2>Response and remission</h2>",
+        f"<img alt='response rates' src='data:image/png;base64,{img['response']}'>",
+        "<h2>Endpoints per arm</h2>",
+    ]
+    for name, rows in s["arms"].items():
+        b = s["arm_summary"][name]
+        parts.append(_html_table(
+            ["visit", "n", f"mean {scale} (SD)", "change [95% CI]", "response", "remission",
+             "Δ item 10", "Δ SSI"],
+            [[v, str(r["n"]), f"{_f(r['mean'])} ({_f(r['sd'])})",
+              f"{_f(r['change'])} {_ci(r['ci95'])}", _f(r["response_rate"], 1, True),
+              _f(r["remission_rate"], 1, True), _f(r["madrs_item10_change"], 2),
+              _f(r["ssi_change"], 2)] for v, r in rows.items()],
+            f"{name} — baseline {scale} {_f(b['baseline_mean'])} ({_f(b['baseline_sd'])})"))
+    parts.append("<h2>Differences between arms</h2>")
+    parts.append("<p class='muted'>ARM1 minus ARM2 in mean change from baseline (negative "
+                 "favours ARM1), Welch 95% CI; response-rate difference with Wald 95% CI; "
+                 "Cohen's d of the change.</p>")
+    drows = []
+    for key, rows in s["differences"].items():
+        for v, r in rows.items():
+            drows.append([key, v, f"{_f(r['difference'])} {_ci(r['ci95'])}",
+                          "–" if r["p_value"] is None else
+                          ("<0.0001" if r["p_value"] < 1e-4 else f"{r['p_value']:.4f}"),
+                          _f(r["cohens_d"], 2),
+                          f"{_f(r['response_rate_difference'], 1, True)} "
+                          f"{_ci(r['response_rate_difference_ci95'], 1, True)}"])
+    if drows:
+        parts.append(_html_table(["pair", "visit", "difference [95% CI]", "p", "Cohen's d",
+                                  "response difference [95% CI]"], drows))
+        on = [f"{k}: {v['visit']} (favours {v['favours']})" if v else f"{k}: none"
+              for k, v in s["onset"].items()]
+        parts.append(f"<p>Onset (first visit with a 95% CI excluding 0): "
+                     f"{escape('; '.join(on))}.</p>")
+    else:
+        parts.append("<p>One arm only: no differences.</p>")
+    parts.append("<h2>Side effects</h2>")
+    parts.append(_html_table(
+        ["arm", "median peak Ce (ng/mL)", "mean peak CADSS", "peak CADSS ≥ 4",
+         "mean peak ΔSBP (mmHg)"],
+        [[n, _f(b["median_peak_effect_site_ng_per_ml"]), _f(b["mean_peak_cadss"]),
+          _f(b["peak_dissociation_incidence"], 1, True), _f(b["mean_peak_sbp_change_mmhg"])]
+         for n, b in s["arm_summary"].items()], "peaks per patient"))
+    srows = [[n, v, _f(r["cadss_mean"], 2), _f(r["dissociation_incidence"], 1, True),
+              _f(r["sbp_change_mmhg_mean"], 2), _f(r["sedation_mean"], 3),
+              _f(r["bprs_positive_mean"], 2)]
+             for n, rows in s["arms"].items() for v, r in rows.items()]
+    parts.append(_html_table(["arm", "visit", "CADSS", "CADSS ≥ 4", "ΔSBP (mmHg)",
+                              "sedation (0–1)", "BPRS+"], srows, "at the visits (means)"))
+    parts.append("<h2>Time to response and relapse</h2>")
+    trows = []
+    for n, b in s["arm_summary"].items():
+        t, r = b["time_to_response"], b["relapse"]
+        trows.append([n, f"{t['n_responded']} / {t['n']}", _f(t["median_h"]),
+                      _f(t["median_among_responders_h"]), r["responder_visit"] or "–",
+                      str(r["n_at_risk"]), str(r["n_relapsed"]), str(r["n_censored"]),
+                      _f(r["median_d"])])
+    parts.append(_html_table(
+        ["arm", "ever responded", "median time to response (h)", "… among responders (h)",
+         "responder visit", "responders", "relapsed", "censored",
+         "median time to relapse (d)"], trows))
+    parts.append(f"<p class='muted'>{escape(meta['definitions']['time_to_response'])}. "
+                 f"Relapse: {escape(meta['definitions']['relapse'])}. "
+                 "– = not reached or not defined.</p>")
+    parts.append("<h2>Run metadata</h2>")
+    parts.append(_html_table(["key", "value"], [
+        ["ketasim version", meta["version"]], ["seed", str(meta["seed"])],
+        ["executor", f"{meta['executor']} ({meta['workers']} worker(s), chunks of "
+                     f"{meta['chunk_size']})"],
+        ["wall time (s)", _f(meta["wall_s"], 2)],
+        ["patients per arm", ", ".join(f"{k}: {v}" for k, v in meta["n_per_arm"].items())]]))
+    parts.append(_html_table(["card", "sha256 (prefix)"],
+                             [[k, v] for k, v in sorted(meta["card_hashes"].items())],
+                             "card hashes"))
+    parts.append("<h3>Scenario (validated)</h3><pre>"
+                 + escape(json.dumps(meta["scenario"], indent=1, ensure_ascii=False))
+                 + "</pre>")
+    parts.append(f"<p class='muted'>{escape(DISCLAIMER)}</p></body></html>")
+    return "\n".join(parts)
+
+
+def _atomic_bytes(path: str, data: bytes, field: str) -> None:
+    import os
+    import tempfile
+
+    target = os.path.abspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp, target)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror}") from exc
+
+
+def write_trial_outputs(result, folder: str, figures: bool = False,
+                        extra: dict | None = None, field: str = "out") -> list[str]:
+    """Write results.parquet (long table), summary.json and report.html (and, with
+    ``figures``, scores.png and response.png) into ``folder``, each atomically: a failed
+    write leaves any file already there untouched. Returns the paths written."""
+    import io
+    import json
+    import os
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise KetasimError(field, f"not a folder: {folder}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise KetasimError(field, f"cannot create folder {folder}: {exc.strerror}") from exc
+    if not os.path.isdir(folder):
+        raise KetasimError(field, f"not a folder: {folder}")
+    files: dict[str, bytes] = {}
+    buf = io.BytesIO()
+    result.data.to_parquet(buf, index=False)
+    files["results.parquet"] = buf.getvalue()
+    summary = result.to_dict()
+    if extra:
+        summary.update(extra)
+    files["summary.json"] = json.dumps(summary, indent=1, ensure_ascii=False).encode("utf-8")
+    figs = trial_figures(result)
+    files["report.html"] = trial_html(result, figs).encode("utf-8")
+    if figures:
+        files.update(figs)
+    written = []
+    for name, data in files.items():
+        path = os.path.join(folder, name)
+        _atomic_bytes(path, data, field)
+        written.append(path)
+    return written

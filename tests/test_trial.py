@@ -1,0 +1,314 @@
+"""Virtual trials: reproducibility under chunking and executors, endpoint statistics, the
+`ketasim trial` / `ketasim run` contracts, bad scenario files and the shipped examples."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from ketasim import stats
+from ketasim.cli import main
+from ketasim.errors import KetasimError
+from ketasim.scenario import load_scenario, parse_scenario
+from ketasim.trial import (
+    arm_sizes,
+    example_names,
+    example_path,
+    resolve_scenario,
+    run_trial,
+    with_overrides,
+)
+
+SMALL = {
+    "title": "small test trial",
+    "population": {"disorder": "trd", "n": 14, "seed": 7},
+    "arm": [
+        {"name": "ketamine", "drug": "ketamine", "route": "iv-infusion", "dose": "0.5 mg/kg",
+         "duration": "40 min", "ratio": 1},
+        {"name": "midazolam", "control": "active-placebo", "ratio": 1},
+    ],
+    "endpoints": {"scale": "madrs", "at": ["40 min", "24 h", "7 d"]},
+}
+
+
+def run(capsys, args):
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def small():
+    return parse_scenario(SMALL)
+
+
+@pytest.fixture(scope="module")
+def reference(small):
+    """The small trial, unchunked and serial."""
+    return run_trial(small, chunk_size=10_000, executor="serial")
+
+
+# ------------------------------------------------------------------ reproducibility
+def test_chunked_equals_unchunked(small, reference):
+    chunked = run_trial(small, chunk_size=3, executor="serial")
+    pd.testing.assert_frame_equal(chunked.data, reference.data, check_exact=True)
+    assert chunked.to_dict()["arms"] == reference.to_dict()["arms"]
+    assert chunked.to_dict()["differences"] == reference.to_dict()["differences"]
+
+
+def test_processes_equal_serial(small, reference):
+    calls = []
+    par = run_trial(small, chunk_size=4, executor="processes", workers=2,
+                    progress=lambda done, total: calls.append((done, total)))
+    pd.testing.assert_frame_equal(par.data, reference.data, check_exact=True)
+    assert par.to_dict()["arms"] == reference.to_dict()["arms"]
+    assert calls[-1] == (14, 14)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_same_seed_same_results_different_seed_differs(small, reference):
+    again = run_trial(small)
+    pd.testing.assert_frame_equal(again.data, reference.data, check_exact=True)
+    other = run_trial(with_overrides(small, seed=8))
+    assert not np.array_equal(other.data["madrs"].to_numpy(), reference.data["madrs"].to_numpy())
+    assert other.meta["seed"] == 8
+
+
+def test_long_table_shape_and_baseline(small, reference):
+    d = reference.data
+    assert len(d) == 14 * 4  # baseline + 3 visits
+    assert list(d["visit"].cat.categories) == ["baseline", "40 min", "24 h", "7 d"]
+    base = d[d["time_h"] == 0.0]
+    np.testing.assert_array_equal(base["madrs"].to_numpy(), base["baseline_madrs"].to_numpy())
+    for col in ("patient", "arm", "time_h", "madrs", "hamd17", "hamd6", "madrs_item10", "ssi",
+                "cadss", "sbp_change_mmhg", "sedation", "effect_site_ng_per_ml"):
+        assert col in d.columns
+
+
+def test_arm_sizes_follow_ratio():
+    sc = parse_scenario({**SMALL, "population": {"n": 73},
+                         "arm": [{**SMALL["arm"][0], "ratio": 2}, SMALL["arm"][1]]})
+    assert arm_sizes(sc) == [49, 24]
+    with pytest.raises(KetasimError, match="population.n"):
+        arm_sizes(with_overrides(sc, n=1))
+
+
+# ------------------------------------------------------------------ statistics
+def test_identical_control_arms_difference_ci_contains_zero():
+    """Two identical saline arms: the difference CI contains 0 (about 95 % of the time: the
+    check runs 10 seeds × 3 visits and wants at least 24 of the 30 CIs to contain 0)."""
+    covered, total = 0, 0
+    for seed in range(10):
+        sc = parse_scenario({
+            "population": {"n": 60, "seed": seed},
+            "arm": [{"name": "saline A", "control": "saline"},
+                    {"name": "saline B", "control": "saline"}],
+            "endpoints": {"at": ["1 d", "3 d", "7 d"]},
+        })
+        s = run_trial(sc).to_dict()
+        for row in s["differences"]["saline A-saline B"].values():
+            lo, hi = row["ci95"]
+            covered += lo < 0 < hi
+            total += 1
+            rlo, rhi = row["response_rate_difference_ci95"]
+            assert rlo <= row["response_rate_difference"] <= rhi
+        for rows in s["arms"].values():
+            for row in rows.values():
+                assert 0.0 <= row["response_rate"] <= 1.0
+                assert 0.0 <= row["remission_rate"] <= 1.0
+                assert row["ci95"][0] <= row["change"] <= row["ci95"][1]
+    assert covered >= 24, f"{covered}/{total}"
+
+
+def test_endpoint_values_match_the_long_table(reference):
+    s = reference.to_dict()
+    d = reference.data
+    k = d[d["arm"] == "ketamine"].sort_values(["patient", "time_h"])
+    b = k[k["visit"] == "baseline"]["madrs"].to_numpy()
+    x = k[k["visit"] == "24 h"]["madrs"].to_numpy()
+    row = s["arms"]["ketamine"]["24 h"]
+    assert row["n"] == 7
+    assert row["mean"] == pytest.approx(x.mean())
+    assert row["change"] == pytest.approx((x - b).mean())
+    assert row["response_rate"] == pytest.approx(np.mean(x <= 0.5 * b))
+    assert row["remission_rate"] == pytest.approx(np.mean(x <= 10.0))
+    m = d[d["arm"] == "midazolam"].sort_values(["patient", "time_h"])
+    cm = (m[m["visit"] == "24 h"]["madrs"].to_numpy()
+          - m[m["visit"] == "baseline"]["madrs"].to_numpy())
+    diff = s["differences"]["ketamine-midazolam"]["24 h"]
+    ref = st.ttest_ind(x - b, cm, equal_var=False)
+    assert diff["difference"] == pytest.approx((x - b).mean() - cm.mean())
+    assert diff["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_stats_helpers():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 2, 40), rng.normal(0, 1, 25)
+    w = stats.welch(a, b)
+    ci = st.ttest_ind(a, b, equal_var=False).confidence_interval()
+    assert w["ci95"] == pytest.approx((ci.low, ci.high), rel=1e-9)
+    lo, hi = stats.mean_ci(a)
+    ref = st.ttest_1samp(a, 0).confidence_interval()
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-9)
+    r = stats.wald_diff(30, 50, 20, 50)
+    assert r["difference"] == pytest.approx(0.2)
+    se = math.sqrt(0.6 * 0.4 / 50 + 0.4 * 0.6 / 50)
+    assert r["ci95"] == pytest.approx((0.2 - 1.959964 * se, 0.2 + 1.959964 * se), rel=1e-5)
+    assert stats.event_median([1, 2, 3, 9, 9], [1, 1, 1, 0, 0]) == 3.0
+    assert stats.event_median([1, 2, 9, 9, 9], [1, 1, 0, 0, 0]) is None
+    assert math.isnan(stats.cohens_d([1.0], [2.0, 3.0]))
+
+
+def test_relapse_after_repeated_infusions():
+    sc = with_overrides(resolve_scenario("murrough2013b"), n=6)
+    r = run_trial(sc).to_dict()["arm_summary"]["ketamine x6"]["relapse"]
+    assert r["last_dose_h"] == pytest.approx(11 * 24.0)
+    assert r["responder_visit"] == "12 d"
+    assert r["n_relapsed"] + r["n_censored"] == r["n_at_risk"]
+    assert all(0 < t <= 84 * 24.0 for t in r["relapse_times_h"])
+
+
+# ------------------------------------------------------------------ CLI contracts
+def test_trial_json_contract(capsys, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'title = "contract"\n[population]\nn = 8\nseed = 5\n'
+        '[[arm]]\nname = "ketamine"\ndrug = "ketamine"\nroute = "iv-infusion"\n'
+        'dose = "0.5 mg/kg"\nduration = "40 min"\n'
+        '[[arm]]\nname = "saline"\ncontrol = "saline"\n'
+        '[endpoints]\nat = ["4 h", "24 h"]\n')
+    rc, out, err = run(capsys, ["trial", str(path), "--json", "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert set(d["arms"]) == {"ketamine", "saline"}
+    for arm in d["arms"].values():
+        assert list(arm) == ["4 h", "24 h"]
+        for row in arm.values():
+            for key in ("n", "mean", "change", "response_rate", "remission_rate", "sd", "ci95",
+                        "madrs_item10_change", "ssi_change", "cadss_mean",
+                        "sbp_change_mmhg_mean", "sedation_mean", "dissociation_incidence"):
+                assert key in row
+    diff = d["differences"]["ketamine-saline"]["24 h"]
+    assert isinstance(diff["difference"], float) and len(diff["ci95"]) == 2
+    for key in ("response_rate_difference", "response_rate_difference_ci95", "cohens_d"):
+        assert key in diff
+    meta = d["meta"]
+    assert meta["seed"] == 5 and meta["version"] and meta["card_hashes"]
+    assert parse_scenario(meta["scenario"]) == load_scenario(str(path))
+    for name in ("results.parquet", "summary.json", "report.html"):
+        assert (tmp_path / "o" / name).is_file()
+    table = pd.read_parquet(tmp_path / "o" / "results.parquet")
+    assert len(table) == 8 * 3
+
+
+BAD = {
+    "unknown_key": ('[[arm]]\nname = "a"\ncontrol = "saline"\ncolour = "red"\n', "colour"),
+    "wrong_unit": ('[[arm]]\nname = "k"\ndrug = "ketamine"\nroute = "iv"\n'
+                   'dose = "0.5 mg/furlong"\n', "dose"),
+    "negative_n": ('[population]\nn = -5\n[[arm]]\nname = "a"\ncontrol = "saline"\n',
+                   "population.n"),
+    "missing_arm_field": ('[[arm]]\nname = "k"\ndrug = "ketamine"\ndose = "0.5 mg/kg"\n',
+                          "route"),
+    "missing_arm_name": ('[[arm]]\ncontrol = "saline"\n', "arm[0].name"),
+    "bad_toml": ('[[arm]\nname = \n', "TOML"),
+    "bad_route": ('[[arm]]\nname = "k"\ndrug = "ketamine"\nroute = "teleport"\n'
+                  'dose = "0.5 mg/kg"\n', "route"),
+    "bad_visit": ('[[arm]]\nname = "a"\ncontrol = "saline"\n[endpoints]\nat = ["3 parsecs"]\n',
+                  "endpoints.at"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_scenario_files_exit_2_with_one_line(capsys, tmp_path, case):
+    text, key = BAD[case]
+    path = tmp_path / f"{case}.toml"
+    path.write_text(text)
+    rc, out, err = run(capsys, ["trial", str(path), "--json"])
+    assert rc == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert key in err
+    assert "Traceback" not in err
+
+
+def test_missing_file_and_unknown_example(capsys):
+    rc, _, err = run(capsys, ["trial", "no/such/file.toml"])
+    assert rc == 2 and "file not found" in err and err.count("\n") == 1
+    rc, _, err = run(capsys, ["trial", "nosuchexample"])
+    assert rc == 2 and "murrough2013a" in err
+
+
+@pytest.mark.parametrize("name", ["murrough2013a", "murrough2013b", "kishimoto_single_iv",
+                                  "fava2020", "diazgranados2010", "transform2",
+                                  "wilkinson_suicidality", "default"])
+def test_examples_load(name):
+    assert name in example_names()
+    sc = load_scenario(example_path(name))
+    assert sum(arm_sizes(sc)) == sc.population.n
+
+
+def test_example_details():
+    fava = resolve_scenario("fava2020")
+    assert fava.endpoints.scale == "hamd6" and len(fava.arms) == 5
+    t2 = resolve_scenario("transform2")
+    esk = t2.arms[0]
+    assert esk.drug == "esketamine" and len(esk.dose) == len(esk.schedule) == 8
+    assert all(a.background == "oral-antidepressant" for a in t2.arms)
+    m = resolve_scenario("murrough2013a")
+    assert [a.ratio for a in m.arms] == [2, 1] and m.population.n == 73
+    assert resolve_scenario("diazgranados2010").population.disorder == "bipolar"
+
+
+def test_example_by_name_and_list(capsys):
+    rc, out, err = run(capsys, ["trial", "--list-examples", "--json"])
+    assert rc == 0, err
+    assert {r["name"] for r in json.loads(out)} >= {"murrough2013a", "transform2"}
+    rc, out, err = run(capsys, ["trial", "transform2", "--n", "4", "--json"])
+    assert rc == 0, err
+    assert set(json.loads(out)["arms"]) == {"esketamine + AD", "placebo + AD"}
+
+
+def test_run_writes_files(capsys, tmp_path):
+    folder = tmp_path / "out"
+    rc, out, err = run(capsys, ["run", "--out", str(folder), "--json", "--n", "40"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["meta"]["n_per_arm"] == {"ketamine": 20, "midazolam": 20}
+    assert set(d["arms"]["ketamine"]) == {"40 min", "4 h", "24 h", "3 d", "7 d", "14 d"}
+    h = d["headline"]
+    assert h["median_peak_effect_site_ng_per_ml"]["ketamine"] > 0
+    assert set(h["response"]) == {"24 h", "7 d"} and "difference_24h" in h
+    for name in ("results.parquet", "summary.json", "report.html", "scores.png",
+                 "response.png"):
+        assert (folder / name).stat().st_size > 0
+    assert json.loads((folder / "summary.json").read_text())["arms"] == d["arms"]
+    html = (folder / "report.html").read_text()
+    assert "research tool, not medical advice" in html
+    assert html.count("data:image/png;base64,") == 2
+    assert "<script" not in html and "src='http" not in html and 'href="http' not in html
+    for k in ("Run metadata", "card hashes", "Side effects", "Endpoints per arm"):
+        assert k in html
+
+
+def test_outputs_written_atomically(monkeypatch, tmp_path, reference):
+    from ketasim import report
+
+    (tmp_path / "summary.json").write_text("keep me")
+    real = os.replace
+
+    def failing(src, dst):
+        if dst.endswith("summary.json"):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(KetasimError, match="summary.json"):
+        report.write_trial_outputs(reference, str(tmp_path))
+    assert (tmp_path / "summary.json").read_text() == "keep me"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ketasim-")]
