@@ -671,6 +671,49 @@ def calibrate_mechanism(
     out.print(f"[bold]{r['met']} / {r['total']} targets met[/]")
 
 
+@calibrate_app.command("clinic")
+def calibrate_clinic(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    do_fit: Annotated[bool, typer.Option("--fit", help="search the calibrated clinical "
+                                                       "constants (Nelder-Mead, minutes)")]
+    = False,
+    max_evaluations: Annotated[int, typer.Option(help="loss evaluations for --fit")] = 1000,
+    write: Annotated[str | None, typer.Option(help="also save the report (JSON) to this file, "
+                                                   "e.g. docs/calibration-clinic.json")] = None,
+) -> None:
+    """Clinical targets from the calibration studies: model value and whether each is met.
+
+    With --fit, search the clinical constants from the card values and print the best set
+    (write them into cards/mechanism/clinic.yaml, tagged calibrated)."""
+    from .clinic_calibration import evaluate, fit_clinic, metrics
+
+    if do_fit:
+        if not 1 <= max_evaluations <= 20000:
+            raise KetasimError("max-evaluations", "must be 1..20000")
+        f = fit_clinic(max_evaluations)
+        if as_json:
+            print(json.dumps(_jsonable(f)))
+            return
+        out.print(f"loss {f['loss_start']:.3g} → {f['loss_best']:.3g}")
+        for k, v in f["best"].items():
+            out.print(f"{k}: {v:.4g}")
+        return
+    r = evaluate()
+    if as_json:
+        from .cards import card_versions
+        from .clinic_calibration import load_param_card
+
+        c = {k: v.value for k, v in load_param_card("clinic").parameters.items()}
+        print(json.dumps(_jsonable({
+            "targets": {k: {"value": v, "met": ok} for k, (v, ok) in r.items()},
+            "metrics": metrics(c), "met": sum(ok for _, ok in r.values()), "total": len(r),
+            "card_hashes": {k: v for k, v in card_versions().items() if "clinic" in k}})))
+        return
+    for k, (v, ok) in r.items():
+        out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + f"{k}: {v:.3g}")
+    out.print(f"[bold]{sum(ok for _, ok in r.values())} / {len(r)} clinical targets met[/]")
+
+
 @bench_app.command("pk")
 def bench_pk(
     n: Annotated[int, typer.Option(help="number of virtual patients")] = 100_000,

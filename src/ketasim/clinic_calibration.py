@@ -236,13 +236,14 @@ def loss(c: dict) -> float:
 
 BOUNDS = {"placebo_decay_d": (5.0, 40.0), "consolidation_tau_d": (3.0, 60.0),
           "residual_sd": (2.0, 7.0), "k_mood": (0.2, 10.0), "k_mood_slow": (0.01, 2.0),
-          "drug_emax_iiv_sd": (0.3, 2.5),
+          "drug_emax_iiv_sd": (0.3, 2.5), "consolidation_gain": (0.0, 10.0),
           "placebo_iiv_sd": (0.3, 2.5), "bipolar_fast_factor": (1.0, 4.0)}
 
 FIT = {  # name: transform
     "drug_emax": "logit", "drug_emax_iiv_sd": "log", "drive50": "log", "a_fast": "log",
     "a_proteins": "log", "a_spines": "log", "k_mood": "log", "k_mood_slow": "log",
-    "placebo_saline": "logit", "consolidation_gain": "logit", "consolidation_tau_d": "log",
+    "placebo_saline": "logit", "consolidation_gain": "log", "consolidation_tau_d": "log",
+    "consolidation_threshold": "logit",
     "placebo_active": "logit", "placebo_iiv_sd": "log", "placebo_decay_d": "log",
     "suicidality_gain": "log", "ad_background_max": "logit", "residual_sd": "log",
     "bipolar_fast_factor": "log",

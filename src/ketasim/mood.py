@@ -9,7 +9,8 @@ For patient i at time t (h after the first dose), with every constant in the ``c
   with rate ``k_mood`` and the synaptic terms through one with ``k_mood_slow``.
 * **Drug effect** (fraction of the baseline score): direct ``d₀ = E_i·h_e/(h50 + h_e)`` with
   ``E_i = logistic(logit(E) + η_E,i)``, and a consolidated part ``C`` that builds up while the
-  direct effect lasts (``dC/dt = (g_c·d₀ − C)/τ_c``) and fades after the last dose;
+  direct effect stays above a threshold (``dC/dt = (g_c·(d₀ − θ_c)⁺ − C)/τ_c``, capped at
+  0.95) and fades after the last dose;
   ``d = 1 − (1 − d₀)(1 − C)``.
 * **Placebo / expectancy and natural course**: ``p(t) = P_i·(1 − e^{−t/τ_p})·e^{−t/τ_fade}``,
   ``P_i = logistic(logit(P) + η_P,i)``; P is the saline fraction for saline arms and the
@@ -152,17 +153,18 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
     ce = comp["ce"]
     he = _effect_compartment(t, fast, c["k_mood"]) + _effect_compartment(t, slow,
                                                                           c["k_mood_slow"])
-    eta_e = np.array([p.eta_emax for p in patients])[:, None]
+    eta_e = np.array([p.eta_emax for p in patients])[:, None] * c["drug_emax_iiv_sd"]
     emax = 1.0 / (1.0 + np.exp(-(_logit(c["drug_emax"]) + eta_e)))
     d_direct = emax * he / (c["drive50"] + he)
     # consolidation: sustained improvement builds up while the drug effect lasts, then fades
-    cons = _effect_compartment(t, c["consolidation_gain"] * d_direct,
-                               1.0 / (24.0 * c["consolidation_tau_d"]))
+    cons = _effect_compartment(
+        t, c["consolidation_gain"] * np.maximum(d_direct - c["consolidation_threshold"], 0.0),
+        1.0 / (24.0 * c["consolidation_tau_d"]))
     d = 1.0 - (1.0 - d_direct) * (1.0 - np.minimum(cons, 0.95))
     # an infusion that feels active (ketamine, or midazolam's sedation) carries the larger
     # expectancy; saline the smaller
     p_typ = c["placebo_saline"] if arm.control == "saline" else c["placebo_active"]
-    eta_p = np.array([p.eta_placebo for p in patients])[:, None]
+    eta_p = np.array([p.eta_placebo for p in patients])[:, None] * c["placebo_iiv_sd"]
     p_i = 1.0 / (1.0 + np.exp(-(_logit(p_typ) + eta_p)))
     p = p_i * (1.0 - np.exp(-t / c["placebo_tau_h"])) * np.exp(-t / (24.0 * c["placebo_decay_d"]))
     ad = np.array([arm.background == "oral-antidepressant"
@@ -200,7 +202,14 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
         "peak_effect_site_ng_per_ml": np.repeat(peak, nv, axis=1),
         "peak_cadss": np.repeat(np.clip(c["cadss_per_ng_ml"] * peak, 0, 92), nv, axis=1),
         "peak_sbp_change_mmhg": np.repeat(c["sbp_per_ng_ml"] * peak, nv, axis=1),
+        # exposure bands from the drug card (racemic-equivalent effect-site concentration)
+        "analgesic_band": np.repeat(peak >= _band("analgesic_ng_per_ml"), nv, axis=1),
+        "anaesthetic_band": np.repeat(peak >= _band("anaesthetic_ng_per_ml"), nv, axis=1),
     }
+
+
+def _band(name: str) -> float:
+    return load_drug("ketamine").bands[name].value
 
 
 def simulate_patient(arm: ArmSpec, patient: Patient, visits_h: np.ndarray,

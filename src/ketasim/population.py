@@ -28,8 +28,8 @@ class Patient:
     race: str
     disorder: str
     baseline_madrs: float
-    eta_placebo: float  # logit-scale deviation of the placebo fraction
-    eta_emax: float  # logit-scale deviation of the maximal drug effect
+    eta_placebo: float  # standard-normal draw; × placebo_iiv_sd gives the logit deviation
+    eta_emax: float  # standard-normal draw; × drug_emax_iiv_sd gives the logit deviation
     pk_factor_cl: float  # multiplicative, clearance-type parameters
     pk_factor_v: float  # multiplicative, volumes
     residual: np.ndarray  # standard-normal draws for visit noise
@@ -52,8 +52,8 @@ def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int =
     sd = spec.baseline_madrs_sd if spec.baseline_madrs_sd is not None else c.value(
         "madrs_baseline_sd")
     base = float(np.clip(rng.normal(mean, sd), 20.0, 60.0))
-    eta_p = float(rng.normal(0.0, c.value("placebo_iiv_sd")))
-    eta_e = float(rng.normal(0.0, c.value("drug_emax_iiv_sd")))
+    eta_p = float(rng.standard_normal())
+    eta_e = float(rng.standard_normal())
     s = np.sqrt(np.log(1.0 + PK_IIV_CV**2))
     f_cl = float(np.exp(rng.normal(0.0, s)))
     f_v = float(np.exp(rng.normal(0.0, s)))

@@ -1,0 +1,79 @@
+"""Clinical layer: score bounds, controls, side effects by dose, calibration targets."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from ketasim.clinic_calibration import evaluate
+from ketasim.mood import SCORES, simulate_patient
+from ketasim.population import sample_patient
+from ketasim.scenario import ArmSpec, PopulationSpec
+
+warnings.simplefilter("ignore")
+POP = PopulationSpec(disorder="trd", n=10, seed=3)
+VIS = np.array([40 / 60, 2.0, 24.0, 72.0, 168.0])
+
+
+def _arm(dose="0.5 mg/kg", **kw):
+    if "control" in kw:
+        return ArmSpec(name="c", **kw)
+    return ArmSpec(name="k", drug="ketamine", route="iv-infusion", dose=dose, duration="40 min",
+                   **kw)
+
+
+@pytest.fixture(scope="module")
+def targets():
+    return evaluate()
+
+
+def test_scores_bounded_and_side_effects_by_dose():
+    pt = sample_patient(POP, 0, 0, len(VIS))
+    peaks = []
+    for dose in ("0.1 mg/kg", "0.5 mg/kg", "1.0 mg/kg"):
+        r = simulate_patient(_arm(dose), pt, VIS)
+        assert np.all((r["madrs"] >= 0) & (r["madrs"] <= 60))
+        assert np.all((r["madrs_item10"] >= 0) & (r["madrs_item10"] <= 6))
+        assert np.all((r["ssi"] >= 0) & (r["ssi"] <= 38))
+        assert np.all(r["hamd6"] <= 22) and np.all(r["hamd17"] <= 52)
+        peaks.append((r["peak_cadss"][0], r["peak_sbp_change_mmhg"][0]))
+    # dissociation and blood pressure rise with dose (Fava 2020)
+    assert peaks[0][0] < peaks[1][0] < peaks[2][0]
+    assert peaks[0][1] < peaks[1][1] < peaks[2][1]
+    # dissociation is present at the end of the infusion and gone by day 1 (NIMH finding)
+    r = simulate_patient(_arm(), pt, VIS)
+    assert r["cadss"][0] > 4.0 and r["cadss"][2] < 1.0
+
+
+def test_controls():
+    pt = sample_patient(POP, 1, 0, len(VIS))
+    sal = simulate_patient(_arm(control="saline"), pt, VIS)
+    mid = simulate_patient(_arm(control="active-placebo"), pt, VIS)
+    assert np.all(sal["cadss"] == 0) and np.all(sal["drug_effect"] == 0)
+    assert mid["sedation"][0] > 0.2 > mid["sedation"][-1]  # midazolam's own sedation
+    assert set(SCORES) <= set(sal)
+
+
+def test_same_patient_same_draws():
+    a = sample_patient(POP, 0, 5)
+    b = sample_patient(POP, 0, 5)
+    assert a.baseline_madrs == b.baseline_madrs and a.eta_emax == b.eta_emax
+    assert sample_patient(POP, 0, 6).baseline_madrs != a.baseline_madrs
+
+
+@pytest.mark.parametrize("key", [
+    "murrough2013a response 24 h ketamine (0.64 ± 0.10)",
+    "murrough2013a response 24 h midazolam (0.28 ± 0.10)",
+    "murrough2013a MADRS difference 24 h (−8 ± 3)",
+    "kishimoto separation by 40 min–4 h (d ≤ −0.3 at 4 h)",
+    "kishimoto largest at ~24 h (visit of max |difference| is 1 d)",
+    "fava2020 day-1 HAM-D6 effect ordered 0.1 ≤ 0.2 < 0.5 ≈ 1.0",
+    "diazgranados2010 separation at 40 min (d ≤ −0.3)",
+    "diazgranados2010 effect through day 2–3 (d ≤ −0.4 at day 3)",
+    "wilkinson2018 suicidality d 0.48–0.85 on days 1–7",
+])
+def test_calibration_targets_met(targets, key):
+    value, ok = targets[key]
+    assert ok, f"{key}: {value}"
