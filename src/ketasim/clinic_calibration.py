@@ -32,7 +32,7 @@ from .population import sample_arm
 from .scenario import parse_scenario
 from .units import parse_duration
 
-N_PER_ARM = 120
+N_PER_ARM = 400
 
 DESIGNS = {
     "murrough2013a": {"population": {"disorder": "trd", "n": 3 * N_PER_ARM, "seed": 11},
