@@ -10,6 +10,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import KetasimError  # noqa: E402
 
 
+def _save(fig, path: str) -> None:
+    """Save and close a figure; a failed write is a one-line error naming the file."""
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        plt.close(fig)
+
+
 def plot_pk(res, path: str) -> None:
     """Plasma, metabolite and effect-site concentrations (ng/mL) against time (h) as a PNG."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -25,13 +36,7 @@ def plot_pk(res, path: str) -> None:
     ax.grid(alpha=0.3)
     fig.text(0.99, 0.01, "ketasim — research tool, not medical advice", ha="right",
              fontsize=7, color="grey")
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        plt.close(fig)
+    _save(fig, path)
 
 
 def plot_mechanism(res, path: str) -> None:
@@ -71,13 +76,7 @@ def plot_mechanism(res, path: str) -> None:
     for a in axes.ravel():
         a.grid(alpha=0.3)
     fig.suptitle("ketasim — dose to synapse (research tool, not medical advice)", fontsize=9)
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        plt.close(fig)
+    _save(fig, path)
 
 
 # --------------------------------------------------------------------------- virtual trials

@@ -262,11 +262,14 @@ def load_param_cards() -> dict[str, ParamCard]:
     return cards
 
 
-def load_param_card(name: str) -> ParamCard:
-    cards = load_param_cards()
+def _lookup(cards: dict, name: str, field: str, what: str):
     if name not in cards:
-        raise KetasimError("card", f"unknown card {name!r}", ", ".join(sorted(cards)))
+        raise KetasimError(field, f"unknown {what} {name!r}", ", ".join(sorted(cards)))
     return cards[name]
+
+
+def load_param_card(name: str) -> ParamCard:
+    return _lookup(load_param_cards(), name, "card", "card")
 
 
 def _card_files(kind: str):
@@ -370,17 +373,11 @@ def load_drugs() -> dict[str, DrugCard]:
 
 
 def load_drug(drug: str) -> DrugCard:
-    drugs = load_drugs()
-    if drug not in drugs:
-        raise KetasimError("drug", f"unknown drug {drug!r}", ", ".join(sorted(drugs)))
-    return drugs[drug]
+    return _lookup(load_drugs(), drug, "drug", "drug")
 
 
 def load_pk_card(model: str) -> PKCard:
-    cards = load_pk_cards()
-    if model not in cards:
-        raise KetasimError("model", f"unknown PK model {model!r}", ", ".join(sorted(cards)))
-    return cards[model]
+    return _lookup(load_pk_cards(), model, "model", "PK model")
 
 
 def default_pk_model(drug: str, route: str | None = None, species: str = "human") -> PKCard:
