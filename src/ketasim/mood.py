@@ -180,7 +180,7 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
     sed = c["sedation_per_ng_ml"] * ce
     if arm.control == "active-placebo":
         k = np.log(2) / c["midazolam_half_life_h"]
-        dur = 40.0 / 60.0
+        dur = parse_duration(arm.duration or "40 min")  # midazolam infusion, as designed
         rise = np.clip(t / dur, 0.0, 1.0)
         sed = np.broadcast_to(c["midazolam_sedation_peak"] * rise
                               * np.exp(-k * np.maximum(t - dur, 0.0)), (npt, n))

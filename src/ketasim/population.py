@@ -13,9 +13,6 @@ import numpy as np
 from .cards import load_param_card
 from .scenario import PopulationSpec
 
-#: PK parameters given log-normal variability (CV, assumed 30% where the card gives none)
-PK_IIV_CV = 0.3
-
 
 @dataclass
 class Patient:
@@ -54,7 +51,7 @@ def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int =
     base = float(np.clip(rng.normal(mean, sd), 20.0, 60.0))
     eta_p = float(rng.standard_normal())
     eta_e = float(rng.standard_normal())
-    s = np.sqrt(np.log(1.0 + PK_IIV_CV**2))
+    s = np.sqrt(np.log(1.0 + c.value("pk_iiv_cv") ** 2))
     f_cl = float(np.exp(rng.normal(0.0, s)))
     f_v = float(np.exp(rng.normal(0.0, s)))
     resid = rng.standard_normal(n_visits)
