@@ -63,12 +63,27 @@ def test_same_patient_same_draws():
     assert sample_patient(POP, 0, 6).baseline_madrs != a.baseline_madrs
 
 
+def test_series_consolidates_more_than_a_single_dose():
+    """Priming: a six-infusion series leaves more effect 10 d after its last dose than one
+    infusion leaves 10 d after it (Murrough 2013b against Kishimoto 2016)."""
+    pt = sample_patient(POP, 0, 1, 3)
+    single = simulate_patient(_arm(), pt, np.array([24.0, 240.0]))
+    series = _arm(schedule=["0 d", "2 d", "5 d", "7 d", "9 d", "11 d"])
+    rep = simulate_patient(series, pt, np.array([24.0, 264.0 + 24.0, 264.0 + 240.0]))
+    assert rep["drug_effect"][2] > 2.0 * single["drug_effect"][1]
+    assert rep["drug_effect"][1] > single["drug_effect"][0]
+
+
 @pytest.mark.parametrize("key", [
     "murrough2013a response 24 h ketamine (0.64 ± 0.10)",
     "murrough2013a response 24 h midazolam (0.28 ± 0.10)",
     "murrough2013a MADRS difference 24 h (−8 ± 3)",
     "kishimoto separation by 40 min–4 h (d ≤ −0.3 at 4 h)",
     "kishimoto largest at ~24 h (visit of max |difference| is 1 d)",
+    "kishimoto mostly gone by day 10–14 (|diff 10 d| ≤ 35% of day 1)",
+    "murrough2013b response after six infusions (0.71 ± 0.10)",
+    "murrough2013b median days to relapse after last infusion (10–30)",
+    "transform2 MADRS difference day 28 (−4 ± 2.5)",
     "fava2020 day-1 HAM-D6 effect ordered 0.1 ≤ 0.2 < 0.5 ≈ 1.0",
     "diazgranados2010 separation at 40 min (d ≤ −0.3)",
     "diazgranados2010 effect through day 2–3 (d ≤ −0.4 at day 3)",

@@ -699,16 +699,24 @@ def calibrate_clinic(
             out.print(f"{k}: {v:.4g}")
         return
     r = evaluate()
-    if as_json:
+    if as_json or write:
         from .cards import card_versions
-        from .clinic_calibration import load_param_card
+        from .clinic_calibration import N_PER_ARM, load_param_card
 
         c = {k: v.value for k, v in load_param_card("clinic").parameters.items()}
-        print(json.dumps(_jsonable({
+        report = _jsonable({
             "targets": {k: {"value": v, "met": ok} for k, (v, ok) in r.items()},
             "metrics": metrics(c), "met": sum(ok for _, ok in r.values()), "total": len(r),
-            "card_hashes": {k: v for k, v in card_versions().items() if "clinic" in k}})))
-        return
+            "patients_per_arm": N_PER_ARM,
+            "calibrated": {k: v.value for k, v in load_param_card("clinic").parameters.items()
+                           if v.evidence == "calibrated"},
+            "ketasim_version": __version__,
+            "card_hashes": {k: v for k, v in card_versions().items() if "clinic" in k}})
+        if write:
+            _write(write, json.dumps(report, indent=1), "write")
+        if as_json:
+            print(json.dumps(report))
+            return
     for k, (v, ok) in r.items():
         out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + f"{k}: {v:.3g}")
     out.print(f"[bold]{sum(ok for _, ok in r.values())} / {len(r)} clinical targets met[/]")

@@ -8,10 +8,12 @@ For patient i at time t (h after the first dose), with every constant in the ``c
   disorder factor (bipolar > 1). Mood follows the fast term through an effect compartment
   with rate ``k_mood`` and the synaptic terms through one with ``k_mood_slow``.
 * **Drug effect** (fraction of the baseline score): direct ``d₀ = E_i·h_e/(h50 + h_e)`` with
-  ``E_i = logistic(logit(E) + η_E,i)``, and a consolidated part ``C`` that builds up while the
-  direct effect stays above a threshold (``dC/dt = (g_c·(d₀ − θ_c)⁺ − C)/τ_c``, capped at
-  0.95) and fades after the last dose;
-  ``d = 1 − (1 − d₀)(1 − C)``.
+  ``E_i = logistic(logit(E) + η_E,i)`` (for esketamine arms ``h_e`` is scaled by the
+  calibrated ``esketamine_clinical_factor``), a priming trace ``dπ/dt = (d₀ − π)/τ_π`` and a
+  consolidated part ``C`` that builds up while the direct effect stays above a threshold in a
+  primed state (``dC/dt = (g_c·(d₀ − θ_c)⁺·π − C)/τ_c``, capped at 0.95) and fades after the
+  last dose; ``d = 1 − (1 − d₀)(1 − C)``. A single dose primes but consolidates little; a
+  series consolidates (Murrough 2013b against Kishimoto 2016).
 * **Placebo / expectancy and natural course**: ``p(t) = P_i·(1 − e^{−t/τ_p})·e^{−t/τ_fade}``,
   ``P_i = logistic(logit(P) + η_P,i)``; P is the saline fraction for saline arms and the
   larger active-placebo fraction for arms whose infusion feels active (ketamine, midazolam).
@@ -151,14 +153,23 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
     fast = c["a_fast"] * comp["fast"] * np.where(bip, c["bipolar_fast_factor"], 1.0)[:, None]
     slow = c["a_proteins"] * comp["proteins"] + c["a_spines"] * comp["spines"]
     ce = comp["ce"]
-    he = _effect_compartment(t, fast, c["k_mood"]) + _effect_compartment(t, slow,
-                                                                          c["k_mood_slow"])
+    he_fast = _effect_compartment(t, fast, c["k_mood"])
+    he = he_fast + _effect_compartment(t, slow, c["k_mood_slow"])
+    if arm.drug == "esketamine" and arm.control is None:
+        he = he * c["esketamine_clinical_factor"]
+        he_fast = he_fast * c["esketamine_clinical_factor"]
     eta_e = np.array([p.eta_emax for p in patients])[:, None] * c["drug_emax_iiv_sd"]
     emax = 1.0 / (1.0 + np.exp(-(_logit(c["drug_emax"]) + eta_e)))
     d_direct = emax * he / (c["drive50"] + he)
-    # consolidation: sustained improvement builds up while the drug effect lasts, then fades
+    # priming: a slow trace of the acute (fast) drug action, so it counts recent doses;
+    # consolidation needs it above a threshold that one dose does not reach, so a series
+    # consolidates and a single dose fades
+    prime = _effect_compartment(t, he_fast / (c["drive50"] + he_fast),
+                                1.0 / (24.0 * c["priming_tau_d"]))
+    # consolidation: sustained improvement builds up while primed, then fades
     cons = _effect_compartment(
-        t, c["consolidation_gain"] * np.maximum(d_direct - c["consolidation_threshold"], 0.0),
+        t, c["consolidation_gain"] * d_direct * np.maximum(prime - c["consolidation_threshold"],
+                                                           0.0),
         1.0 / (24.0 * c["consolidation_tau_d"]))
     d = 1.0 - (1.0 - d_direct) * (1.0 - np.minimum(cons, 0.95))
     # an infusion that feels active (ketamine, or midazolam's sedation) carries the larger
