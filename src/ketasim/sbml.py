@@ -8,7 +8,8 @@ The model is built from the same objects the engine uses:
   mg/L for an effect site) a rate rule. Doses come from
   :func:`ketasim.pk.solve.compile_schedule`: a bolus is an event adding ``dose<k>_amt`` (mg) to
   its state; a zero-order input (IV infusion, or an absorption with a duration) is a pair of
-  events switching ``inf<k>_rate`` (mg/h) on and off in the input ``u_<state>``.
+  events setting the switch ``inf<k>_on`` to 1 and back to 0, and the input ``u_<state>`` sums
+  ``inf<k>_on·inf<k>_rate`` (mg/h).
 * **Free brain concentration** (µM) per NMDA blocker, as in :func:`ketasim.engine._free_map`.
 * **Mechanism** — the equations of :func:`ketasim.mechanism.rhs_nb` (quasi-steady-state block
   of the fast populations, trapped LHb block, signalling and synapses), written once below as
@@ -145,8 +146,6 @@ def patient_parameters(setup: CourseSetup) -> dict[str, float]:
         vals[f"dose{k}_amt"] = float(a[0])
     for k, (_, _, _, r) in enumerate(setup.schedule.infusions):
         vals[f"inf{k}_rate"] = float(r[0])
-    for si in sorted({inf[2] for inf in setup.schedule.infusions}):
-        vals[f"u_{s.states[si]}"] = 0.0
     vals.update(_mood_patient(setup.arm, setup.patient))
     return vals
 
@@ -386,18 +385,23 @@ def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
     b = _Builder("ketasim_" + "".join(ch if ch.isalnum() else "_" for ch in setup.arm.name))
     # --- PK: dx/dt = K x + u, doses as events
     for i, v in pvals.items():
-        b.param(i, v, constant=not i.startswith("u_"))  # infusion inputs change at events
+        b.param(i, v)
+    inputs: dict[int, list[str]] = {}
+    for k, (t0, t1, si, _) in enumerate(setup.schedule.infusions):
+        # a switch set (not incremented) by events: idempotent, so a re-fired event or a
+        # simulator reset cannot leave a stale rate behind
+        b.param(f"inf{k}_on", 0.0, constant=False)
+        b.event(f"inf{k}_start", t0, f"inf{k}_on", "1")
+        b.event(f"inf{k}_stop", t1, f"inf{k}_on", "0")
+        inputs.setdefault(si, []).append(f"inf{k}_on*inf{k}_rate")
     for si, st in enumerate(s.states):
         terms = [f"{_k_id(s, si, j)}*{_x(s.states[j])}" for j in np.nonzero(s.K[0][si])[0]]
-        if f"u_{st}" in pvals:
+        if si in inputs:
+            b.rules([("=", f"u_{st}", " + ".join(inputs[si]))], {})
             terms.append(f"u_{st}")
         b.rules([("d/dt", _x(st), " + ".join(terms) or "0")], {})
     for k, (t, si, _) in enumerate(setup.schedule.boluses):
         b.event(f"dose{k}", t, _x(s.states[si]), f"{_x(s.states[si])} + dose{k}_amt")
-    for k, (t0, t1, si, _) in enumerate(setup.schedule.infusions):
-        u = f"u_{s.states[si]}"
-        b.event(f"inf{k}_on", t0, u, f"{u} + inf{k}_rate")
-        b.event(f"inf{k}_off", t1, u, f"{u} - inf{k}_rate")
     plasma = {}
     for sp, (pi, _) in s.plasma.items():
         plasma[sp] = f"plasma_{sp}"
