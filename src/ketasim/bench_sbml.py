@@ -34,8 +34,8 @@ from .pk import Covariates, resolve_model
 from .pk.model import assemble
 from .pk.solve import solve, solve_reference
 from .population import Patient, sample_arm
-from .scenario import ArmSpec, PopulationSpec
 from .sbml import _iiv, course_setup, export_arm, patient_parameters, without_noise
+from .scenario import ArmSpec, PopulationSpec
 from .units import parse_duration
 
 VISITS = ("0 h", "40 min", "4 h", "24 h", "3 d", "7 d", "14 d", "21 d", "28 d")
@@ -78,9 +78,9 @@ def reference_grid(arm: ArmSpec, visits: np.ndarray) -> np.ndarray:
 
 
 def plasma_batch(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
-                 reference: bool = False) -> np.ndarray:
-    """Parent plasma (ng/mL, patients × visits) from the exact batched PK solver (or SciPy's
-    LSODA reference), patients grouped by sex and race."""
+                 reference: bool = False, species: str | None = None) -> np.ndarray:
+    """Plasma of ``species`` (default the parent; ng/mL, patients × visits) from the exact
+    batched PK solver (or SciPy's LSODA reference), patients grouped by sex and race."""
     regimen = arm_regimen(arm)
     card = resolve_model(arm.drug, arm.model, regimen.routes)
     out = np.zeros((len(patients), len(visits)))
@@ -96,7 +96,8 @@ def plasma_batch(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
         iiv = {k: np.concatenate([d[k] for d in iivs]) for k in iivs[0]}
         system = assemble(card, cov, routes=regimen.routes, n=len(ps), iiv=iiv or None)
         sol = (solve_reference if reference else solve)(system, regimen, visits, w)
-        out[idx] = sol.plasma_mg_per_l(card.drug if card.drug in system.plasma else None) * 1e3
+        sp = species or (card.drug if card.drug in system.plasma else None)
+        out[idx] = sol.plasma_mg_per_l(sp) * 1e3
     return out
 
 
@@ -125,6 +126,7 @@ def roadrunner_model(sbml: str):
     """Load an exported model in libRoadRunner with the benchmark's integrator settings."""
     import roadrunner
 
+    roadrunner.Logger.setLevel(roadrunner.Logger.LOG_ERROR)  # CVODE step-size chatter
     rr = roadrunner.RoadRunner(sbml)
     rr.integrator.relative_tolerance = RR_RTOL
     rr.integrator.absolute_tolerance = RR_ATOL

@@ -497,6 +497,21 @@ def pick_arm(scenario: Scenario, name: str | None) -> ArmSpec:
     raise KetasimError("scenario", "has no drug arm to export")
 
 
+def read_metadata(sbml: str) -> dict:
+    """The run metadata (ketasim version, card hashes, seed, patient, arm) from an export's
+    notes."""
+    import re
+
+    import libsbml
+
+    model = libsbml.readSBMLFromString(sbml).getModel()
+    m = re.search(r"<pre>(.*)</pre>", model.getNotesString() if model else "", re.S)
+    if not m:
+        raise KetasimError("sbml", "no ketasim metadata in the model notes")
+    text = html.unescape(m.group(1))
+    return json.loads(text[text.index("{"):])
+
+
 def validate(sbml: str) -> list[str]:
     """libsbml consistency check; the messages of errors (and fatal errors), empty if valid."""
     import libsbml
