@@ -770,7 +770,8 @@ def bench_side_by_side(
     out.print(t)
     for key in ("ketasim_path", "roadrunner", "roadrunner_load_s", "sbml_export_s",
                 "roadrunner_param_prep_us_per_patient", "diff_vs_roadrunner", "diff_vs_scipy",
-                "diff_roadrunner_vs_scipy", "madrs_worst_visit_vs_roadrunner"):
+                "madrs_worst_visit_vs_roadrunner", "madrs_mood_grid_vs_refined_grid",
+                "madrs_roadrunner_vs_refined_grid", "scipy_path"):
         out.print(f"{key}: {d[key]}")
     out.print(f"machine: {r['machine']}")
     out.print("[dim]timings on a shared machine are noisy[/]")
