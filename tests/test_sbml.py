@@ -244,19 +244,20 @@ def test_cli_export_bad_toml(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_json_keys(capsys):
-    rc, out, err = run_cli(capsys, ["bench", "--n", "2", "--n-scipy", "1", "--json"])
+def test_bench_json_keys(capfd):
+    rc = main(["bench", "--n", "3", "--n-scipy", "1", "--json"])
+    out, err = capfd.readouterr()  # file-descriptor level: solver chatter must not leak in
     assert rc == 0, err
     d = json.loads(out)
     assert set(d) == {"ketasim_us_per_patient", "roadrunner_us_per_patient",
                       "scipy_us_per_patient", "max_rel_diff_vs_roadrunner",
                       "max_rel_diff_vs_scipy", "n_patients", "machine"}
-    assert d["n_patients"] == 2
+    assert d["n_patients"] == 3
     for k in ("ketasim_us_per_patient", "roadrunner_us_per_patient", "scipy_us_per_patient"):
         assert d[k] > 0
     # ketasim (default mood grid) vs libRoadRunner: the grid difference, well under 1e-3
     assert 0 < d["max_rel_diff_vs_roadrunner"] < 1e-3
-    assert 0 < d["max_rel_diff_vs_scipy"] < 1e-3
+    assert 0 <= d["max_rel_diff_vs_scipy"] < 1e-3
     assert "libroadrunner" in d["machine"] and "cores" in d["machine"]
 
 
@@ -266,3 +267,14 @@ def test_bench_errors_and_pk_subcommand_still_works(capsys):
     rc, out, err = run_cli(capsys, ["bench", "pk", "--n", "50", "--json"])
     assert rc == 0, err
     assert json.loads(out)["n_patients"] == 50
+
+
+def test_roadrunner_run_resets_infusion_switches(default_export):
+    """A run stopped mid-infusion (second dose) does not leak its infusion into the next."""
+    v, sel = B.visits_h(), ["time", "madrs", "plasma_ketamine"]
+    fresh = np.asarray(B.roadrunner_model(default_export.sbml).simulate(times=v, selections=sel))
+    rr = B.roadrunner_model(default_export.sbml)
+    rr.simulate(0.0, 84.3, 3)
+    assert rr["inf1_on"] == 1.0
+    again = B.roadrunner_run(rr, default_export.patient_parameters, v, sel)
+    assert np.max(rel(again, fresh)) < 1e-6

@@ -141,24 +141,31 @@ def roadrunner_model(sbml: str):
 
 
 @contextmanager
-def quiet_stderr():
-    """Silence SUNDIALS' own stderr warnings (``t + h = t`` just after a dose event) while
-    libRoadRunner runs; errors still raise."""
+def quiet_solver():
+    """Silence SUNDIALS' own warnings (``t + h = t`` just after a dose event), which it prints
+    to the process's stdout and would corrupt ``--json`` output; errors still raise."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(1), os.dup(2)]
     with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
         os.dup2(null.fileno(), 2)
         try:
             yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def roadrunner_run(rr, params: dict[str, float], visits: np.ndarray,
                    selections: list[str]) -> np.ndarray:
-    """One patient as a user would run it: reset, set parameters, simulate to the visits."""
-    rr.reset()
+    """One patient as a user would run it: reset, set parameters, simulate to the visits.
+
+    ``resetAll`` (not ``reset``): it also returns the event-driven infusion switches to their
+    initial values, so a run that stopped mid-infusion cannot leak into the next patient."""
+    rr.resetAll()
     for k, v in params.items():
         rr.setValue(k, v)
     return np.asarray(rr.simulate(times=visits, selections=selections))
@@ -217,7 +224,7 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
     prep_s = time.perf_counter() - t0
     sel = ["time", em.plasma[BENCH_DRUG], em.madrs]
     rr_out = np.zeros((n_patients, len(visits), 2))
-    with quiet_stderr():
+    with quiet_solver():
         roadrunner_run(rr, params[0], visits, sel)  # first simulate (warm-up), not timed
         t0 = time.perf_counter()
         for i, p in enumerate(params):
