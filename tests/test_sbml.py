@@ -277,4 +277,4 @@ def test_roadrunner_run_resets_infusion_switches(default_export):
     rr.simulate(0.0, 84.3, 3)
     assert rr["inf1_on"] == 1.0
     again = B.roadrunner_run(rr, default_export.patient_parameters, v, sel)
-    assert np.max(rel(again, fresh)) < 1e-6
+    assert np.max(rel(again, fresh)) < TOL  # a leaked infusion gives ~1e10
