@@ -202,6 +202,9 @@ def test_mood_patient_terms_follow_scores_batch(typical):
     assert m["emax_i"] == pytest.approx(c["drug_emax"])
     with pytest.raises(KetasimError, match="control arm"):
         export_arm(ArmSpec(name="saline", control="saline"), typical)
+    acute = ArmSpec(**{**B.bench_arm().model_dump(), "interventions": "rapamycin"})
+    with pytest.raises(KetasimError, match="before the first dose"):
+        export_arm(acute, typical)
 
 
 def run_cli(capsys, args):

@@ -475,8 +475,18 @@ def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
 
 def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
                hypotheses: Hypotheses | None = None) -> ExportedModel:
-    """Assemble and export one patient's course of ``arm``."""
-    return build_model(course_setup(arm, patient, hypotheses), seed)
+    """Assemble and export one patient's course of ``arm``.
+
+    Acute interventions whose drug window opens before the first dose are refused: the engine
+    then starts integrating before t = 0, the export at t = 0."""
+    setup = course_setup(arm, patient, hypotheses)
+    acute = [n for n in ("rapamycin", "anisomycin", "nbqx") if n in setup.mech.intv]
+    start = setup.mech.iv["drug_window_start_h"]
+    if acute and start < 0:
+        raise KetasimError("interventions", f"{', '.join(acute)} start {-start:g} h before the "
+                           "first dose; the SBML export starts at t = 0",
+                           "genetic interventions, spine-blockade, mg=<mM>")
+    return build_model(setup, seed)
 
 
 def pick_arm(scenario: Scenario, name: str | None) -> ArmSpec:
