@@ -21,8 +21,9 @@ DISCLAIMER = "ketasim is a research tool, not medical advice."
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=f"Simulate ketamine for depression, from dose to mood. {DISCLAIMER}")
-bench_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                        help="Benchmarks (scripts that print numbers).")
+bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                        help="Benchmarks (scripts that print numbers). Without a subcommand: "
+                             "ketasim vs libRoadRunner vs SciPy side by side.")
 app.add_typer(bench_app, name="bench")
 out = Console(soft_wrap=True)
 
@@ -739,6 +740,72 @@ def bench_pk(
         return
     for k, v in r.items():
         out.print(f"{k}: {v}")
+
+
+@bench_app.callback()
+def bench_side_by_side(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option(help="virtual patients (ketasim and libRoadRunner)")] = 100,
+    n_scipy: Annotated[int, typer.Option(help="patients for the SciPy reference")] = 5,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """28-day twice-weekly IV course: µs per patient-course for ketasim, libRoadRunner on the
+    exported SBML, and SciPy's reference, with ratios and maximum relative differences."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not 1 <= n <= 100_000:
+        raise KetasimError("n", f"must be 1..100,000, got {n}")
+    if not 1 <= n_scipy <= 1000:
+        raise KetasimError("n-scipy", f"must be 1..1000, got {n_scipy}")
+    from .bench_sbml import run_side_by_side
+
+    r = run_side_by_side(n_patients=n, seed=seed, n_scipy=n_scipy)
+    if as_json:
+        print(json.dumps(_jsonable({k: v for k, v in r.items() if k != "details"})))
+        return
+    d = r["details"]
+    t = Table(title=f"{d['course']}: MADRS and plasma at {len(d['visits'])} visits")
+    for col in ("path", "µs per patient-course", "× ketasim", "max rel. diff vs ketasim"):
+        t.add_column(col, justify="right")
+    k = r["ketasim_us_per_patient"]
+    t.add_row(f"ketasim ({r['n_patients']} patients)", f"{k:,.0f}", "1", "–")
+    t.add_row(f"libRoadRunner loop ({r['n_patients']})", f"{r['roadrunner_us_per_patient']:,.0f}",
+              f"{r['roadrunner_us_per_patient'] / k:.2f}",
+              f"{r['max_rel_diff_vs_roadrunner']:.1e}")
+    t.add_row(f"SciPy reference ({d['n_scipy']})", f"{r['scipy_us_per_patient']:,.0f}",
+              f"{r['scipy_us_per_patient'] / k:.2f}", f"{r['max_rel_diff_vs_scipy']:.1e}")
+    out.print(t)
+    for key in ("ketasim_path", "roadrunner", "roadrunner_load_s", "sbml_export_s",
+                "roadrunner_param_prep_us_per_patient", "diff_vs_roadrunner", "diff_vs_scipy",
+                "madrs_worst_visit_vs_roadrunner", "madrs_mood_grid_vs_refined_grid",
+                "madrs_roadrunner_vs_refined_grid", "scipy_path"):
+        out.print(f"{key}: {d[key]}")
+    out.print(f"machine: {r['machine']}")
+    out.print("[dim]timings on a shared machine are noisy[/]")
+
+
+@app.command("export-sbml")
+def export_sbml(
+    scenario: Annotated[str, typer.Argument(help="scenario TOML file or shipped example name")]
+    = "default",
+    out_path: Annotated[str | None, typer.Option("--out", help="SBML file to write")] = None,
+    arm: Annotated[str | None, typer.Option("--arm", help="arm name (default: the first drug "
+                                                          "arm)")] = None,
+) -> None:
+    """Write one typical patient's model of an arm (PK, mechanism, mood; doses as events) as
+    SBML for libRoadRunner, COPASI or tellurium."""
+    from .sbml import export_arm, pick_arm, typical_patient
+    from .trial import resolve_scenario
+
+    if not out_path:
+        raise KetasimError("out", "give the SBML file to write with --out FILE")
+    sc = resolve_scenario(scenario)
+    a = pick_arm(sc, arm)
+    em = export_arm(a, typical_patient(sc), seed=sc.population.seed)
+    _write(out_path, em.sbml, "out")
+    out.print(f"wrote {out_path}: arm {a.name!r}, model {em.metadata['pk_model']}, "
+              f"{len(em.state_ids)} states; outputs {', '.join(em.plasma.values())}, madrs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,537 @@
+"""SBML export of one virtual patient's assembled model (PK → brain → receptor → signalling →
+mood → MADRS), so that libRoadRunner, COPASI or tellurium can run it.
+
+The model is built from the same objects the engine uses:
+
+* **PK** — :func:`ketasim.pk.model.assemble` gives ``dx/dt = K x + u``; every non-zero entry of
+  ``K`` becomes a parameter ``K__<to>__<from>`` (1/h) and every state ``x_<state>`` (mg, or
+  mg/L for an effect site) a rate rule. Doses come from
+  :func:`ketasim.pk.solve.compile_schedule`: a bolus is an event adding ``dose<k>_amt`` (mg) to
+  its state; a zero-order input (IV infusion, or an absorption with a duration) is a pair of
+  events setting the switch ``inf<k>_on`` to 1 and back to 0, and the input ``u_<state>`` sums
+  ``inf<k>_on·inf<k>_rate`` (mg/h).
+* **Free brain concentration** (µM) per NMDA blocker, as in :func:`ketasim.engine._free_map`.
+* **Mechanism** — the equations of :func:`ketasim.mechanism.rhs_nb` (quasi-steady-state block
+  of the fast populations, trapped LHb block, signalling and synapses), written once below as
+  a table of assignment and rate rules over the packed parameter names
+  (:meth:`ketasim.mechanism.MechanismParams.packed`); ``tests/test_sbml.py`` pins this table to
+  ``rhs_nb`` at random states.
+* **Mood** — the noise-free MADRS of :func:`ketasim.mood.scores_batch`, generated from the
+  ``clinic`` card at export time (:func:`_mood_rules`, kept compact and separate).
+
+Patient-specific numbers (``K`` entries, plasma volumes, dose amounts and rates, baseline
+MADRS, individual maximal drug effect and placebo fraction) are parameters listed in
+:attr:`ExportedModel.patient_parameters`, so one loaded model can be run for many patients by
+setting them (what ``ketasim bench --json`` does in libRoadRunner). Time is in hours.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import __version__
+from .cards import card_versions, load_drug, load_param_card
+from .engine import SPECIES_BLOCKER, _free_map
+from .errors import KetasimError
+from .mechanism import _PACK, POPULATIONS, STATE_NAMES, Hypotheses, Interventions, MechanismParams
+from .pk import Covariates, resolve_model
+from .pk.model import PKSystem, assemble
+from .pk.solve import Schedule, compile_schedule
+from .population import Patient
+from .scenario import ArmSpec, Scenario
+
+SBML_LEVEL = 3
+SBML_VERSION = 1
+#: mirrors the numerical floor on the mTOR feedback state in :func:`ketasim.mechanism.rhs_nb`
+_Z_FLOOR = 1e-6
+#: mirrors the cap on consolidation in :func:`ketasim.mood.scores_batch`
+_CONSOLIDATION_CAP = 0.95
+#: MADRS scale range (0–60 points)
+_MADRS_RANGE = (0.0, 60.0)
+_FAST_POPULATIONS = POPULATIONS[:3]  # E2B, Esyn, I: quasi-steady-state block
+_LHB = POPULATIONS[3]
+
+
+# --------------------------------------------------------------------------- setup
+@dataclass
+class CourseSetup:
+    """What the engine assembles for one patient and one drug arm (single course)."""
+
+    arm: ArmSpec
+    patient: Patient
+    system: PKSystem
+    schedule: Schedule
+    frees: list[tuple[str, int, float]]  # (blocker, PK state index, scale µM per unit)
+    mech: MechanismParams
+    parent: str  # ketamine or esketamine
+
+
+def _iiv(card, patient: Patient) -> dict[str, np.ndarray]:
+    from .mood import _CL_NAMES, _V_NAMES
+
+    iiv = {k: np.array([patient.pk_factor_cl]) for k in _CL_NAMES if k in card.parameters}
+    iiv.update({k: np.array([patient.pk_factor_v]) for k in _V_NAMES if k in card.parameters})
+    return iiv
+
+
+def course_setup(arm: ArmSpec, patient: Patient,
+                 hypotheses: Hypotheses | None = None) -> CourseSetup:
+    """Assemble PK, schedule, free-brain map and mechanism constants exactly as
+    :func:`ketasim.mood.mechanism_components` → :func:`ketasim.engine.simulate` do."""
+    from .mood import arm_regimen
+
+    regimen = arm_regimen(arm)
+    if regimen is None:
+        raise KetasimError("arm", f"arm {arm.name!r} is a control arm; export needs a drug arm")
+    cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years, sex=patient.sex,
+                     race=patient.race)
+    card = resolve_model(arm.drug, arm.model, regimen.routes)
+    system = assemble(card, cov, routes=regimen.routes, n=1, iiv=_iiv(card, patient) or None)
+    sched = compile_schedule(system, regimen, np.array([patient.weight_kg]))
+    frees = _free_map(system, 0)
+    blockers = tuple(dict.fromkeys(f[0] for f in frees))
+    if not blockers:
+        raise KetasimError("drug", "no NMDA receptor blocker in the simulated course")
+    mech = MechanismParams.from_cards(blockers, hypotheses or Hypotheses.parse(arm.hypotheses),
+                                      Interventions.parse(arm.interventions))
+    parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
+    return CourseSetup(arm, patient, system, sched, frees, mech, parent)
+
+
+def typical_patient(scenario: Scenario) -> Patient:
+    """One virtual patient with the population's typical covariates, no random effects and no
+    residual noise (the noise-free MADRS)."""
+    pop = scenario.population
+    c = load_param_card("clinic")
+    base = pop.baseline_madrs_mean or c.value(f"madrs_baseline_{pop.disorder}")
+    return Patient(0, pop.weight_kg_mean, pop.age_mean,
+                   "female" if pop.female_fraction > 0.5 else "male", pop.race, pop.disorder,
+                   float(base), 0.0, 0.0, 1.0, 1.0, np.zeros(64), tuple(pop.comedication),
+                   (pop.seed, 0, 0))
+
+
+def without_noise(patients: list[Patient]) -> list[Patient]:
+    """The same patients with zero residual draws (noise-free MADRS, for comparisons)."""
+    return [replace(p, residual=np.zeros_like(p.residual)) for p in patients]
+
+
+# --------------------------------------------------------------------------- ids
+def _x(state: str) -> str:
+    return f"x_{state}"
+
+
+def _y(name: str) -> str:
+    return f"y_{name}"
+
+
+def _k_id(system: PKSystem, i: int, j: int) -> str:
+    return f"K__{system.states[i]}__{system.states[j]}"
+
+
+# --------------------------------------------------------------------------- patient values
+def patient_parameters(setup: CourseSetup) -> dict[str, float]:
+    """Values of every patient-specific SBML parameter (what a user sets per patient)."""
+    s = setup.system
+    vals: dict[str, float] = {}
+    K = s.K[0]
+    for i, j in zip(*np.nonzero(K), strict=True):
+        vals[_k_id(s, i, j)] = float(K[i, j])
+    for sp, (_, vol) in s.plasma.items():
+        vals[f"V_{sp}"] = float(vol[0])
+    for k, (_, _, a) in enumerate(setup.schedule.boluses):
+        vals[f"dose{k}_amt"] = float(a[0])
+    for k, (_, _, _, r) in enumerate(setup.schedule.infusions):
+        vals[f"inf{k}_rate"] = float(r[0])
+    vals.update(_mood_patient(setup.arm, setup.patient))
+    return vals
+
+
+# --------------------------------------------------------------------------- mechanism table
+def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str, str, str]]:
+    """Assignment (``"="``) and rate (``"d/dt"``) rules of :func:`ketasim.mechanism.rhs_nb`,
+    over the packed parameter names; free brain µM of blocker ``b`` is ``C_<b>``."""
+    R: list[tuple[str, str, str]] = []
+
+    def A(i: str, f: str) -> None:
+        R.append(("=", i, f))
+
+    def D(i: str, f: str) -> None:
+        R.append(("d/dt", i, f))
+
+    y = {n: _y(n) for n in STATE_NAMES}
+    for pop in _FAST_POPULATIONS:  # quasi-steady-state block (mechanism.qss_block)
+        for b in blockers:
+            A(f"qss_{pop}_{b}", f"kon*kmax(C_{b}, 0)*Po_{pop}/mgf_{pop}_{b}"
+                                f"/(kon*Kd0_{b}*Po_{pop} + kesc_{b}*(1 - Po_{pop}))")
+        tot = " + ".join(f"qss_{pop}_{b}" for b in blockers)
+        A(f"block_{pop}", f"({tot})/(1 + {tot})")
+    # lateral habenula: trapped block as ODEs; Po rises with bursting
+    A("BH_sum", " + ".join(f"bH_{b}" for b in blockers))
+    A("po_H", f"Po_H_rest + pi_H*kmax({y['lhb_burst']}, 0)")
+    A("free_H", "kmin(kmax(1 - BH_sum, 0), 1)")
+    for b in blockers:
+        D(f"bH_{b}", f"kon*kmax(C_{b}, 0)/mgf_{_LHB}_{b}*po_H*free_H"
+                     f" - (kon*Kd0_{b}*po_H + kesc_lhb*kesc_{b}*(1 - po_H))*bH_{b}")
+    A("block_H", "kmin(kmax(BH_sum, 0), 1)")
+    # acute interventions act inside a drug window
+    A("win", "piecewise(1, and(geq(time, win_start), lt(time, win_end)), 0)")
+    A("rapa_t", "rapa*win")
+    A("aniso_t", "aniso*win")
+    A("nbqx_t", "nbqx*win")
+    # (a) rest block → eEF2K → p-eEF2 → BDNF translation
+    A("kK", "piecewise(0, gt(ko_eef2k, 0.5), k_PP*pE0/(1 - pE0))")
+    D(y["eef2k"], f"piecewise(-{y['eef2k']}/tau_K, gt(ko_eef2k, 0.5),"
+                  f" (1 - w_a*block_Esyn - {y['eef2k']})/tau_K)")
+    D(y["p_eef2"], f"kK*{y['eef2k']}*(1 - {y['p_eef2']}) - k_PP*{y['p_eef2']}")
+    A("T_bdnf", f"1 + w_a*((1 - {y['p_eef2']})/(1 - pE0) - 1)")
+    # (b) GluN2B tonic brake on mTORC1
+    A("u_b", "w_b*piecewise(1, gt(del_2b, 0.5), block_E2B)")
+    # (c) disinhibition → pyramidal firing → glutamate
+    A("r_I", "kmax(1 - block_I, 0)^n_I")
+    A("target_E", "(1 + g_dis*(1 - r_I))*kmax(1 - zeta*block_Esyn, 0)")
+    D(y["pyramidal_rate"], f"(1 + w_c*(target_E - 1) - {y['pyramidal_rate']})/tau_r")
+    D(y["glutamate"], f"({y['pyramidal_rate']} - {y['glutamate']})/tau_G")
+    # (d) HNK → AMPA; AMPA drive from glutamate above its slowly adapting reference
+    A("a_hnk", "E_HNK*kmax(C_hnk, 0)/(EC50_HNK + kmax(C_hnk, 0))" if has_hnk else "0")
+    A("ampa", f"kmax(1 + ({y['glutamate']} - {y['glutamate_reference']}) + w_d*a_hnk, 0)"
+              "*(1 - nbqx_t)")
+    D(y["glutamate_reference"], f"({y['glutamate']} - {y['glutamate_reference']})/tau_Q")
+    # shared downstream: BDNF → TrkB → mTORC1 (with feedback) → synaptic proteins
+    A("syn_bdnf", "piecewise(0, gt(ko_bdnf, 0.5), T_bdnf*(1 - aniso_t))")
+    D(y["bdnf"], f"k_BDNF*(syn_bdnf - {y['bdnf']})")
+    A("release", f"kmax({y['bdnf']}, 0)*ampa")
+    D(y["trkb"], f"(release*(1 + K_T)/(K_T + release)*(1 - trkb) - {y['trkb']})/tau_T")
+    A("drive_M", f"kmax({y['trkb']}, 0)*(1 + g_b*u_b)*ampa")
+    A("kM", "k_Moff*M0/(1 - M0)")
+    D(y["mtorc1"], f"kM*(drive_M/kmax({y['mtor_feedback']}, {_Z_FLOOR!r})^kappa_Z)^h_M"
+                   f"*(1 - rapa_t)*(1 - {y['mtorc1']}) - k_Moff*{y['mtorc1']}")
+    D(y["mtor_feedback"], f"({y['mtorc1']}/M0 - {y['mtor_feedback']})/tau_Z")
+    D(y["synaptic_proteins"], f"((1 + k_P*({y['mtorc1']}/M0 - 1))*(1 - aniso_t)"
+                              f" - {y['synaptic_proteins']})/tau_P")
+    # (f) spines through two maturation stages
+    D(y["precursor1"], f"(beta*w_f*kmax({y['synaptic_proteins']} - 1, 0)"
+                       f" - {y['precursor1']})/tau_mat")
+    D(y["precursor2"], f"({y['precursor1']} - {y['precursor2']})/tau_mat")
+    D(y["spine_density"], f"(1 + {y['precursor2']}*(1 - spine_block)"
+                          f" - {y['spine_density']})/tau_S")
+    # (e) LHb bursting stops once block exceeds theta_H
+    A("drive_H", "kmax(1 - block_H/theta_H, 0)")
+    D(y["lhb_burst"], f"(drive_H^h_H - {y['lhb_burst']})/tau_b")
+    return R
+
+
+# --------------------------------------------------------------------------- mood layer
+# Generated from the clinic card at export time; mirrors mood.scores_batch (noise-free MADRS).
+# Keep in step with mood.py: tests/test_sbml.py compares MADRS with scores_batch at every visit
+# and fails when the clinic card gains a parameter not classified here.
+MOOD_CARD_KEYS = ("a_fast", "a_proteins", "a_spines", "k_mood", "k_mood_slow", "drive50",
+                  "consolidation_gain", "consolidation_threshold", "consolidation_tau_d",
+                  "placebo_tau_h", "placebo_decay_d", "ad_background_max",
+                  "ad_background_tau_d")
+#: clinic parameters folded into the per-patient mood parameters (:func:`_mood_patient`)
+MOOD_PATIENT_KEYS = ("drug_emax", "drug_emax_iiv_sd", "placebo_active", "placebo_saline",
+                     "placebo_iiv_sd", "bipolar_fast_factor", "esketamine_potency_factor")
+#: clinic parameters outside the exported MADRS (population draws, noise, other scales,
+#: suicidality, side effects, controls)
+MOOD_UNUSED_KEYS = ("pk_iiv_cv", "madrs_baseline_trd", "madrs_baseline_mdd",
+                    "madrs_baseline_bipolar", "madrs_baseline_sd", "residual_sd",
+                    "hamd17_per_madrs", "hamd6_per_madrs", "item10_baseline", "ssi_baseline",
+                    "suicidality_gain", "cadss_per_ng_ml", "sbp_per_ng_ml", "bprs_per_ng_ml",
+                    "sedation_per_ng_ml", "midazolam_sedation_peak", "midazolam_half_life_h")
+
+
+def _clinic() -> dict[str, float]:
+    return {k: v.value for k, v in load_param_card("clinic").parameters.items()}
+
+
+def _logistic(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
+def _mood_patient(arm: ArmSpec, pt: Patient) -> dict[str, float]:
+    """Per-patient mood constants, as :func:`ketasim.mood.scores_batch` derives them."""
+    c = _clinic()
+    p_typ = c["placebo_saline"] if arm.control == "saline" else c["placebo_active"]
+    ad = arm.background == "oral-antidepressant" or "oral-antidepressant" in pt.comedication
+    return {
+        "madrs_baseline": float(pt.baseline_madrs),
+        "emax_i": _logistic(_logit(c["drug_emax"]) + pt.eta_emax * c["drug_emax_iiv_sd"]),
+        "placebo_i": _logistic(_logit(p_typ) + pt.eta_placebo * c["placebo_iiv_sd"]),
+        "ad_on": float(ad),
+        "fast_factor": c["bipolar_fast_factor"] if pt.disorder == "bipolar" else 1.0,
+    }
+
+
+def _mood_rules() -> list[tuple[str, str, str]]:
+    """Drive → two effect compartments → Emax → consolidation → placebo/AD → MADRS."""
+    lo, hi = _MADRS_RANGE
+    return [
+        ("=", "drive_fast", f"c_a_fast*fast_factor*kmax(1 - {_y('lhb_burst')}, 0)"),
+        ("=", "drive_slow", f"c_a_proteins*kmax({_y('synaptic_proteins')} - 1, 0)"
+                            f" + c_a_spines*kmax({_y('spine_density')} - 1, 0)"),
+        ("d/dt", "he_fast", "c_k_mood*(drive_fast - he_fast)"),
+        ("d/dt", "he_slow", "c_k_mood_slow*(drive_slow - he_slow)"),
+        ("=", "he", "he_fast + he_slow"),
+        ("=", "d_direct", "emax_i*he/(c_drive50 + he)"),
+        ("d/dt", "consolidation", "(c_consolidation_gain*kmax(d_direct - "
+                                  "c_consolidation_threshold, 0) - consolidation)"
+                                  "/(24*c_consolidation_tau_d)"),
+        ("=", "drug_effect", f"1 - (1 - d_direct)*(1 - kmin(consolidation, "
+                             f"{_CONSOLIDATION_CAP!r}))"),
+        ("=", "placebo_effect", "placebo_i*(1 - exp(-time/c_placebo_tau_h))"
+                                "*exp(-time/(24*c_placebo_decay_d))"),
+        ("=", "ad_effect", "ad_on*c_ad_background_max*(1 - exp(-time/(24*c_ad_background_tau_d)))"),
+        ("=", "madrs", f"kmin(kmax(madrs_baseline*(1 - placebo_effect)*(1 - drug_effect)"
+                       f"*(1 - ad_effect), {lo!r}), {hi!r})"),
+    ]
+
+
+# --------------------------------------------------------------------------- SBML document
+@dataclass
+class ExportedModel:
+    """An SBML document and the ids a user needs to run it."""
+
+    sbml: str
+    patient_parameters: dict[str, float]
+    plasma: dict[str, str]  # species -> id of plasma concentration (ng/mL)
+    madrs: str = "madrs"
+    state_ids: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+
+class _Builder:
+    def __init__(self, model_id: str) -> None:
+        import libsbml
+
+        self.libsbml = libsbml
+        self.doc = libsbml.SBMLDocument(SBML_LEVEL, SBML_VERSION)
+        self.model = self.doc.createModel()
+        self.model.setId(model_id)
+        self.ids: set[str] = set()
+        comp = self.model.createCompartment()
+        comp.setId("brain_and_body")
+        comp.setConstant(True)
+        comp.setSize(1.0)
+        comp.setSpatialDimensions(3)
+        self.ids.add("brain_and_body")
+        for name, op in (("kmax", "geq"), ("kmin", "leq")):
+            fd = self.model.createFunctionDefinition()
+            fd.setId(name)
+            fd.setMath(self._parse(f"lambda(a, b, piecewise(a, {op}(a, b), b))"))
+            self.ids.add(name)
+
+    def _parse(self, formula: str):
+        ast = self.libsbml.parseL3Formula(formula)
+        if ast is None:  # pragma: no cover - formulas are generated here
+            raise RuntimeError(f"cannot parse {formula!r}: {self.libsbml.getLastParseL3Error()}")
+        return ast
+
+    def _new_id(self, i: str) -> None:
+        if i in self.ids:
+            raise RuntimeError(f"duplicate SBML id {i!r}")  # pragma: no cover
+        self.ids.add(i)
+
+    def param(self, i: str, value: float, constant: bool = True) -> None:
+        self._new_id(i)
+        p = self.model.createParameter()
+        p.setId(i)
+        p.setValue(float(value))
+        p.setConstant(constant)
+
+    def rules(self, table: list[tuple[str, str, str]], initial: dict[str, float]) -> None:
+        for kind, i, f in table:
+            if kind == "=":
+                self.param(i, 0.0, constant=False)
+                r = self.model.createAssignmentRule()
+            else:
+                self.param(i, initial.get(i, 0.0), constant=False)
+                r = self.model.createRateRule()
+            r.setVariable(i)
+            r.setMath(self._parse(f))
+
+    def event(self, i: str, t_h: float, target: str, formula: str) -> None:
+        self._new_id(i)
+        e = self.model.createEvent()
+        e.setId(i)
+        e.setUseValuesFromTriggerTime(True)
+        tr = e.createTrigger()
+        tr.setInitialValue(False)
+        tr.setPersistent(True)
+        tr.setMath(self._parse(f"time >= {t_h!r}"))
+        a = e.createEventAssignment()
+        a.setVariable(target)
+        a.setMath(self._parse(formula))
+
+    def notes(self, text: str) -> None:
+        self.model.setNotes(f'<body xmlns="http://www.w3.org/1999/xhtml"><pre>'
+                            f"{html.escape(text)}</pre></body>")
+
+    def write(self) -> str:
+        return self.libsbml.writeSBMLToString(self.doc)
+
+
+def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
+    """The SBML document of one patient's course (see the module docstring)."""
+    s, mp = setup.system, setup.mech
+    pvals = patient_parameters(setup)
+    b = _Builder("ketasim_" + "".join(ch if ch.isalnum() else "_" for ch in setup.arm.name))
+    # --- PK: dx/dt = K x + u, doses as events
+    for i, v in pvals.items():
+        b.param(i, v)
+    inputs: dict[int, list[str]] = {}
+    for k, (t0, t1, si, _) in enumerate(setup.schedule.infusions):
+        # a switch set (not incremented) by events: idempotent, so a re-fired event or a
+        # simulator reset cannot leave a stale rate behind
+        b.param(f"inf{k}_on", 0.0, constant=False)
+        b.event(f"inf{k}_start", t0, f"inf{k}_on", "1")
+        b.event(f"inf{k}_stop", t1, f"inf{k}_on", "0")
+        inputs.setdefault(si, []).append(f"inf{k}_on*inf{k}_rate")
+    for si, st in enumerate(s.states):
+        terms = [f"{_k_id(s, si, j)}*{_x(s.states[j])}" for j in np.nonzero(s.K[0][si])[0]]
+        if si in inputs:
+            b.rules([("=", f"u_{st}", " + ".join(inputs[si]))], {})
+            terms.append(f"u_{st}")
+        b.rules([("d/dt", _x(st), " + ".join(terms) or "0")], {})
+    for k, (t, si, _) in enumerate(setup.schedule.boluses):
+        b.event(f"dose{k}", t, _x(s.states[si]), f"{_x(s.states[si])} + dose{k}_amt")
+    plasma = {}
+    for sp, (pi, _) in s.plasma.items():
+        plasma[sp] = f"plasma_{sp}"
+        b.rules([("=", f"plasma_{sp}", f"kmax({_x(s.states[pi])}/V_{sp}*1000, 0)")], {})
+    # --- free brain µM per blocker (engine._free_map: fu·1000/M × Ce, or /V × plasma amount)
+    brain = load_param_card("brain")
+    terms: dict[str, list[str]] = {}
+    for sp, (pi, _) in s.plasma.items():
+        if sp not in SPECIES_BLOCKER:
+            continue
+        blk, fu_name, drug = SPECIES_BLOCKER[sp]
+        b.param(f"fu_{sp}", brain.value(fu_name))
+        b.param(f"mw_{sp}", load_drug(drug).constant("molar_mass"))
+        if sp in s.effect:
+            terms.setdefault(blk, []).append(
+                f"fu_{sp}*1000/mw_{sp}*kmax({_x(s.states[s.effect[sp]])}, 0)")
+        else:
+            terms.setdefault(blk, []).append(
+                f"fu_{sp}*1000/mw_{sp}/V_{sp}*kmax({_x(s.states[pi])}, 0)")
+    if tuple(terms) != mp.blockers:  # pragma: no cover - same construction as _free_map
+        raise RuntimeError("free-brain map differs from the engine's")
+    for blk, ts in terms.items():
+        b.rules([("=", f"C_{blk}", " + ".join(ts))], {})
+    # --- mechanism constants and rules
+    for name, v in zip(_PACK, mp.packed(), strict=True):
+        if name != "hnk_index":
+            b.param(name, v)
+    kd0, kesc, mgf = mp.blocker_arrays()
+    for j, blk in enumerate(mp.blockers):
+        b.param(f"Kd0_{blk}", kd0[j])
+        b.param(f"kesc_{blk}", kesc[j])
+        for pi_, pop in enumerate(POPULATIONS):
+            b.param(f"mgf_{pop}_{blk}", mgf[pi_, j])
+    y0 = mp.baseline()
+    nb = len(mp.blockers)
+    init = {f"bH_{blk}": float(y0[j]) for j, blk in enumerate(mp.blockers)}
+    init.update({_y(n): float(y0[nb + k]) for k, n in enumerate(STATE_NAMES)})
+    b.rules(_mechanism_rules(mp.blockers, "hnk" in mp.blockers), init)
+    # --- effect-site concentration of the parent (ng/mL, racemic-equivalent), as mood does
+    c = _clinic()
+    pot = c["esketamine_potency_factor"] if setup.parent == "esketamine" else 1.0
+    fu_k = brain.value("fu_ketamine")
+    b.param("ce_factor", load_drug(setup.parent).constant("molar_mass") / fu_k * pot)
+    b.rules([("=", "effect_site_ng_per_ml", f"C_{setup.parent}*ce_factor")], {})
+    # --- mood (noise-free MADRS) from the clinic card
+    for k in MOOD_CARD_KEYS:
+        b.param(f"c_{k}", c[k])
+    b.rules(_mood_rules(), {})
+    meta = {
+        "ketasim_version": __version__, "arm": setup.arm.model_dump(mode="json"),
+        "pk_model": s.card.id, "states": s.states, "blockers": list(mp.blockers),
+        "hypotheses": mp.hyp.as_dict(), "interventions": mp.intv.label(),
+        "patient": {"weight_kg": setup.patient.weight_kg, "age_years": setup.patient.age_years,
+                    "sex": setup.patient.sex, "race": setup.patient.race,
+                    "disorder": setup.patient.disorder,
+                    "baseline_madrs": setup.patient.baseline_madrs,
+                    "eta_emax": setup.patient.eta_emax, "eta_placebo": setup.patient.eta_placebo,
+                    "pk_factor_cl": setup.patient.pk_factor_cl,
+                    "pk_factor_v": setup.patient.pk_factor_v},
+        "seed": seed, "card_hashes": card_versions(),
+        "units": "time h; x_* mg (effect sites mg/L); C_* free brain µM; plasma_* ng/mL; "
+                 "mechanism states normalised (baseline 1); madrs points (no residual noise)",
+        "patient_parameters": sorted(pvals),
+    }
+    b.notes("ketasim SBML export (research tool, not medical advice)\n"
+            + json.dumps(meta, indent=1, default=str))
+    return ExportedModel(b.write(), pvals, plasma, "madrs",
+                         [_x(st) for st in s.states] + list(init) + ["he_fast", "he_slow",
+                                                                     "consolidation"], meta)
+
+
+def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
+               hypotheses: Hypotheses | None = None) -> ExportedModel:
+    """Assemble and export one patient's course of ``arm``.
+
+    Acute interventions whose drug window opens before the first dose are refused: the engine
+    then starts integrating before t = 0, the export at t = 0."""
+    setup = course_setup(arm, patient, hypotheses)
+    acute = [n for n in ("rapamycin", "anisomycin", "nbqx") if n in setup.mech.intv]
+    start = setup.mech.iv["drug_window_start_h"]
+    if acute and start < 0:
+        raise KetasimError("interventions", f"{', '.join(acute)} start {-start:g} h before the "
+                           "first dose; the SBML export starts at t = 0",
+                           "genetic interventions, spine-blockade, mg=<mM>")
+    return build_model(setup, seed)
+
+
+def pick_arm(scenario: Scenario, name: str | None) -> ArmSpec:
+    """The arm called ``name``, or the scenario's first drug arm."""
+    if name is not None:
+        for a in scenario.arms:
+            if a.name == name:
+                if a.control is not None:
+                    raise KetasimError("arm", f"{name!r} is a control arm; export needs a drug "
+                                       "arm", ", ".join(x.name for x in scenario.arms
+                                                        if x.control is None))
+                return a
+        raise KetasimError("arm", f"no arm named {name!r}",
+                           ", ".join(a.name for a in scenario.arms))
+    for a in scenario.arms:
+        if a.control is None:
+            return a
+    raise KetasimError("scenario", "has no drug arm to export")
+
+
+def read_metadata(sbml: str) -> dict:
+    """The run metadata (ketasim version, card hashes, seed, patient, arm) from an export's
+    notes."""
+    import re
+
+    import libsbml
+
+    model = libsbml.readSBMLFromString(sbml).getModel()
+    m = re.search(r"<pre>(.*)</pre>", model.getNotesString() if model else "", re.S)
+    if not m:
+        raise KetasimError("sbml", "no ketasim metadata in the model notes")
+    text = html.unescape(m.group(1))
+    return json.loads(text[text.index("{"):])
+
+
+def validate(sbml: str) -> list[str]:
+    """libsbml consistency check; the messages of errors (and fatal errors), empty if valid."""
+    import libsbml
+
+    doc = libsbml.readSBMLFromString(sbml)
+    doc.setConsistencyChecks(libsbml.LIBSBML_CAT_UNITS_CONSISTENCY, False)
+    doc.checkConsistency()
+    errs = []
+    for i in range(doc.getNumErrors()):
+        e = doc.getError(i)
+        if e.getSeverity() >= libsbml.LIBSBML_SEV_ERROR:
+            errs.append(e.getMessage().strip())
+    return errs
