@@ -167,8 +167,8 @@ def test_roadrunner_agrees_intranasal_esketamine(typical):
 
 @pytest.mark.slow
 def test_default_mood_grid_difference_is_bounded(default_export, typical):
-    """ketasim's default mood grid (10-min steps around doses) versus the ODE: the lag of the
-    fast effect compartment at the end of an infusion is where they differ most."""
+    """ketasim's default mood grid (2-min steps for 4 h after each dose, 15-min steps
+    elsewhere) versus the ODE, for the typical patient: within 1e-4 at every visit."""
     from ketasim.mood import _grid
 
     arm, v = B.bench_arm(), B.visits_h()
@@ -177,8 +177,7 @@ def test_default_mood_grid_difference_is_bounded(default_export, typical):
     ks = scores_batch(arm, [typical], t, v, comp)["madrs"][0]
     madrs, _ = roadrunner_outputs(default_export, default_export.patient_parameters, v)
     d = rel(madrs, ks)
-    assert d.max() < 1e-3
-    assert B.VISITS[int(np.argmax(d))] == "40 min"
+    assert d.max() < 1e-4
 
 
 def test_clinic_card_fully_classified():
@@ -258,8 +257,9 @@ def test_bench_json_keys(capfd):
     assert d["n_patients"] == 3
     for k in ("ketasim_us_per_patient", "roadrunner_us_per_patient", "scipy_us_per_patient"):
         assert d[k] > 0
-    # ketasim (default mood grid) vs libRoadRunner: the grid difference, well under 1e-3
-    assert 0 < d["max_rel_diff_vs_roadrunner"] < 1e-3
+    # ketasim (default mood grid) vs libRoadRunner: the grid difference; largest relative
+    # where a patient's MADRS falls below 1 point late in the course (docs/benchmarks.md)
+    assert 0 < d["max_rel_diff_vs_roadrunner"] < 5e-3
     assert 0 <= d["max_rel_diff_vs_scipy"] < 1e-3
     assert "libroadrunner" in d["machine"] and "cores" in d["machine"]
 

@@ -50,6 +50,8 @@ RR_MAX_STEPS = 100_000
 #: step (h) of the refined mood grid of the reference paths, over 12 h after each dose
 REF_GRID_STEP_H = 1.0 / 60.0
 REF_GRID_WINDOW_H = 12.0
+#: step (h) of the refined reference grid everywhere else
+REF_GRID_BASE_STEP_H = 0.05
 N_SCIPY = 5
 
 
@@ -73,7 +75,7 @@ def reference_grid(arm: ArmSpec, visits: np.ndarray) -> np.ndarray:
     """ketasim's mood grid refined to :data:`REF_GRID_STEP_H` over 12 h after each dose (the
     mood layer's effect compartments are exact for piecewise-linear input on its grid)."""
     regimen = arm_regimen(arm)
-    pts = [_grid(visits, regimen)]
+    pts = [_grid(visits, regimen), np.arange(0.0, visits[-1] + 1e-9, REF_GRID_BASE_STEP_H)]
     for d in regimen or ():
         pts.append(d.time_h + np.arange(0.0, REF_GRID_WINDOW_H, REF_GRID_STEP_H))
     g = np.unique(np.round(np.concatenate(pts), 9))

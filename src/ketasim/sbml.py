@@ -48,8 +48,6 @@ SBML_LEVEL = 3
 SBML_VERSION = 1
 #: mirrors the numerical floor on the mTOR feedback state in :func:`ketasim.mechanism.rhs_nb`
 _Z_FLOOR = 1e-6
-#: mirrors the cap on consolidation in :func:`ketasim.mood.scores_batch`
-_CONSOLIDATION_CAP = 0.95
 #: MADRS scale range (0–60 points)
 _MADRS_RANGE = (0.0, 60.0)
 _FAST_POPULATIONS = POPULATIONS[:3]  # E2B, Esyn, I: quasi-steady-state block
@@ -230,11 +228,13 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
 # and fails when the clinic card gains a parameter not classified here.
 MOOD_CARD_KEYS = ("a_fast", "a_proteins", "a_spines", "k_mood", "k_mood_slow", "drive50",
                   "consolidation_gain", "consolidation_threshold", "consolidation_tau_d",
+                  "consolidation_cap", "priming_tau_d",
                   "placebo_tau_h", "placebo_decay_d", "ad_background_max",
                   "ad_background_tau_d")
 #: clinic parameters folded into the per-patient mood parameters (:func:`_mood_patient`)
 MOOD_PATIENT_KEYS = ("drug_emax", "drug_emax_iiv_sd", "placebo_active", "placebo_saline",
-                     "placebo_iiv_sd", "bipolar_fast_factor", "esketamine_potency_factor")
+                     "placebo_iiv_sd", "bipolar_fast_factor", "esketamine_potency_factor",
+                     "esketamine_clinical_factor")
 #: clinic parameters outside the exported MADRS (population draws, noise, other scales,
 #: suicidality, side effects, controls)
 MOOD_UNUSED_KEYS = ("pk_iiv_cv", "madrs_baseline_trd", "madrs_baseline_mdd",
@@ -267,6 +267,8 @@ def _mood_patient(arm: ArmSpec, pt: Patient) -> dict[str, float]:
         "placebo_i": _logistic(_logit(p_typ) + pt.eta_placebo * c["placebo_iiv_sd"]),
         "ad_on": float(ad),
         "fast_factor": c["bipolar_fast_factor"] if pt.disorder == "bipolar" else 1.0,
+        "esk_factor": (c["esketamine_clinical_factor"]
+                       if arm.drug == "esketamine" and arm.control is None else 1.0),
     }
 
 
@@ -279,13 +281,16 @@ def _mood_rules() -> list[tuple[str, str, str]]:
                             f" + c_a_spines*kmax({_y('spine_density')} - 1, 0)"),
         ("d/dt", "he_fast", "c_k_mood*(drive_fast - he_fast)"),
         ("d/dt", "he_slow", "c_k_mood_slow*(drive_slow - he_slow)"),
-        ("=", "he", "he_fast + he_slow"),
+        ("=", "he", "esk_factor*(he_fast + he_slow)"),
+        ("=", "he_fast_eff", "esk_factor*he_fast"),
         ("=", "d_direct", "emax_i*he/(c_drive50 + he)"),
-        ("d/dt", "consolidation", "(c_consolidation_gain*kmax(d_direct - "
+        ("d/dt", "priming", "(he_fast_eff/(c_drive50 + he_fast_eff) - priming)"
+                            "/(24*c_priming_tau_d)"),
+        ("d/dt", "consolidation", "(c_consolidation_gain*d_direct*kmax(priming - "
                                   "c_consolidation_threshold, 0) - consolidation)"
                                   "/(24*c_consolidation_tau_d)"),
-        ("=", "drug_effect", f"1 - (1 - d_direct)*(1 - kmin(consolidation, "
-                             f"{_CONSOLIDATION_CAP!r}))"),
+        ("=", "drug_effect", "1 - (1 - d_direct)*(1 - kmin(consolidation, "
+                             "c_consolidation_cap))"),
         ("=", "placebo_effect", "placebo_i*(1 - exp(-time/c_placebo_tau_h))"
                                 "*exp(-time/(24*c_placebo_decay_d))"),
         ("=", "ad_effect", "ad_on*c_ad_background_max*(1 - exp(-time/(24*c_ad_background_tau_d)))"),
