@@ -153,6 +153,22 @@ class ValidateStatus(BaseModel):
     card_hashes: dict[str, str]
 
 
+class Options(BaseModel):
+    """Choices the page offers (from the library and the cards)."""
+
+    drugs: list[str]
+    routes: list[str]
+    models: dict[str, list[str]]
+    hypotheses: dict[str, str]
+    hypothesis_defaults: dict[str, float]
+    interventions: dict[str, str]
+    disorders: list[str]
+    controls: list[str]
+    bands_ng_per_ml: dict[str, float]
+    max_days: float
+    disclaimer: str
+
+
 class Example(BaseModel):
     name: str
     title: str
@@ -493,6 +509,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Start the calibration-target check in the background (no-op if done or running)."""
         validation.start()
         return validation.view()
+
+    @app.get("/api/options", response_model=Options, tags=["library"])
+    def options() -> dict:
+        """Drugs, routes, PK models per drug, hypotheses (with the card's default weights),
+        interventions and exposure bands: what the page's scenario builder offers."""
+        from ..cards import load_drug, load_pk_cards
+        from ..mechanism import HYPOTHESES, INTERVENTIONS, Hypotheses
+        from ..regimen import ROUTES
+
+        models: dict[str, list[str]] = {}
+        for c in load_pk_cards().values():
+            if c.species == "human" and c.drug in ("ketamine", "esketamine"):
+                models.setdefault(c.drug, []).append(c.id)
+        return {"drugs": ["ketamine", "esketamine"],
+                "routes": [r for r in ROUTES if r != "ip"], "models": models,
+                "hypotheses": dict(HYPOTHESES),
+                "hypothesis_defaults": Hypotheses.default().as_dict(),
+                "interventions": {k: v for k, v in INTERVENTIONS.items() if k != "mg"},
+                "disorders": ["mdd", "trd", "bipolar"],
+                "controls": ["saline", "active-placebo"],
+                "bands_ng_per_ml": {k: float(v.value) for k, v in
+                                    load_drug("ketamine").bands.items()},
+                "max_days": min(s.max_days, 120.0), "disclaimer": DISCLAIMER}
 
     @app.get("/api/examples", response_model=list[Example], tags=["library"])
     def examples() -> list[dict]:
