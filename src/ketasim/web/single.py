@@ -7,8 +7,8 @@ scores equal :func:`ketasim.mood.simulate_patient`'s for a typical patient (rand
 no visit noise); ``tests/test_web_api.py`` checks that equality.
 
 Times are hours from the first dose. The grid is a display choice (no model number): 5-min
-steps over the 4 h after each dose, 30-min steps to 48 h after each dose, and a coarse step
-elsewhere, capped so that a request stays fast.
+steps over the 2 h after each dose, 30-min steps to 12 h after it, and a coarse step elsewhere
+(2 h up to 14 days, then 4 h, then 6 h beyond 28 days), capped so that a request stays fast.
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ class SimulateResponse(BaseModel):
 
 
 def _grid(regimen, horizon_h: float) -> np.ndarray:
-    coarse = 2.0 if horizon_h <= 28 * 24 else 6.0
+    coarse = 2.0 if horizon_h <= 14 * 24 else (4.0 if horizon_h <= 28 * 24 else 6.0)
     pts = [np.arange(0.0, horizon_h + 1e-9, coarse), np.array([horizon_h])]
     starts = [d.time_h for d in regimen] if regimen is not None else [0.0]
     for s in starts:
-        pts.append(s + np.arange(0.0, 4.0, 1.0 / 12.0))
-        pts.append(s + np.arange(4.0, 48.0, 0.5))
+        pts.append(s + np.arange(0.0, 2.0, 1.0 / 12.0))
+        pts.append(s + np.arange(2.0, 12.0, 0.5))
     g = np.unique(np.round(np.concatenate(pts), 6))
     g = g[(g >= 0.0) & (g <= horizon_h)]
     if len(g) > MAX_POINTS:

@@ -244,26 +244,45 @@ function renderTabs() {
 }
 
 // ------------------------------------------------------------------ plots
-function x(res) { return res.time_h.map((t) => t / 24); }
+const LOG_TICKS = [0.1, 1, 4, 24, 72, 168, 336, 672, 1344, 2880];
+const LOG_TEXT = ["6 min", "1 h", "4 h", "1 d", "3 d", "7 d", "14 d", "28 d", "56 d", "120 d"];
+
+function logAxis() { return ks.state.axis !== "linear"; }
+
+function x(res) {
+  // log axis: hours (t = 0 left out); linear axis: days
+  return logAxis() ? res.time_h.map((t) => (t > 0 ? t : null)) : res.time_h.map((t) => t / 24);
+}
+
+function xaxis() {
+  if (logAxis()) {
+    return {type: "log", tickvals: LOG_TICKS, ticktext: LOG_TEXT, zeroline: false, tickangle: 0,
+      title: {text: ""}};
+  }
+  return {type: "linear", zeroline: false, title: {text: ""}, ticksuffix: " d"};
+}
 
 function baseLayout(title, ytitle, extra) {
   return Object.assign({
     title: {text: title, font: {size: 13}, x: 0.02, xanchor: "left"},
-    margin: {l: 52, r: 14, t: 28, b: 34}, height: 250,
-    xaxis: {title: {text: "days after the first dose", font: {size: 11}}, zeroline: false},
+    margin: {l: 52, r: 14, t: 28, b: 58}, height: 270,
+    xaxis: xaxis(),
     yaxis: {title: {text: ytitle, font: {size: 11}}, zeroline: false},
-    showlegend: true, legend: {font: {size: 10}, orientation: "h", y: -0.25, x: 0},
+    showlegend: true, legend: {font: {size: 10}, orientation: "h", y: -0.14, x: 0, yanchor: "top"},
     font: {family: "system-ui, DejaVu Sans, sans-serif", size: 11},
     paper_bgcolor: "#fff", plot_bgcolor: "#fff", uirevision: "keep",
   }, extra || {});
 }
 
 function line(res, i, y, name, dash, extra) {
+  // colour = scenario (legend above the plots); line style = series (legend per plot)
   return Object.assign({x: x(res), y: y, type: "scatter", mode: "lines",
-    name: `${LABELS[i]} ${name}`, legendgroup: name,
+    name: name, legendgroup: name, showlegend: i === firstShown(),
     line: {color: COLOURS[i], dash: DASHES[dash % DASHES.length], width: 1.8},
     hovertemplate: `${LABELS[i]} ${name}: %{y:.3g}<br>day %{x:.2f}<extra></extra>`}, extra || {});
 }
+
+function firstShown() { return ks.results.findIndex(Boolean); }
 
 function seriesTraces(results, pick) {
   const traces = [];
@@ -274,11 +293,17 @@ function seriesTraces(results, pick) {
   return traces;
 }
 
+const PLOT_CONFIG = {responsive: true, displaylogo: false,
+  modeBarButtonsToRemove: ["lasso2d", "select2d"]};
+
+/* Draw every panel. The MADRS panel and the summary table come first, synchronously (the
+   answer to "what did my change do?"); the other panels follow one per task, so the page
+   stays responsive; a newer update abandons an older chain. Resolves when all are drawn. */
 function renderPlots() {
   const R = ks.results;
   const bands = ks.options.bands_ng_per_ml;
-  const P = (id, traces, layout) => Plotly.react(id, traces, layout,
-    {responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"]});
+  const jobs = [];
+  const P = (id, traces, layout) => jobs.push([id, traces, layout]);
   P("plot-plasma", seriesTraces(R, (r) => Object.entries(r.plasma_ng_per_ml)),
     baseLayout("Plasma concentration", "ng/mL"));
   P("plot-brain", seriesTraces(R, (r) => Object.entries(r.brain_free_uM)),
@@ -286,8 +311,8 @@ function renderPlots() {
   P("plot-block", seriesTraces(R, (r) => [["E2B (GluN2B, pyramidal)", r.readouts.block_E2B],
     ["Esyn (synaptic)", r.readouts.block_Esyn], ["I (interneurons)", r.readouts.block_I],
     ["H (lateral habenula)", r.readouts.block_H]]),
-  baseLayout("NMDA receptor block per population", "fraction blocked", {yaxis: {range: [0, 1],
-    title: {text: "fraction blocked", font: {size: 11}}}}));
+  baseLayout("NMDA receptor block per population", "fraction blocked", {yaxis: {
+    rangemode: "tozero", title: {text: "fraction blocked", font: {size: 11}}}}));
   P("plot-signal", seriesTraces(R, (r) => [["p-eEF2", r.readouts.p_eef2],
     ["BDNF", r.readouts.bdnf], ["mTORC1", r.readouts.mtorc1],
     ["glutamate", r.readouts.glutamate]]),
@@ -304,7 +329,7 @@ function renderPlots() {
   baseLayout("Suicidality", "MADRS item 10 (0–6)", {yaxis2: {overlaying: "y", side: "right",
     title: {text: "SSI", font: {size: 11}}, rangemode: "tozero"},
   yaxis: {rangemode: "tozero", title: {text: "MADRS item 10 (0–6)", font: {size: 11}}},
-  margin: {l: 52, r: 44, t: 28, b: 34}}));
+  margin: {l: 52, r: 44, t: 28, b: 58}}));
   // effect-site concentration, log scale, with the exposure bands from the drug card
   const an = bands.anaesthetic_ng_per_ml;
   const al = bands.analgesic_ng_per_ml;
@@ -333,8 +358,22 @@ function renderPlots() {
     ["ΔSBP mmHg", r.scores.sbp_change_mmhg], ["sedation ×10", r.scores.sedation.map((v) => v * 10)],
     ["BPRS+", r.scores.bprs_positive]]),
   baseLayout("Side effects", "score / mmHg"));
+  const first = jobs.find((j) => j[0] === "plot-madrs");
+  Plotly.react(first[0], first[1], first[2], PLOT_CONFIG);
   renderLegend();
   renderSummary();
+  ks.lastFirstMs = performance.now() - ks.updateStart;
+  const rest = jobs.filter((j) => j !== first);
+  const seq = ks.seq;
+  return new Promise((resolve) => {
+    const step = () => {
+      if (seq !== ks.seq || !rest.length) { resolve(); return; }
+      const [id, traces, layout] = rest.shift();
+      Plotly.react(id, traces, layout, PLOT_CONFIG);
+      setTimeout(step, 0);
+    };
+    setTimeout(step, 0);
+  });
 }
 
 function renderLegend() {
@@ -408,6 +447,7 @@ function linkAxes() {
 async function update() {
   const seq = ++ks.seq;
   const t0 = performance.now();
+  ks.updateStart = t0;
   $("error").textContent = "";
   try {
     const reqs = ks.state.scenarios.map(simulateRequest);
@@ -420,11 +460,17 @@ async function update() {
       return body;
     }));
     if (seq !== ks.seq) return;  // a newer change is on its way
+    const t1 = performance.now();
     ks.results = res;
-    renderPlots();
-    ks.lastUpdateMs = performance.now() - t0;
+    await renderPlots();
+    if (seq !== ks.seq) return;
+    const t2 = performance.now();
+    ks.lastFetchMs = t1 - t0;
+    ks.lastRenderMs = t2 - t1;
+    ks.lastUpdateMs = t2 - t0;
     ks.updates += 1;
-    $("status").textContent = `updated in ${ks.lastUpdateMs.toFixed(0)} ms`;
+    $("status").textContent = `MADRS updated in ${ks.lastFirstMs.toFixed(0)} ms, all panels in ` +
+      `${ks.lastUpdateMs.toFixed(0)} ms (server ${ks.lastFetchMs.toFixed(0)} ms)`;
     document.body.dataset.updates = String(ks.updates);
   } catch (e) {
     if (seq !== ks.seq) return;
@@ -589,6 +635,12 @@ async function start() {
     el.addEventListener("change", () => { readForm(); encodeState(); });
   }
   $("form").addEventListener("submit", (e) => e.preventDefault());
+  $("x-axis").value = logAxis() ? "log" : "linear";
+  $("x-axis").addEventListener("change", () => {
+    ks.state.axis = $("x-axis").value;
+    encodeState();
+    renderPlots();
+  });
   $("trial-form").addEventListener("submit", runTrial);
   $("add-scenario").addEventListener("click", () => {
     if (ks.state.scenarios.length >= 4) return;
