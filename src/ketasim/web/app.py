@@ -108,7 +108,8 @@ class JobStatus(BaseModel):
     started: float | None
     finished: float | None
     error: str | None
-    scenario: Scenario
+    scenario: Scenario | None = Field(description="the submitted scenario (null if it no "
+                                      "longer validates, e.g. after an upgrade)")
     links: dict[str, str]
 
 
@@ -405,11 +406,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if row.status == "done":
             links["result"] = f"/api/trial/{jid}/result"
             links.update({n: f"/api/trial/{jid}/files/{n}" for n in FILES})
+        try:
+            scenario = Scenario.model_validate(row.scenario)
+        except ValueError:
+            scenario = None
         return {"id": row.id, "status": row.status, "done": row.done, "total": row.total,
                 "progress": min(1.0, row.done / row.total) if row.total else 0.0,
                 "attempts": row.attempts, "created": row.created, "started": row.started,
                 "finished": row.finished, "error": row.error,
-                "scenario": Scenario.model_validate(row.scenario), "links": links}
+                "scenario": scenario, "links": links}
 
     @app.post("/api/trial", status_code=202, response_model=JobStatus, tags=["trial"],
               responses={**_ERR, 429: {"model": ErrorResponse,
