@@ -176,7 +176,8 @@ class Example(BaseModel):
     scenario: Scenario
 
 
-_ERR = {422: {"model": ErrorResponse, "description": "invalid input: field and reason"},
+_ERR = {400: {"model": ErrorResponse, "description": "the body could not be read as JSON"},
+        422: {"model": ErrorResponse, "description": "invalid input: field and reason"},
         413: {"model": ErrorResponse, "description": "request body too large"}}
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such job"}}
 
