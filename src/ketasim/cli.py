@@ -808,6 +808,47 @@ def export_sbml(
               f"{len(em.state_ids)} states; outputs {', '.join(em.plasma.values())}, madrs")
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to bind (127.0.0.1: this machine only)")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: Annotated[str | None, typer.Option(help="folder for the jobs database and trial "
+                                                     "results (default "
+                                                     "~/.local/share/ketasim/web)")] = None,
+    max_n: Annotated[int, typer.Option(help="most patients in one trial job")] = 2000,
+    max_days: Annotated[float, typer.Option(help="latest trial visit, days")] = 120.0,
+    max_concurrent: Annotated[int, typer.Option(help="trial jobs running at once")] = 1,
+    max_active: Annotated[int, typer.Option(help="trial jobs queued or running")] = 16,
+    max_body_kb: Annotated[int, typer.Option(help="largest request body, KiB")] = 64,
+    cors_origin: Annotated[list[str] | None, typer.Option(help="allow this browser origin "
+                                                               "(repeatable; CORS is off by "
+                                                               "default)")] = None,
+) -> None:
+    """Serve the web page and JSON API (FastAPI + uvicorn; OpenAPI docs at /docs)."""
+    from .web.app import Settings
+    from .web.app import serve as run_server
+
+    if not 1 <= port <= 65535:
+        raise KetasimError("port", f"must be 1..65535, got {port}")
+    for name, v, lo, hi in (("max-n", max_n, 1, 100_000), ("max-days", max_days, 1, 400),
+                            ("max-concurrent", max_concurrent, 1, 64),
+                            ("max-active", max_active, 1, 10_000),
+                            ("max-body-kb", max_body_kb, 1, 10_240)):
+        if not lo <= v <= hi:
+            raise KetasimError(name, f"must be {lo}..{hi}, got {v:g}")
+    s = Settings(max_n=max_n, max_days=max_days, max_concurrent=max_concurrent,
+                 max_active=max_active, max_body_bytes=max_body_kb * 1024,
+                 cors_origins=list(cors_origin or []))
+    if data_dir:
+        s.data_dir = data_dir
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}: anyone who can reach it can run simulations",
+              file=sys.stderr)
+    out.print(f"ketasim {__version__} on http://{host}:{port}/ (API docs /docs) · {DISCLAIMER}")
+    run_server(host, port, s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps ketasim and usage errors to one line on stderr and exit code 2."""
     import warnings

@@ -1,0 +1,583 @@
+"""The FastAPI app: JSON API under /api, the page at /, OpenAPI docs at /docs.
+
+Endpoints (request and response bodies are the scenario file's pydantic models where there is
+one; every input is validated and a bad one gets 422 naming the field and the reason):
+
+* ``GET /api/health`` — version, warm-up state, job counts.
+* ``POST /api/simulate`` — one typical patient, every stage (:mod:`ketasim.web.single`).
+* ``POST /api/trial`` — submit a scenario as a background job (202 with an unguessable id);
+  ``GET /api/trial/{id}`` — status and progress; ``GET /api/trial/{id}/result`` — the summary;
+  ``GET /api/trial/{id}/files/{name}`` — results.parquet, results.csv, summary.json,
+  report.html.
+* ``GET /api/models`` — the PK model cards; ``GET /api/experiments`` and
+  ``GET /api/experiments/{name}`` — the named in-silico experiments;
+* ``GET /api/validate`` / ``POST /api/validate`` — the clinical calibration targets
+  (:func:`ketasim.clinic_calibration.evaluate`, ~1.5 min, run once in the background and cached
+  on disk per card version);
+* ``GET /api/examples`` — the shipped example scenarios.
+
+Safety: no user input is evaluated as code; request bodies are capped (413); results are reached
+only through job ids from :func:`secrets.token_urlsafe`; CORS is off unless origins are given;
+``ketasim serve`` binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..errors import KetasimError
+from ..scenario import Scenario
+from .jobs import Dispatcher, JobStore
+from .single import DISCLAIMER, SimulateRequest, SimulateResponse, check_arm, simulate_one
+
+JOB_ID = r"^[A-Za-z0-9_-]{16,64}$"
+ExperimentName = Annotated[str, Path(max_length=64, description="experiment name")]
+IdPath = Annotated[str, Path(pattern=JOB_ID, description="job id from POST /api/trial")]
+FILES = {"results.parquet": "application/vnd.apache.parquet", "results.csv": "text/csv",
+         "summary.json": "application/json", "report.html": "text/html"}
+
+
+@dataclass
+class Settings:
+    """Server limits and places (all configurable from ``ketasim serve``)."""
+
+    data_dir: str = field(default_factory=lambda: os.path.join(
+        os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "ketasim",
+        "web"))
+    max_n: int = 2000  # patients per trial job
+    max_days: float = 120.0  # last visit of a trial job, days
+    max_concurrent: int = 1  # trial jobs running at once
+    max_active: int = 16  # trial jobs queued or running
+    max_body_bytes: int = 64 * 1024
+    max_attempts: int = 3  # a job interrupted by restarts this often fails
+    job_mode: str = "process"  # "process" (spawn) or "thread"
+    start_jobs: bool = True  # False: accept and queue jobs but run none (API checks)
+    cors_origins: list[str] = field(default_factory=list)
+    warm_up: bool = True
+    validate_mode: str = "process"
+    validate_fn: Callable[[], dict] | None = None
+
+
+# --------------------------------------------------------------------------- response models
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """422: ``detail`` lists each bad field (``loc``) and the reason (``msg``)."""
+
+    detail: list[ErrorItem] | str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    warm: bool
+    jobs: dict[str, int]
+    limits: dict[str, float]
+    disclaimer: str
+
+
+class JobStatus(BaseModel):
+    """A trial job: status, progress (patients done of total) and where its results are."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    done: int
+    total: int
+    progress: float = Field(ge=0.0, le=1.0)
+    attempts: int
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    scenario: Scenario | None = Field(description="the submitted scenario (null if it no "
+                                      "longer validates, e.g. after an upgrade)")
+    links: dict[str, str]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    drug: str
+    title: str
+    routes: list[str]
+    sampling: str
+    default: bool
+    species: str
+    age_years: list[float]
+    weight_kg: list[float]
+    citation: str | None
+    pmid: str | int | None
+    doi: str | None
+
+
+class ExperimentInfo(BaseModel):
+    name: str
+    species: str
+    finding: str
+
+
+class ExperimentResult(BaseModel):
+    name: str
+    species: str
+    finding: str
+    readouts: list[dict[str, Any]]
+    model_config = {"extra": "allow"}
+
+
+class ValidateStatus(BaseModel):
+    """The clinical calibration targets (a fuller validation scorecard comes later)."""
+
+    label: str
+    status: Literal["idle", "running", "done", "failed"]
+    targets: list[dict[str, Any]]
+    met: int | None
+    total: int | None
+    error: str | None
+    card_hashes: dict[str, str]
+
+
+class Options(BaseModel):
+    """Choices the page offers (from the library and the cards)."""
+
+    drugs: list[str]
+    routes: list[str]
+    models: dict[str, list[str]]
+    hypotheses: dict[str, str]
+    hypothesis_defaults: dict[str, float]
+    interventions: dict[str, str]
+    disorders: list[str]
+    controls: list[str]
+    bands_ng_per_ml: dict[str, float]
+    max_days: float
+    disclaimer: str
+
+
+class Example(BaseModel):
+    name: str
+    title: str
+    scenario: Scenario
+
+
+_ERR = {400: {"model": ErrorResponse, "description": "the body could not be read as JSON"},
+        422: {"model": ErrorResponse, "description": "invalid input: field and reason"},
+        413: {"model": ErrorResponse, "description": "request body too large"}}
+_NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such job"}}
+
+
+# --------------------------------------------------------------------------- middleware
+class BodyLimit:
+    """Pure ASGI middleware: 413 for request bodies over ``limit`` bytes (declared or sent)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        try:
+            too_big = declared is not None and int(declared) > self.limit
+        except ValueError:
+            too_big = True
+        chunks: list[bytes] = []
+        size = 0
+        if not too_big:
+            more = True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    too_big = True
+                    break
+                chunks.append(chunk)
+                more = msg.get("more_body", False)
+        if too_big:
+            resp = JSONResponse({"detail": [{"loc": ["body"], "msg": f"request body over "
+                                             f"{self.limit} bytes", "type": "too_large"}]},
+                                status_code=413)
+            return await resp(scope, receive, send)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'")
+
+
+# --------------------------------------------------------------------------- validation job
+class Validation:
+    """The calibration-target check, run once per card version in the background."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.state: dict[str, Any] = {"status": "idle", "error": None, "result": None}
+        self.path = os.path.join(settings.data_dir, "validate.json")
+        self.hashes = {k: v for k, v in _card_versions().items() if "clinic" in k}
+        try:
+            with open(self.path) as fh:
+                cached = json.load(fh)
+            if cached.get("card_hashes") == self.hashes and cached.get("version") == __version__:
+                self.state.update(status="done", result=cached["targets"])
+        except (OSError, ValueError, KeyError):
+            pass
+
+    def start(self) -> None:
+        with self.lock:
+            if self.state["status"] in ("running", "done"):
+                return
+            self.state.update(status="running", error=None)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            fn = self.settings.validate_fn
+            if self.settings.validate_mode == "process" and fn is None:
+                import multiprocessing as mp
+                from concurrent.futures import ProcessPoolExecutor
+
+                from ..clinic_calibration import evaluate
+
+                with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                    res = pool.submit(evaluate).result()
+            else:
+                if fn is None:
+                    from ..clinic_calibration import evaluate as fn
+                res = fn()
+            targets = [{"target": k, "value": float(v), "met": bool(ok)}
+                       for k, (v, ok) in res.items()]
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump({"card_hashes": self.hashes, "version": __version__,
+                           "targets": targets}, fh)
+            os.replace(tmp, self.path)
+            self.state.update(status="done", result=targets)
+        except Exception as exc:  # noqa: BLE001 - reported through the endpoint
+            self.state.update(status="failed", error=f"{exc.__class__.__name__}: {exc}")
+
+    def view(self) -> dict:
+        t = self.state["result"] or []
+        done = self.state["status"] == "done"
+        return {"label": "calibration targets", "status": self.state["status"], "targets": t,
+                "met": sum(x["met"] for x in t) if done else None,
+                "total": len(t) if done else None, "error": self.state["error"],
+                "card_hashes": self.hashes}
+
+
+def _card_versions() -> dict[str, str]:
+    from ..cards import card_versions
+
+    return card_versions()
+
+
+# --------------------------------------------------------------------------- app
+def _ketasim_error(exc: KetasimError) -> JSONResponse:
+    loc = ["body", *[p for p in exc.field.replace("[", ".").replace("]", "").split(".") if p]]
+    msg = exc.problem + (f" (allowed: {exc.allowed})" if exc.allowed else "")
+    return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]},
+                        status_code=422)
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    items = []
+    for e in exc.errors():
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        items.append({"loc": [x if isinstance(x, int) else str(x) for x in e.get("loc", [])],
+                      "msg": msg, "type": str(e.get("type", "value_error"))})
+    return JSONResponse({"detail": items}, status_code=422)
+
+
+def _static_dir() -> str:
+    return str(resources.files("ketasim") / "web" / "static")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app (one :class:`JobStore` under ``settings.data_dir``)."""
+    s = settings or Settings()
+    os.makedirs(s.data_dir, exist_ok=True)
+    store = JobStore(s.data_dir)
+    dispatcher = Dispatcher(store, s.max_concurrent, s.job_mode)
+    validation = Validation(s)
+    warm = threading.Event()
+
+    def _warm() -> None:
+        try:
+            simulate_one(SimulateRequest.model_validate(
+                {"arm": {"name": "warm-up", "drug": "ketamine", "route": "iv-infusion",
+                         "dose": "0.5 mg/kg"}, "days": 2}))
+        finally:
+            warm.set()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.recovered = store.recover(s.max_attempts)
+        if s.start_jobs:
+            dispatcher.start()
+        if s.warm_up:
+            threading.Thread(target=_warm, daemon=True).start()
+        else:
+            warm.set()
+        yield
+        dispatcher.stop()
+
+    app = FastAPI(title="ketasim", version=__version__, lifespan=lifespan,
+                  description="Simulator of ketamine for depression, from dose to mood. "
+                              + DISCLAIMER)
+    app.state.settings = s
+    app.state.store = store
+    app.state.dispatcher = dispatcher
+    app.state.validation = validation
+    app.state.warm = warm
+
+    app.add_exception_handler(KetasimError, lambda r, e: _ketasim_error(e))
+    app.add_exception_handler(RequestValidationError, lambda r, e: _validation_error(e))
+    if s.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["content-type"])
+    app.add_middleware(BodyLimit, limit=s.max_body_bytes)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        resp = await call_next(request)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if not request.url.path.startswith(("/docs", "/redoc")):
+            resp.headers.setdefault("Content-Security-Policy", _CSP)
+        return resp
+
+    # ------------------------------------------------------------------ API
+    @app.get("/api/health", response_model=Health, tags=["meta"])
+    def health() -> dict:
+        """Liveness, version, whether the compiled kernels are warm, jobs by status."""
+        return {"status": "ok", "version": __version__, "warm": warm.is_set(),
+                "jobs": {k: store.count(k) for k in ("queued", "running", "done", "failed")},
+                "limits": {"max_n": s.max_n, "max_days": s.max_days,
+                           "max_concurrent": s.max_concurrent, "max_active": s.max_active,
+                           "max_body_bytes": s.max_body_bytes},
+                "disclaimer": DISCLAIMER}
+
+    @app.post("/api/simulate", response_model=SimulateResponse, responses=_ERR,
+              tags=["simulate"])
+    def simulate(req: SimulateRequest) -> JSONResponse:
+        """One typical patient (random effects 0, no visit noise), every stage on one grid.
+
+        The body is built to the documented schema by :func:`simulate_one` and sent as is
+        (re-validating ~15,000 numbers would cost more than the simulation's tail)."""
+        return JSONResponse(simulate_one(req))
+
+    def _job_view(jid: str) -> dict:
+        row = store.get(jid)
+        if row is None:
+            raise HTTPException(404, "no such job")
+        links = {"self": f"/api/trial/{jid}"}
+        if row.status == "done":
+            links["result"] = f"/api/trial/{jid}/result"
+            links.update({n: f"/api/trial/{jid}/files/{n}" for n in FILES})
+        try:
+            scenario = Scenario.model_validate(row.scenario)
+        except ValueError:
+            scenario = None
+        return {"id": row.id, "status": row.status, "done": row.done, "total": row.total,
+                "progress": min(1.0, row.done / row.total) if row.total else 0.0,
+                "attempts": row.attempts, "created": row.created, "started": row.started,
+                "finished": row.finished, "error": row.error,
+                "scenario": scenario, "links": links}
+
+    @app.post("/api/trial", status_code=202, response_model=JobStatus, tags=["trial"],
+              responses={**_ERR, 429: {"model": ErrorResponse,
+                                       "description": "too many jobs queued or running"}})
+    def submit_trial(scenario: Annotated[Scenario, Body()]) -> dict:
+        """Submit a virtual trial (the scenario file as JSON; arms under ``arm``)."""
+        from ..trial import arm_sizes, scenario_dict, visit_schedule
+
+        if scenario.population.n > s.max_n:
+            raise KetasimError("scenario.population.n", f"{scenario.population.n} patients; "
+                               f"this server runs at most {s.max_n} per job")
+        _, visits = visit_schedule(scenario)
+        if visits[-1] > s.max_days * 24.0:
+            raise KetasimError("scenario.endpoints.at", f"last visit at {visits[-1] / 24:g} d; "
+                               f"this server allows at most {s.max_days:g} d")
+        for i, arm in enumerate(scenario.arms):
+            check_arm(arm, f"scenario.arm[{i}]")
+        total = sum(arm_sizes(scenario))
+        if store.count("queued", "running") >= s.max_active:
+            raise HTTPException(429, f"{s.max_active} jobs are queued or running; try later")
+        jid = store.submit(scenario_dict(scenario), total)
+        dispatcher.wake()
+        return _job_view(jid)
+
+    @app.get("/api/trial/{job_id}", response_model=JobStatus, responses={**_NOT_FOUND, **_ERR},
+             tags=["trial"])
+    def trial_status(job_id: IdPath) -> dict:
+        """Status and progress of a trial job."""
+        return _job_view(job_id)
+
+    def _done_dir(job_id: str) -> str:
+        row = store.get(job_id)
+        if row is None:
+            raise HTTPException(404, "no such job")
+        if row.status != "done" or not row.result_dir:
+            raise HTTPException(409, f"job is {row.status}" + (f": {row.error}" if row.error
+                                                                 else ""))
+        return row.result_dir
+
+    _DONE = {**_NOT_FOUND, **_ERR, 409: {"model": ErrorResponse,
+                                         "description": "job not finished (or failed)"}}
+
+    @app.get("/api/trial/{job_id}/result", response_model=dict[str, Any], responses=_DONE,
+             tags=["trial"])
+    def trial_result(job_id: IdPath) -> dict:
+        """The trial summary (the same JSON as ``ketasim trial --json``)."""
+        with open(os.path.join(_done_dir(job_id), "summary.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+
+    @app.get("/api/trial/{job_id}/files/{name}", responses={
+        **_DONE, 200: {"description": "the file", "content": {t: {} for t in FILES.values()}}},
+        tags=["trial"], response_class=FileResponse)
+    def trial_file(job_id: IdPath, name: Literal["results.parquet", "results.csv",
+                                                 "summary.json", "report.html"]):
+        """Download one result file (CSV and Parquet: the long table, one row per patient
+        and visit; report.html: the self-contained report)."""
+        path = os.path.join(_done_dir(job_id), name)
+        if not os.path.exists(path):
+            raise HTTPException(404, f"{name} missing for this job")
+        return FileResponse(path, media_type=FILES[name], filename=f"ketasim-{job_id[:8]}-"
+                                                                   f"{name}")
+
+    @app.get("/api/models", response_model=list[ModelInfo], tags=["library"])
+    def models() -> list[dict]:
+        """The PK model cards (as ``ketasim models --json``)."""
+        from ..cards import load_pk_cards
+
+        return [{"id": c.id, "drug": c.drug, "title": c.title, "routes": list(c.routes),
+                 "sampling": c.sampling, "default": bool(c.default_for), "species": c.species,
+                 "age_years": list(c.population.age_years),
+                 "weight_kg": list(c.population.weight_kg), "citation": c.citation,
+                 "pmid": c.pmid, "doi": c.doi} for c in load_pk_cards().values()]
+
+    @app.get("/api/experiments", response_model=list[ExperimentInfo], tags=["library"])
+    def experiments() -> list[dict]:
+        """The named in-silico experiments."""
+        from ..experiments import EXPERIMENTS
+
+        return [{"name": e.name, "species": e.species, "finding": e.finding}
+                for e in EXPERIMENTS.values()]
+
+    @app.get("/api/experiments/{name}", response_model=ExperimentResult,
+             responses={**_NOT_FOUND, **_ERR}, tags=["library"])
+    def experiment(name: ExperimentName) -> dict:
+        """Run one experiment (cached: the result depends only on the cards)."""
+        from ..experiments import EXPERIMENTS
+
+        if name not in EXPERIMENTS:
+            raise HTTPException(404, f"no experiment named {name!r}")
+        return _run_experiment(name)
+
+    @app.get("/api/validate", response_model=ValidateStatus, tags=["library"])
+    def validate_status() -> dict:
+        """Calibration targets: status and, once done, value and pass/fail of each."""
+        return validation.view()
+
+    @app.post("/api/validate", response_model=ValidateStatus, status_code=202,
+              tags=["library"])
+    def validate_start() -> dict:
+        """Start the calibration-target check in the background (no-op if done or running)."""
+        validation.start()
+        return validation.view()
+
+    @app.get("/api/options", response_model=Options, tags=["library"])
+    def options() -> dict:
+        """Drugs, routes, PK models per drug, hypotheses (with the card's default weights),
+        interventions and exposure bands: what the page's scenario builder offers."""
+        from ..cards import load_drug, load_pk_cards
+        from ..mechanism import HYPOTHESES, INTERVENTIONS, Hypotheses
+        from ..regimen import ROUTES
+
+        models: dict[str, list[str]] = {}
+        for c in load_pk_cards().values():
+            if c.species == "human" and c.drug in ("ketamine", "esketamine"):
+                models.setdefault(c.drug, []).append(c.id)
+        return {"drugs": ["ketamine", "esketamine"],
+                "routes": [r for r in ROUTES if r != "ip"], "models": models,
+                "hypotheses": dict(HYPOTHESES),
+                "hypothesis_defaults": Hypotheses.default().as_dict(),
+                "interventions": {k: v for k, v in INTERVENTIONS.items() if k != "mg"},
+                "disorders": ["mdd", "trd", "bipolar"],
+                "controls": ["saline", "active-placebo"],
+                "bands_ng_per_ml": {k: float(v.value) for k, v in
+                                    load_drug("ketamine").bands.items()},
+                "max_days": min(s.max_days, 120.0), "disclaimer": DISCLAIMER}
+
+    @app.get("/api/examples", response_model=list[Example], tags=["library"])
+    def examples() -> list[dict]:
+        """The example scenarios shipped with ketasim."""
+        from ..trial import example_names, example_path
+
+        out = []
+        for n in example_names():
+            from ..scenario import load_scenario
+
+            sc = load_scenario(example_path(n))
+            out.append({"name": n, "title": sc.title, "scenario": sc})
+        return out
+
+    # ------------------------------------------------------------------ page
+    static = _static_dir()
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(os.path.join(static, "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=static), name="static")
+    return app
+
+
+@functools.lru_cache(maxsize=32)
+def _run_experiment(name: str) -> dict:
+    from ..cli import _jsonable
+    from ..experiments import run_experiment
+
+    return _jsonable(run_experiment(name))
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
+    """Run the app with uvicorn (blocking)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+

@@ -1,0 +1,670 @@
+/* ketasim page: scenario builder, linked stage plots, comparison, trial runner.
+   Plain JS, no build step; plotly.js is vendored. The whole view lives in the URL hash
+   (#s=<JSON>), so a link reproduces it. Research tool, not medical advice. */
+"use strict";
+
+const COLOURS = ["#1f5fa8", "#c0392b", "#218c4a", "#7d3c98"];
+const LABELS = ["A", "B", "C", "D"];
+const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
+const PLOT_IDS = ["plot-plasma", "plot-brain", "plot-block", "plot-signal", "plot-spines",
+  "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"];
+const $ = (id) => document.getElementById(id);
+
+const DEFAULT_SCENARIO = {
+  kind: "drug", drug: "ketamine", route: "iv-infusion", dose: "0.5 mg/kg", duration: "40 min",
+  schedule: "", model: "", days: 14, weight: 70, age: 40, sex: "male", disorder: "trd",
+  hyp: null, interventions: [], mg: "",
+};
+
+const ks = {  // page state; window.ketasim for tests and the console
+  options: null,
+  state: {active: 0, scenarios: [], trial: {n: 40, seed: 0, control: "saline",
+    at: "40 min, 4 h, 24 h, 3 d, 7 d, 14 d", job: null}},
+  results: [],            // last /api/simulate response per scenario
+  cache: new Map(),       // request JSON → response
+  lastUpdateMs: null,
+  updates: 0,
+  seq: 0,
+};
+window.ketasim = ks;
+
+// ------------------------------------------------------------------ URL state
+function encodeState() {
+  const s = JSON.stringify(ks.state);
+  history.replaceState(null, "", "#s=" + encodeURIComponent(s));
+}
+
+function decodeState() {
+  const m = location.hash.match(/^#s=(.*)$/);
+  if (!m) return null;
+  try {
+    const s = JSON.parse(decodeURIComponent(m[1]));
+    if (!Array.isArray(s.scenarios) || s.scenarios.length < 1) return null;
+    s.scenarios = s.scenarios.slice(0, 4).map((x) => ({...DEFAULT_SCENARIO, ...x}));
+    s.active = Math.min(Math.max(0, s.active | 0), s.scenarios.length - 1);
+    s.trial = {...ks.state.trial, ...(s.trial || {})};
+    return s;
+  } catch (e) {
+    return null;
+  }
+}
+
+// ------------------------------------------------------------------ building requests
+function hypothesesString(sc) {
+  const d = ks.options.hypothesis_defaults;
+  if (!sc.hyp) return "default";
+  const parts = [];
+  for (const k of Object.keys(d)) {
+    const on = !!sc.hyp[k];
+    if (on !== (d[k] > 0)) parts.push(`${k}=${on ? 1 : 0}`);
+  }
+  return parts.length ? parts.join(",") : "default";
+}
+
+function interventionsString(sc) {
+  const items = [...(sc.interventions || [])];
+  if (sc.mg !== "" && sc.mg !== null && sc.mg !== undefined) items.push(`mg=${sc.mg}`);
+  return items.join(",");
+}
+
+function armOf(sc, name) {
+  const arm = {name: name};
+  if (sc.kind !== "drug") {
+    arm.control = sc.kind;
+  } else {
+    arm.drug = sc.drug;
+    arm.route = sc.route;
+    arm.dose = sc.dose.trim();
+    if (sc.route === "iv-infusion" && sc.duration.trim()) arm.duration = sc.duration.trim();
+    if (sc.schedule.trim()) arm.schedule = sc.schedule.trim();
+    if (sc.model) arm.model = sc.model;
+  }
+  arm.hypotheses = hypothesesString(sc);
+  arm.interventions = interventionsString(sc);
+  return arm;
+}
+
+function simulateRequest(sc, i) {
+  return {arm: armOf(sc, LABELS[i]),
+    patient: {weight_kg: Number(sc.weight), age_years: Number(sc.age), sex: sc.sex,
+      disorder: sc.disorder},
+    days: Number(sc.days)};
+}
+
+function errorText(body) {
+  if (body && Array.isArray(body.detail)) {
+    return body.detail.map((d) => `${(d.loc || []).filter((x) => x !== "body").join(".")}: ${d.msg}`)
+      .join("; ");
+  }
+  return body && body.detail ? String(body.detail) : "request failed";
+}
+
+async function postJSON(url, payload) {
+  const r = await fetch(url, {method: "POST", headers: {"content-type": "application/json"},
+    body: JSON.stringify(payload)});
+  const body = await r.json().catch(() => null);
+  if (!r.ok) throw new Error(errorText(body));
+  return body;
+}
+
+// ------------------------------------------------------------------ form <-> state
+function fillSelect(sel, values, labels) {
+  sel.innerHTML = "";
+  values.forEach((v, i) => {
+    const o = document.createElement("option");
+    o.value = v;
+    o.textContent = labels ? labels[i] : v;
+    sel.appendChild(o);
+  });
+}
+
+function buildForm() {
+  const o = ks.options;
+  fillSelect($("f-drug"), o.drugs);
+  fillSelect($("f-route"), o.routes);
+  const hyp = $("hypotheses");
+  for (const [k, text] of Object.entries(o.hypotheses)) {
+    const lab = document.createElement("label");
+    const cb = document.createElement("input");
+    cb.type = "checkbox";
+    cb.id = `h-${k}`;
+    cb.dataset.hyp = k;
+    lab.htmlFor = cb.id;
+    lab.append(cb, document.createTextNode(`${k}: ${text}`));
+    hyp.appendChild(lab);
+  }
+  const iv = $("interventions");
+  for (const [k, text] of Object.entries(o.interventions)) {
+    const lab = document.createElement("label");
+    const cb = document.createElement("input");
+    cb.type = "checkbox";
+    cb.id = `i-${k}`;
+    cb.dataset.intervention = k;
+    lab.htmlFor = cb.id;
+    lab.append(cb, document.createTextNode(`${k} — ${text}`));
+    iv.appendChild(lab);
+  }
+  $("f-days").max = o.max_days;
+}
+
+function modelsFor(drug) {
+  return ["", ...(ks.options.models[drug] || [])];
+}
+
+function writeForm() {
+  const sc = ks.state.scenarios[ks.state.active];
+  $("f-kind").value = sc.kind;
+  $("f-drug").value = sc.drug;
+  $("f-route").value = sc.route;
+  $("f-dose").value = sc.dose;
+  $("f-duration").value = sc.duration;
+  $("f-schedule").value = sc.schedule;
+  const models = modelsFor(sc.drug);
+  fillSelect($("f-model"), models, models.map((m) => m || "default for the route"));
+  $("f-model").value = models.includes(sc.model) ? sc.model : "";
+  $("f-days").value = sc.days;
+  $("f-weight").value = sc.weight;
+  $("f-age").value = sc.age;
+  $("f-sex").value = sc.sex;
+  $("f-disorder").value = sc.disorder;
+  const d = ks.options.hypothesis_defaults;
+  for (const cb of document.querySelectorAll("[data-hyp]")) {
+    const k = cb.dataset.hyp;
+    cb.checked = sc.hyp ? !!sc.hyp[k] : d[k] > 0;
+  }
+  for (const cb of document.querySelectorAll("[data-intervention]")) {
+    cb.checked = (sc.interventions || []).includes(cb.dataset.intervention);
+  }
+  $("f-mg").value = sc.mg;
+  syncEnabled();
+  const t = ks.state.trial;
+  $("t-n").value = t.n;
+  $("t-seed").value = t.seed;
+  $("t-control").value = t.control;
+  $("t-at").value = t.at;
+  renderTabs();
+}
+
+function syncEnabled() {
+  const drug = $("f-kind").value === "drug";
+  for (const id of ["f-drug", "f-route", "f-dose", "f-schedule", "f-model"]) $(id).disabled = !drug;
+  $("f-duration").disabled = !(drug && $("f-route").value === "iv-infusion")
+    && $("f-kind").value !== "active-placebo";
+}
+
+function readForm() {
+  const sc = ks.state.scenarios[ks.state.active];
+  const prevDrug = sc.drug;
+  sc.kind = $("f-kind").value;
+  sc.drug = $("f-drug").value;
+  sc.route = $("f-route").value;
+  sc.dose = $("f-dose").value;
+  sc.duration = $("f-duration").value;
+  sc.schedule = $("f-schedule").value;
+  sc.model = sc.drug === prevDrug ? $("f-model").value : "";
+  sc.days = $("f-days").value;
+  sc.weight = $("f-weight").value;
+  sc.age = $("f-age").value;
+  sc.sex = $("f-sex").value;
+  sc.disorder = $("f-disorder").value;
+  const hyp = {};
+  for (const cb of document.querySelectorAll("[data-hyp]")) hyp[cb.dataset.hyp] = cb.checked;
+  const d = ks.options.hypothesis_defaults;
+  sc.hyp = Object.keys(d).every((k) => hyp[k] === (d[k] > 0)) ? null : hyp;
+  sc.interventions = [...document.querySelectorAll("[data-intervention]")]
+    .filter((cb) => cb.checked).map((cb) => cb.dataset.intervention);
+  sc.mg = $("f-mg").value;
+  const t = ks.state.trial;
+  t.n = $("t-n").value;
+  t.seed = $("t-seed").value;
+  t.control = $("t-control").value;
+  t.at = $("t-at").value;
+  if (sc.drug !== prevDrug) writeForm();
+  syncEnabled();
+}
+
+function renderTabs() {
+  const box = $("tabs");
+  box.innerHTML = "";
+  ks.state.scenarios.forEach((sc, i) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.id = `tab-${LABELS[i]}`;
+    b.setAttribute("aria-pressed", String(i === ks.state.active));
+    b.setAttribute("aria-label", `Edit scenario ${LABELS[i]}`);
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = COLOURS[i];
+    b.append(sw, document.createTextNode(LABELS[i]));
+    b.addEventListener("click", () => { ks.state.active = i; writeForm(); encodeState(); });
+    box.appendChild(b);
+  });
+  $("add-scenario").disabled = ks.state.scenarios.length >= 4;
+  $("remove-scenario").disabled = ks.state.scenarios.length <= 1;
+}
+
+// ------------------------------------------------------------------ plots
+const LOG_TICKS = [0.1, 1, 4, 24, 72, 168, 336, 672, 1344, 2880];
+const LOG_TEXT = ["6 min", "1 h", "4 h", "1 d", "3 d", "7 d", "14 d", "28 d", "56 d", "120 d"];
+
+function logAxis() { return ks.state.axis !== "linear"; }
+
+function x(res) {
+  // log axis: hours (t = 0 left out); linear axis: days
+  return logAxis() ? res.time_h.map((t) => (t > 0 ? t : null)) : res.time_h.map((t) => t / 24);
+}
+
+function xaxis() {
+  if (logAxis()) {
+    return {type: "log", tickvals: LOG_TICKS, ticktext: LOG_TEXT, zeroline: false, tickangle: 0,
+      title: {text: ""}};
+  }
+  return {type: "linear", zeroline: false, title: {text: ""}, ticksuffix: " d"};
+}
+
+function baseLayout(title, ytitle, extra) {
+  return Object.assign({
+    title: {text: title, font: {size: 13}, x: 0.02, xanchor: "left"},
+    margin: {l: 52, r: 14, t: 28, b: 58}, height: 270,
+    xaxis: xaxis(),
+    yaxis: {title: {text: ytitle, font: {size: 11}}, zeroline: false},
+    showlegend: true, legend: {font: {size: 10}, orientation: "h", y: -0.14, x: 0, yanchor: "top"},
+    font: {family: "system-ui, DejaVu Sans, sans-serif", size: 11},
+    paper_bgcolor: "#fff", plot_bgcolor: "#fff", uirevision: "keep",
+  }, extra || {});
+}
+
+function line(res, i, y, name, dash, extra) {
+  // colour = scenario (legend above the plots); line style = series (legend per plot)
+  return Object.assign({x: x(res), y: y, type: "scatter", mode: "lines",
+    name: name, legendgroup: name, showlegend: i === firstShown(),
+    line: {color: COLOURS[i], dash: DASHES[dash % DASHES.length], width: 1.8},
+    hovertemplate: `${LABELS[i]} ${name}: %{y:.3g}<br>day %{x:.2f}<extra></extra>`}, extra || {});
+}
+
+function firstShown() { return ks.results.findIndex(Boolean); }
+
+function seriesTraces(results, pick) {
+  const traces = [];
+  results.forEach((res, i) => {
+    if (!res) return;
+    pick(res).forEach(([name, y, extra], j) => { if (y) traces.push(line(res, i, y, name, j, extra)); });
+  });
+  return traces;
+}
+
+const PLOT_CONFIG = {responsive: true, displaylogo: false,
+  modeBarButtonsToRemove: ["lasso2d", "select2d"]};
+
+/* Draw every panel. The MADRS panel and the summary table come first, synchronously (the
+   answer to "what did my change do?"); the other panels follow one per task, so the page
+   stays responsive; a newer update abandons an older chain. Resolves when all are drawn. */
+function renderPlots() {
+  const R = ks.results;
+  const bands = ks.options.bands_ng_per_ml;
+  const jobs = [];
+  const P = (id, traces, layout) => jobs.push([id, traces, layout]);
+  P("plot-plasma", seriesTraces(R, (r) => Object.entries(r.plasma_ng_per_ml)),
+    baseLayout("Plasma concentration", "ng/mL"));
+  P("plot-brain", seriesTraces(R, (r) => Object.entries(r.brain_free_uM)),
+    baseLayout("Free brain concentration", "µM"));
+  P("plot-block", seriesTraces(R, (r) => [["E2B (GluN2B, pyramidal)", r.readouts.block_E2B],
+    ["Esyn (synaptic)", r.readouts.block_Esyn], ["I (interneurons)", r.readouts.block_I],
+    ["H (lateral habenula)", r.readouts.block_H]]),
+  baseLayout("NMDA receptor block per population", "fraction blocked", {yaxis: {
+    rangemode: "tozero", title: {text: "fraction blocked", font: {size: 11}}}}));
+  P("plot-signal", seriesTraces(R, (r) => [["p-eEF2", r.readouts.p_eef2],
+    ["BDNF", r.readouts.bdnf], ["mTORC1", r.readouts.mtorc1],
+    ["glutamate", r.readouts.glutamate]]),
+  baseLayout("Signalling", "relative to baseline"));
+  P("plot-spines", seriesTraces(R, (r) => [["spine density", r.readouts.spine_density],
+    ["synaptic proteins", r.readouts.synaptic_proteins],
+    ["synaptic strength", r.readouts.synaptic_strength]]),
+  baseLayout("Synapses", "relative to baseline"));
+  P("plot-madrs", seriesTraces(R, (r) => [["MADRS", r.scores.madrs]]),
+    baseLayout("Depression (MADRS)", "MADRS (0–60)", {yaxis: {rangemode: "tozero",
+      title: {text: "MADRS (0–60)", font: {size: 11}}}}));
+  P("plot-suicide", seriesTraces(R, (r) => [["MADRS item 10", r.scores.madrs_item10],
+    ["SSI", r.scores.ssi, {yaxis: "y2"}]]),
+  baseLayout("Suicidality", "MADRS item 10 (0–6)", {yaxis2: {overlaying: "y", side: "right",
+    title: {text: "SSI", font: {size: 11}}, rangemode: "tozero"},
+  yaxis: {rangemode: "tozero", title: {text: "MADRS item 10 (0–6)", font: {size: 11}}},
+  margin: {l: 52, r: 44, t: 28, b: 58}}));
+  // effect-site concentration, log scale, with the exposure bands from the drug card
+  const an = bands.anaesthetic_ng_per_ml;
+  const al = bands.analgesic_ng_per_ml;
+  const peak = Math.max(1, ...R.filter(Boolean).map((r) => r.summary.peak_effect_site_ng_per_ml || 1));
+  const top = Math.log10(Math.max(an * 3, peak * 1.5));
+  const ex = seriesTraces(R, (r) => [["effect site", r.scores.effect_site_ng_per_ml.map(
+    (v) => (v > 0.1 ? v : null))]]);
+  P("plot-exposure", ex, baseLayout("Effect-site concentration and exposure bands",
+    "ng/mL (log)", {
+      yaxis: {type: "log", range: [-1, top], title: {text: "ng/mL (log)", font: {size: 11}}},
+      shapes: [
+        {type: "rect", xref: "paper", x0: 0, x1: 1, y0: an, y1: Math.pow(10, top),
+          fillcolor: "rgba(192,57,43,0.14)", line: {width: 0}},
+        {type: "line", xref: "paper", x0: 0, x1: 1, y0: an, y1: an,
+          line: {color: "#c0392b", width: 1, dash: "dash"}},
+        {type: "line", xref: "paper", x0: 0, x1: 1, y0: al, y1: al,
+          line: {color: "#b7950b", width: 1, dash: "dot"}}],
+      annotations: [
+        {xref: "paper", x: 0.99, xanchor: "right", y: Math.log10(an), yanchor: "bottom",
+          text: `anaesthetic band ≥ ${an} ng/mL`, showarrow: false,
+          font: {size: 10, color: "#922b21"}},
+        {xref: "paper", x: 0.99, xanchor: "right", y: Math.log10(al), yanchor: "bottom",
+          text: `analgesic ≥ ${al} ng/mL`, showarrow: false, font: {size: 10, color: "#7d6608"}}],
+    }));
+  P("plot-side", seriesTraces(R, (r) => [["CADSS (dissociation)", r.scores.cadss],
+    ["ΔSBP mmHg", r.scores.sbp_change_mmhg], ["sedation ×10", r.scores.sedation.map((v) => v * 10)],
+    ["BPRS+", r.scores.bprs_positive]]),
+  baseLayout("Side effects", "score / mmHg"));
+  const first = jobs.find((j) => j[0] === "plot-madrs");
+  Plotly.react(first[0], first[1], first[2], PLOT_CONFIG);
+  renderLegend();
+  renderSummary();
+  ks.lastFirstMs = performance.now() - ks.updateStart;
+  const rest = jobs.filter((j) => j !== first);
+  const seq = ks.seq;
+  return new Promise((resolve) => {
+    const step = () => {
+      if (seq !== ks.seq || !rest.length) { resolve(); return; }
+      const [id, traces, layout] = rest.shift();
+      Plotly.react(id, traces, layout, PLOT_CONFIG);
+      setTimeout(step, 0);
+    };
+    setTimeout(step, 0);
+  });
+}
+
+function renderLegend() {
+  const box = $("legend");
+  box.innerHTML = "";
+  ks.state.scenarios.forEach((sc, i) => {
+    const s = document.createElement("span");
+    const sw = document.createElement("span");
+    sw.className = "sw";
+    sw.style.background = COLOURS[i];
+    const arm = armOf(sc, LABELS[i]);
+    const what = arm.control ? (arm.control === "saline" ? "saline placebo" : "active placebo")
+      : `${arm.drug} ${arm.dose} ${arm.route}${arm.schedule ? ", " + arm.schedule : ""}`;
+    s.append(sw, document.createTextNode(`${LABELS[i]}: ${what}, ${sc.weight} kg`));
+    box.appendChild(s);
+  });
+}
+
+function fmt(v, nd) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (typeof v === "boolean") return v ? "yes" : "no";
+  if (typeof v === "number") return v.toFixed(nd === undefined ? 1 : nd);
+  return String(v);
+}
+
+function renderSummary() {
+  const t = $("summary");
+  const cols = [["scenario", null], ["MADRS baseline", "baseline_madrs"],
+    ["MADRS 24 h", "madrs_24h"], ["lowest MADRS", "madrs_min"], ["MADRS at end", "madrs_end"],
+    ["peak effect site (ng/mL)", "peak_effect_site_ng_per_ml"], ["peak CADSS", "peak_cadss"],
+    ["peak ΔSBP (mmHg)", "peak_sbp_change_mmhg"], ["anaesthetic band", "anaesthetic_band"],
+    ["PK model", "model"], ["server ms", null]];
+  t.tHead.innerHTML = "<tr>" + cols.map(([h]) => `<th scope="col">${h}</th>`).join("") + "</tr>";
+  const tb = t.tBodies[0];
+  tb.innerHTML = "";
+  ks.results.forEach((r, i) => {
+    if (!r) return;
+    const tr = document.createElement("tr");
+    cols.forEach(([, k], j) => {
+      const td = document.createElement(j === 0 ? "th" : "td");
+      if (j === 0) { td.scope = "row"; td.textContent = LABELS[i]; }
+      else if (k === null) td.textContent = fmt(r.metadata.wall_ms, 0);
+      else td.textContent = fmt(r.summary[k]);
+      tr.appendChild(td);
+    });
+    tb.appendChild(tr);
+  });
+}
+
+function linkAxes() {
+  let busy = false;
+  for (const id of PLOT_IDS) {
+    $(id).on("plotly_relayout", (ev) => {
+      if (busy) return;
+      const upd = {};
+      if ("xaxis.range[0]" in ev) {
+        upd["xaxis.range"] = [ev["xaxis.range[0]"], ev["xaxis.range[1]"]];
+      } else if (ev["xaxis.autorange"]) {
+        upd["xaxis.autorange"] = true;
+      } else {
+        return;
+      }
+      busy = true;
+      Promise.all(PLOT_IDS.filter((o) => o !== id).map((o) => Plotly.relayout(o, upd)))
+        .finally(() => { busy = false; });
+    });
+  }
+}
+
+// ------------------------------------------------------------------ simulate
+async function update() {
+  const seq = ++ks.seq;
+  const t0 = performance.now();
+  ks.updateStart = t0;
+  $("error").textContent = "";
+  try {
+    const reqs = ks.state.scenarios.map(simulateRequest);
+    const res = await Promise.all(reqs.map(async (rq) => {
+      const key = JSON.stringify(rq);
+      if (ks.cache.has(key)) return ks.cache.get(key);
+      const body = await postJSON("/api/simulate", rq);
+      if (ks.cache.size > 64) ks.cache.clear();
+      ks.cache.set(key, body);
+      return body;
+    }));
+    if (seq !== ks.seq) return;  // a newer change is on its way
+    const t1 = performance.now();
+    ks.results = res;
+    await renderPlots();
+    if (seq !== ks.seq) return;
+    const t2 = performance.now();
+    ks.lastFetchMs = t1 - t0;
+    ks.lastRenderMs = t2 - t1;
+    ks.lastUpdateMs = t2 - t0;
+    ks.updates += 1;
+    $("status").textContent = `MADRS updated in ${ks.lastFirstMs.toFixed(0)} ms, all panels in ` +
+      `${ks.lastUpdateMs.toFixed(0)} ms (server ${ks.lastFetchMs.toFixed(0)} ms)`;
+    document.body.dataset.updates = String(ks.updates);
+  } catch (e) {
+    if (seq !== ks.seq) return;
+    $("error").textContent = `Scenario ${LABELS[ks.state.active]}: ${e.message}`;
+  }
+}
+
+let timer = null;
+function changed() {
+  readForm();
+  encodeState();
+  renderTabs();
+  clearTimeout(timer);
+  timer = setTimeout(update, 40);
+}
+
+// ------------------------------------------------------------------ trial
+function trialScenario() {
+  const t = ks.state.trial;
+  const a = ks.state.scenarios[0];
+  const arms = ks.state.scenarios.map((sc, i) => armOf(sc, LABELS[i]))
+    .filter((arm) => arm.control === undefined);
+  if (t.control) arms.push({name: "placebo", control: t.control});
+  return {title: "ketasim web trial",
+    population: {disorder: a.disorder, n: Number(t.n), seed: Number(t.seed)},
+    arm: arms,
+    endpoints: {at: t.at.split(",").map((v) => v.trim()).filter(Boolean)}};
+}
+
+async function runTrial(ev) {
+  ev.preventDefault();
+  readForm();
+  $("trial-error").textContent = "";
+  $("trial-results").innerHTML = "";
+  $("trial-downloads").innerHTML = "";
+  try {
+    const job = await postJSON("/api/trial", trialScenario());
+    ks.state.trial.job = job.id;
+    encodeState();
+    poll(job.id);
+  } catch (e) {
+    $("trial-error").textContent = `Trial: ${e.message}`;
+  }
+}
+
+async function poll(id) {
+  $("trial-progress").hidden = false;
+  $("run-trial").disabled = true;
+  try {
+    for (;;) {
+      const r = await fetch(`/api/trial/${encodeURIComponent(id)}`);
+      const j = await r.json();
+      if (!r.ok) throw new Error(errorText(j));
+      $("progress-bar").value = j.progress;
+      $("progress-text").textContent = `${j.status}: ${j.done} / ${j.total} patients`;
+      if (j.status === "done") { await showResult(j); break; }
+      if (j.status === "failed") throw new Error(j.error || "failed");
+      await new Promise((res) => setTimeout(res, 400));
+    }
+  } catch (e) {
+    $("trial-error").textContent = `Trial: ${e.message}`;
+  } finally {
+    $("run-trial").disabled = false;
+  }
+}
+
+function cell(tr, text, header) {
+  const c = document.createElement(header ? "th" : "td");
+  if (header) c.scope = header;
+  c.textContent = text;
+  tr.appendChild(c);
+}
+
+function pct(v) { return v === null || v === undefined ? "–" : `${(100 * v).toFixed(0)}%`; }
+function ci(c) { return c && c[0] !== null ? `[${fmt(c[0])}, ${fmt(c[1])}]` : "–"; }
+
+async function showResult(job) {
+  const r = await fetch(job.links.result);
+  const s = await r.json();
+  const dl = $("trial-downloads");
+  dl.innerHTML = "Downloads: ";
+  for (const [name, label] of [["results.csv", "CSV"], ["results.parquet", "Parquet"],
+    ["report.html", "HTML report"], ["summary.json", "summary JSON"]]) {
+    const a = document.createElement("a");
+    a.href = job.links[name];
+    a.textContent = label;
+    a.setAttribute("download", "");
+    dl.appendChild(a);
+  }
+  const box = $("trial-results");
+  box.innerHTML = "";
+  const scale = s.meta.scale.toUpperCase();
+  const wrap = document.createElement("div");
+  wrap.className = "results-arms";
+  for (const [arm, rows] of Object.entries(s.arms)) {
+    const t = document.createElement("table");
+    t.className = "data trial-table";
+    const cap = t.createCaption();
+    const a = s.arm_summary[arm];
+    cap.textContent = `${arm}: ${a.treatment} (n = ${a.n}, baseline ${fmt(a.baseline_mean)})`;
+    const hr = t.createTHead().insertRow();
+    for (const h of ["visit", `mean ${scale}`, "change", "95% CI", "response", "remission",
+      "CADSS"]) cell(hr, h, "col");
+    const tb = t.createTBody();
+    for (const [v, row] of Object.entries(rows)) {
+      const tr = tb.insertRow();
+      cell(tr, v, "row");
+      cell(tr, fmt(row.mean));
+      cell(tr, fmt(row.change));
+      cell(tr, ci(row.ci95));
+      cell(tr, pct(row.response_rate));
+      cell(tr, pct(row.remission_rate));
+      cell(tr, fmt(row.cadss_mean));
+    }
+    wrap.appendChild(t);
+  }
+  box.appendChild(wrap);
+  for (const [pair, rows] of Object.entries(s.differences)) {
+    const t = document.createElement("table");
+    t.className = "data";
+    t.createCaption().textContent = `Difference ${pair} in mean change (negative favours the first)`;
+    const hr = t.createTHead().insertRow();
+    for (const h of ["visit", "difference", "95% CI", "p", "Cohen's d", "response difference"]) {
+      cell(hr, h, "col");
+    }
+    const tb = t.createTBody();
+    for (const [v, d] of Object.entries(rows)) {
+      const tr = tb.insertRow();
+      cell(tr, v, "row");
+      cell(tr, fmt(d.difference));
+      cell(tr, ci(d.ci95));
+      cell(tr, d.p_value === null ? "–" : (d.p_value < 1e-4 ? "<0.0001" : d.p_value.toFixed(4)));
+      cell(tr, fmt(d.cohens_d, 2));
+      cell(tr, pct(d.response_rate_difference));
+    }
+    box.appendChild(t);
+  }
+  const p = document.createElement("p");
+  p.className = "muted";
+  p.textContent = `seed ${s.meta.seed} · ketasim ${s.meta.version} · ${s.meta.wall_s} s · ${s.meta.disclaimer}`;
+  box.appendChild(p);
+}
+
+// ------------------------------------------------------------------ start
+async function start() {
+  const [opt, health] = await Promise.all([fetch("/api/options").then((r) => r.json()),
+    fetch("/api/health").then((r) => r.json())]);
+  ks.options = opt;
+  $("version").textContent = health.version;
+  $("t-n").max = health.limits.max_n;
+  buildForm();
+  const s = decodeState();
+  if (s) ks.state = s;
+  else ks.state.scenarios = [{...DEFAULT_SCENARIO}];
+  writeForm();
+  encodeState();
+  for (const el of $("form").querySelectorAll("input, select")) {
+    el.addEventListener("input", changed);
+    el.addEventListener("change", changed);
+  }
+  for (const el of $("trial-form").querySelectorAll("input, select")) {
+    el.addEventListener("change", () => { readForm(); encodeState(); });
+  }
+  $("form").addEventListener("submit", (e) => e.preventDefault());
+  $("x-axis").value = logAxis() ? "log" : "linear";
+  $("x-axis").addEventListener("change", () => {
+    ks.state.axis = $("x-axis").value;
+    encodeState();
+    renderPlots();
+  });
+  $("trial-form").addEventListener("submit", runTrial);
+  $("add-scenario").addEventListener("click", () => {
+    if (ks.state.scenarios.length >= 4) return;
+    const copy = JSON.parse(JSON.stringify(ks.state.scenarios[ks.state.active]));
+    ks.state.scenarios.push(copy);
+    ks.state.active = ks.state.scenarios.length - 1;
+    writeForm();
+    encodeState();
+    update();
+  });
+  $("remove-scenario").addEventListener("click", () => {
+    if (ks.state.scenarios.length <= 1) return;
+    ks.state.scenarios.splice(ks.state.active, 1);
+    ks.state.active = Math.max(0, ks.state.active - 1);
+    writeForm();
+    encodeState();
+    update();
+  });
+  await update();
+  linkAxes();
+  if (ks.state.trial.job) poll(ks.state.trial.job);
+  document.body.dataset.ready = "1";
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  start().catch((e) => { $("error").textContent = `Could not start: ${e.message}`; });
+});

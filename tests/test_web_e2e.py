@@ -1,0 +1,206 @@
+"""End-to-end tests of the page in headless Chromium (Debian's ``chromium``; Playwright never
+downloads a browser). Screenshots go to ``test-artifacts/web/`` (git-ignored).
+
+Skipped when Playwright or /usr/bin/chromium is missing (``.ci/run`` installs chromium).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("playwright")
+CHROMIUM = os.environ.get("KETASIM_CHROMIUM", "/usr/bin/chromium")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+ART = os.path.join(os.path.dirname(__file__), "..", "test-artifacts", "web")
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from ketasim.web.app import Settings, create_app
+
+    data = tmp_path_factory.mktemp("web")
+    app = create_app(Settings(data_dir=str(data), job_mode="thread", max_n=200))
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    import httpx
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health").json()["warm"]:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:  # pragma: no cover
+        pytest.fail("server did not start")
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    os.makedirs(ART, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    errors: list[str] = []
+    # 422s are the answers to the invalid inputs typed on purpose (and half-typed doses)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error"
+            and "status of 422" not in m.text else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    return page, errors
+
+
+def _until(page, expr: str, timeout_s: float = 30.0) -> None:
+    """Poll ``expr`` in the page (Playwright's wait_for_function evals a string, which the
+    page's Content-Security-Policy rightly forbids)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if page.evaluate(f"() => Boolean({expr})"):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"timed out waiting for {expr}")
+
+
+def _madrs(page) -> list[list[float]]:
+    return page.evaluate("document.getElementById('plot-madrs').data.map(t => t.y)")
+
+
+def _wait_updates(page, n: int) -> None:
+    _until(page, f"window.ketasim.updates >= {n}")
+
+
+def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
+    page, errors = _page(browser, server + "/")
+    assert page.locator("#disclaimer").is_visible()
+    assert "not medical advice" in page.locator("#disclaimer").inner_text()
+    # every form control has a label (accessibility)
+    unlabelled = page.evaluate("""[...document.querySelectorAll('input, select')]
+        .filter(e => !e.labels || e.labels.length === 0).map(e => e.id)""")
+    assert unlabelled == []
+    before = _madrs(page)
+    assert len(before) == 1 and min(before[0]) < before[0][0]  # ketamine lowers MADRS
+    page.screenshot(path=os.path.join(ART, "01-start.png"), full_page=True)
+
+    # change the dose with the keyboard: focus, select all, type
+    n = page.evaluate("window.ketasim.updates")
+    page.focus("#f-dose")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0.1 mg/kg")
+    _wait_updates(page, n + 1)
+    _until(page, "document.getElementById('f-dose').value === '0.1 mg/kg' && "
+                           "window.ketasim.results[0].metadata.courses.length === 1")
+    page.wait_for_timeout(300)
+    after = _madrs(page)
+    assert min(after[0]) > min(before[0]) + 1.0, "a lower dose should help less"
+    # latency of one change (weight), repeated: server round trip + re-plotting all panels
+    times = []
+    for w in (71, 72, 73, 74, 75, 76):
+        n = page.evaluate("window.ketasim.updates")
+        page.fill("#f-weight", str(w))
+        _wait_updates(page, n + 1)
+        times.append(page.evaluate("[window.ketasim.lastFirstMs, window.ketasim.lastUpdateMs, "
+                                   "window.ketasim.lastFetchMs]"))
+    med = [sorted(c)[len(c) // 2] for c in zip(*times, strict=True)]
+    print(f"page update after one change, medians of 6: MADRS panel + summary {med[0]:.0f} ms, "
+          f"all nine panels {med[1]:.0f} ms (server round trip {med[2]:.0f} ms)")
+    assert med[0] < 2000  # the 100 ms goal is measured and reported, not asserted (shared CPU)
+
+    # a bad dose names the field
+    page.fill("#f-dose", "0.1 mg/xx")
+    _until(page, "document.getElementById('error').textContent.includes('dose')")
+    page.fill("#f-dose", "0.1 mg/kg")
+    _until(page, "document.getElementById('error').textContent === ''")
+
+    # compare: B = A at 1 mg/kg
+    n = page.evaluate("window.ketasim.updates")
+    page.click("#add-scenario")
+    _wait_updates(page, n + 1)
+    n = page.evaluate("window.ketasim.updates")
+    page.fill("#f-dose", "1 mg/kg")
+    _until(page, "window.ketasim.results.length === 2 && "
+                           "window.ketasim.state.scenarios[1].dose === '1 mg/kg'")
+    _wait_updates(page, n + 1)
+    page.wait_for_timeout(300)
+    two = _madrs(page)
+    assert len(two) == 2 and min(two[1]) < min(two[0])
+    assert page.locator("#summary tbody tr").count() == 2
+    page.screenshot(path=os.path.join(ART, "02-compare.png"), full_page=True)
+    exposure = page.evaluate("document.getElementById('plot-exposure').layout.annotations"
+                             ".map(a => a.text)")
+    assert any("anaesthetic" in t for t in exposure)
+
+    # reload from the URL in a fresh page: same scenarios, same curves
+    url = page.url
+    assert "#s=" in url
+    page2, errors2 = _page(browser, url)
+    assert page2.evaluate("window.ketasim.state.scenarios.map(s => s.dose)") == \
+        ["0.1 mg/kg", "1 mg/kg"]
+    assert _madrs(page2) == two
+    page2.screenshot(path=os.path.join(ART, "03-reloaded.png"), full_page=True)
+    assert errors == [] and errors2 == [], errors + errors2
+
+
+def test_page_runs_a_small_trial(server, browser):
+    page, errors = _page(browser, server + "/")
+    page.fill("#t-n", "12")
+    page.fill("#t-at", "1 d, 7 d")
+    page.dispatch_event("#t-at", "change")
+    page.click("#run-trial")
+    page.wait_for_selector(".trial-table", timeout=180_000)
+    assert page.locator("#progress-bar").evaluate("e => e.value") == 1
+    tables = page.locator(".trial-table")
+    assert tables.count() == 2  # drug arm A + placebo
+    text = tables.first.inner_text()
+    assert "1 d" in text and "7 d" in text and "response" in text
+    links = page.locator("#trial-downloads a")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert any(h.endswith("results.csv") for h in hrefs)
+    assert any(h.endswith("results.parquet") for h in hrefs)
+    assert any(h.endswith("report.html") for h in hrefs)
+    import httpx
+
+    r = httpx.get(server + hrefs[0])
+    assert r.status_code == 200 and r.text.startswith("patient,")
+    page.locator("#trial").screenshot(path=os.path.join(ART, "04-trial.png"))
+    # the job id travels in the URL: reloading shows the same result
+    page2, errors2 = _page(browser, page.url)
+    page2.wait_for_selector(".trial-table", timeout=60_000)
+    assert page2.locator(".trial-table").count() == 2
+    assert errors == [] and errors2 == [], errors + errors2
+
+
+def test_artifacts_folder_is_ignored():
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, ".gitignore")) as fh:
+        assert "test-artifacts/" in fh.read()
