@@ -111,12 +111,18 @@ def mechanism_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
                          hypotheses: Hypotheses | None = None) -> dict[str, np.ndarray]:
     """Drug-dependent inputs of the score model on the grid ``t`` (h): LHb burst suppression,
     synaptic-protein and spine rises, effect-site concentration (ng/mL, potency-adjusted)."""
+    return mechanism_run(arm, patient, t, hypotheses)[1]
+
+
+def mechanism_run(arm: ArmSpec, patient: Patient, t: np.ndarray,
+                  hypotheses: Hypotheses | None = None):
+    """The engine result (None for a control arm) and :func:`mechanism_components`."""
     c = load_param_card("clinic")
     regimen = arm_regimen(arm)
     n = len(t)
     zero = np.zeros(n)
     if regimen is None:
-        return {"fast": zero, "proteins": zero, "spines": zero, "ce": zero}
+        return None, {"fast": zero, "proteins": zero, "spines": zero, "ce": zero}
     from .pk import resolve_model
 
     cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years, sex=patient.sex,
@@ -133,9 +139,9 @@ def mechanism_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
     ce = res.brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
     if parent == "esketamine":
         ce = ce * c.value("esketamine_potency_factor")
-    return {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
-            "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
-            "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
+    return res, {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
+                 "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
+                 "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
 
 
 def scores_from_components(arm: ArmSpec, patient: Patient, t: np.ndarray,

@@ -28,8 +28,6 @@ DISCLAIMER = "ketasim is a research tool, not medical advice."
 MAX_DAYS = 120.0
 MAX_DOSES = 60
 MAX_POINTS = 1500
-_CL_NAMES = ("CL", "k10", "kel")
-_V_NAMES = ("V1", "V", "Vc")
 
 
 class PatientSpec(BaseModel):
@@ -126,45 +124,30 @@ def _clean(a) -> list[float | None]:
 
 def simulate_one(req: SimulateRequest) -> dict:
     """Every stage for one typical patient; JSON-ready (see :class:`SimulateResponse`)."""
-    from ..cards import card_versions, load_drug, load_param_card
-    from ..engine import Course, simulate
-    from ..mechanism import Hypotheses, Interventions
-    from ..mood import scores_from_components
-    from ..pk import Covariates
+    from ..cards import card_versions, load_drug
+    from ..mood import _grid as mood_grid
+    from ..mood import mechanism_run, scores_from_components
 
     t0 = time.perf_counter()
     arm = req.arm
     regimen, card = check_arm(arm)
     t = _grid(regimen, req.days * 24.0)
     patient = typical_patient(req.patient, len(t))
-    zero = np.zeros(len(t))
     plasma: dict = {}
     brain: dict = {}
     reads: dict = {}
     meta: dict = {}
-    if regimen is None:
-        comp = {"fast": zero, "proteins": zero, "spines": zero, "ce": zero}
-    else:
-        cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years,
-                         sex=patient.sex, race=patient.race)
-        iiv = {k: patient.pk_factor_cl for k in _CL_NAMES if k in card.parameters}
-        iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
-        res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
-                       hypotheses=Hypotheses.parse(arm.hypotheses),
-                       interventions=Interventions.parse(arm.interventions))
-        r = res.readouts
-        parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
-        fu = load_param_card("brain").value("fu_ketamine")
-        ce = res.brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
-        if parent == "esketamine":
-            ce = ce * load_param_card("clinic").value("esketamine_potency_factor")
-        comp = {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
-                "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
-                "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
-        plasma, brain, reads = res.plasma_ng_per_ml, res.brain_free_uM, res.readouts
+    # the score layer integrates on the library's mood grid (accuracy); the page shows ``t``
+    full = mood_grid(t, regimen)
+    idx = np.searchsorted(full, np.round(t, 9))
+    res, comp = mechanism_run(arm, patient, full)
+    if res is not None:
+        plasma = {k: v[idx] for k, v in res.plasma_ng_per_ml.items()}
+        brain = {k: v[idx] for k, v in res.brain_free_uM.items()}
+        reads = {k: v[idx] for k, v in res.readouts.items()}
         meta = {k: res.metadata[k] for k in ("courses", "hypotheses", "interventions",
                                             "solver")}
-    sc = scores_from_components(arm, patient, t, t, comp)
+    sc = scores_from_components(arm, patient, full, t, comp)
     keys = ("madrs", "hamd17", "hamd6", "madrs_item10", "ssi", "cadss", "bprs_positive",
             "sbp_change_mmhg", "sedation", "effect_site_ng_per_ml", "drug_effect",
             "placebo_effect")
