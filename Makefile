@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean docs tutorials model-docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,18 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests
 	$(BIN)/python -m pytest -q
+
+# tutorials on small n (figures and tables in build/tutorials/), under 2 minutes in all
+tutorials: $(STAMP)
+	KETASIM_TUTORIAL_N=$${KETASIM_TUTORIAL_N:-24} $(BIN)/python tutorials/run_all.py
+
+# the documentation site, offline, warnings as errors (build/site/index.html)
+docs: tutorials
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir build/site
+
+# regenerate the committed model page after changing a card or an equation
+model-docs: $(STAMP)
+	$(BIN)/ketasim docs model --out docs/model.md
 
 bench: $(STAMP)
 	$(BIN)/ketasim bench pk
