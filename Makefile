@@ -21,6 +21,7 @@ test: $(STAMP)
 
 # tutorials on small n (figures and tables in build/tutorials/), under 2 minutes in all
 tutorials: $(STAMP)
+	$(BIN)/python -m ruff check tutorials
 	KETASIM_TUTORIAL_N=$${KETASIM_TUTORIAL_N:-24} $(BIN)/python tutorials/run_all.py
 
 # the documentation site, offline, warnings as errors (build/site/index.html)

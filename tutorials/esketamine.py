@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-
 from _common import cite, fmt, n_patients, observation, save, study, value, write_table
+
 from ketasim.pk import simulate_pk
 from ketasim.regimen import Regimen
 from ketasim.trial import resolve_scenario, run_trial, summarise, with_overrides

@@ -13,8 +13,8 @@ Run: ``.venv/bin/python tutorials/hypotheses.py``.
 from __future__ import annotations
 
 import numpy as np
-
 from _common import cite, observation, save, study, write_table
+
 from ketasim.engine import Course, simulate
 from ketasim.experiments import MOUSE, run_experiment
 from ketasim.mechanism import HYPOTHESES, Hypotheses

@@ -11,6 +11,7 @@ Run: ``.venv/bin/python tutorials/repeated_infusions.py`` (``KETASIM_TUTORIAL_N`
 from __future__ import annotations
 
 from _common import cite, fmt, n_patients, observation, save, study, value, write_table
+
 from ketasim.trial import resolve_scenario, run_trial, summarise, with_overrides
 
 
@@ -42,7 +43,7 @@ def main() -> None:
 
     data = result.data
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for pid, g in data.groupby("patient"):
+    for _pid, g in data.groupby("patient"):
         ax[0].plot(g["time_h"] / 24, g["madrs"], color="C0", alpha=0.2, lw=0.8)
     mean = data.groupby("time_h")["madrs"].mean()
     ax[0].plot(mean.index / 24, mean.to_numpy(), color="k", lw=2, label="mean")

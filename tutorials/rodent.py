@@ -12,6 +12,7 @@ Run: ``.venv/bin/python tutorials/rodent.py``.
 from __future__ import annotations
 
 from _common import cite, observation, save, study, write_table
+
 from ketasim.experiments import effect_removed, run_experiment
 
 ARMS = ("vehicle", "ketamine", "intervention", "intervention+ketamine")

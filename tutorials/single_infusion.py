@@ -11,8 +11,8 @@ Run: ``.venv/bin/python tutorials/single_infusion.py`` (``KETASIM_TUTORIAL_N`` =
 from __future__ import annotations
 
 import numpy as np
-
 from _common import cite, fmt, n_patients, observation, save, study, value, write_table
+
 from ketasim.pk import simulate_pk
 from ketasim.regimen import Regimen
 from ketasim.scenario import parse_scenario
@@ -79,9 +79,9 @@ def main() -> None:
         hi = [arms[name][v]["ci95"][1] for v in VISITS]
         ax[1].plot(th, ch, "-o", color=color, label=f"{name} (simulated, 95% CI)")
         ax[1].fill_between(th, lo, hi, color=color, alpha=0.15)
-    for pub, color, lab in ((p_chg_k, "C0", "ketamine"), (p_chg_m, "C7", "midazolam")):
+    for pub, color, lab in ((p_chg_k, "C3", "ketamine"), (p_chg_m, "C1", "midazolam")):
         if pub is not None:
-            ax[1].plot([24], [pub], "D", color="C3" if lab == "ketamine" else "C1",
+            ax[1].plot([24], [pub], "D", color=color,
                        markersize=8, label=f"{lab}, Murrough 2013a")
     ax[1].set_xscale("log")
     ax[1].set(xlabel="time after infusion start (h, log scale)",

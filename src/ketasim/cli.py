@@ -742,7 +742,7 @@ app.add_typer(docs_app, name="docs")
 def docs_model(
     out_path: Annotated[str, typer.Option("--out", help="write the page here")]
     = "docs/model.md",
-    check: Annotated[bool, typer.Option("--check", help="only check: exit 1 if the page at "
+    check: Annotated[bool, typer.Option("--check", help="only check: exit 2 if the page at "
                                         "--out is stale")] = False,
 ) -> None:
     """Model page (every equation and card parameter with its source) from the cards and code."""
@@ -750,9 +750,8 @@ def docs_model(
 
     if check:
         if model_page_is_stale(out_path):
-            print(f"{out_path} is stale: run `ketasim docs model --out {out_path}`",
-                  file=sys.stderr)
-            raise typer.Exit(1)
+            raise KetasimError("out", f"{out_path} is stale: run `ketasim docs model --out "
+                               f"{out_path}`")
         out.print(f"{out_path} is up to date")
         return
     out.print(f"wrote {write_model_page(out_path)}")

@@ -145,6 +145,12 @@ def symbol(name: str) -> str:
     """LaTeX symbol of a parameter (:data:`SYMBOLS`, else a generic rendering of the name)."""
     if name in SYMBOLS:
         return SYMBOLS[name]
+    m = re.fullmatch(r"k([a-z]*\d*)(?:_(\w+))?", name)  # ka_im, ke0, kel → k_{a,im}, k_{e0}
+    if m and m.group(1):
+        sub = m.group(1)
+        if m.group(2):
+            sub += r",\mathrm{" + m.group(2).replace("_", r"\_") + "}"
+        return f"k_{{{sub}}}"
     m = re.fullmatch(r"([A-Za-z]+?)(\d+)", name)
     if m:
         base, sub = m.groups()
