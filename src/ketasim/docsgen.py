@@ -101,7 +101,7 @@ appears in a table with its value, units, **evidence tag** and **source**:
 |---|---|
 | `read` | the number is in the cited paper (or a named public transcription of it) |
 | `derived` | computed from read values; the note says how |
-| `calibrated` | fitted by ketasim to data in `shared/literature/calibration`; the note says to what |
+| `calibrated` | fitted by ketasim to data in `shared/literature/calibration`; note: to what |
 | `assumed` | a guess; the note says why |
 
 Internal units: time in hours, amounts in mg, volumes in L, plasma concentrations in mg/L
