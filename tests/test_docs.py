@@ -241,3 +241,25 @@ def test_tutorial_published_numbers_come_from_calibration_files() -> None:
         src = script.read_text(encoding="utf-8")
         literal = set(re.findall(r"(?<![\w.])\d+\.\d+", src))
         assert not (literal & published), (script.name, literal & published)
+
+
+def test_every_public_function_and_class_has_a_docstring() -> None:
+    """Public (no leading underscore) functions, classes and methods in src/ketasim."""
+    import ast
+
+    missing = []
+    for path in sorted((ROOT / "src" / "ketasim").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+
+        def visit(node, prefix: str, path=path) -> None:
+            for n in ast.iter_child_nodes(node):
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    if n.name.startswith("_"):
+                        continue
+                    if ast.get_docstring(n) is None:
+                        missing.append(f"{path.relative_to(ROOT)}:{n.lineno} {prefix}{n.name}")
+                    if isinstance(n, ast.ClassDef):
+                        visit(n, f"{prefix}{n.name}.")
+
+        visit(tree, "")
+    assert missing == [], "public objects without a docstring:\n" + "\n".join(missing)
