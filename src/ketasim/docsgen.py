@@ -430,25 +430,33 @@ For patient $i$ at time $t$ (h after the first dose):
 
 $$
 \begin{aligned}
-h(t) &= f_d\,a_{fast}\,(1 - R_b)^{+} + a_P\,(P - 1)^{+} + a_S\,(S - 1)^{+}
-  &&\text{drive (fast term through } k_{mood}\text{, synaptic terms through } k_{mood,slow}) \\
-\frac{dh_e}{dt} &= k\,(h - h_e) &&\text{effect compartments, exact for piecewise-linear } h \\
-d_0 &= \frac{E_i\,h_e}{h_{50} + h_e},\qquad E_i = \mathrm{logistic}(\mathrm{logit}(E) +
-  \omega_E\,\eta_{E,i}) &&\text{direct drug effect} \\
-\frac{dC}{dt} &= \frac{g_c\,(d_0 - \theta_c)^{+} - C}{\tau_c},
-  \qquad d = 1 - (1 - d_0)(1 - \min(C, 0.95)) &&\text{consolidation} \\
+h(t) &= f_d\,a_{fast}\,(1 - R_b)^{+} + a_P\,(P - 1)^{+} + a_S\,(S - 1)^{+} \\
+\frac{dh_e}{dt} &= k\,(h - h_e),\qquad k = k_{mood}\ \text{(fast term)},\;
+  k_{mood,slow}\ \text{(synaptic terms)} \\
+d_0 &= \frac{E_i\,h_e}{h_{50} + h_e},\qquad
+  E_i = \mathrm{logistic}(\mathrm{logit}(E) + \omega_E\,\eta_{E,i}) \\
+\frac{dC}{dt} &= \frac{g_c\,(d_0 - \theta_c)^{+} - C}{\tau_c},\qquad
+  d = 1 - (1 - d_0)(1 - \min(C, 0.95)) \\
 p(t) &= P_i\,(1 - e^{-t/\tau_p})\,e^{-t/\tau_{fade}},\qquad
-  P_i = \mathrm{logistic}(\mathrm{logit}(P) + \omega_P\,\eta_{P,i})
-  &&P = P_{saline}\text{ or }P_{active} \\
-a(t) &= A\,(1 - e^{-t/\tau_{AD}}) &&\text{oral antidepressant background} \\
+  P_i = \mathrm{logistic}(\mathrm{logit}(P) + \omega_P\,\eta_{P,i}) \\
+a(t) &= A\,(1 - e^{-t/\tau_{AD}}) \\
 \mathrm{MADRS}_i(t) &= \mathrm{clip}\left(B_i\,(1 - p)(1 - d)(1 - a) + \varepsilon,\ 0,\ 60\right),
   \qquad \varepsilon \sim N(0, \sigma^2) \\
 \mathrm{HAMD}_{17} &= c_{17}\,\mathrm{MADRS},\qquad \mathrm{HAMD}_6 = c_6\,\mathrm{MADRS} \\
-\text{item 10},\ \mathrm{SSI} &= B_{10},\ B_{SSI}\ \times\ (1 - p)\,(1 - \min(g\,d, 0.99))\,(1 - a)
+\text{item 10} &= B_{10}\,(1 - p)\,(1 - \min(g\,d, 0.99))\,(1 - a) \\
+\mathrm{SSI} &= B_{SSI}\,(1 - p)\,(1 - \min(g\,d, 0.99))\,(1 - a)
 \end{aligned}
 $$
 
-Baselines $B_i \sim N(B_{disorder}, \sigma_B^2)$ by disorder (TRD, MDD, bipolar).
+- $h$: the drive from the synaptic state — LHb burst suppression (hours), synaptic proteins
+  (days), spines (sustained); $f_d$ is the disorder factor (bipolar > 1). $h_e$: the drive
+  after the effect compartments (exact for piecewise-linear $h$).
+- $d_0$: direct drug effect (fraction of the baseline score) with a logit-normal maximum
+  $E_i$; $C$: consolidation, building while $d_0 > \theta_c$ and fading after the last dose.
+- $p$: placebo/expectancy and natural course, $P = P_{saline}$ for saline arms and
+  $P_{active}$ for arms whose infusion feels active (ketamine, midazolam).
+- $a$: oral-antidepressant background; $B_i \sim N(B_{disorder}, \sigma_B^2)$: baseline by
+  disorder (TRD, MDD, bipolar); $\eta$ standard normal per patient.
 """
 
 _SIDE_EQ = r"""
