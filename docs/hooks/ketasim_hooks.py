@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -57,3 +58,12 @@ def on_files(files: Files, config) -> Files:
         log.warning("docs/model.md is stale: it differs from the cards and code; regenerate "
                     "it with `ketasim docs model --out docs/model.md`")
     return files
+
+
+_ROLE = re.compile(r":(?:func|mod|class|data|meth|attr|exc):(?=<code)")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Drop Sphinx roles (``:func:``, ``:mod:`` ...) left in front of code spans by the
+    docstrings; the code span itself stays."""
+    return _ROLE.sub("", html)

@@ -707,9 +707,7 @@ def api_modules() -> list[str]:
 
 def api_page(module: str) -> str:
     """The mkdocstrings page of one module."""
-    mod = importlib.import_module(module)
-    first = (inspect.getdoc(mod) or "").strip().split("\n")[0]
-    return (f"# `{module}`\n\n{_md_escape(first)}\n\n::: {module}\n"
+    return (f"# `{module}`\n\n::: {module}\n"
             "    options:\n      show_root_heading: false\n      show_root_toc_entry: false\n")
 
 
