@@ -263,3 +263,31 @@ def test_every_public_function_and_class_has_a_docstring() -> None:
 
         visit(tree, "")
     assert missing == [], "public objects without a docstring:\n" + "\n".join(missing)
+
+
+def test_built_site_renders_offline_in_chromium() -> None:
+    """The built site (``make docs``) opens from the file system in headless Chromium: math is
+    typeset by the vendored KaTeX, the tutorial figure loads, and no page asks the network."""
+    site = ROOT / "build" / "site"
+    chromium = Path("/usr/bin/chromium")
+    if not (site / "model.html").is_file() or not chromium.is_file():
+        pytest.skip("needs `make docs` and /usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    external: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("request", lambda r: external.append(r.url)
+                if not r.url.startswith(("file:", "data:", "blob:")) else None)
+        page.goto((site / "model.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('.katex').length > 100",
+                               timeout=20_000)
+        assert page.evaluate("document.querySelectorAll('.katex-error').length") == 0
+        page.goto((site / "tutorials" / "single-infusion.html").as_uri())
+        page.wait_for_load_state("load")
+        widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+        assert widths and max(widths) > 500, widths
+        page.goto((site / "reference" / "cli.html").as_uri())
+        assert "ketasim trial" in page.content()
+        browser.close()
+    assert external == []
