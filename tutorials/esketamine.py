@@ -79,7 +79,7 @@ def main() -> None:
             ax[1].plot([28], [val], "D", color=color, markersize=8,
                        label=f"{lab}, TRANSFORM-2")
     ax[1].set(xlabel="day", ylabel="responders (%)", title="Response (MADRS ≥ 50% fall)")
-    ax[1].legend(fontsize=8)
+    ax[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     save(fig, "esketamine")
 
 
