@@ -150,7 +150,9 @@ def test_every_mechanism_symbol_is_mapped() -> None:
     parameter without one is listed here so its equation gets written into the page."""
     missing = [f"{cid}:{n}" for cid, c in load_param_cards().items()
                for n in c.parameters if n not in docsgen.SYMBOLS]
-    assert missing == [], f"add LaTeX symbols (and equations) for {missing}"
+    assert missing == [], (f"new parameters {missing}: add their LaTeX symbols to "
+                           "ketasim.docsgen.SYMBOLS and write their equations into the stage's "
+                           "block there, then `make model-docs`")
 
 
 def test_cli_reference_covers_every_command() -> None:
