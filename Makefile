@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# tutorials rerun (for `make test` and `make docs`) only when a tutorial, the code or a card changed
+TUTORIAL_STAMP := build/tutorials/.ran
+TUTORIAL_DEPS := $(wildcard tutorials/*.py) $(shell find src/ketasim -name '*.py' -o \
+	-name '*.yaml' -o -name '*.toml')
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean docs tutorials model-docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +19,28 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/ketasim run
 
-test: $(STAMP)
+test: $(STAMP) $(TUTORIAL_STAMP)
 	$(BIN)/python -m ruff check src tests
 	$(BIN)/python -m pytest -q
+
+# tutorials on small n (figures and tables in build/tutorials/), under 2 minutes in all;
+# `make test` and `make docs` rerun them only when a tutorial, the code or a card changed
+
+tutorials: $(STAMP)
+	$(BIN)/python -m ruff check tutorials
+	KETASIM_TUTORIAL_N=$${KETASIM_TUTORIAL_N:-24} $(BIN)/python tutorials/run_all.py
+	touch $(TUTORIAL_STAMP)
+
+$(TUTORIAL_STAMP): $(STAMP) $(TUTORIAL_DEPS)
+	$(MAKE) tutorials
+
+# the documentation site, offline, warnings as errors (build/site/index.html)
+docs: $(TUTORIAL_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir build/site
+
+# regenerate the committed model page after changing a card or an equation
+model-docs: $(STAMP)
+	$(BIN)/ketasim docs model --out docs/model.md
 
 bench: $(STAMP)
 	$(BIN)/ketasim bench pk

@@ -38,6 +38,7 @@ N_CHECK = 20  # patients checked against the exact generic solver
 
 
 def bench_regimen() -> Regimen:
+    """The benchmark regimen (racemic ketamine IV, repeated infusions; see ``BENCH_REGIMEN``)."""
     route, dose, duration, schedule = BENCH_REGIMEN
     return Regimen.build(route, dose, duration, schedule=schedule)
 

@@ -95,6 +95,7 @@ def timing_checks(v: dict) -> dict[str, bool]:
 
 
 def timing_scores(hyp: Hypotheses | None = None) -> dict[str, bool]:
+    """Which mechanism timing targets (rodent and human) are met: ``{target: bool}``."""
     return timing_checks(timing_values(hyp))
 
 

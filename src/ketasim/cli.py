@@ -849,6 +849,46 @@ def serve(
     run_server(host, port, s)
 
 
+docs_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="Generate documentation from the code and the cards.")
+app.add_typer(docs_app, name="docs")
+
+
+@docs_app.command("model")
+def docs_model(
+    out_path: Annotated[str, typer.Option("--out", help="write the page here")]
+    = "docs/model.md",
+    check: Annotated[bool, typer.Option("--check", help="only check: exit 2 if the page at "
+                                        "--out is stale")] = False,
+) -> None:
+    """Model page (every equation and card parameter with its source) from the cards and code."""
+    from .docsgen import model_page_is_stale, write_model_page
+
+    if check:
+        if model_page_is_stale(out_path):
+            raise KetasimError("out", f"{out_path} is stale: run `ketasim docs model --out "
+                               f"{out_path}`")
+        out.print(f"{out_path} is up to date")
+        return
+    out.print(f"wrote {write_model_page(out_path)}")
+
+
+@docs_app.command("cli")
+def docs_cli(
+    out_path: Annotated[str | None, typer.Option("--out", help="write here (default: print)")]
+    = None,
+) -> None:
+    """Command-line reference (Markdown) generated from this typer app."""
+    from .docsgen import cli_reference
+
+    text = cli_reference()
+    if out_path is None:
+        print(text)
+        return
+    _write(out_path, text, "out")
+    out.print(f"wrote {out_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps ketasim and usage errors to one line on stderr and exit code 2."""
     import warnings

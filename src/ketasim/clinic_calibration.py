@@ -216,6 +216,8 @@ def metrics(c: dict) -> dict[str, float]:
 
 
 def loss(c: dict) -> float:
+    """Calibration objective for clinic constants ``c``: sum of squared scaled misses of
+    the clinical targets (0 when every target is hit)."""
     m = metrics(c)
     h = lambda x: max(0.0, x)  # noqa: E731
     terms = [

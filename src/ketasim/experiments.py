@@ -26,6 +26,7 @@ SYNAPTIC = ("synaptic_strength", "spine_density", "synaptic_proteins")
 
 @dataclass(frozen=True)
 class Experiment:
+    """A named in-silico experiment: species, the published finding, and its runner."""
     name: str
     species: str
     finding: str

@@ -88,6 +88,7 @@ class Hypotheses:
 
     @classmethod
     def default(cls) -> Hypotheses:
+        """The default weights, from the ``hypotheses`` card."""
         card = load_param_card("hypotheses")
         return cls(**{h: card.value(f"w_{h}") for h in HYPOTHESES})
 
@@ -120,6 +121,7 @@ class Hypotheses:
         return cls(**{h: float(h in names) for h in HYPOTHESES})
 
     def as_dict(self) -> dict[str, float]:
+        """``{branch: weight}`` for the six branches."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -151,6 +153,8 @@ class Interventions:
 
     @classmethod
     def parse(cls, items: str | list[str] | tuple[str, ...] | None) -> Interventions:
+        """Parse ``rapamycin,mg=0.5`` or a list of names; ``mg=<mM>`` sets extracellular
+        Mg2+ (0–20 mM)."""
         if not items:
             return cls()
         if isinstance(items, str):
@@ -175,6 +179,7 @@ class Interventions:
         return name in self.names
 
     def label(self) -> str:
+        """Short label such as ``rapamycin+mg=0.5`` (``none`` when empty)."""
         parts = list(self.names) + ([f"mg={self.mg_mM:g}"] if self.mg_mM is not None else [])
         return "+".join(parts) or "none"
 
@@ -207,6 +212,8 @@ class MechanismParams:
     def from_cards(cls, blockers: tuple[str, ...], hyp: Hypotheses | None = None,
                    intv: Interventions | None = None,
                    overrides: dict[str, float] | None = None) -> MechanismParams:
+        """Constants from the receptor, signalling and interventions cards for the given
+        blockers, with optional ``overrides`` by parameter name (card units)."""
         r = {k: v.value for k, v in load_param_card("receptor").parameters.items()}
         s = {k: v.value for k, v in load_param_card("signalling").parameters.items()}
         iv = {k: v.value for k, v in load_param_card("interventions").parameters.items()}
@@ -238,6 +245,7 @@ class MechanismParams:
         return out
 
     def n_states(self) -> int:
+        """Number of mechanism states: one LHb block per blocker plus the signalling states."""
         return len(self.blockers) + len(STATE_NAMES)
 
     def packed(self) -> np.ndarray:

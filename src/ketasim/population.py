@@ -35,6 +35,7 @@ class Patient:
 
 
 def patient_rng(seed: int, arm_index: int, patient_index: int) -> np.random.Generator:
+    """Random generator of one virtual patient, independent of chunking and workers."""
     return np.random.default_rng(np.random.SeedSequence([seed, arm_index, patient_index]))
 
 

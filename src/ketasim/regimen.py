@@ -59,6 +59,7 @@ class Dose:
 
     @property
     def duration_h(self) -> float:
+        """Input duration (h): 0 for a bolus-type dose."""
         return 0.0
 
 
@@ -79,6 +80,7 @@ class Infusion:
             raise KetasimError("duration", f"must be > 0, got {self.duration_h:g} h", "> 0")
 
     def rate_mg_per_h(self, weight_kg: float) -> float:
+        """Infusion rate (mg/h) for a patient of ``weight_kg`` (kg)."""
         return self.amount.mg(weight_kg) / self.duration_h
 
 
@@ -113,10 +115,12 @@ class Regimen:
 
     @property
     def routes(self) -> tuple[str, ...]:
+        """The routes used, sorted."""
         return tuple(sorted({d.route for d in self.doses}))
 
     @property
     def end_h(self) -> float:
+        """End of the last dose input (h after the first dose)."""
         return max((d.time_h + d.duration_h for d in self.doses), default=0.0)
 
     def total_mg(self, weight_kg: float) -> float:
@@ -322,4 +326,5 @@ def combine(regimens: Iterable[Regimen]) -> Regimen:
 
 
 def dose_times(regimen: Regimen) -> Sequence[float]:
+    """Start times of the doses (h after the first dose)."""
     return [d.time_h for d in regimen.doses]

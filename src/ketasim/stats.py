@@ -90,6 +90,7 @@ def cohens_d(x, y) -> float:
 
 
 def median_or_none(x) -> float | None:
+    """Median of ``x``, or None when empty."""
     a = _arr(x)
     return float(np.median(a)) if a.size else None
 

@@ -74,6 +74,7 @@ def example_path(name: str) -> str:
 
 
 def example_title(name: str) -> str:
+    """The title of a shipped example scenario."""
     import tomllib
 
     with open(example_path(name), "rb") as fh:
@@ -352,6 +353,7 @@ class TrialResult:
 
     @property
     def scale(self) -> str:
+        """The endpoint scale (``madrs``, ``hamd17`` or ``hamd6``)."""
         return self.scenario.endpoints.scale
 
     @property
@@ -361,10 +363,12 @@ class TrialResult:
 
     @property
     def remission_threshold(self) -> float:
+        """Remission threshold (scale points): the scenario's, else the scale default."""
         t = self.scenario.endpoints.remission_threshold
         return REMISSION_DEFAULT[self.scale] if t is None else float(t)
 
     def arm_arrays(self, name: str) -> ArmArrays:
+        """One arm's results as (patients × visits) arrays."""
         d = self.data[self.data["arm"] == name].sort_values(["patient", "time_h"])
         labels = self.meta["visits"]
         nv = len(labels)
@@ -378,6 +382,7 @@ class TrialResult:
 
     @cached_property
     def summary(self) -> dict:
+        """The trial summary (:func:`summarise`)."""
         return summarise(self)
 
     def to_dict(self) -> dict:
@@ -386,6 +391,8 @@ class TrialResult:
 
 
 def summarise(result: TrialResult) -> dict:
+    """Per-arm and per-visit statistics, arm differences, onset, response/remission,
+    relapse and side effects of a trial result (JSON-ready dict)."""
     sc = result.scenario
     scale = result.scale
     f = sc.endpoints.response_fraction

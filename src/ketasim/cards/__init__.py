@@ -44,6 +44,7 @@ class Param(BaseModel):
 
 
 class Compartment(BaseModel):
+    """A PK compartment: name, chemical species, volume parameter (L) and role."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     species: str
@@ -69,6 +70,8 @@ class Flow(BaseModel):
 
 
 class RouteInput(BaseModel):
+    """Where a dose of one route goes: compartment, bioavailability factors, optional
+    zero-order duration parameter (h)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     to: str
     fraction: list[str] = Field(default_factory=list)
@@ -76,12 +79,14 @@ class RouteInput(BaseModel):
 
 
 class Route(BaseModel):
+    """A dosing route of a PK card: its inputs and a note."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     inputs: list[RouteInput]
     note: str = ""
 
 
 class EffectSite(BaseModel):
+    """An effect-site compartment linked to a plasma compartment by ``ke0`` (1/h)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     of: str  # plasma compartment
     ke0: str  # parameter name
@@ -120,6 +125,7 @@ class Enantiomers(BaseModel):
 
 
 class Population(BaseModel):
+    """The population a PK model was estimated in (ages in years, weights in kg)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str
     n: int | None = None
@@ -217,10 +223,12 @@ class PKCard(BaseModel):
         return seen
 
     def hash(self) -> str:
+        """SHA-256 prefix of the card file (run metadata)."""
         return _card_hashes()[("pk", self.id)]
 
 
 class DrugCard(BaseModel):
+    """A drug's constants (molar mass g/mol, salt fractions) and exposure bands (ng/mL)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
     name: str
@@ -229,6 +237,7 @@ class DrugCard(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
     def constant(self, name: str) -> float:
+        """Value of a named constant, in the card's units."""
         return self.constants[name].value
 
 
@@ -244,9 +253,11 @@ class ParamCard(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
     def value(self, name: str) -> float:
+        """Value of a named parameter, in the card's units."""
         return self.parameters[name].value
 
     def hash(self) -> str:
+        """SHA-256 prefix of the card file (run metadata)."""
         return _card_hashes()[("mechanism", self.id)]
 
 
@@ -269,6 +280,7 @@ def _lookup(cards: dict, name: str, field: str, what: str):
 
 
 def load_param_card(name: str) -> ParamCard:
+    """One mechanism-stage parameter card by id (``brain``, ``receptor``, ``clinic``, ...)."""
     return _lookup(load_param_cards(), name, "card", "card")
 
 
@@ -365,6 +377,7 @@ def load_pk_cards() -> dict[str, PKCard]:
 
 @functools.cache
 def load_drugs() -> dict[str, DrugCard]:
+    """All drug cards (``cards/drugs/*.yaml``), by id."""
     cards = {}
     for p in _card_files("drugs"):
         card = _validate(DrugCard, _read_yaml(p), p.name)
@@ -373,10 +386,12 @@ def load_drugs() -> dict[str, DrugCard]:
 
 
 def load_drug(drug: str) -> DrugCard:
+    """One drug card by id (``ketamine``, ``esketamine``, ``norketamine``, ``memantine``)."""
     return _lookup(load_drugs(), drug, "drug", "drug")
 
 
 def load_pk_card(model: str) -> PKCard:
+    """One PK model card by id (see ``ketasim models``)."""
     return _lookup(load_pk_cards(), model, "model", "PK model")
 
 

@@ -61,6 +61,7 @@ class PKResult:
 
     @property
     def parent(self) -> str:
+        """The parent drug (first species with a plasma concentration)."""
         return next(iter(self.plasma_ng_per_ml))
 
     def to_frame(self) -> pd.DataFrame:

@@ -96,9 +96,11 @@ class PKSystem:
 
     @property
     def n(self) -> int:
+        """Number of patients in the batch."""
         return self.K.shape[0]
 
     def index(self, name: str) -> int:
+        """Index of a dynamic state by name."""
         return self.states.index(name)
 
 

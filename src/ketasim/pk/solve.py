@@ -95,16 +95,22 @@ class Solution:
         return self.x[:, :, i] / vol[:, None]
 
     def effect_mg_per_l(self, species: str | None = None) -> np.ndarray:
+        """Effect-site concentration (mg/L), shape (patients, times), of ``species``
+        (default: the first with an effect site)."""
         sp = species or next(iter(self.system.effect))
         return self.x[:, :, self.system.effect[sp]]
 
     def integral(self, name: str) -> np.ndarray:
+        """An integral quantity by name (``eliminated_<species>`` mg, ``auc_<species>``
+        mg·h/L), shape (patients, times)."""
         return self.integrals[:, :, self.system.integrals.index(name)]
 
     def mass_in_body_mg(self) -> np.ndarray:
+        """Total drug amount in the body (mg parent-equivalent), (patients, times)."""
         return self.x[:, :, self.system.mass_states].sum(axis=2)
 
     def eliminated_mg(self) -> np.ndarray:
+        """Cumulative amount eliminated (mg parent-equivalent), (patients, times)."""
         idx = [i for i, q in enumerate(self.system.integrals) if q.startswith("eliminated_")]
         return self.integrals[:, :, idx].sum(axis=2)
 
@@ -189,6 +195,8 @@ def solve(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
 
 
 def check_times(t: np.ndarray, field: str = "times") -> None:
+    """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0 and
+    strictly increasing."""
     if t.ndim != 1 or t.size == 0:
         raise KetasimError(field, "need at least one time")
     if not np.all(np.isfinite(t)) or np.any(t < 0):
