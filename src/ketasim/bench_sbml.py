@@ -63,6 +63,7 @@ def bench_arm() -> ArmSpec:
 
 
 def visits_h() -> np.ndarray:
+    """The benchmark's visit times (h after the first dose)."""
     return np.array([parse_duration(v, field="visits", allow_zero=True) for v in VISITS])
 
 

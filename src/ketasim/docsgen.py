@@ -76,6 +76,8 @@ SYMBOLS: dict[str, str] = {
     "drive50": r"h_{50}", "a_fast": r"a_{fast}", "a_proteins": r"a_{P}", "a_spines": r"a_{S}",
     "k_mood": r"k_{mood}", "k_mood_slow": r"k_{mood,slow}", "consolidation_gain": r"g_c",
     "consolidation_threshold": r"\theta_c", "consolidation_tau_d": r"\tau_c",
+    "consolidation_cap": r"C_{max}", "priming_tau_d": r"\tau_\pi",
+    "esketamine_clinical_factor": r"f_{S}",
     "bipolar_fast_factor": r"f_d", "ad_background_max": r"A",
     "ad_background_tau_d": r"\tau_{AD}", "residual_sd": r"\sigma",
     "hamd17_per_madrs": r"c_{17}", "hamd6_per_madrs": r"c_{6}", "item10_baseline": r"B_{10}",
@@ -435,8 +437,10 @@ h(t) &= f_d\,a_{fast}\,(1 - R_b)^{+} + a_P\,(P - 1)^{+} + a_S\,(S - 1)^{+} \\
   k_{mood,slow}\ \text{(synaptic terms)} \\
 d_0 &= \frac{E_i\,h_e}{h_{50} + h_e},\qquad
   E_i = \mathrm{logistic}(\mathrm{logit}(E) + \omega_E\,\eta_{E,i}) \\
-\frac{dC}{dt} &= \frac{g_c\,(d_0 - \theta_c)^{+} - C}{\tau_c},\qquad
-  d = 1 - (1 - d_0)(1 - \min(C, 0.95)) \\
+\frac{d\pi}{dt} &= \frac{h_{e,f}/(h_{50} + h_{e,f}) - \pi}{\tau_\pi},\qquad
+  h_{e,f}:\ \text{the fast-term part of } h_e \\
+\frac{dC}{dt} &= \frac{g_c\,d_0\,(\pi - \theta_c)^{+} - C}{\tau_c},\qquad
+  d = 1 - (1 - d_0)(1 - \min(C, C_{max})) \\
 p(t) &= P_i\,(1 - e^{-t/\tau_p})\,e^{-t/\tau_{fade}},\qquad
   P_i = \mathrm{logistic}(\mathrm{logit}(P) + \omega_P\,\eta_{P,i}) \\
 a(t) &= A\,(1 - e^{-t/\tau_{AD}}) \\
@@ -452,7 +456,9 @@ $$
   (days), spines (sustained); $f_d$ is the disorder factor (bipolar > 1). $h_e$: the drive
   after the effect compartments (exact for piecewise-linear $h$).
 - $d_0$: direct drug effect (fraction of the baseline score) with a logit-normal maximum
-  $E_i$; $C$: consolidation, building while $d_0 > \theta_c$ and fading after the last dose.
+  $E_i$ (for esketamine arms $h_e$ is multiplied by the calibrated $f_S$); $\pi$: priming,
+  a slow trace of the acute drive that counts recent doses; $C$: consolidation, building
+  while $\pi > \theta_c$ (a series, not one dose) and fading after the last dose.
 - $p$: placebo/expectancy and natural course, $P = P_{saline}$ for saline arms and
   $P_{active}$ for arms whose infusion feels active (ketamine, midazolam).
 - $a$: oral-antidepressant background; $B_i \sim N(B_{disorder}, \sigma_B^2)$: baseline by

@@ -75,6 +75,7 @@ class Settings:
 
 # --------------------------------------------------------------------------- response models
 class ErrorItem(BaseModel):
+    """One validation problem: where (loc), what (msg) and its type."""
     loc: list[str | int]
     msg: str
     type: str
@@ -87,6 +88,7 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
+    """Service health: status, ketasim version and the research-use disclaimer."""
     status: Literal["ok"]
     version: str
     warm: bool
@@ -114,6 +116,7 @@ class JobStatus(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """A PK model card: id, drug, routes, population and source."""
     id: str
     drug: str
     title: str
@@ -129,12 +132,14 @@ class ModelInfo(BaseModel):
 
 
 class ExperimentInfo(BaseModel):
+    """A named in-silico experiment and what it tests."""
     name: str
     species: str
     finding: str
 
 
 class ExperimentResult(BaseModel):
+    """Readouts of one experiment run."""
     name: str
     species: str
     finding: str
@@ -171,6 +176,7 @@ class Options(BaseModel):
 
 
 class Example(BaseModel):
+    """A shipped example scenario: name, title and content."""
     name: str
     title: str
     scenario: Scenario
@@ -256,6 +262,7 @@ class Validation:
             pass
 
     def start(self) -> None:
+        """Start the calibration-target run in the background (no-op if running or cached)."""
         with self.lock:
             if self.state["status"] in ("running", "done"):
                 return
@@ -289,6 +296,7 @@ class Validation:
             self.state.update(status="failed", error=f"{exc.__class__.__name__}: {exc}")
 
     def view(self) -> dict:
+        """The current state of the calibration-target run (status and, when done, results)."""
         t = self.state["result"] or []
         done = self.state["status"] == "done"
         return {"label": "calibration targets", "status": self.state["status"], "targets": t,

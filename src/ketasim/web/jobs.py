@@ -92,6 +92,7 @@ class JobStore:
         self.con.executescript(_SCHEMA)
 
     def submit(self, scenario: dict, total: int) -> str:
+        """Record a new trial job (queued) with its scenario and patient count; returns its id."""
         jid = new_job_id()
         with self._lock:
             self.con.execute("INSERT INTO jobs (id, status, scenario, created, total) "
@@ -100,11 +101,13 @@ class JobStore:
         return jid
 
     def get(self, jid: str) -> JobRow | None:
+        """The job row for ``jid``, or None."""
         with self._lock:
             r = self.con.execute("SELECT * FROM jobs WHERE id = ?", (jid,)).fetchone()
         return _row(r) if r else None
 
     def count(self, *statuses: str) -> int:
+        """Number of jobs with the given statuses."""
         q = ",".join("?" * len(statuses))
         with self._lock:
             return int(self.con.execute(f"SELECT COUNT(*) FROM jobs WHERE status IN ({q})",
@@ -123,12 +126,14 @@ class JobStore:
         return self.get(r["id"])
 
     def fail(self, jid: str, error: str) -> None:
+        """Mark a job failed with a one-line reason."""
         with self._lock:
             self.con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? "
                              "WHERE id = ? AND status IN ('queued', 'running')",
                              (time.time(), error, jid))
 
     def requeue(self, jid: str) -> None:
+        """Put a job back in the queue (after an interrupted run)."""
         with self._lock:
             self.con.execute("UPDATE jobs SET status = 'queued', done = 0 WHERE id = ? AND "
                              "status = 'running'", (jid,))
@@ -211,10 +216,12 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start the dispatcher thread that runs queued jobs."""
         self._thread = threading.Thread(target=self._loop, name="ketasim-jobs", daemon=True)
         self._thread.start()
 
     def wake(self) -> None:
+        """Wake the dispatcher (a job was queued or finished)."""
         self._wake.set()
 
     def _launch(self, row: JobRow) -> None:
