@@ -92,7 +92,7 @@ def _lu_solve(LU, piv, b):
 
 @njit(cache=True, nogil=True)
 def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-            P, y0, t_out, rtol, atol, jac_every, color, pattern, AT, CT, M, E, ALPHA, GSUM,
+            P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
             gam, ys, xs, peak, stats, trace):
     """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
     ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
@@ -201,8 +201,9 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                     for j in range(ny):
                         if color[j] == g:
                             dj = Yst[j] - y[j]
-                            for i in range(ny):
-                                J[i, j] = (fj[i] - f0[i]) / dj if pattern[i, j] else 0.0
+                            for q in range(pptr[j], pptr[j + 1]):
+                                i = rows[q]
+                                J[i, j] = (fj[i] - f0[i]) / dj
                 # ∂f/∂t through the exact concentrations (the time column of the autonomised
                 # Jacobian: a W-method may reuse it with the rest of J)
                 _conc(tau + eps_t, lp, xs_f, W_f, f_blk, fs, conc, ework)
@@ -306,21 +307,21 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
 
 @njit(cache=True, parallel=True)
 def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-               y0, t_out, rtol, atol, jac_every, color, pattern, AT, CT, M, E, ALPHA, GSUM,
+               y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
                gam, ys, xs, peak, stats, trace):
     for p in prange(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-                P, y0, t_out, rtol, atol, jac_every, color, pattern, AT, CT, M, E, ALPHA, GSUM,
+                P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
                 gam, ys, xs, peak, stats, trace)
 
 
 @njit(cache=True)
 def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-                y0, t_out, rtol, atol, jac_every, color, pattern, AT, CT, M, E, ALPHA, GSUM,
+                y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
                 gam, ys, xs, peak, stats, trace):
     for p in range(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-                P, y0, t_out, rtol, atol, jac_every, color, pattern, AT, CT, M, E, ALPHA, GSUM,
+                P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
                 gam, ys, xs, peak, stats, trace)
 
 

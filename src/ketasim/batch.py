@@ -425,6 +425,9 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     y0 = mp.baseline()
     ny = len(y0)
     color, pattern = _jacobian_colouring(mp)
+    # column-compressed pattern: rows[ptr[j]:ptr[j+1]] are the non-zero rows of column j
+    ptr = np.concatenate([[0], np.cumsum(pattern.sum(axis=0))]).astype(np.int64)
+    rows = np.concatenate([np.nonzero(pattern[:, j])[0] for j in range(ny)]).astype(np.int64)
     T = len(t_out)
     ys = np.zeros((n, T, ny))
     xs = np.zeros((n, T, s_tot))
@@ -432,7 +435,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     stats = np.zeros((n, 4), dtype=np.int64)
     args = (bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc,
             np.ascontiguousarray(mgf), packed, y0, t_keys, float(rtol), float(atol),
-            int(jac_every), color, pattern, _AT, _CT, _M, _E, _ALPHA, _GSUM, _GAM, ys, xs,
+            int(jac_every), color, ptr, rows, _AT, _CT, _M, _E, _ALPHA, _GSUM, _GAM, ys, xs,
             peak, stats, trace if trace is not None else np.zeros((0, 4)))
     old = numba.get_num_threads()
     try:
