@@ -93,10 +93,14 @@ def _lu_solve(LU, piv, b):
 @njit(cache=True, nogil=True)
 def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
             P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-            gam, ys, xs, peak, stats, trace):
+            meth, ys, xs, peak, stats, trace):
     """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
     ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
-    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status)."""
+    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status).
+
+    The Rosenbrock method is given in transformed form (Hairer & Wanner; KPP's convention):
+    ``(I/(hγ) − J) u_i = f(t + α_i h, y + Σ_j AT_ij u_j) + Σ_j CT_ij u_j / h + GSUM_i h f_t``,
+    ``y₁ = y + Σ M_i u_i``, error ``Σ E_i u_i``; ``meth`` = (γ, order of the error estimate)."""
     s = lam.shape[1]
     ny = y0.shape[0]
     n_col = 0
@@ -121,7 +125,10 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     y = y0.copy()
     ynew = np.zeros(ny)
     Yst = np.zeros(ny)
-    U = np.zeros((4, ny))
+    ns = M.shape[0]
+    gam = meth[0]
+    expo = -1.0 / meth[1]
+    U = np.zeros((ns, ny))
     ft = np.zeros(ny)
     f0 = np.zeros(ny)
     fj = np.zeros(ny)
@@ -221,7 +228,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 Wm[i, i] += inv
             ok = _lu(Wm, piv)
             if ok:
-                for st in range(4):
+                for st in range(ns):
                     if st == 0:
                         for i in range(ny):
                             U[0, i] = f0[i] + h * GSUM[0] * ft[i]
@@ -243,7 +250,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 for i in range(ny):
                     acc = y[i]
                     ea = 0.0
-                    for j in range(4):
+                    for j in range(ns):
                         acc += M[j] * U[j, i]
                         ea += E[j] * U[j, i]
                     ynew[i] = acc
@@ -266,7 +273,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                     y[i] = ynew[i]
                 if since_jac >= jac_every:
                     need_jac = True
-                fac = 5.0 if en == 0.0 else min(5.0, max(0.2, 0.9 * en ** (-1.0 / 3.0)))
+                fac = 5.0 if en == 0.0 else min(5.0, max(0.2, 0.9 * en ** expo))
                 h_next = h * fac
                 _conc(t - ta, lp, xs_f, W_f, f_blk, fs, conc, ework)
                 for b in range(nblk):
@@ -287,7 +294,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 if not np.isfinite(en):
                     h *= 0.25
                 else:
-                    h *= max(0.2, 0.9 * en ** (-1.0 / 3.0))
+                    h *= max(0.2, 0.9 * en ** expo)
             if h < 1e-12 or n_acc + n_rej > MAX_STEPS:
                 status = 1
                 break
@@ -308,20 +315,20 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
 @njit(cache=True, parallel=True)
 def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
                y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-               gam, ys, xs, peak, stats, trace):
+               meth, ys, xs, peak, stats, trace):
     for p in prange(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
                 P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                gam, ys, xs, peak, stats, trace)
+                meth, ys, xs, peak, stats, trace)
 
 
 @njit(cache=True)
 def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
                 y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                gam, ys, xs, peak, stats, trace):
+                meth, ys, xs, peak, stats, trace):
     for p in range(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
                 P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                gam, ys, xs, peak, stats, trace)
+                meth, ys, xs, peak, stats, trace)
 
 
