@@ -254,7 +254,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                         acc += M[j] * U[j, i]
                         ea += E[j] * U[j, i]
                     ynew[i] = acc
-                    sc = atol + rtol * max(abs(y[i]), abs(acc))
+                    sc = atol[i] + rtol * max(abs(y[i]), abs(acc))
                     en += (ea / sc) ** 2
                 en = np.sqrt(en / ny)
             else:
