@@ -30,10 +30,11 @@ Design (why it is fast, and why it stays exact where it can):
   entries track the drug concentration, so errors grow and steps get rejected. The default
   refreshes both at every step.
 * **Adaptive step control** with a mixed error norm ``‖err_i / (atol + rtol·|y_i|)‖₂/√n ≤ 1``
-  (defaults :data:`RTOL` = 5e-5, :data:`ATOL` = 1e-8 on states normalised to 1, and
+  (defaults :data:`RTOL` = 2e-5, :data:`ATOL` = 1e-8 on states normalised to 1, and
   ATOL × :data:`BLOCK_ATOL_FACTOR` on the small LHb block fractions). Measured on the 28-day
-  course for 8 virtual patients, the largest relative deviation of any readout from a tight
-  LSODA reference was 1.8e-5 (at rtol 1e-4 it reached 2.3e-4, on the LHb block, hence 5e-5).
+  course (virtual patients of ``ketasim bench engine``), the largest relative deviation of any
+  output from a tight LSODA reference was 6e-5, on LHb block fractions of ~1e-8 (a millionth
+  of their peak, 84 h after a dose); at rtol 1e-4 it reached 2.3e-4, at 5e-5 9e-5.
   Controller ``h·min(5, max(0.2, 0.9·err^(−1/q)))``, q the order of the error estimate.
 * **Steps land exactly** on every dose, infusion start and stop, intervention window edge and
   output time; the intervention window is evaluated on the open interval so a stage at the
@@ -75,7 +76,7 @@ __all__ = ["BatchResult", "simulate_batch", "components_batch", "simulate_arm_ba
 
 #: default relative and absolute tolerances of the mechanism integrator (states are
 #: normalised to 1 at baseline; channel-block fractions are 0–1)
-RTOL = 5e-5
+RTOL = 2e-5
 ATOL = 1e-8
 #: the LHb channel-block states are fractions that stay ≲ 0.1 and decay to ~1e-7 between doses,
 #: and block is reported relative to its own size: their absolute tolerance is ATOL × this
