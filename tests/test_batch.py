@@ -221,3 +221,30 @@ def test_control_arm_batched():
     got = simulate_arm_batched(arm, patients, visits)
     ref = mood.simulate_arm(arm, patients, visits)
     np.testing.assert_allclose(got["madrs"], ref["madrs"], rtol=1e-12)
+
+
+# ------------------------------------------------------------------ benchmark command
+def test_bench_engine_cli_smoke(capsys):
+    import json
+
+    from ketasim.cli import main
+
+    rc = main(["bench", "engine", "--n", "3", "--reference", "1", "--courses", "4", "--chunk",
+               "3", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    d = json.loads(cap.out)
+    for key in ("us_per_course_1_thread", "scipy_reference_ms_per_course",
+                "interactive_one_course_ms", "chunked_wall_s", "peak_rss_mb"):
+        assert d[key] > 0, key
+    assert d["max_rel_diff_vs_tight_reference"] < 1e-4
+    assert d["threads_identical"] is True
+    assert d["chunked_courses"] == 4
+
+
+def test_bench_engine_cli_bad_input(capsys):
+    from ketasim.cli import main
+
+    assert main(["bench", "engine", "--n", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: n") and len(err.strip().splitlines()) == 1
