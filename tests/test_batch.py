@@ -155,6 +155,12 @@ def test_peak_is_max_of_the_step_grid():
     assert b.peak_brain_free_uM["ketamine"][0] <= on_grid * 1.05
 
 
+def test_bad_threads_is_one_line_error():
+    reg = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min")
+    with pytest.raises(KetasimError, match="threads"):
+        simulate_batch([Course("ketamine", reg)], [0.0, 1.0], threads=0)
+
+
 def test_bad_iiv_length_is_one_line_error():
     reg = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min")
     with pytest.raises(KetasimError, match="iiv"):

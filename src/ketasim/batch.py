@@ -350,6 +350,9 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     t0 = time.perf_counter()
     t_out = np.asarray(times_h, dtype=float)
     check_times(t_out)
+    if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise KetasimError("threads", f"must be 1..{numba.config.NUMBA_NUM_THREADS}, "
+                           f"got {threads}")
     if not courses:
         raise KetasimError("courses", "need at least one drug course")
     groups = _per_patient_covariates(covariates, n_patients)
