@@ -889,6 +889,32 @@ def docs_cli(
     out.print(f"wrote {out_path}")
 
 
+@bench_app.command("engine")
+def bench_engine(
+    n: Annotated[int, typer.Option(help="patients in the timed batch")] = 200,
+    reference: Annotated[int, typer.Option(help="patients run through the SciPy reference")] = 3,
+    courses: Annotated[int, typer.Option(
+        help="also run this many patient-courses in chunks, summaries only (e.g. 1000000)")] = 0,
+    chunk: Annotated[int, typer.Option(help="patients per chunk for --courses")] = 5000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """µs per patient-course of the batched engine vs the SciPy reference (28 days, 8 doses)."""
+    from .bench_engine import run_engine_bench
+
+    for name, v, lo, hi in (("n", n, 1, 1_000_000), ("reference", reference, 1, 100),
+                            ("courses", courses, 0, 100_000_000), ("chunk", chunk, 1, 1_000_000)):
+        if not lo <= v <= hi:
+            raise KetasimError(name, f"must be {lo:,}..{hi:,}, got {v}")
+    r = run_engine_bench(n_patients=n, n_reference=reference, courses=courses, chunk=chunk,
+                         seed=seed)
+    if as_json:
+        print(json.dumps(_jsonable(r)))
+        return
+    for k, v in r.items():
+        out.print(f"{k}: {v}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps ketasim and usage errors to one line on stderr and exit code 2."""
     import warnings

@@ -335,6 +335,17 @@ def qss_block(conc, kd0, kesc, mg_row, kon, po):
 
 
 @njit(cache=True)
+def qss_total(conc, kd0, kesc, mg_row, kon, po):
+    """Total quasi-steady-state block ``Σ_j b_j`` of :func:`qss_block`, without allocating."""
+    tot = 0.0
+    for j in range(conc.shape[0]):
+        on = kon * max(conc[j], 0.0) * po / mg_row[j]
+        off = kon * kd0[j] * po + kesc[j] * (1.0 - po)
+        tot += on / off
+    return tot / (1.0 + tot)
+
+
+@njit(cache=True)
 def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     """Compiled right-hand side (1/h).
 
@@ -342,16 +353,24 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     brain µM per blocker; ``mgf`` Mg2+ factors (4 populations × blockers); ``P`` packed
     constants (:meth:`MechanismParams.packed`).
     """
+    dy = np.empty_like(y)
+    rhs_into(t, y, conc, kd0, kesc, mgf, P, dy)
+    return dy
+
+
+@njit(cache=True)
+def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
+    """:func:`rhs_nb` writing into ``dy`` (no allocation; the single definition of the
+    equations, used by the LSODA reference and by the batched engine)."""
     nb = conc.shape[0]
     kon = P[0]
-    bE2B = qss_block(conc, kd0, kesc, mgf[0], kon, P[1]).sum()
-    bEsyn = qss_block(conc, kd0, kesc, mgf[1], kon, P[2]).sum()
-    bI = qss_block(conc, kd0, kesc, mgf[2], kon, P[3]).sum()
+    bE2B = qss_total(conc, kd0, kesc, mgf[0], kon, P[1])
+    bEsyn = qss_total(conc, kd0, kesc, mgf[1], kon, P[2])
+    bI = qss_total(conc, kd0, kesc, mgf[2], kon, P[3])
     K, pE, rE, G, BD, X = y[nb], y[nb + 1], y[nb + 2], y[nb + 3], y[nb + 4], y[nb + 5]
     M, Pp, N1, N2, S, Rb = y[nb + 6], y[nb + 7], y[nb + 8], y[nb + 9], y[nb + 10], y[nb + 11]
     Z = y[nb + 12]
     Qg = y[nb + 13]
-    dy = np.empty_like(y)
     # lateral habenula: slow, trapped block kept as an ODE (Po rises with bursting)
     BH = 0.0
     for j in range(nb):
@@ -431,7 +450,6 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     dy[nb + 11] = dRb
     dy[nb + 12] = dZ
     dy[nb + 13] = dQ
-    return dy
 
 
 @njit(cache=True)

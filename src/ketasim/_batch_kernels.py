@@ -1,0 +1,334 @@
+"""Compiled kernels of the batched engine (:mod:`ketasim.batch`); see that module's docstring.
+
+This file is loaded by :func:`ketasim.batch._kernels` through a copy whose name carries a hash
+of this file and of :mod:`ketasim.mechanism`, so numba's on-disk cache is invalidated whenever
+the mechanism equations change (numba itself only watches the file a function is defined in).
+Imports are absolute for that reason.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from ketasim.mechanism import rhs_into
+
+MAX_STEPS = 2_000_000  # per patient-course, a guard against runaway step-size collapse
+
+
+@njit(cache=True, nogil=True)
+def _pk_at(tau, lam, V, xss, c, out):
+    """Exact PK state ``x(τ) = x_ss + V (e^{λτ} ∘ c)`` into ``out``."""
+    s = lam.shape[0]
+    for i in range(s):
+        acc = xss[i]
+        for j in range(s):
+            acc += V[i, j] * c[j] * np.exp(lam[j] * tau)
+        out[i] = acc
+
+
+@njit(cache=True, nogil=True)
+def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
+    """Free brain µM per blocker at ``τ`` into the interval (only the states that feed it)."""
+    s = lam.shape[0]
+    for j in range(s):
+        ework[j] = np.exp(lam[j] * tau)
+    for b in range(conc.shape[0]):
+        conc[b] = 0.0
+    for i in range(f_blk.shape[0]):
+        x = xs_f[i]
+        for j in range(s):
+            x += W_f[i, j] * ework[j]
+        conc[f_blk[i]] += f_scale[i] * max(x, 0.0)
+
+
+@njit(cache=True, nogil=True)
+def _lu(Amat, piv):
+    """In-place LU with partial pivoting (small dense matrix). Returns False if singular."""
+    n = Amat.shape[0]
+    for k in range(n):
+        p = k
+        best = abs(Amat[k, k])
+        for i in range(k + 1, n):
+            if abs(Amat[i, k]) > best:
+                best = abs(Amat[i, k])
+                p = i
+        if best == 0.0 or not np.isfinite(best):
+            return False
+        piv[k] = p
+        if p != k:
+            for j in range(n):
+                tmp = Amat[k, j]
+                Amat[k, j] = Amat[p, j]
+                Amat[p, j] = tmp
+        inv = 1.0 / Amat[k, k]
+        for i in range(k + 1, n):
+            f = Amat[i, k] * inv
+            Amat[i, k] = f
+            if f != 0.0:
+                for j in range(k + 1, n):
+                    Amat[i, j] -= f * Amat[k, j]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _lu_solve(LU, piv, b):
+    n = LU.shape[0]
+    for k in range(n):
+        p = piv[k]
+        if p != k:
+            tmp = b[k]
+            b[k] = b[p]
+            b[p] = tmp
+    for i in range(n):
+        acc = b[i]
+        for j in range(i):
+            acc -= LU[i, j] * b[j]
+        b[i] = acc
+    for i in range(n - 1, -1, -1):
+        acc = b[i]
+        for j in range(i + 1, n):
+            acc -= LU[i, j] * b[j]
+        b[i] = acc / LU[i, i]
+
+
+@njit(cache=True, nogil=True)
+def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
+            P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
+            meth, ys, xs, peak, stats, trace):
+    """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
+    ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
+    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status).
+
+    The Rosenbrock method is given in transformed form (Hairer & Wanner; KPP's convention):
+    ``(I/(hγ) − J) u_i = f(t + α_i h, y + Σ_j AT_ij u_j) + Σ_j CT_ij u_j / h + GSUM_i h f_t``,
+    ``y₁ = y + Σ M_i u_i``, error ``Σ E_i u_i``; ``meth`` = (γ, order of the error estimate)."""
+    s = lam.shape[1]
+    ny = y0.shape[0]
+    n_col = 0
+    for j in range(ny):
+        n_col = max(n_col, color[j] + 1)
+    nf = f_idx.shape[0]
+    nblk = kd0.shape[0]
+    T = t_out.shape[0]
+    lp = lam[p]
+    Vp = V[p]
+    Vi = Vinv[p]
+    fs = f_scale[p]
+    x0 = np.zeros(s)
+    rate = np.zeros(s)
+    xss = np.zeros(s)
+    c = np.zeros(s)
+    tmp = np.zeros(s)
+    xs_f = np.zeros(nf)
+    W_f = np.zeros((nf, s))
+    ework = np.zeros(s)
+    conc = np.zeros(nblk)
+    y = y0.copy()
+    ynew = np.zeros(ny)
+    Yst = np.zeros(ny)
+    ns = M.shape[0]
+    gam = meth[0]
+    expo = -1.0 / meth[1]
+    U = np.zeros((ns, ny))
+    ft = np.zeros(ny)
+    f0 = np.zeros(ny)
+    fj = np.zeros(ny)
+    J = np.zeros((ny, ny))
+    Wm = np.zeros((ny, ny))
+    piv = np.zeros(ny, dtype=np.int64)
+    pk = np.zeros(nblk)
+    n_acc = 0
+    n_rej = 0
+    n_jac = 0
+    status = 0
+    k_out = 0
+    h = 1e-3
+    nb = bps.shape[0]
+    eps_t = 1e-8
+    for k in range(nb):
+        ta = bps[k]
+        # events at ta: rate changes, boluses (an output at a bolus time includes it)
+        for i in range(s):
+            rate[i] += drate[p, k, i]
+            x0[i] += dbol[p, k, i]
+        while k_out < T and t_out[k_out] <= ta:
+            for i in range(ny):
+                ys[p, k_out, i] = y[i]
+            for i in range(s):
+                xs[p, k_out, i] = x0[i]
+            k_out += 1
+        if k + 1 >= nb:
+            break
+        tb = bps[k + 1]
+        tw = wmid[k]
+        # modal coefficients of this interval: x_ss = −V Λ⁻¹ V⁻¹ r, c = V⁻¹ (x0 − x_ss)
+        for j in range(s):
+            acc = 0.0
+            for i in range(s):
+                acc += Vi[j, i] * rate[i]
+            tmp[j] = -acc / lp[j]
+        for i in range(s):
+            acc = 0.0
+            for j in range(s):
+                acc += Vp[i, j] * tmp[j]
+            xss[i] = acc
+        for j in range(s):
+            acc = 0.0
+            for i in range(s):
+                acc += Vi[j, i] * (x0[i] - xss[i])
+            c[j] = acc
+        for q in range(nf):
+            xs_f[q] = xss[f_idx[q]]
+            for j in range(s):
+                W_f[q, j] = Vp[f_idx[q], j] * c[j]
+        t = ta
+        need_jac = True
+        since_jac = 0
+        h = min(h, 1e-2)
+        while t < tb:
+            t_end = tb
+            if k_out < T and t_out[k_out] < tb:
+                t_end = t_out[k_out]
+            last = False
+            h_prop = h
+            if t + 1.05 * h >= t_end:
+                h = t_end - t
+                last = True
+            tau = t - ta
+            _conc(tau, lp, xs_f, W_f, f_blk, fs, conc, ework)
+            rhs_into(tw, y, conc, kd0, kesc, mgf, P, f0)
+            if need_jac:
+                # forward differences, structurally independent columns perturbed together
+                for g in range(n_col):
+                    for i in range(ny):
+                        Yst[i] = y[i]
+                    for j in range(ny):
+                        if color[j] == g:
+                            Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
+                    rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
+                    for j in range(ny):
+                        if color[j] == g:
+                            dj = Yst[j] - y[j]
+                            for q in range(pptr[j], pptr[j + 1]):
+                                i = rows[q]
+                                J[i, j] = (fj[i] - f0[i]) / dj
+                # ∂f/∂t through the exact concentrations (the time column of the autonomised
+                # Jacobian: a W-method may reuse it with the rest of J)
+                _conc(tau + eps_t, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                rhs_into(tw, y, conc, kd0, kesc, mgf, P, fj)
+                for i in range(ny):
+                    ft[i] = (fj[i] - f0[i]) / eps_t
+                n_jac += 1
+                need_jac = False
+                since_jac = 0
+            # W = I/(hγ) − J
+            inv = 1.0 / (h * gam)
+            for i in range(ny):
+                for j in range(ny):
+                    Wm[i, j] = -J[i, j]
+                Wm[i, i] += inv
+            ok = _lu(Wm, piv)
+            if ok:
+                for st in range(ns):
+                    if st == 0:
+                        for i in range(ny):
+                            U[0, i] = f0[i] + h * GSUM[0] * ft[i]
+                    else:
+                        for i in range(ny):
+                            acc = y[i]
+                            for j in range(st):
+                                acc += AT[st, j] * U[j, i]
+                            Yst[i] = acc
+                        _conc(tau + ALPHA[st] * h, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                        rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
+                        for i in range(ny):
+                            acc = fj[i] + h * GSUM[st] * ft[i]
+                            for j in range(st):
+                                acc += CT[st, j] / h * U[j, i]
+                            U[st, i] = acc
+                    _lu_solve(Wm, piv, U[st])
+                en = 0.0
+                for i in range(ny):
+                    acc = y[i]
+                    ea = 0.0
+                    for j in range(ns):
+                        acc += M[j] * U[j, i]
+                        ea += E[j] * U[j, i]
+                    ynew[i] = acc
+                    sc = atol[i] + rtol * max(abs(y[i]), abs(acc))
+                    en += (ea / sc) ** 2
+                en = np.sqrt(en / ny)
+            else:
+                en = np.inf
+            nt = n_acc + n_rej
+            if p == 0 and nt < trace.shape[0]:
+                trace[nt, 0] = t
+                trace[nt, 1] = h
+                trace[nt, 2] = en
+                trace[nt, 3] = float(since_jac)
+            if en <= 1.0:
+                n_acc += 1
+                since_jac += 1
+                t = t_end if last else t + h
+                for i in range(ny):
+                    y[i] = ynew[i]
+                if since_jac >= jac_every:
+                    need_jac = True
+                fac = 5.0 if en == 0.0 else min(5.0, max(0.2, 0.9 * en ** expo))
+                h_next = h * fac
+                _conc(t - ta, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                for b in range(nblk):
+                    if conc[b] > pk[b]:
+                        pk[b] = conc[b]
+                if last and k_out < T and t_out[k_out] == t and t < tb:
+                    for i in range(ny):
+                        ys[p, k_out, i] = y[i]
+                    _pk_at(t - ta, lp, Vp, xss, c, tmp)
+                    for i in range(s):
+                        xs[p, k_out, i] = tmp[i]
+                    k_out += 1
+                h = max(h_next, h_prop) if last else h_next
+            else:
+                n_rej += 1
+                if since_jac > 0:
+                    need_jac = True
+                if not np.isfinite(en):
+                    h *= 0.25
+                else:
+                    h *= max(0.2, 0.9 * en ** expo)
+            if h < 1e-12 or n_acc + n_rej > MAX_STEPS:
+                status = 1
+                break
+        if status != 0:
+            break
+        # advance the PK state exactly to tb
+        _pk_at(tb - ta, lp, Vp, xss, c, tmp)
+        for i in range(s):
+            x0[i] = tmp[i]
+    for b in range(nblk):
+        peak[p, b] = pk[b]
+    stats[p, 0] = n_acc
+    stats[p, 1] = n_rej
+    stats[p, 2] = n_jac
+    stats[p, 3] = status
+
+
+@njit(cache=True, parallel=True)
+def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
+               y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
+               meth, ys, xs, peak, stats, trace):
+    for p in prange(lam.shape[0]):
+        _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
+                P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
+                meth, ys, xs, peak, stats, trace)
+
+
+@njit(cache=True)
+def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
+                y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
+                meth, ys, xs, peak, stats, trace):
+    for p in range(lam.shape[0]):
+        _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
+                P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
+                meth, ys, xs, peak, stats, trace)
+
+
