@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import __version__
+from .batch import components_batch
 from .bench import BENCH_DRUG, BENCH_REGIMEN, _max_rel_diff
 from .mood import _grid, arm_regimen, mechanism_components, scores_batch
 from .pk import Covariates, resolve_model
@@ -111,9 +112,7 @@ def _ketasim_course_batch(arm: ArmSpec, patients: list[Patient],
                           visits: np.ndarray) -> dict[str, np.ndarray]:
     """ketasim for a batch: MADRS and parent plasma (patients × visits)."""
     t = _grid(visits, arm_regimen(arm))
-    # swap for ketasim.batch.components_batch(arm, patients, t) once it exists:
-    comps = [mechanism_components(arm, p, t) for p in patients]
-    comp = {k: np.stack([c[k] for c in comps]) for k in comps[0]}
+    comp = components_batch(arm, patients, t)  # the batched compiled engine
     madrs = scores_batch(arm, patients, t, visits, comp)["madrs"]
     return {"madrs": madrs, "plasma": plasma_batch(arm, patients, visits)}
 
@@ -259,8 +258,9 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
     res["details"] = {
         "course": f"{BENCH_DRUG} " + ", ".join(BENCH_REGIMEN),
         "visits": list(VISITS), "seed": int(seed), "n_scipy": int(n_ref),
-        "ketasim_path": "mood.mechanism_components (SciPy LSODA engine) + mood.scores_batch, "
-                        "exact batched PK for plasma",
+        "ketasim_path": "batch.components_batch (exact modal PK + RODAS4 on the mechanism, "
+                        "numba, all patients at once) + mood.scores_batch; exact batched PK "
+                        "for plasma",
         "scipy_path": "engine.simulate via mood.mechanism_components + mood.scores_batch "
                       "(timed); plasma from pk.solve_reference, LSODA rtol 1e-10 (untimed)",
         "roadrunner": f"CVODE rtol={RR_RTOL:g} atol={RR_ATOL:g} (PK states {RR_ATOL_PK:g}); "
