@@ -39,6 +39,7 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -455,17 +456,39 @@ def _execute_processes(scenario: Scenario, todo: list[Chunk], labels: list[str],
                     errors[ch.key] = exc
                     continue
                 take(ch, res)
+        again = []
         for ch in failed:
             attempts[ch.key] = attempts.get(ch.key, 0) + 1
+            exc = errors[ch.key]
             if attempts[ch.key] > retries:
-                exc = errors[ch.key]
+                if isinstance(exc, BrokenProcessPool):
+                    # a dead worker fails every chunk in the pool: run this one alone to
+                    # tell the chunk that kills its worker from the ones that were nearby
+                    exc = _run_alone(scenario, ch, labels, visits_h, trajectories, take)
+                    if exc is None:
+                        continue
                 raise KetasimError("executor", f"{_chunk_label(ch)} failed "
                                    f"{attempts[ch.key]} times: {exc.__class__.__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''}")
+            again.append(ch)
+        failed = again
         resubmitted += len(failed)
         order = {ch.key: i for i, ch in enumerate(todo)}
         pending = sorted(failed, key=lambda c: order[c.key])
     return resubmitted
+
+
+def _run_alone(scenario: Scenario, ch: Chunk, labels: list[str], visits_h: np.ndarray,
+               trajectories: int, take: Take) -> BaseException | None:
+    """Run one chunk in a worker process of its own; its exception, or None (taken)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=_fork_context()) as pool:
+        fut = pool.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories)
+        try:
+            res = fut.result()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            return exc
+    take(ch, res)
+    return None
 
 
 _SCHEDULER = re.compile(r"^(tcp|tls|ucx|ws|wss|inproc)://\S+$")
@@ -497,7 +520,7 @@ def _execute_dask(scenario: Scenario, todo: list[Chunk], labels: list[str],
                                f"{exc.__class__.__name__}") from exc
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         threads = max(1, sum(client.nthreads().values()))
