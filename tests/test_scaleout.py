@@ -58,7 +58,7 @@ def cluster():
 
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None,
+                                  dashboard_address=":0",
                                   silence_logs=logging.CRITICAL) as c:
         yield c
 
@@ -141,7 +141,8 @@ def test_processes_give_up_after_retries(small, tmp_path, monkeypatch):
 
     monkeypatch.setitem(trial.__dict__, "_real_run_chunk", trial._run_chunk)
     monkeypatch.setattr(trial, "_run_chunk", always_crash)
-    with pytest.raises(KetasimError, match="executor.*'saline' patients 0–5 failed 2 times: BrokenProcessPool"):
+    with pytest.raises(KetasimError,
+                       match="executor.*'saline' patients 0–5 failed 2 times: BrokenProcess"):
         run_trial(small, chunk_size=6, executor="processes", workers=2, retries=1)
 
 

@@ -520,7 +520,7 @@ def _execute_dask(scenario: Scenario, todo: list[Chunk], labels: list[str],
                                f"{exc.__class__.__name__}") from exc
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
         client = Client(cluster)
     try:
         threads = max(1, sum(client.nthreads().values()))
@@ -530,8 +530,11 @@ def _execute_dask(scenario: Scenario, todo: list[Chunk], labels: list[str],
         by_key: dict[str, Chunk] = {}
         ac = dask_as_completed()
 
+        attempts: dict[str, int] = {}
+        resubmitted = 0
+
         def submit(ch: Chunk) -> None:
-            key = f"ketasim-chunk-{token}-{ch.key}"
+            key = f"ketasim-chunk-{token}-{ch.key}-{attempts.get(ch.key, 0)}"
             by_key[key] = ch
             ac.add(client.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories,
                                  key=key, retries=retries, pure=False))
@@ -542,10 +545,21 @@ def _execute_dask(scenario: Scenario, todo: list[Chunk], labels: list[str],
             ch = by_key.pop(fut.key)
             try:
                 res = fut.result()
-            except Exception as exc:  # noqa: BLE001 - retries exhausted or worker lost
-                raise KetasimError("executor", f"{_chunk_label(ch)} failed after {retries} "
-                                   f"retries: {exc.__class__.__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            except Exception as exc:  # noqa: BLE001 - task error, or result lost in transit
+                status = fut.status
+                fut.release()
+                attempts[ch.key] = attempts.get(ch.key, 0) + 1
+                if status == "error" or attempts[ch.key] > retries:
+                    # "error": the task itself failed on the cluster after its retries (or
+                    # killed its workers, KilledWorker)
+                    raise KetasimError("executor", f"{_chunk_label(ch)} failed after "
+                                       f"{retries} retries: {exc.__class__.__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                                       ) from exc
+                # the result was lost with its worker while being fetched: submit it again
+                resubmitted += 1
+                submit(ch)
+                continue
             fut.release()
             take(ch, res)
             nxt = next(chunks, None)
@@ -555,7 +569,7 @@ def _execute_dask(scenario: Scenario, todo: list[Chunk], labels: list[str],
         client.close()
         if cluster is not None:
             cluster.close()
-    return 0
+    return resubmitted
 
 
 # --------------------------------------------------------------------------- run_trial
