@@ -38,7 +38,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -440,22 +440,32 @@ def _execute_processes(scenario: Scenario, todo: list[Chunk], labels: list[str],
     attempts: dict[str, int] = {}
     resubmitted = 0
     pending = list(todo)
+    window = 4 * workers  # chunks in flight: results are taken (written) and dropped as they come
+    task = (scenario, labels, visits_h, trajectories)
     while pending:
         failed: list[Chunk] = []
         errors: dict[str, BaseException] = {}
+        queue = iter(pending)
+        carry: list[Chunk] = []  # not submitted before the pool broke: not charged
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)),
                                  mp_context=_fork_context()) as pool:
-            futs = {pool.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories): ch
-                    for ch in pending}
-            for f in as_completed(futs):
-                ch = futs[f]
-                try:
-                    res = f.result()
-                except Exception as exc:  # noqa: BLE001 - worker crash or error: retry
-                    failed.append(ch)
-                    errors[ch.key] = exc
-                    continue
-                take(ch, res)
+            running: dict = {}
+
+            _fill(pool, running, queue, carry, window, task)
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    ch = running.pop(f)
+                    try:
+                        res = f.result()
+                    except Exception as exc:  # noqa: BLE001 - worker crash or error: retry
+                        failed.append(ch)
+                        errors[ch.key] = exc
+                        continue
+                    take(ch, res)
+                    del res
+                del done
+                _fill(pool, running, queue, carry, window, task)
         again = []
         for ch in failed:
             attempts[ch.key] = attempts.get(ch.key, 0) + 1
@@ -471,11 +481,27 @@ def _execute_processes(scenario: Scenario, todo: list[Chunk], labels: list[str],
                                    f"{attempts[ch.key]} times: {exc.__class__.__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''}")
             again.append(ch)
-        failed = again
-        resubmitted += len(failed)
+        resubmitted += len(again)
         order = {ch.key: i for i, ch in enumerate(todo)}
-        pending = sorted(failed, key=lambda c: order[c.key])
+        pending = sorted(again + carry, key=lambda c: order[c.key])
     return resubmitted
+
+
+def _fill(pool: ProcessPoolExecutor, running: dict, queue, carry: list[Chunk], window: int,
+          task: tuple) -> None:
+    """Submit chunks from ``queue`` until ``window`` are running; if the pool has broken,
+    move the rest to ``carry`` (resubmitted on the next pool without being charged)."""
+    scenario, labels, visits_h, trajectories = task
+    while len(running) < window:
+        ch = next(queue, None)
+        if ch is None:
+            return
+        try:
+            running[pool.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories)] = ch
+        except BrokenProcessPool:
+            carry.append(ch)
+            carry.extend(queue)
+            return
 
 
 def _run_alone(scenario: Scenario, ch: Chunk, labels: list[str], visits_h: np.ndarray,
