@@ -72,6 +72,7 @@ def main() -> None:
                           workers=args.workers, out=out, resume=False, progress=bar)
     t_run = time.perf_counter() - t0
     bar.finish()
+    rss_run = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t1 = time.perf_counter()
     s = res.to_dict()
     t_sum = time.perf_counter() - t1
@@ -81,7 +82,8 @@ def main() -> None:
         "n": args.n, "executor": args.executor, "workers": args.workers,
         "chunk_size": args.chunk_size, "run_s": round(t_run, 1),
         "patients_per_s": round(args.n / t_run), "summary_s": round(t_sum, 1),
-        "peak_rss_main_mb": round(own), "peak_rss_largest_worker_mb": round(kids),
+        "peak_rss_main_after_run_mb": round(rss_run), "peak_rss_main_mb": round(own),
+        "peak_rss_largest_worker_mb": round(kids),
         "response_24h": {a: s["arms"][a]["24 h"]["response_rate"] for a in s["arms"]},
     }))
 
