@@ -1,9 +1,12 @@
 """Virtual trials: arms of virtual patients, chunked execution and endpoint statistics.
 
 ``run_trial(scenario)`` samples every arm's patients (per-patient seeds, see
-:mod:`ketasim.population`), simulates them in chunks through an executor (``"serial"`` or
-``"processes"``) and returns a :class:`TrialResult`: the long table (one row per patient and
-visit, plus a baseline row at t = 0 whose score is the patient's baseline) and the summary.
+:mod:`ketasim.population`), simulates them in chunks through an executor (``"serial"``,
+``"processes"`` or ``"dask"``; :func:`_run_chunk` is the one per-chunk work function) and
+returns a :class:`TrialResult`: per-patient summaries per chunk (Parquet shards with ``out``,
+see :mod:`ketasim.shards`), the long table of a sample of patients (one row per patient and
+visit, plus a baseline row at t = 0 whose score is the patient's baseline) and the summary,
+computed from the shards one visit at a time.
 
 Because each patient's draws depend only on ``(seed, arm_index, patient_index)``, the results
 do not depend on the chunk size, on the executor or on the order in which chunks finish.
