@@ -343,3 +343,32 @@ def test_cli_dask_default_local_cluster(capsys, tmp_path):
     for key in SUMMARY_KEYS:
         assert d[key] == ref[key]
     assert FINAL.match(err.strip().splitlines()[-1]), err
+
+
+def test_engine_seam_accepts_rows_in_any_order(small, reference, monkeypatch):
+    """``_run_chunk`` calls the engine through one line (``mood.simulate_arm``); an engine
+    (e.g. a batched one) that returns the same long table in another row order gives the same
+    per-patient results."""
+    import ketasim.mood
+
+    real = ketasim.mood.simulate_arm
+
+    def shuffled(arm, patients, visits_h, hypotheses=None):
+        df = real(arm, patients, visits_h, hypotheses)
+        return df.iloc[np.random.default_rng(0).permutation(len(df))].reset_index(drop=True)
+
+    monkeypatch.setattr(ketasim.mood, "simulate_arm", shuffled)
+    res = run_trial(small, chunk_size=5)
+    assert_same(res, reference)
+    pd.testing.assert_frame_equal(res.data, reference.data, check_exact=True)
+
+
+def test_cli_bad_scheduler_and_executor(capsys, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(TOML)
+    for args, key in ((["--scheduler", "localhost:8786"], "scheduler"),
+                      (["--executor", "mpi"], "executor"),
+                      (["--trajectories", "-3"], "trajectories")):
+        rc, stdout, err = cli(capsys, ["trial", str(path), "--json", *args])
+        assert rc == 2 and stdout == "", err
+        assert err.startswith("error: ") and err.count("\n") == 1 and key in err

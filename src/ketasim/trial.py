@@ -336,6 +336,19 @@ def _response_fields(scenario: Scenario, arm_name: str, score: np.ndarray, t: np
             "relapse_at_risk": at_risk, "relapsed": ev, "relapse_time_h": times}
 
 
+def _patient_major(long: pd.DataFrame, chunk: Chunk, nv: int) -> pd.DataFrame:
+    """The engine's long table in patient-major, visit-minor order (as ``simulate_arm`` gives
+    it; another engine may return rows in any order)."""
+    n = chunk.size
+    if len(long) != n * nv:
+        raise RuntimeError(f"engine returned {len(long)} rows for {n} patients × {nv} visits")
+    pcol = long["patient"].to_numpy()
+    if (np.all(pcol == np.repeat(np.arange(chunk.start, chunk.start + n), nv))
+            and np.all(np.diff(long["time_h"].to_numpy().reshape(n, nv), axis=1) > 0)):
+        return long
+    return long.sort_values(["patient", "time_h"], kind="mergesort").reset_index(drop=True)
+
+
 def _patient_summaries(scenario: Scenario, chunk: Chunk, patients: list, long: pd.DataFrame,
                        labels: list[str], visits_h: np.ndarray) -> pd.DataFrame:
     """One row per patient from the engine's long table: covariates, every per-visit column
@@ -344,12 +357,7 @@ def _patient_summaries(scenario: Scenario, chunk: Chunk, patients: list, long: p
     from .cards import load_param_card
 
     nv, n = len(visits_h), len(patients)
-    if len(long) != n * nv:
-        raise RuntimeError(f"engine returned {len(long)} rows for {n} patients × {nv} visits")
-    pcol = long["patient"].to_numpy()
-    if not (np.all(pcol[::nv] == np.arange(chunk.start, chunk.start + n))
-            and np.all(np.diff(long["time_h"].to_numpy().reshape(n, nv), axis=1) > 0)):
-        long = long.sort_values(["patient", "time_h"], kind="mergesort")
+    long = _patient_major(long, chunk, nv)
     out: dict[str, object] = {
         "patient": np.arange(chunk.start, chunk.start + n, dtype=np.int64),
         "arm": np.full(n, chunk.arm, dtype=object),
@@ -394,6 +402,7 @@ def _run_chunk(scenario: Scenario, chunk: Chunk, labels: list[str], visits_h: np
 
     patients = sample_arm(scenario.population, chunk.arm_index, chunk.size, start=chunk.start)
     long = simulate_arm(scenario.arms[chunk.arm_index], patients, visits_h)
+    long = _patient_major(long, chunk, len(visits_h))
     wide = _patient_summaries(scenario, chunk, patients, long, labels, visits_h)
     traj = None
     if chunk.start < trajectories:
