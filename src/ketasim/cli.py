@@ -362,12 +362,27 @@ def trial(
     = None,
     chunk_size: Annotated[int | None, typer.Option(help="patients per chunk (results do not "
                                                         "depend on it)")] = None,
-    workers: Annotated[int | None, typer.Option(help="worker processes (>1: processes "
-                                                     "executor)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes (processes / dask "
+                                                     "LocalCluster); >1 alone: processes")]
+    = None,
     n: Annotated[int | None, typer.Option("--n", help="override population.n")] = None,
     seed: Annotated[int | None, typer.Option(help="override population.seed")] = None,
+    executor: Annotated[str | None, typer.Option(help="serial | processes | dask")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="dask scheduler tcp://HOST:PORT (an "
+                                                       "existing cluster; implies dask)")]
+    = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume",
+                                         help="with --out: skip chunks whose shards are "
+                                              "already there (--no-resume: start over)")]
+    = True,
+    trajectories: Annotated[int | None, typer.Option(help="patients per arm whose visit-by-"
+                                                          "visit table is kept (default 20)")]
+    = None,
 ) -> None:
-    """Run a virtual trial from a TOML scenario: arms, endpoints, differences, report."""
+    """Run a virtual trial from a TOML scenario: arms, endpoints, differences, report.
+
+    With --out DIR, each chunk's per-patient summaries go to DIR/shards (Parquet) and a rerun
+    resumes from them."""
     from .trial import example_names, example_title, resolve_scenario, with_overrides
 
     if list_examples or scenario is None:
@@ -382,8 +397,20 @@ def trial(
             t.add_row(r["name"], r["title"])
         out.print(t)
         return
+    from .trial import RichProgress, run_trial
+
     sc = with_overrides(resolve_scenario(scenario), n=n, seed=seed)
-    res = _run_scenario(sc, chunk_size, workers, "patients")
+    if executor is None:
+        executor = ("dask" if scheduler else
+                    "processes" if workers is not None and workers > 1 else "serial")
+    bar = RichProgress("patients")
+    try:
+        res = run_trial(sc, chunk_size=chunk_size, executor=executor, progress=bar,
+                        workers=workers if workers is not None else 2, out=out_dir,
+                        resume=resume, trajectories=trajectories, scheduler=scheduler)
+    finally:
+        bar.close()
+    bar.finish()
     s = res.to_dict()
     if out_dir:
         from .report import write_trial_outputs

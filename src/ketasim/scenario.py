@@ -23,7 +23,7 @@ class PopulationSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     disorder: Literal["mdd", "trd", "bipolar"] = "trd"
-    n: int = Field(100, ge=1, le=100_000)
+    n: int = Field(100, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, le=2**63 - 1)
     weight_kg_mean: float = Field(80.0, ge=40.0, le=200.0)
     weight_kg_sd: float = Field(15.0, ge=0.0, le=60.0)

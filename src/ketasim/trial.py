@@ -1,9 +1,12 @@
 """Virtual trials: arms of virtual patients, chunked execution and endpoint statistics.
 
 ``run_trial(scenario)`` samples every arm's patients (per-patient seeds, see
-:mod:`ketasim.population`), simulates them in chunks through an executor (``"serial"`` or
-``"processes"``) and returns a :class:`TrialResult`: the long table (one row per patient and
-visit, plus a baseline row at t = 0 whose score is the patient's baseline) and the summary.
+:mod:`ketasim.population`), simulates them in chunks through an executor (``"serial"``,
+``"processes"`` or ``"dask"``; :func:`_run_chunk` is the one per-chunk work function) and
+returns a :class:`TrialResult`: per-patient summaries per chunk (Parquet shards with ``out``,
+see :mod:`ketasim.shards`), the long table of a sample of patients (one row per patient and
+visit, plus a baseline row at t = 0 whose score is the patient's baseline) and the summary,
+computed from the shards one visit at a time.
 
 Because each patient's draws depend only on ``(seed, arm_index, patient_index)``, the results
 do not depend on the chunk size, on the executor or on the order in which chunks finish.
@@ -32,9 +35,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -43,20 +51,89 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from . import __version__, stats
+from . import __version__, shards, stats
 from .errors import KetasimError
 from .scenario import ArmSpec, Scenario, load_scenario, parse_scenario
+from .shards import Chunk
 from .units import parse_duration
 
 DISCLAIMER = "ketasim is a research tool, not medical advice."
 REMISSION_DEFAULT = {"madrs": 10.0, "hamd17": 7.0, "hamd6": 4.0}
 DISSOCIATION_CADSS = 4.0
-EXECUTORS = ("serial", "processes")
+EXECUTORS = ("serial", "processes", "dask")
+#: patients per arm whose visit-by-visit long table is kept by default
+DEFAULT_TRAJECTORIES = 20
+#: above this many patients, a run without an output folder keeps its shards in a temp folder
+IN_MEMORY_MAX = 200_000
+#: patient covariates copied into the per-patient summaries
+COVARIATES = ("weight_kg", "age_years", "sex", "race", "disorder", "comedication",
+              "eta_placebo", "eta_emax", "pk_factor_cl", "pk_factor_v")
+#: engine columns that are one value per patient (repeated at every visit in the long table)
+PATIENT_LEVEL = ("baseline_madrs", "peak_effect_site_ng_per_ml", "peak_cadss",
+                 "peak_sbp_change_mmhg", "analgesic_band", "anaesthetic_band")
 BASELINE = "baseline"
 #: relapse: responders are counted at the first visit this long after the last dose started
 RESPONDER_DELAY_H = 24.0
 
 Progress = Callable[[int, int], None]
+
+
+class RichProgress:
+    """A rich progress bar of patients done / total on stderr, shown once a run has lasted
+    ``delay_s`` (1 s) and only on a terminal, and a final line
+    ``N patients in T s (X patients/s)`` from :meth:`finish` (always printed)."""
+
+    def __init__(self, label: str = "patients", console=None, delay_s: float = 1.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        from rich.console import Console
+
+        self.label = label
+        self.console = console if console is not None else Console(stderr=True)
+        self.delay_s = delay_s
+        self.clock = clock
+        self.t0 = clock()
+        self.first_done: int | None = None
+        self.done = 0
+        self.bar = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.first_done is None:
+            self.first_done = done  # patients resumed from shards, not simulated now
+        self.done = done
+        if self.bar is None:
+            if not self.console.is_terminal or self.clock() - self.t0 < self.delay_s:
+                return
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(),
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def finish(self) -> str:
+        """Stop the bar and print (and return) the final line."""
+        self.close()
+        dt = max(self.clock() - self.t0, 1e-9)
+        n = self.done - (self.first_done or 0)
+        line = f"{n:,} patients in {dt:.1f} s ({n / dt:,.1f} patients/s)"
+        if self.first_done:
+            line += f"; {self.first_done:,} resumed from shards"
+        self.console.print(line, highlight=False, markup=False)
+        return line
 
 
 # --------------------------------------------------------------------------- examples
@@ -211,23 +288,138 @@ def last_dose_times(scenario: Scenario) -> dict[str, tuple[float, float]]:
     return out
 
 
-# --------------------------------------------------------------------------- execution
-def _simulate_chunk(scenario: Scenario, arm_index: int, start: int, n: int,
-                    visits_h: np.ndarray) -> pd.DataFrame | tuple[str, str, str | None]:
-    """Patients ``start … start+n−1`` of one arm (runs in a worker process too)."""
+# --------------------------------------------------------------------------- chunks
+def _relapse_design(scenario: Scenario, arm_name: str, t: np.ndarray,
+                    last: dict[str, tuple[float, float]] | None = None) -> dict:
+    """The relapse clock of an arm: last-dose start/end, follow-up end, the responder visit
+    index ``j0`` (None when no visit qualifies) and the follow-up visits after it."""
+    start, end = (last or last_dose_times(scenario))[arm_name]
+    horizon = float(t[-1])
+    if scenario.endpoints.relapse_followup:
+        horizon = min(horizon, start + parse_duration(scenario.endpoints.relapse_followup,
+                                                      field="endpoints.relapse_followup"))
+    post = np.arange(len(t)) >= 1
+    after = np.nonzero((t >= start + RESPONDER_DELAY_H - 1e-6) & post)[0]
+    if not after.size:
+        after = np.nonzero((t >= end - 1e-9) & post)[0]
+    j0 = int(after[0]) if after.size and t[after[0]] <= horizon else None
+    window = (np.nonzero((np.arange(len(t)) > j0) & (t <= horizon + 1e-9))[0]
+              if j0 is not None else np.zeros(0, dtype=int))
+    return {"start": float(start), "end": float(end), "horizon": horizon, "j0": j0,
+            "window": window}
+
+
+def _response_fields(scenario: Scenario, arm_name: str, score: np.ndarray, t: np.ndarray,
+                     last: dict[str, tuple[float, float]] | None = None
+                     ) -> dict[str, np.ndarray]:
+    """Per patient (rows of ``score``, patients × visits with baseline first): time to
+    response (censored at the last visit), whether they ever responded, and the relapse
+    fields (at risk, relapsed, time from the start of the last dose)."""
+    f = scenario.endpoints.response_fraction
+    n = score.shape[0]
+    responding = score <= (1.0 - f) * score[:, 0:1]
+    post = np.arange(len(t)) >= 1
+    hit = responding & post[None, :]
+    ever = hit.any(axis=1)
+    first_j = np.where(ever, hit.argmax(axis=1), len(t) - 1)
+    d = _relapse_design(scenario, arm_name, t, last)
+    at_risk = np.zeros(n, dtype=bool)
+    ev = np.zeros(n, dtype=bool)
+    times = np.full(n, np.nan)
+    if d["j0"] is not None:
+        j0, window, start = d["j0"], d["window"], d["start"]
+        at_risk = responding[:, j0].copy()
+        lost = ~responding[:, window] if window.size else np.zeros((n, 0), bool)
+        ev = lost.any(axis=1) & at_risk
+        times = np.where(ev, t[window[lost.argmax(axis=1)]] - start if window.size else 0.0,
+                         (t[window[-1]] if window.size else t[j0]) - start).astype(float)
+    return {"time_to_response_h": t[first_j].astype(float), "responded": ever,
+            "relapse_at_risk": at_risk, "relapsed": ev, "relapse_time_h": times}
+
+
+def _patient_major(long: pd.DataFrame, chunk: Chunk, nv: int) -> pd.DataFrame:
+    """The engine's long table in patient-major, visit-minor order (as ``simulate_arm`` gives
+    it; another engine may return rows in any order)."""
+    n = chunk.size
+    if len(long) != n * nv:
+        raise RuntimeError(f"engine returned {len(long)} rows for {n} patients × {nv} visits")
+    pcol = long["patient"].to_numpy()
+    if (np.all(pcol == np.repeat(np.arange(chunk.start, chunk.start + n), nv))
+            and np.all(np.diff(long["time_h"].to_numpy().reshape(n, nv), axis=1) > 0)):
+        return long
+    return long.sort_values(["patient", "time_h"], kind="mergesort").reset_index(drop=True)
+
+
+def _patient_summaries(scenario: Scenario, chunk: Chunk, patients: list, long: pd.DataFrame,
+                       labels: list[str], visits_h: np.ndarray) -> pd.DataFrame:
+    """One row per patient from the engine's long table: covariates, every per-visit column
+    as ``<column>@<visit>`` (the t = 0 visit carries the baseline scores), per-patient peaks
+    and exposure bands, time to response and relapse fields."""
+    from .cards import load_param_card
+
+    nv, n = len(visits_h), len(patients)
+    long = _patient_major(long, chunk, nv)
+    out: dict[str, object] = {
+        "patient": np.arange(chunk.start, chunk.start + n, dtype=np.int64),
+        "arm": np.full(n, chunk.arm, dtype=object),
+        "arm_index": np.full(n, chunk.arm_index, dtype=np.int64),
+    }
+    for name in COVARIATES:
+        vals = [getattr(p, name) for p in patients]
+        out[name] = (np.array(["+".join(v) for v in vals], dtype=object)
+                     if name == "comedication" else np.asarray(vals))
+    for col in PATIENT_LEVEL:
+        if col in long.columns:
+            out[col] = long[col].to_numpy()[::nv]
+    for col in long.columns:
+        if col in ("patient", "arm", "time_h") or col in PATIENT_LEVEL:
+            continue
+        m = long[col].to_numpy().reshape(n, nv)
+        for j, lab in enumerate(labels):
+            out[f"{col}@{lab}"] = m[:, j]
+    c = load_param_card("clinic")
+    b = np.asarray(out["baseline_madrs"], dtype=float)
+    for j in np.nonzero(visits_h == 0.0)[0]:
+        lab = labels[j]
+        out[f"madrs@{lab}"] = b.copy()
+        out[f"hamd17@{lab}"] = np.clip(b * c.value("hamd17_per_madrs"), 0.0, 52.0)
+        out[f"hamd6@{lab}"] = np.clip(b * c.value("hamd6_per_madrs"), 0.0, 22.0)
+    scale = scenario.endpoints.scale
+    score = np.column_stack([out[f"{scale}@{lab}"] for lab in labels]).astype(float)
+    out.update(_response_fields(scenario, chunk.arm, score, visits_h))
+    return pd.DataFrame(out)
+
+
+def _run_chunk(scenario: Scenario, chunk: Chunk, labels: list[str], visits_h: np.ndarray,
+               trajectories: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The per-chunk work: sample the chunk's patients (per-patient seeds), simulate them,
+    and return their per-patient summaries plus the long table of the patients whose
+    trajectories are kept (index < ``trajectories``), or None.
+
+    The engine call is the one line to switch (e.g. to ``ketasim.batch.simulate_arm_batched``,
+    which returns the same long table)."""
     from .mood import simulate_arm
     from .population import sample_arm
 
+    patients = sample_arm(scenario.population, chunk.arm_index, chunk.size, start=chunk.start)
+    long = simulate_arm(scenario.arms[chunk.arm_index], patients, visits_h)
+    long = _patient_major(long, chunk, len(visits_h))
+    wide = _patient_summaries(scenario, chunk, patients, long, labels, visits_h)
+    traj = None
+    if chunk.start < trajectories:
+        traj = long[long["patient"].to_numpy() < trajectories].reset_index(drop=True)
+    return wide, traj
+
+
+def _chunk_task(scenario: Scenario, chunk: Chunk, labels: list[str], visits_h: np.ndarray,
+                trajectories: int):
+    """``_run_chunk`` as a task for a worker process or a dask worker. A KetasimError comes
+    back as a tuple (its constructor does not unpickle); anything else raises (and is
+    retried)."""
     try:
-        patients = sample_arm(scenario.population, arm_index, n, start=start)
-        return simulate_arm(scenario.arms[arm_index], patients, visits_h)
-    except KetasimError as exc:  # returned, not raised: its constructor does not unpickle
-        return ("error", f"scenario arm[{arm_index}].{exc.field}", exc.problem)
-
-
-def _chunks(sizes: list[int], chunk_size: int) -> list[tuple[int, int, int]]:
-    return [(a, s, min(chunk_size, n - s)) for a, n in enumerate(sizes)
-            for s in range(0, n, chunk_size)]
+        return _run_chunk(scenario, chunk, labels, visits_h, trajectories)
+    except KetasimError as exc:
+        return ("error", f"scenario arm[{chunk.arm_index}].{exc.field}", exc.problem)
 
 
 def _fork_context():
@@ -237,66 +429,389 @@ def _fork_context():
     return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
 
 
+# --------------------------------------------------------------------------- executors
+Take = Callable[[Chunk, object], None]
+
+
+def _chunk_label(ch: Chunk) -> str:
+    return f"chunk {ch.arm!r} patients {ch.start}–{ch.start + ch.size - 1}"
+
+
+def _execute_serial(scenario: Scenario, todo: list[Chunk], labels: list[str],
+                    visits_h: np.ndarray, trajectories: int, take: Take) -> int:
+    for ch in todo:
+        take(ch, _chunk_task(scenario, ch, labels, visits_h, trajectories))
+    return 0
+
+
+def _execute_processes(scenario: Scenario, todo: list[Chunk], labels: list[str],
+                       visits_h: np.ndarray, trajectories: int, take: Take, workers: int,
+                       retries: int) -> int:
+    """A pool of ``workers`` processes. A chunk that raises, or is lost because a worker
+    process died (BrokenProcessPool), is resubmitted on a fresh pool, up to ``retries``
+    times. Returns the number of resubmissions."""
+    attempts: dict[str, int] = {}
+    resubmitted = 0
+    pending = list(todo)
+    window = 4 * workers  # chunks in flight: results are taken (written) and dropped as they come
+    task = (scenario, labels, visits_h, trajectories)
+    while pending:
+        failed: list[Chunk] = []
+        errors: dict[str, BaseException] = {}
+        queue = iter(pending)
+        carry: list[Chunk] = []  # not submitted before the pool broke: not charged
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)),
+                                 mp_context=_fork_context()) as pool:
+            running: dict = {}
+
+            _fill(pool, running, queue, carry, window, task)
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    ch = running.pop(f)
+                    try:
+                        res = f.result()
+                    except Exception as exc:  # noqa: BLE001 - worker crash or error: retry
+                        failed.append(ch)
+                        errors[ch.key] = exc
+                        continue
+                    take(ch, res)
+                    del res
+                del done
+                _fill(pool, running, queue, carry, window, task)
+        again = []
+        for ch in failed:
+            attempts[ch.key] = attempts.get(ch.key, 0) + 1
+            exc = errors[ch.key]
+            if attempts[ch.key] > retries:
+                if isinstance(exc, BrokenProcessPool):
+                    # a dead worker fails every chunk in the pool: run this one alone to
+                    # tell the chunk that kills its worker from the ones that were nearby
+                    exc = _run_alone(scenario, ch, labels, visits_h, trajectories, take)
+                    if exc is None:
+                        continue
+                raise KetasimError("executor", f"{_chunk_label(ch)} failed "
+                                   f"{attempts[ch.key]} times: {exc.__class__.__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''}")
+            again.append(ch)
+        resubmitted += len(again)
+        order = {ch.key: i for i, ch in enumerate(todo)}
+        pending = sorted(again + carry, key=lambda c: order[c.key])
+    return resubmitted
+
+
+def _fill(pool: ProcessPoolExecutor, running: dict, queue, carry: list[Chunk], window: int,
+          task: tuple) -> None:
+    """Submit chunks from ``queue`` until ``window`` are running; if the pool has broken,
+    move the rest to ``carry`` (resubmitted on the next pool without being charged)."""
+    scenario, labels, visits_h, trajectories = task
+    while len(running) < window:
+        ch = next(queue, None)
+        if ch is None:
+            return
+        try:
+            running[pool.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories)] = ch
+        except BrokenProcessPool:
+            carry.append(ch)
+            carry.extend(queue)
+            return
+
+
+def _run_alone(scenario: Scenario, ch: Chunk, labels: list[str], visits_h: np.ndarray,
+               trajectories: int, take: Take) -> BaseException | None:
+    """Run one chunk in a worker process of its own; its exception, or None (taken)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=_fork_context()) as pool:
+        fut = pool.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories)
+        try:
+            res = fut.result()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            return exc
+    take(ch, res)
+    return None
+
+
+_SCHEDULER = re.compile(r"^(tcp|tls|ucx|ws|wss|inproc)://\S+$")
+
+
+def _execute_dask(scenario: Scenario, todo: list[Chunk], labels: list[str],
+                  visits_h: np.ndarray, trajectories: int, take: Take, workers: int,
+                  retries: int, scheduler: str | None) -> int:
+    """dask.distributed: a LocalCluster of ``workers`` single-threaded worker processes, or
+    the cluster at ``scheduler``. Tasks carry ``retries``; a task lost with its worker is
+    rescheduled by the scheduler. At most a few tasks per worker thread are in flight, and
+    each result is written and released as it arrives, so memory stays flat."""
+    import logging
+    import uuid
+    from itertools import islice
+
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_as_completed
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise KetasimError("executor", "dask needs the 'distributed' package",
+                           "pip install 'dask[distributed]'") from exc
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise KetasimError("scheduler", f"cannot connect to {scheduler}: "
+                               f"{exc.__class__.__name__}") from exc
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
+        client = Client(cluster)
+    try:
+        threads = max(1, sum(client.nthreads().values()))
+        token = uuid.uuid4().hex[:12]
+        window = 4 * threads
+        chunks = iter(todo)
+        by_key: dict[str, Chunk] = {}
+        ac = dask_as_completed()
+
+        attempts: dict[str, int] = {}
+        resubmitted = 0
+
+        def submit(ch: Chunk) -> None:
+            key = f"ketasim-chunk-{token}-{ch.key}-{attempts.get(ch.key, 0)}"
+            by_key[key] = ch
+            ac.add(client.submit(_chunk_task, scenario, ch, labels, visits_h, trajectories,
+                                 key=key, retries=retries, pure=False))
+
+        for ch in islice(chunks, window):
+            submit(ch)
+        for fut in ac:
+            ch = by_key.pop(fut.key)
+            try:
+                res = fut.result()
+            except Exception as exc:  # noqa: BLE001 - task error, or result lost in transit
+                status = fut.status
+                fut.release()
+                attempts[ch.key] = attempts.get(ch.key, 0) + 1
+                if status == "error" or attempts[ch.key] > retries:
+                    # "error": the task itself failed on the cluster after its retries (or
+                    # killed its workers, KilledWorker)
+                    raise KetasimError("executor", f"{_chunk_label(ch)} failed after "
+                                       f"{retries} retries: {exc.__class__.__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''}"
+                                       ) from exc
+                # the result was lost with its worker while being fetched: submit it again
+                resubmitted += 1
+                submit(ch)
+                continue
+            fut.release()
+            take(ch, res)
+            nxt = next(chunks, None)
+            if nxt is not None:
+                submit(nxt)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return resubmitted
+
+
+# --------------------------------------------------------------------------- run_trial
+def _default_chunk_size(total: int, executor: str, workers: int) -> int:
+    if executor == "serial":
+        return int(min(1000, max(50, math.ceil(total / 100))))
+    return int(min(1000, max(1, math.ceil(total / (workers * 8)))))
+
+
+def _prepare_folder(out: str, resume: bool, sc_hash: str, version: str, cards: dict,
+                    chunk_size: int | None, trajectories: int | None
+                    ) -> tuple[bool, int | None, int | None]:
+    """Check or clear ``out`` for a run. Returns (resuming, chunk_size, trajectories), the
+    last two taken from the manifest when resuming and not given."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise KetasimError("out", f"not a folder: {out}")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise KetasimError("out", f"cannot create folder {out}: {exc.strerror}") from exc
+    has_shards = os.path.isdir(os.path.join(out, "shards"))
+    manifest = shards.read_manifest(out) if resume else None
+    if not resume:
+        shards.clear_run(out)
+        return False, chunk_size, trajectories
+    if manifest is None:
+        if has_shards:
+            raise KetasimError("out", f"{out}/shards exists without {shards.MANIFEST}",
+                               "--no-resume to overwrite, or another --out")
+        return False, chunk_size, trajectories
+    if manifest.get("scenario_hash") != sc_hash:
+        raise KetasimError("out", f"{out} holds shards of a different scenario (hash "
+                           f"{str(manifest.get('scenario_hash'))[:12]} ≠ {sc_hash[:12]})",
+                           "--no-resume to overwrite, or another --out")
+    if manifest.get("version") != version or manifest.get("card_versions") != cards:
+        raise KetasimError("out", f"{out} holds shards from another ketasim version or other "
+                           "cards", "--no-resume to overwrite, or another --out")
+    for name, given in (("chunk_size", chunk_size), ("trajectories", trajectories)):
+        if given is not None and manifest.get(name) != given:
+            raise KetasimError(name.replace("_", "-"),
+                               f"{given} differs from the {manifest.get(name)} of the run in "
+                               f"{out}", "the same value, or --no-resume")
+    return True, int(manifest["chunk_size"]), int(manifest["trajectories"])
+
+
 def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str = "serial",
-              progress: Progress | None = None, workers: int = 2) -> TrialResult:
-    """Simulate every arm of ``scenario``; identical results for any chunk size or executor."""
+              progress: Progress | None = None, workers: int = 2, *, out: str | None = None,
+              resume: bool = True, trajectories: int | None = None,
+              scheduler: str | None = None, retries: int = 3) -> TrialResult:
+    """Simulate every arm of ``scenario``; identical results for any chunk size or executor.
+
+    * ``executor``: ``"serial"``, ``"processes"`` (``workers`` processes) or ``"dask"``
+      (a LocalCluster of ``workers`` single-threaded workers, or the cluster at
+      ``scheduler="tcp://HOST:PORT"``). Failed or lost chunks are retried (``retries``).
+    * ``out``: write each chunk's per-patient summaries as a Parquet shard under
+      ``out/shards`` and a manifest; with ``resume`` a rerun of the same scenario computes
+      only the chunks whose shards are missing or invalid (a different scenario is refused).
+      Without ``out``, small runs keep the shards in memory and large ones in a temporary
+      folder.
+    * ``trajectories``: patients per arm (the first ones) whose visit-by-visit long table is
+      kept in :attr:`TrialResult.data` (default 20).
+    * ``progress(done, total)`` is called in this process as patients complete.
+    """
+    from .cards import card_versions
+
     if executor not in EXECUTORS:
         raise KetasimError("executor", f"unknown executor {executor!r}", ", ".join(EXECUTORS))
     if chunk_size is not None and not 1 <= chunk_size <= 1_000_000:
         raise KetasimError("chunk-size", f"must be 1..1,000,000, got {chunk_size}")
     if not 1 <= workers <= 256:
         raise KetasimError("workers", f"must be 1..256, got {workers}")
+    if trajectories is not None and not 0 <= trajectories <= 1_000_000:
+        raise KetasimError("trajectories", f"must be 0..1,000,000, got {trajectories}")
+    if not 0 <= retries <= 20:
+        raise KetasimError("retries", f"must be 0..20, got {retries}")
+    if scheduler is not None:
+        if executor != "dask":
+            raise KetasimError("scheduler", "needs the dask executor", "--executor dask")
+        if not _SCHEDULER.match(scheduler):
+            raise KetasimError("scheduler", f"not a scheduler address: {scheduler!r}",
+                               "tcp://HOST:PORT")
     t0 = time.perf_counter()
     sizes = arm_sizes(scenario)
     labels, visits_h = visit_schedule(scenario)
     _check_arms(scenario)
     total = sum(sizes)
+    names = [a.name for a in scenario.arms]
+    sc_json = scenario_dict(scenario)
+    sc_hash = shards.scenario_hash(sc_json)
+    cards = card_versions()
+    resuming = False
+    if out is not None:
+        resuming, chunk_size, trajectories = _prepare_folder(
+            out, resume, sc_hash, __version__, cards, chunk_size, trajectories)
     if chunk_size is None:
-        chunk_size = 50 if executor == "serial" else max(1, math.ceil(total / (workers * 6)))
-    jobs = _chunks(sizes, chunk_size)
-    results: dict[int, pd.DataFrame] = {}
-    done = 0
+        chunk_size = _default_chunk_size(total, executor, workers)
+    if trajectories is None:
+        trajectories = DEFAULT_TRAJECTORIES
+    plan = shards.plan_chunks(names, sizes, chunk_size)
+    run_hash = shards.scenario_hash({"scenario": sc_hash, "version": __version__,
+                                     "cards": cards, "trajectories": trajectories})
+    folder = out
+    if folder is None and total > IN_MEMORY_MAX:
+        folder = tempfile.mkdtemp(prefix="ketasim-trial-")
+    store: shards.Store = (shards.DirStore(folder, plan) if folder is not None
+                           else shards.MemoryStore(plan))
+    if folder is not None and out is None:
+        weakref.finalize(store, shutil.rmtree, folder, True)
+    manifest = {
+        "format": shards.FORMAT, "status": "running", "scenario_hash": sc_hash,
+        "run_hash": run_hash, "seed": scenario.population.seed, "version": __version__,
+        "card_versions": cards, "scenario": sc_json, "chunk_size": chunk_size,
+        "trajectories": trajectories, "n_per_arm": dict(zip(names, sizes, strict=True)),
+        "visits": labels, "visits_h": visits_h.tolist(), "chunks": len(plan),
+    }
+    if out is not None:
+        shards.write_json_atomic(manifest, os.path.join(out, shards.MANIFEST))
 
-    def _take(k: int, res) -> None:
+    todo, resumed = [], []
+    for ch in plan:
+        ok = (resuming and shards.shard_valid(shards.shard_path(out, ch), ch, run_hash)
+              and (ch.start >= trajectories
+                   or os.path.exists(shards.shard_path(out, ch, "trajectories"))))
+        (resumed if ok else todo).append(ch)
+    traj: dict[str, pd.DataFrame] = {}
+    for ch in resumed:
+        if ch.start < trajectories:
+            traj[ch.key] = pd.read_parquet(shards.shard_path(out, ch, "trajectories"))
+    done = sum(ch.size for ch in resumed)
+    if progress is not None:
+        progress(done, total)
+
+    def take(ch: Chunk, res) -> None:
         nonlocal done
-        if isinstance(res, tuple):
+        if isinstance(res[0], str):
             raise KetasimError(res[1], res[2])
-        results[k] = res
-        done += jobs[k][2]
+        wide, tr = res
+        if isinstance(store, shards.DirStore):
+            meta = {"ketasim.run_hash": run_hash, "ketasim.scenario_hash": sc_hash,
+                    "ketasim.chunk": f"{ch.arm_index},{ch.start},{ch.size}",
+                    "ketasim.chunk_seed": str(ch.seed_entropy(scenario.population.seed)),
+                    "ketasim.version": __version__}
+            if tr is not None:
+                shards.write_parquet_atomic(tr, shards.shard_path(store.folder, ch,
+                                                                  "trajectories"))
+            shards.write_parquet_atomic(wide, shards.shard_path(store.folder, ch), meta)
+        else:
+            store.put(ch, wide)
+        if tr is not None:
+            traj[ch.key] = tr
+        done += ch.size
         if progress is not None:
             progress(done, total)
 
-    if executor == "serial" or len(jobs) == 1:
-        for k, (a, s, n) in enumerate(jobs):
-            _take(k, _simulate_chunk(scenario, a, s, n, visits_h))
+    t_run = time.perf_counter()
+    if executor == "serial" or (executor == "processes" and len(todo) <= 1) or not todo:
+        retried = _execute_serial(scenario, todo, labels, visits_h, trajectories, take)
+    elif executor == "processes":
+        retried = _execute_processes(scenario, todo, labels, visits_h, trajectories, take,
+                                     workers, retries)
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                 mp_context=_fork_context()) as pool:
-            futs = {pool.submit(_simulate_chunk, scenario, a, s, n, visits_h): k
-                    for k, (a, s, n) in enumerate(jobs)}
-            for f in as_completed(futs):
-                _take(futs[f], f.result())
-    data = pd.concat([results[k] for k in range(len(jobs))], ignore_index=True)
+        retried = _execute_dask(scenario, todo, labels, visits_h, trajectories, take, workers,
+                                retries, scheduler)
+    run_s = time.perf_counter() - t_run
+    frames = [traj[ch.key] for ch in plan if ch.key in traj]
+    data = (pd.concat(frames, ignore_index=True) if frames else _empty_long(scenario))
     data = _finish_table(scenario, data, labels, visits_h)
-    from .cards import card_versions
-
+    computed = sum(ch.size for ch in todo)
+    chunks_meta = {"total": len(plan), "run": len(todo), "resumed": len(resumed),
+                   "resubmitted": retried, "patients_run": computed,
+                   "patients_resumed": total - computed}
+    if out is not None:
+        manifest.update(status="complete", chunks_done=chunks_meta)
+        shards.write_json_atomic(manifest, os.path.join(out, shards.MANIFEST))
     meta = {
         "seed": scenario.population.seed,
         "version": __version__,
-        "card_hashes": card_versions(),
-        "scenario": scenario_dict(scenario),
+        "card_hashes": cards,
+        "scenario": sc_json,
+        "scenario_hash": sc_hash,
         "title": scenario.title,
-        "n_per_arm": dict(zip([a.name for a in scenario.arms], sizes, strict=True)),
+        "n_per_arm": dict(zip(names, sizes, strict=True)),
         "visits": labels,
         "visits_h": visits_h.tolist(),
         "scale": scenario.endpoints.scale,
         "executor": executor,
-        "workers": workers if executor == "processes" else 1,
+        "workers": workers if executor != "serial" else 1,
+        "scheduler": scheduler,
         "chunk_size": chunk_size,
+        "chunks": chunks_meta,
+        "trajectories": trajectories,
+        "out": out,
+        "run_s": round(run_s, 3),
+        "patients_per_s": round(computed / run_s, 3) if run_s > 0 and computed else None,
         "wall_s": round(time.perf_counter() - t0, 3),
         "disclaimer": DISCLAIMER,
     }
-    return TrialResult(scenario=scenario, data=data, meta=meta)
+    return TrialResult(scenario=scenario, data=data, meta=meta, store=store)
+
+
+def _empty_long(scenario: Scenario) -> pd.DataFrame:
+    cols = ["patient", "arm", "time_h", "madrs", "hamd17", "hamd6", "baseline_madrs"]
+    return pd.DataFrame({c: pd.Series(dtype=object if c == "arm" else float) for c in cols})
 
 
 def _finish_table(scenario: Scenario, data: pd.DataFrame, labels: list[str],
@@ -333,9 +848,28 @@ def _clean(v):
     return v
 
 
+class _ArmColumns(dict):
+    """Patient × visit arrays of one arm, read from the store on first use."""
+
+    def __init__(self, store: shards.Store, arm_index: int, labels: list[str]) -> None:
+        super().__init__()
+        self._store, self._arm, self._labels = store, arm_index, labels
+
+    def __missing__(self, col: str) -> np.ndarray:
+        names = [f"{col}@{lab}" for lab in self._labels]
+        try:
+            got = self._store.columns(self._arm, names)
+            arr = np.column_stack([got[n] for n in names]).astype(float)
+        except (KeyError, ValueError):
+            x = self._store.columns(self._arm, [col])[col].astype(float)
+            arr = np.repeat(x[:, None], len(self._labels), axis=1)
+        self[col] = arr
+        return arr
+
+
 @dataclass
 class ArmArrays:
-    """One arm as patient × visit arrays (visits in schedule order)."""
+    """One arm as patient × visit arrays (visits in schedule order; loaded on demand)."""
 
     name: str
     patients: np.ndarray
@@ -345,11 +879,14 @@ class ArmArrays:
 
 @dataclass
 class TrialResult:
-    """A simulated trial: the long table, the scenario, run metadata and the summary."""
+    """A simulated trial: the scenario, run metadata, the per-patient summaries (``store``,
+    per chunk) and the long table of the patients whose trajectories were kept (``data``:
+    one row per patient and visit, the first ``meta["trajectories"]`` patients per arm)."""
 
     scenario: Scenario
     data: pd.DataFrame
     meta: dict
+    store: shards.Store | None = None
 
     @property
     def scale(self) -> str:
@@ -367,18 +904,24 @@ class TrialResult:
         t = self.scenario.endpoints.remission_threshold
         return REMISSION_DEFAULT[self.scale] if t is None else float(t)
 
+    def _arm_index(self, name: str) -> int:
+        names = [a.name for a in self.scenario.arms]
+        if name not in names:
+            raise KetasimError("arm", f"no arm named {name!r}", ", ".join(names))
+        return names.index(name)
+
+    def patients(self, arm: str | None = None) -> pd.DataFrame:
+        """Per-patient summaries (one row per patient; every endpoint at every visit as
+        ``<column>@<visit>``) of one arm or all: the whole table, so for small runs."""
+        return self.store.table(None if arm is None else self._arm_index(arm))
+
     def arm_arrays(self, name: str) -> ArmArrays:
-        """One arm's results as (patients × visits) arrays."""
-        d = self.data[self.data["arm"] == name].sort_values(["patient", "time_h"])
-        labels = self.meta["visits"]
-        nv = len(labels)
-        pts = d["patient"].to_numpy()[::nv]
-        out = ArmArrays(name, pts, np.asarray(self.meta["visits_h"]))
-        for col in d.columns:
-            if col in ("patient", "arm", "arm_index", "visit", "time_h"):
-                continue
-            out.cols[col] = d[col].to_numpy(dtype=float).reshape(len(pts), nv)
-        return out
+        """Patient × visit arrays of one arm; each column is read from the shards when first
+        used (``cols["madrs"]``), so only the columns asked for are in memory."""
+        a = self._arm_index(name)
+        pts = self.store.columns(a, ["patient"])["patient"]
+        return ArmArrays(name, pts, np.asarray(self.meta["visits_h"]),
+                         _ArmColumns(self.store, a, self.meta["visits"]))
 
     @cached_property
     def summary(self) -> dict:
@@ -390,86 +933,95 @@ class TrialResult:
         return _clean(self.summary)
 
 
+def _visit_row(store: shards.Store, a: int, j: int, t_j: float, labels: list[str],
+               scale: str, f: float, thr: float) -> tuple[dict, dict[str, np.ndarray]]:
+    """Endpoint row of arm ``a`` at visit index ``j``, and the per-patient change and
+    response/remission flags the differences need; reads only this visit's columns."""
+    l0, lj = labels[0], labels[j]
+    names = list(dict.fromkeys([f"{scale}@{l0}", f"{scale}@{lj}"]
+                               + [f"{s}@{x}" for s in ("madrs_item10", "ssi") for x in (l0, lj)]
+                               + [f"{s}@{lj}" for s in _SIDE_COLS]))
+    c = store.columns(a, names)
+    score = c[f"{scale}@{lj}"].astype(float)
+    base = c[f"{scale}@{l0}"].astype(float)
+    change = score - base
+    responding = score <= (1.0 - f) * base
+    remitting = score <= thr
+    m, sd = stats.mean_sd(score)
+    cm, csd = stats.mean_sd(change)
+    row = {
+        "time_h": float(t_j), "n": int(score.shape[0]), "mean": m, "sd": sd,
+        "mean_ci95": stats.mean_ci(score),
+        "change": cm, "change_sd": csd, "ci95": stats.mean_ci(change),
+        "response_rate": float(responding.mean()),
+        "remission_rate": float(remitting.mean()),
+        "n_responders": int(responding.sum()),
+        "n_remitters": int(remitting.sum()),
+    }
+    for s in ("madrs_item10", "ssi"):
+        x, x0 = c[f"{s}@{lj}"].astype(float), c[f"{s}@{l0}"].astype(float)
+        row[f"{s}_mean"] = float(x.mean())
+        row[f"{s}_change"] = float((x - x0).mean())
+        row[f"{s}_change_ci95"] = stats.mean_ci(x - x0)
+    for s in _SIDE_COLS:
+        row[f"{s}_mean"] = float(c[f"{s}@{lj}"].astype(float).mean())
+    row["dissociation_incidence"] = float((c[f"cadss@{lj}"] >= DISSOCIATION_CADSS).mean())
+    return row, {"change": change, "responding": responding, "remitting": remitting}
+
+
+_SIDE_COLS = ("cadss", "bprs_positive", "sbp_change_mmhg", "sedation", "effect_site_ng_per_ml")
+
+
 def summarise(result: TrialResult) -> dict:
-    """Per-arm and per-visit statistics, arm differences, onset, response/remission,
-    relapse and side effects of a trial result (JSON-ready dict)."""
+    """Endpoint statistics from the per-patient shards, one visit at a time (only that visit's
+    columns of each arm are in memory)."""
     sc = result.scenario
+    store = result.store
     scale = result.scale
     f = sc.endpoints.response_fraction
     thr = result.remission_threshold
     labels = result.meta["visits"]
+    t = np.asarray(result.meta["visits_h"], dtype=float)
     vis = {v: labels.index(v) for v in result.visits}
-    last = last_dose_times(sc)
-    arrays = {a.name: result.arm_arrays(a.name) for a in sc.arms}
-    arms: dict[str, dict] = {}
-    arm_summary: dict[str, dict] = {}
-    per_patient: dict[str, dict[str, np.ndarray]] = {}
-    for arm in sc.arms:
-        A = arrays[arm.name]
-        score = A.cols[scale]
-        base = score[:, 0:1]
-        change = score - base
-        responding = score <= (1.0 - f) * base
-        remitting = score <= thr
-        per_patient[arm.name] = {"change": change, "responding": responding,
-                                 "remitting": remitting}
-        rows = {}
-        for v, j in vis.items():
-            m, sd = stats.mean_sd(score[:, j])
-            cm, csd = stats.mean_sd(change[:, j])
-            row = {
-                "time_h": float(A.time_h[j]), "n": int(score.shape[0]), "mean": m, "sd": sd,
-                "mean_ci95": stats.mean_ci(score[:, j]),
-                "change": cm, "change_sd": csd, "ci95": stats.mean_ci(change[:, j]),
-                "response_rate": float(responding[:, j].mean()),
-                "remission_rate": float(remitting[:, j].mean()),
-                "n_responders": int(responding[:, j].sum()),
-                "n_remitters": int(remitting[:, j].sum()),
-            }
-            for s in ("madrs_item10", "ssi"):
-                x = A.cols[s]
-                row[f"{s}_mean"] = float(x[:, j].mean())
-                row[f"{s}_change"] = float((x[:, j] - x[:, 0]).mean())
-                row[f"{s}_change_ci95"] = stats.mean_ci(x[:, j] - x[:, 0])
-            for s in ("cadss", "bprs_positive", "sbp_change_mmhg", "sedation",
-                      "effect_site_ng_per_ml"):
-                row[f"{s}_mean"] = float(A.cols[s][:, j].mean())
-            row["dissociation_incidence"] = float((A.cols["cadss"][:, j]
-                                                   >= DISSOCIATION_CADSS).mean())
-            rows[v] = row
-        arms[arm.name] = rows
-        arm_summary[arm.name] = _arm_level(arm, A, score, responding, last[arm.name], sc)
-    differences: dict[str, dict] = {}
-    onset: dict[str, dict | None] = {}
-    for a, b in combinations([x.name for x in sc.arms], 2):
-        key = f"{a}-{b}"
-        pa, pb = per_patient[a], per_patient[b]
-        rows = {}
-        first = None
-        for v, j in vis.items():
-            w = stats.welch(pa["change"][:, j], pb["change"][:, j])
+    names = [a.name for a in sc.arms]
+    arms: dict[str, dict] = {n: {} for n in names}
+    pairs = list(combinations(names, 2))
+    differences: dict[str, dict] = {f"{a}-{b}": {} for a, b in pairs}
+    onset: dict[str, dict | None] = {f"{a}-{b}": None for a, b in pairs}
+    for v, j in vis.items():
+        per_patient = {}
+        for i, name in enumerate(names):
+            arms[name][v], per_patient[name] = _visit_row(store, i, j, t[j], labels, scale, f,
+                                                          thr)
+        for a, b in pairs:
+            key = f"{a}-{b}"
+            pa, pb = per_patient[a], per_patient[b]
+            w = stats.welch(pa["change"], pb["change"])
             na, nb = pa["change"].shape[0], pb["change"].shape[0]
-            r = stats.wald_diff(int(pa["responding"][:, j].sum()), na,
-                                int(pb["responding"][:, j].sum()), nb)
-            q = stats.wald_diff(int(pa["remitting"][:, j].sum()), na,
-                                int(pb["remitting"][:, j].sum()), nb)
+            r = stats.wald_diff(int(pa["responding"].sum()), na,
+                                int(pb["responding"].sum()), nb)
+            q = stats.wald_diff(int(pa["remitting"].sum()), na,
+                                int(pb["remitting"].sum()), nb)
             lo, hi = w["ci95"]
             sig = bool(np.isfinite(lo) and (hi < 0 or lo > 0))
-            rows[v] = {
-                "arm1": a, "arm2": b, "time_h": float(result.meta["visits_h"][j]),
+            differences[key][v] = {
+                "arm1": a, "arm2": b, "time_h": float(t[j]),
                 "difference": w["difference"], "ci95": w["ci95"], "se": w["se"], "df": w["df"],
                 "p_value": w["p_value"], "significant": sig,
                 "favours": (a if w["difference"] < 0 else b) if sig else None,
-                "cohens_d": stats.cohens_d(pa["change"][:, j], pb["change"][:, j]),
+                "cohens_d": stats.cohens_d(pa["change"], pb["change"]),
                 "response_rate_difference": r["difference"],
                 "response_rate_difference_ci95": r["ci95"],
                 "remission_rate_difference": q["difference"],
                 "remission_rate_difference_ci95": q["ci95"],
             }
-            if sig and first is None:
-                first = {"visit": v, "time_h": rows[v]["time_h"], "favours": rows[v]["favours"]}
-        differences[key] = rows
-        onset[key] = first
+            if sig and onset[key] is None:
+                onset[key] = {"visit": v, "time_h": float(t[j]),
+                              "favours": differences[key][v]["favours"]}
+        del per_patient
+    last = last_dose_times(sc)
+    arm_summary = {arm.name: _arm_level(sc, arm, store, i, labels, t, last)
+                   for i, arm in enumerate(sc.arms)}
     out = {"arms": arms, "differences": differences, "arm_summary": arm_summary,
            "onset": onset, "meta": dict(result.meta)}
     out["meta"].update(scale=scale, response_fraction=f, remission_threshold=thr,
@@ -495,57 +1047,48 @@ _DEFINITIONS = {
 }
 
 
-def _arm_level(arm: ArmSpec, A: ArmArrays, score: np.ndarray, responding: np.ndarray,
-               last: tuple[float, float], sc: Scenario) -> dict:
-    t = A.time_h
-    n = score.shape[0]
-    post = np.arange(len(t)) >= 1  # visits after baseline
-    # time to response
-    hit = responding & post[None, :]
-    ever = hit.any(axis=1)
-    first_j = np.where(ever, hit.argmax(axis=1), len(t) - 1)
-    ttr = t[first_j]
-    # relapse
-    start, end = last
-    horizon = t[-1]
-    if sc.endpoints.relapse_followup:
-        horizon = min(horizon, start + parse_duration(sc.endpoints.relapse_followup,
-                                                      field="endpoints.relapse_followup"))
-    after = np.nonzero((t >= start + RESPONDER_DELAY_H - 1e-6) & post)[0]
-    if not after.size:
-        after = np.nonzero((t >= end - 1e-9) & post)[0]
-    relapse: dict = {"last_dose_h": start, "followup_end_h": float(horizon),
+def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: list[str],
+               t: np.ndarray, last: dict[str, tuple[float, float]]) -> dict:
+    """Arm-level summary from per-patient columns: baseline, peaks, time to response,
+    relapse (the per-patient fields were computed with each chunk)."""
+    scale = sc.endpoints.scale
+    c = store.columns(a, [f"{scale}@{labels[0]}", "baseline_madrs",
+                          "peak_effect_site_ng_per_ml", "peak_cadss", "peak_sbp_change_mmhg",
+                          "time_to_response_h", "responded", "relapse_at_risk", "relapsed",
+                          "relapse_time_h"])
+    base = c[f"{scale}@{labels[0]}"].astype(float)
+    n = int(base.shape[0])
+    ttr = c["time_to_response_h"].astype(float)
+    ever = c["responded"].astype(bool)
+    d = _relapse_design(sc, arm.name, t, last)
+    relapse: dict = {"last_dose_h": d["start"], "followup_end_h": float(d["horizon"]),
                      "responder_visit": None, "n_at_risk": 0, "n_relapsed": 0,
                      "n_censored": 0, "relapse_fraction": None, "median_h": None,
                      "median_d": None, "censoring": "responders who keep their response are "
                                                     "censored at the end of follow-up"}
-    if after.size and t[after[0]] <= horizon:
-        j0 = int(after[0])
-        window = np.nonzero((np.arange(len(t)) > j0) & (t <= horizon + 1e-9))[0]
-        at_risk = responding[:, j0]
-        lost = ~responding[:, window] if window.size else np.zeros((n, 0), bool)
-        ev = lost.any(axis=1) & at_risk
-        times = np.where(ev, t[window[lost.argmax(axis=1)]] - start if window.size else 0.0,
-                         (t[window[-1]] if window.size else t[j0]) - start)
+    if d["j0"] is not None:
+        at_risk = c["relapse_at_risk"].astype(bool)
+        ev = c["relapsed"].astype(bool)
+        times = c["relapse_time_h"].astype(float)
         k = int(at_risk.sum())
         med = stats.event_median(times[at_risk], ev[at_risk]) if k else None
-        relapse.update(responder_visit=_label(sc, A, j0), n_at_risk=k,
+        relapse.update(responder_visit=_label(sc, len(t), d["j0"]), n_at_risk=k,
                        n_relapsed=int(ev.sum()), n_censored=int(k - ev.sum()),
                        relapse_fraction=float(ev.sum() / k) if k else None,
                        median_h=med, median_d=None if med is None else med / 24.0,
                        relapse_times_h=sorted(float(x) for x in times[ev]))
-    peak_ce = A.cols["peak_effect_site_ng_per_ml"][:, 0]
-    peak_cadss = A.cols["peak_cadss"][:, 0]
+    peak_ce = c["peak_effect_site_ng_per_ml"].astype(float)
+    peak_cadss = c["peak_cadss"].astype(float)
     return {
         "n": n,
         "treatment": describe_arm(arm),
-        "baseline_mean": float(score[:, 0].mean()),
-        "baseline_sd": stats.mean_sd(score[:, 0])[1],
-        "baseline_madrs_mean": float(A.cols["baseline_madrs"][:, 0].mean()),
+        "baseline_mean": float(base.mean()),
+        "baseline_sd": stats.mean_sd(base)[1],
+        "baseline_madrs_mean": float(c["baseline_madrs"].astype(float).mean()),
         "median_peak_effect_site_ng_per_ml": float(np.median(peak_ce)),
         "mean_peak_cadss": float(peak_cadss.mean()),
         "peak_dissociation_incidence": float((peak_cadss >= DISSOCIATION_CADSS).mean()),
-        "mean_peak_sbp_change_mmhg": float(A.cols["peak_sbp_change_mmhg"][:, 0].mean()),
+        "mean_peak_sbp_change_mmhg": float(c["peak_sbp_change_mmhg"].astype(float).mean()),
         "time_to_response": {
             "n_responded": int(ever.sum()), "n": n,
             "median_h": stats.event_median(ttr, ever),
@@ -556,9 +1099,10 @@ def _arm_level(arm: ArmSpec, A: ArmArrays, score: np.ndarray, responding: np.nda
     }
 
 
-def _label(sc: Scenario, A: ArmArrays, j: int) -> str:
+def _label(sc: Scenario, n_visits: int, j: int) -> str:
     labels = list(sc.endpoints.at)
-    return labels[j - (len(A.time_h) - len(labels))]
+    return labels[j - (n_visits - len(labels))]
+
 
 
 def _pick(visits: list[str], hours: float) -> str | None:

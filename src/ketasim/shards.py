@@ -1,0 +1,219 @@
+"""Per-patient result shards of a virtual trial: chunk plan, Parquet shards, manifest, stores.
+
+A trial's patients are cut into chunks ``(arm, start, size)``. Each chunk's per-patient
+summaries (one row per patient, every endpoint at every visit as ``<column>@<visit>``) go into
+one Parquet shard, ``DIR/shards/arm=<name>/chunk-<start>.parquet``, written atomically (a
+temporary file in the same folder, then a rename), so a shard is either complete or absent.
+The few patients whose visit-by-visit long table is kept ("trajectories") go to
+``DIR/trajectories/arm=<name>/chunk-<start>.parquet``. ``DIR/manifest.json`` records the
+scenario hash, seed, ketasim version and card versions; a rerun with the same scenario
+resumes from the shards that are present and valid.
+
+Stores give the statistics code columns, never the whole table: :class:`MemoryStore` keeps
+small runs' shards as DataFrames, :class:`DirStore` reads the requested columns from the
+Parquet shards, one arm at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import KetasimError
+
+MANIFEST = "manifest.json"
+FORMAT = "ketasim-trial-shards/1"
+#: spawn key that separates chunk seeds from patient seeds (both use [seed, arm, index])
+_CHUNK_SPAWN_KEY = 0x63686B  # "chk"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Patients ``start … start+size−1`` of arm ``arm_index`` (named ``arm``)."""
+
+    arm_index: int
+    arm: str
+    start: int
+    size: int
+
+    def seed_entropy(self, seed: int) -> int:
+        """Per-chunk seed (a 64-bit integer from ``SeedSequence([seed, arm, start])`` with its
+        own spawn key, so it never equals a patient's stream). Patients keep their own
+        per-patient seeds, so results do not depend on it or on the chunking; it is recorded
+        with each shard for engines that draw per chunk."""
+        ss = np.random.SeedSequence([seed, self.arm_index, self.start],
+                                    spawn_key=(_CHUNK_SPAWN_KEY,))
+        return int(ss.generate_state(1, np.uint64)[0])
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm_index}-{self.start}"
+
+
+def plan_chunks(arm_names: list[str], sizes: list[int], chunk_size: int) -> list[Chunk]:
+    """Every arm cut into chunks of ``chunk_size`` patients (the last one shorter)."""
+    return [Chunk(a, arm_names[a], s, min(chunk_size, n - s))
+            for a, n in enumerate(sizes) for s in range(0, n, chunk_size)]
+
+
+def scenario_hash(scenario_json: dict) -> str:
+    """SHA-256 of the scenario's canonical JSON (sorted keys)."""
+    text = json.dumps(scenario_json, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- files
+def shard_path(folder: str, chunk: Chunk, kind: str = "shards") -> str:
+    return os.path.join(folder, kind, f"arm={chunk.arm}", f"chunk-{chunk.start}.parquet")
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: str, metadata: dict[str, str] | None = None,
+                         field: str = "out") -> None:
+    """Write ``df`` to ``path`` via a temporary file in the same folder and a rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if metadata:
+            meta = dict(table.schema.metadata or {})
+            meta.update({k.encode(): v.encode() for k, v in metadata.items()})
+            table = table.replace_schema_metadata(meta)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def write_json_atomic(data: dict, path: str, field: str = "out") -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1, ensure_ascii=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def shard_valid(path: str, chunk: Chunk, run_hash: str) -> bool:
+    """A shard is valid when it reads as Parquet, carries this run's hash and chunk identity,
+    and holds exactly the chunk's patients in order."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        meta = pf.schema_arrow.metadata or {}
+        if meta.get(b"ketasim.run_hash", b"").decode() != run_hash:
+            return False
+        if meta.get(b"ketasim.chunk", b"").decode() != f"{chunk.arm_index},{chunk.start},"\
+                                                       f"{chunk.size}":
+            return False
+        if pf.metadata.num_rows != chunk.size:
+            return False
+        pts = pf.read(columns=["patient"]).column(0).to_numpy()
+        return bool(np.array_equal(pts, np.arange(chunk.start, chunk.start + chunk.size)))
+    except Exception:  # noqa: BLE001 - any unreadable file is simply not a valid shard
+        return False
+
+
+def read_manifest(folder: str) -> dict | None:
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise KetasimError("out", f"{path} is not a readable ketasim manifest",
+                           "--no-resume to overwrite") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise KetasimError("out", f"{path} is not a ketasim trial manifest",
+                           "--no-resume to overwrite")
+    return data
+
+
+def clear_run(folder: str) -> None:
+    """Remove a previous run's shards, trajectories and manifest (nothing else)."""
+    for sub in ("shards", "trajectories"):
+        p = os.path.join(folder, sub)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+    m = os.path.join(folder, MANIFEST)
+    if os.path.exists(m):
+        os.unlink(m)
+
+
+# --------------------------------------------------------------------------- stores
+class Store:
+    """Per-patient summaries by chunk; the statistics read columns, one arm at a time."""
+
+    plan: list[Chunk]
+
+    def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def columns(self, arm_index: int, names: list[str]) -> dict[str, np.ndarray]:
+        """The named columns of one arm, in patient order, as arrays."""
+        parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for ch in self.plan:
+            if ch.arm_index != arm_index:
+                continue
+            df = self.frame(ch, names)
+            for n in names:
+                parts[n].append(df[n].to_numpy())
+        return {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in parts.items()}
+
+    def table(self, arm_index: int | None = None) -> pd.DataFrame:
+        """Every per-patient row (of one arm, or all): meant for small runs and tests."""
+        frames = [self.frame(ch) for ch in self.plan
+                  if arm_index is None or ch.arm_index == arm_index]
+        return pd.concat(frames, ignore_index=True)
+
+
+class MemoryStore(Store):
+    """Shards kept in memory (small runs without an output folder)."""
+
+    def __init__(self, plan: list[Chunk]) -> None:
+        self.plan = plan
+        self.frames: dict[str, pd.DataFrame] = {}
+
+    def put(self, chunk: Chunk, df: pd.DataFrame) -> None:
+        self.frames[chunk.key] = df
+
+    def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
+        df = self.frames[chunk.key]
+        return df if columns is None else df[columns]
+
+
+class DirStore(Store):
+    """Shards read from Parquet files under ``folder``."""
+
+    def __init__(self, folder: str, plan: list[Chunk]) -> None:
+        self.folder = folder
+        self.plan = plan
+
+    def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(shard_path(self.folder, chunk), columns=columns).to_pandas()
