@@ -54,6 +54,7 @@ class Chunk:
 
     @property
     def key(self) -> str:
+        """Identity of the chunk: ``<arm index>-<first patient>``."""
         return f"{self.arm_index}-{self.start}"
 
 
@@ -71,6 +72,7 @@ def scenario_hash(scenario_json: dict) -> str:
 
 # --------------------------------------------------------------------------- files
 def shard_path(folder: str, chunk: Chunk, kind: str = "shards") -> str:
+    """Path of a chunk's Parquet file under ``folder/kind/arm=<name>/``."""
     return os.path.join(folder, kind, f"arm={chunk.arm}", f"chunk-{chunk.start}.parquet")
 
 
@@ -101,6 +103,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str, metadata: dict[str, str] |
 
 
 def write_json_atomic(data: dict, path: str, field: str = "out") -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temp file, then rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -138,6 +141,7 @@ def shard_valid(path: str, chunk: Chunk, run_hash: str) -> bool:
 
 
 def read_manifest(folder: str) -> dict | None:
+    """The run manifest in ``folder``, or None when there is none."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         return None
@@ -171,6 +175,7 @@ class Store:
     plan: list[Chunk]
 
     def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
+        """One chunk's per-patient table (optionally only ``columns``)."""
         raise NotImplementedError
 
     def columns(self, arm_index: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -199,9 +204,11 @@ class MemoryStore(Store):
         self.frames: dict[str, pd.DataFrame] = {}
 
     def put(self, chunk: Chunk, df: pd.DataFrame) -> None:
+        """Keep one chunk's per-patient table in memory."""
         self.frames[chunk.key] = df
 
     def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
+        """One chunk's per-patient table (optionally only ``columns``)."""
         df = self.frames[chunk.key]
         return df if columns is None else df[columns]
 
@@ -214,6 +221,7 @@ class DirStore(Store):
         self.plan = plan
 
     def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
+        """One chunk's per-patient table read from its Parquet shard."""
         import pyarrow.parquet as pq
 
         return pq.read_table(shard_path(self.folder, chunk), columns=columns).to_pandas()

@@ -120,6 +120,7 @@ class RichProgress:
         self.bar.update(self.task, completed=done)
 
     def close(self) -> None:
+        """Stop and remove the progress bar."""
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
