@@ -131,11 +131,22 @@ class EndpointModel:
                           (), (seed, 0, 0))
         self.typical = typical
         self.evaluations = 0
+        self.simulations = 0
+        self._memo: dict[tuple, dict[str, np.ndarray]] = {}
 
     def _components(self, overrides: dict[str, float]) -> dict[str, np.ndarray]:
+        """Typical-patient drive for these mechanism values (memoised: Sobol and Morris
+        designs repeat the mechanism part of many rows where only a clinic value changes)."""
         from .validate import simulate_components
 
-        return simulate_components(self.arms[0], [self.typical], self.t[0], overrides or None)
+        key = tuple(sorted(overrides.items()))
+        if key not in self._memo:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[key] = simulate_components(self.arms[0], [self.typical], self.t[0],
+                                                  overrides or None)
+            self.simulations += 1
+        return self._memo[key]
 
     def __call__(self, x: np.ndarray) -> float:
         from .mood import scores_batch
@@ -192,7 +203,7 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
     problem = {"num_vars": len(rows), "names": [r[1] for r in rows],
                "bounds": [[r[3], r[4]] for r in rows]}
     if samples is None:
-        samples = 64 if method == "sobol" else 10
+        samples = 128 if method == "sobol" else 10
     t0 = time.perf_counter()
     model = EndpointModel(endpoint, plist, n, seed)
     nominal = model(np.array([r[2] for r in rows]))
@@ -226,7 +237,8 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
     from .cards import card_versions
 
     return {"endpoint": endpoint, "metric": model.metric, "at": model.at, "method": method,
-            "samples": samples, "evaluations": int(len(Y) + 1), "nominal": float(nominal),
+            "samples": samples, "evaluations": int(len(Y) + 1),
+            "mechanism_simulations": model.simulations, "nominal": float(nominal),
             "output_sd": float(np.std(Y)), "spread": spread, "n": n, "seed": seed,
             "parameters": out_p, **extra, "wall_s": round(time.perf_counter() - t0, 2),
             "design": "ketamine 0.5 mg/kg IV over 40 min vs midazolam, TRD; mechanism "

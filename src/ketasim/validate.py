@@ -769,16 +769,16 @@ def _pk_values(e: Endpoint, population: dict, n: int, seed: int) -> np.ndarray:
     res, reg, w = _pk_run(e.regimen, population, n, seed)
     s = res.summary
     if e.metric == "cmax":
-        return np.asarray(s["cmax"], float)
+        return np.asarray(s["cmax_ng_per_ml"], float)
     if e.metric == "tmax_min":
-        return np.asarray(s["tmax"], float) * 60.0
+        return np.asarray(s["tmax_h"], float) * 60.0
     if e.metric == "t_half":
-        return np.asarray(s["t_half_terminal"], float)
+        return np.broadcast_to(np.asarray(s["t_half_terminal_h"], float), (len(w),)).copy()
     if e.metric == "conc_at":
         h = _hours(e.at if isinstance(e.at, str) else e.at[0])
         cp = res.plasma_ng_per_ml[res.parent]
         return np.array([np.interp(h, res.time_h, row) for row in cp])
-    auc = np.asarray(s["auc_0_inf"], float)  # ng·h/mL
+    auc = np.asarray(s["auc_0_inf_ng_h_per_ml"], float)  # ng·h/mL
     dose = _dose_mg(reg, w)
     if e.metric == "clearance":
         return dose / auc * 1000.0  # mg / (ng·h/mL) = 1000 L/h
@@ -788,7 +788,7 @@ def _pk_values(e: Endpoint, population: dict, n: int, seed: int) -> np.ndarray:
         if e.reference is None:
             raise KetasimError(f"endpoint {e.name}", "bioavailability needs 'reference'")
         ref, rreg, rw = _pk_run(e.reference, population, n, seed)
-        auc_ref = np.asarray(ref.summary["auc_0_inf"], float)
+        auc_ref = np.asarray(ref.summary["auc_0_inf_ng_h_per_ml"], float)
         return (auc / dose) / (auc_ref / _dose_mg(rreg, rw))
     raise KetasimError(f"endpoint {e.name}", f"unknown PK metric {e.metric}")  # pragma: no cover
 
