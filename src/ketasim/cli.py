@@ -911,13 +911,18 @@ def report_credibility(
     cases: Annotated[str | None, typer.Option("--cases", help="extra case folder")] = None,
     sensitivity_samples: Annotated[int, typer.Option(
         help="Morris trajectories for the sensitivity section")] = 8,
+    no_shipped: Annotated[bool, typer.Option("--no-shipped", help="scorecard of --cases only")]
+    = False,
 ) -> None:
     """Write the credibility report: context of use, diagram, verification, parameters,
     calibration fits, scorecard, sensitivity and limitations (one self-contained HTML file)."""
     from .credibility import build_report
 
+    if no_shipped and cases is None:
+        raise KetasimError("no-shipped", "needs --cases FOLDER")
     html = build_report(n=n, seed=seed, replicates=replicates, cases_dir=cases,
-                        sensitivity_samples=sensitivity_samples)
+                        sensitivity_samples=sensitivity_samples,
+                        include_shipped=not no_shipped)
     _write(out_path, html, "out")
     out.print(f"wrote {out_path}")
 

@@ -99,34 +99,38 @@ def model_diagram_svg() -> str:
     from .mechanism import HYPOTHESES, Hypotheses
 
     w = Hypotheses.default().as_dict()
-    boxes = [("dose", "regimen (route, dose)"), ("pk", "PK: plasma, metabolites"),
-             ("brain", "brain: free conc. (ke0)"), ("block", "NMDAR block by population"),
-             ("chain", "BDNF → TrkB → mTORC1"), ("syn", "synaptic proteins, spines"),
-             ("mood", "MADRS / HAM-D, suicidality")]
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="330" '
-             'role="img" aria-label="model diagram" id="diagram-svg">',
+    boxes = [("regimen", "(route, dose)"), ("PK", "plasma, metabolites"),
+             ("brain", "free conc. (ke0)"), ("NMDAR block", "per population"),
+             ("BDNF → TrkB", "→ mTORC1"), ("synapses", "proteins, spines"),
+             ("mood", "MADRS, suicidality")]
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1000 330" width="1000" '
+             'height="330" role="img" aria-label="model diagram" id="diagram-svg">',
              '<defs><marker id="arr" markerWidth="8" markerHeight="8" refX="7" refY="4" '
              'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>']
     x = 10
-    for i, (_, label) in enumerate(boxes):
-        parts.append(f'<rect x="{x}" y="20" width="128" height="46" rx="6" fill="#e8f0fb" '
-                     f'stroke="#4a72b0"/><text x="{x + 64}" y="47" font-size="11" '
-                     f'text-anchor="middle">{escape(label)}</text>')
+    for i, (title, sub) in enumerate(boxes):
+        parts.append(f'<rect x="{x}" y="20" width="122" height="50" rx="6" fill="#e8f0fb" '
+                     f'stroke="#4a72b0"/><text x="{x + 61}" y="41" font-size="12" '
+                     f'font-weight="bold" text-anchor="middle">{escape(title)}</text>'
+                     f'<text x="{x + 61}" y="59" font-size="10" text-anchor="middle">'
+                     f'{escape(sub)}</text>')
         if i < len(boxes) - 1:
-            parts.append(f'<line x1="{x + 128}" y1="43" x2="{x + 141}" y2="43" stroke="#555" '
+            parts.append(f'<line x1="{x + 122}" y1="45" x2="{x + 140}" y2="45" stroke="#555" '
                          f'marker-end="url(#arr)"/>')
         x += 142
-    parts.append('<text x="10" y="100" font-size="12" font-weight="bold">mechanism '
-                 'hypotheses (weights from the hypotheses card; green = active by '
-                 'default)</text>')
+    parts.append('<text x="10" y="240" font-size="12" font-weight="bold">mechanism '
+                 'hypotheses (right) link receptor</text><text x="10" y="256" font-size="12" '
+                 'font-weight="bold">block to BDNF/mTORC1 and synapses;</text><text x="10" '
+                 'y="272" font-size="12" font-weight="bold">green = active by default '
+                 '(hypotheses card)</text>')
     y = 115
     for k, text in HYPOTHESES.items():
         on = w.get(f"w_{k}", w.get(k, 0.0)) > 0
         fill, stroke = ("#e3f6e3", "#2e8b2e") if on else ("#f3f3f3", "#999")
-        parts.append(f'<rect x="430" y="{y}" width="560" height="24" rx="4" fill="{fill}" '
-                     f'stroke="{stroke}"/><text x="440" y="{y + 16}" font-size="11">'
+        parts.append(f'<line x1="497" y1="70" x2="560" y2="{y + 12}" stroke="#bbb"/>')
+        parts.append(f'<rect x="560" y="{y}" width="430" height="24" rx="4" fill="{fill}" '
+                     f'stroke="{stroke}"/><text x="568" y="{y + 16}" font-size="10.5">'
                      f'({k}) {escape(text)}{"" if on else " — off"}</text>')
-        parts.append(f'<line x1="500" y1="66" x2="{425}" y2="{y + 12}" stroke="#bbb"/>')
         y += 32
     parts.append('<text x="10" y="140" font-size="11">side effects (CADSS, BPRS, SBP, '
                  'sedation)</text><text x="10" y="156" font-size="11">follow the brain '
@@ -279,6 +283,29 @@ def _why(e: dict) -> str:
     return f"model {p:.3g} is {side} the accepted [{iv[0]:.3g}, {iv[1]:.3g}]"
 
 
+def miss_theme(case: dict, e: dict) -> str:
+    """A coarse, data-driven grouping of a missed endpoint (for the summary of misses)."""
+    from .units import parse_duration
+
+    if e["scale"] in ("cadss", "sbp_change_mmhg", "bprs_positive", "sedation"):
+        return "side effects (time course, incidence)"
+    if e["scale"] in ("madrs_item10", "ssi"):
+        return "suicidality scores"
+    if case["kind"] == "pk":
+        return "pharmacokinetics"
+    at = e["at"] if isinstance(e["at"], str) else (e["at"] or ["0 h"])[0]
+    try:
+        early = parse_duration(at, allow_zero=True) <= 4.0
+    except Exception:  # noqa: BLE001
+        early = False
+    if early:
+        return "onset within 4 h"
+    control = any(k in (e["arm"] or "") for k in ("placebo", "saline", "control", "midazolam"))
+    if control and e["vs"] is None:
+        return "placebo / control arms"
+    return "drug effect size and durability"
+
+
 def _scorecard_html(sc: dict) -> str:
     rows = []
     for c in sc["cases"]:
@@ -302,7 +329,16 @@ def _scorecard_html(sc: dict) -> str:
             summ.append(f"<li><b>{s}</b>: no endpoints (add cases with --cases)</li>")
     misses = [[escape(c["id"]), escape(e["name"]), escape(_why(e)), escape(e.get("note") or "")]
               for c in sc["cases"] for e in c["endpoints"] if not e["within"]]
-    return ("<ul>" + "".join(summ) + "</ul>"
+    themes: dict[str, int] = {}
+    for c in sc["cases"]:
+        for e in c["endpoints"]:
+            if not e["within"]:
+                t = miss_theme(c, e)
+                themes[t] = themes.get(t, 0) + 1
+    theme_html = ("<p>Misses by theme: " + "; ".join(
+        f"{escape(k)}: {v}" for k, v in sorted(themes.items(), key=lambda x: -x[1]))
+        + ".</p>") if themes else ""
+    return ("<ul>" + "".join(summ) + "</ul>" + theme_html
             + _table(["case", "set", "endpoint", "observed", "predicted", "PI90", "accepted",
                       "within"], rows, "scorecard")
             + "<h3>Endpoints outside tolerance, and why</h3>"
@@ -333,14 +369,16 @@ def _parameters_html() -> tuple[str, list[dict]]:
 
 def build_report(n: int = 100, seed: int = 0, replicates: int = 100,
                  cases_dir: str | None = None, sensitivity_samples: int = 8,
-                 scorecard: dict | None = None, sensitivity: dict | None = None) -> str:
+                 scorecard: dict | None = None, sensitivity: dict | None = None,
+                 include_shipped: bool = True) -> str:
     """The credibility report as one HTML string (runs scorecard and Morris unless given)."""
     from .cards import card_versions
     from .sensitivity import plot_indices, run_sensitivity
     from .validate import run_validation
 
     t0 = time.perf_counter()
-    sc = scorecard or run_validation(cases_dir, n=n, seed=seed, replicates=replicates)
+    sc = scorecard or run_validation(cases_dir, n=n, seed=seed, replicates=replicates,
+                                     include_shipped=include_shipped)
     sens = sensitivity or run_sensitivity("madrs_change@24h", method="morris",
                                           samples=sensitivity_samples, n=min(n, 100),
                                           seed=seed)
