@@ -933,7 +933,9 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=UserWarning, module="ketasim")
     try:
-        app(args=argv, standalone_mode=False, prog_name="ketasim")
+        rv = app(args=argv, standalone_mode=False, prog_name="ketasim")
+        if isinstance(rv, int) and rv:  # typer.Exit(code) comes back as a return value
+            return rv
     except KetasimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
