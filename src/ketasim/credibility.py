@@ -11,6 +11,7 @@ parameters. ``build_report`` returns the HTML text.
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import math
 import time
@@ -142,8 +143,10 @@ def model_diagram_svg() -> str:
 
 
 # --------------------------------------------------------------------------- verification
+@functools.lru_cache(maxsize=1)
 def verification_checks() -> dict:
-    """Exact PK solver vs LSODA and mass balance for every human PK card and route (run now)."""
+    """Exact PK solver vs LSODA and mass balance for every human PK card and route (run now;
+    computed once per process: the result depends on the cards only)."""
     from .cards import load_pk_cards
     from .pk import Covariates
     from .pk.model import assemble
