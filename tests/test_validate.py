@@ -282,3 +282,13 @@ def test_shipped_dir_is_package_data():
     assert os.path.isfile(os.path.join(shipped_cases_dir(), "murrough2013a.yaml"))
     assert load_case(os.path.join(shipped_cases_dir(), "murrough2013a.yaml")).id == \
         "murrough2013a"
+
+
+def test_table_output_names_sets_and_summary(capsys):
+    rc = main(["validate", "--cases", str(DATA), "--no-shipped", "--case", "example_pk",
+               "--n", "6", "--replicates", "5"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "example_pk" in text and "(validation)" in text
+    assert "validation: " in text and "endpoints within tolerance" in text
+    assert "not medical advice" in text
