@@ -316,6 +316,13 @@ def _cache_key(arm, spec, arm_index: int, n: int, t: np.ndarray,
 
 
 _MEM: dict[str, dict[str, np.ndarray]] = {}
+_MEM_MAX = 64  # arms kept in memory (oldest dropped first); the disk cache keeps the rest
+
+
+def _remember(key: str, value: dict[str, np.ndarray]) -> None:
+    _MEM[key] = value
+    while len(_MEM) > _MEM_MAX:
+        _MEM.pop(next(iter(_MEM)))
 
 
 def simulate_components(arm, patients: list, t: np.ndarray, overrides: dict | None = None,
@@ -333,7 +340,7 @@ def simulate_components(arm, patients: list, t: np.ndarray, overrides: dict | No
         try:
             with np.load(path) as z:
                 out = {k: z[k] for k in z.files}
-            _MEM[cache_key] = out
+            _remember(cache_key, out)
             return out
         except (OSError, ValueError):
             pass
@@ -345,7 +352,7 @@ def simulate_components(arm, patients: list, t: np.ndarray, overrides: dict | No
         comps = [mechanism_components(arm, p, t) for p in patients]
     out = {k: np.array([c[k] for c in comps]) for k in comps[0]}
     if cache_key is not None:
-        _MEM[cache_key] = out
+        _remember(cache_key, out)
     if path:
         try:
             os.makedirs(d, exist_ok=True)
@@ -685,10 +692,15 @@ def run_trial_case(case: Case, n: int, seed: int, replicates: int,
     c0 = clinic_values()
     S0 = {k: arm_scores(s, c0) for k, s in sims.items()}
     all_idx = {k: np.arange(n) for k in sims}
-    n_study = {k: int(case.study_n.get(k, n)) for k in sims}
-    for e in case.endpoints:  # an endpoint's own n overrides the case's study_n
+    # the study's patients per arm: study_n, else an endpoint's n for that arm, else --n
+    n_study = {k: int(v) for k, v in case.study_n.items() if k in sims}
+    for e in case.endpoints:
         if e.n and e.arm:
             n_study.setdefault(e.arm, e.n)
+        if e.n_vs and e.vs:
+            n_study.setdefault(e.vs, e.n_vs)
+    for k in sims:
+        n_study.setdefault(k, n)
     point = {e.name: _stat(e, sims, S0, all_idx, n_study) for e in case.endpoints}
     rng = _case_seed(seed, case.id)
     reps: dict[str, list[float]] = {e.name: [] for e in case.endpoints}
