@@ -812,9 +812,13 @@ def validate(
         import os
 
         os.environ["KETASIM_CACHE"] = "off"
+    def _progress(i: int, total: int, cid: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r[{i + 1}/{total}] {cid:<40}", end="", file=sys.stderr, flush=True)
+
     if compare_hypotheses or hypotheses == "all":
         r = compare(cases, n=n, seed=seed, replicates=replicates, only=case,
-                    include_shipped=not no_shipped)
+                    include_shipped=not no_shipped, progress=_progress)
         if write:
             _write(write, json.dumps(_jsonable(r), indent=1), "write")
         if as_json:
@@ -837,7 +841,9 @@ def validate(
                   for c in h["cases"] for e in c["endpoints"])
     else:
         r = run_validation(cases, n=n, seed=seed, replicates=replicates, hypotheses=hypotheses,
-                           only=case, include_shipped=not no_shipped)
+                           only=case, include_shipped=not no_shipped, progress=_progress)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
         if write:
             _write(write, json.dumps(_jsonable(r), indent=1), "write")
         if as_json:
