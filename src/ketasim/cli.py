@@ -825,14 +825,16 @@ def validate(
             print(json.dumps(_jsonable(r)))
         else:
             sets = list(r["hypotheses"])
-            t = Table(title="endpoints within tolerance per hypothesis set")
-            t.add_column("case")
+            short = {h: ("def" if h == "default" else h.removeprefix("only:")) for h in sets}
+            t = Table(title="endpoints within tolerance per hypothesis set (def = default "
+                            "combination; a–f = that branch alone)", title_justify="left")
+            t.add_column("case", no_wrap=True)
             for h in sets:
-                t.add_column(h, justify="right")
+                t.add_column(short[h], justify="right")
             t.add_column("best")
             for cid, best in r["best_by_case"].items():
                 t.add_row(cid, *[str(r["within_by_case"][h][cid]) for h in sets],
-                          ", ".join(best))
+                          ",".join(short[b] for b in best))
             t.add_row("[bold]total[/]", *[
                 str(sum(v["within"] for v in r["hypotheses"][h]["summary"].values()))
                 for h in sets], "")
