@@ -942,13 +942,217 @@ def bench_engine(
         out.print(f"{k}: {v}")
 
 
+# --------------------------------------------------------------------------- credibility
+report_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Reports (self-contained HTML).")
+app.add_typer(report_app, name="report")
+
+
+def _num(v, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_num(x, nd) for x in v) + "]"
+    return f"{v:.{nd}g}"
+
+
+def _print_scorecard(r: dict) -> None:
+    for c in r["cases"]:
+        head = f"[bold]{c['id']}[/] ({c['set']})"
+        if not c["endpoints"]:
+            out.print(f"{head}: no endpoints – {c['reason']}")
+            continue
+        t = Table(title=head, title_justify="left")
+        for col in ("endpoint", "observed", "predicted", "PI90", "accepted", "within"):
+            t.add_column(col, justify="left" if col == "endpoint" else "right")
+        for e in c["endpoints"]:
+            acc = e["tolerance"]["interval"] or e["tolerance"]["rule"]
+            t.add_row(e["name"], _num(e["observed"]), _num(e["predicted"]), _num(e["pi90"]),
+                      _num(acc), "[green]yes[/]" if e["within"] else "[red]no[/]")
+        out.print(t)
+    for s, v in r["summary"].items():
+        if v["endpoints"]:
+            out.print(f"[bold]{s}: {v['within']} / {v['endpoints']} endpoints within tolerance "
+                      f"({100 * v['fraction_within']:.0f}%), {v['cases']} cases[/]")
+    m = r["meta"]
+    out.print(f"seed {m['seed']}, {m['n_per_arm']} virtual patients per arm, "
+              f"{m['replicates']} replicates, hypotheses {m['hypotheses']}, "
+              f"ketasim {m['ketasim_version']}. {DISCLAIMER}")
+
+
+@app.command()
+def validate(
+    cases: Annotated[str | None, typer.Option("--cases", help="folder of extra case files "
+                                                              "(*.yaml, docs/validation.md)")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    strict: Annotated[bool, typer.Option(help="exit 1 when an endpoint is outside its "
+                                              "tolerance")] = False,
+    n: Annotated[int, typer.Option(help="virtual patients per arm")] = 100,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    replicates: Annotated[int, typer.Option(help="virtual-trial replicates for the 90% "
+                                                 "prediction intervals")] = 100,
+    case: Annotated[list[str] | None, typer.Option("--case", help="run only this case id "
+                                                                  "(repeatable)")] = None,
+    hypotheses: Annotated[str | None, typer.Option(
+        help="mechanism hypotheses for every drug arm (e.g. 'only:e'), or 'all' to compare "
+             "the default with each hypothesis alone")] = None,
+    compare_hypotheses: Annotated[bool, typer.Option(
+        "--compare-hypotheses", help="same as --hypotheses all")] = False,
+    no_shipped: Annotated[bool, typer.Option("--no-shipped", help="run only the cases in "
+                                                                  "--cases")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the "
+                                                              "simulation cache")] = False,
+    write: Annotated[str | None, typer.Option(help="also save the JSON to this file")] = None,
+) -> None:
+    """Run the literature cases and print the scorecard (observed, predicted, 90% PI, within)."""
+    from .validate import compare_hypotheses as compare
+    from .validate import run_validation
+
+    if no_shipped and cases is None:
+        raise KetasimError("no-shipped", "needs --cases FOLDER")
+    if seed < 0:
+        raise KetasimError("seed", "must be ≥ 0")
+    if no_cache:
+        import os
+
+        os.environ["KETASIM_CACHE"] = "off"
+    def _progress(i: int, total: int, cid: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r[{i + 1}/{total}] {cid:<40}", end="", file=sys.stderr, flush=True)
+
+    if compare_hypotheses or hypotheses == "all":
+        r = compare(cases, n=n, seed=seed, replicates=replicates, only=case,
+                    include_shipped=not no_shipped, progress=_progress)
+        if write:
+            _write(write, json.dumps(_jsonable(r), indent=1), "write")
+        if as_json:
+            print(json.dumps(_jsonable(r)))
+        else:
+            sets = list(r["hypotheses"])
+            short = {h: ("def" if h == "default" else h.removeprefix("only:")) for h in sets}
+            t = Table(title="endpoints within tolerance per hypothesis set (def = default "
+                            "combination; a–f = that branch alone)", title_justify="left")
+            t.add_column("case", no_wrap=True)
+            for h in sets:
+                t.add_column(short[h], justify="right")
+            t.add_column("best")
+            for cid, best in r["best_by_case"].items():
+                t.add_row(cid, *[str(r["within_by_case"][h][cid]) for h in sets],
+                          ",".join(short[b] for b in best))
+            t.add_row("[bold]total[/]", *[
+                str(sum(v["within"] for v in r["hypotheses"][h]["summary"].values()))
+                for h in sets], "")
+            out.print(t)
+        bad = any(e["within"] is False for h in r["hypotheses"].values()
+                  for c in h["cases"] for e in c["endpoints"])
+    else:
+        r = run_validation(cases, n=n, seed=seed, replicates=replicates, hypotheses=hypotheses,
+                           only=case, include_shipped=not no_shipped, progress=_progress)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        if write:
+            _write(write, json.dumps(_jsonable(r), indent=1), "write")
+        if as_json:
+            print(json.dumps(_jsonable(r)))
+        else:
+            _print_scorecard(r)
+        bad = any(not e["within"] for c in r["cases"] for e in c["endpoints"])
+    if strict and bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def sensitivity(
+    endpoint: Annotated[str, typer.Option(help="METRIC@TIME, e.g. madrs_change@24h")]
+    = "madrs_change@24h",
+    method: Annotated[str, typer.Option(help="sobol or morris")] = "morris",
+    samples: Annotated[int | None, typer.Option(
+        help="Sobol: base samples N (power of 2); Morris: trajectories")] = None,
+    n: Annotated[int, typer.Option(help="virtual patients")] = 100,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    spread: Annotated[float, typer.Option(help="bounds: card value × (1 ± spread)")] = 0.5,
+    params: Annotated[str | None, typer.Option(
+        help="comma-separated parameter names (default: the documented subset)")] = None,
+    plot: Annotated[str | None, typer.Option(help="save a bar chart (PNG) here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Global sensitivity (SALib) of one endpoint to clinic and mechanism card parameters."""
+    from .sensitivity import plot_indices, run_sensitivity
+
+    r = run_sensitivity(endpoint, method=method, samples=samples, n=n, seed=seed,
+                        spread=spread, params=params.split(",") if params else None)
+    if plot:
+        _write_bytes(plot, plot_indices(r), "plot")
+        r["plot"] = plot
+    if as_json:
+        print(json.dumps(_jsonable(r)))
+        return
+    t = Table(title=f"{r['method']} sensitivity of {r['endpoint']} "
+                    f"(nominal {r['nominal']:.3g}, {r['evaluations']} evaluations)")
+    cols = (["parameter", "S1", "S1 CI", "ST", "ST CI"] if r["method"] == "sobol"
+            else ["parameter", "mu*", "mu* CI", "sigma"])
+    for col in cols:
+        t.add_column(col, justify="left" if col == "parameter" else "right")
+    for p in r["parameters"]:
+        if r["method"] == "sobol":
+            t.add_row(p["name"], f"{p['S1']:.3f}", f"±{p['S1_conf']:.3f}", f"{p['ST']:.3f}",
+                      f"±{p['ST_conf']:.3f}")
+        else:
+            t.add_row(p["name"], f"{p['mu_star']:.3g}", f"±{p['mu_star_conf']:.3g}",
+                      f"{p['sigma']:.3g}")
+    out.print(t)
+    if r["method"] == "sobol":
+        out.print(f"sum S1 = {r['sum_S1']:.3f} ± {r['sum_S1_conf']:.3f}")
+    out.print(f"seed {seed}, {r['wall_s']:.1f} s. {DISCLAIMER}")
+
+
+def _write_bytes(path: str, data: bytes, field: str) -> None:
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+@report_app.command("credibility")
+def report_credibility(
+    out_path: Annotated[str, typer.Option("--out", help="HTML file to write")] = "report.html",
+    n: Annotated[int, typer.Option(help="virtual patients per arm for the scorecard")] = 100,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    replicates: Annotated[int, typer.Option(help="replicates for prediction intervals")] = 100,
+    cases: Annotated[str | None, typer.Option("--cases", help="extra case folder")] = None,
+    sensitivity_samples: Annotated[int, typer.Option(
+        help="Morris trajectories for the sensitivity section")] = 8,
+    no_shipped: Annotated[bool, typer.Option("--no-shipped", help="scorecard of --cases only")]
+    = False,
+) -> None:
+    """Write the credibility report: context of use, diagram, verification, parameters,
+    calibration fits, scorecard, sensitivity and limitations (one self-contained HTML file)."""
+    from .credibility import build_report
+
+    if no_shipped and cases is None:
+        raise KetasimError("no-shipped", "needs --cases FOLDER")
+    html = build_report(n=n, seed=seed, replicates=replicates, cases_dir=cases,
+                        sensitivity_samples=sensitivity_samples,
+                        include_shipped=not no_shipped)
+    _write(out_path, html, "out")
+    out.print(f"wrote {out_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps ketasim and usage errors to one line on stderr and exit code 2."""
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning, module="ketasim")
     try:
-        app(args=argv, standalone_mode=False, prog_name="ketasim")
+        rv = app(args=argv, standalone_mode=False, prog_name="ketasim")
+        if isinstance(rv, int) and rv:  # typer.Exit(code) comes back as a return value
+            return rv
     except KetasimError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

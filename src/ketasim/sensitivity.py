@@ -1,0 +1,281 @@
+"""Global sensitivity analysis (SALib: Sobol, Morris) of one clinical endpoint.
+
+The endpoint (``METRIC@TIME``, e.g. ``madrs_change@24h``) is computed on the reference design:
+ketamine 0.5 mg/kg IV over 40 min vs midazolam in TRD (the ``default`` scenario's arms), with
+``n`` virtual patients per arm. Metrics: ``madrs_change`` (mean MADRS change, ketamine arm),
+``madrs_difference`` (ketamine minus midazolam change), ``response_rate``, ``remission_rate``,
+``item10_change`` and ``ssi_change``.
+
+Parameters (:data:`DEFAULT_PARAMETERS`, a documented subset; see docs/validation.md): the
+calibrated and assumed constants of the clinic card that act on a ketamine arm, and the
+mechanism constants (receptor and signalling cards) that set the LHb/synaptic drive. Bounds are
+the card value × (1 ± spread) (default ±50 %), fractions kept inside (0, 1).
+
+How one evaluation runs: clinic constants act through the cached per-patient components
+(cheap). Mechanism constants need the mechanism re-simulated: to keep thousands of evaluations
+affordable, the drive of a *typical* patient (population-typical PK) is simulated with the
+sampled mechanism constants and applied to every virtual patient, whose placebo response,
+maximal drug effect, baseline and visit noise still vary. The same rule is used for every
+evaluation (nominal included), so indices compare like with like.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+from . import __version__
+from .errors import KetasimError
+
+#: (card, parameter): clinic constants acting on a ketamine arm, then mechanism constants
+DEFAULT_PARAMETERS: tuple[tuple[str, str], ...] = (
+    ("clinic", "drug_emax"), ("clinic", "drug_emax_iiv_sd"), ("clinic", "drive50"),
+    ("clinic", "a_fast"), ("clinic", "a_proteins"), ("clinic", "a_spines"),
+    ("clinic", "k_mood"), ("clinic", "placebo_active"), ("clinic", "placebo_iiv_sd"),
+    ("clinic", "placebo_tau_h"), ("clinic", "consolidation_gain"),
+    ("clinic", "consolidation_threshold"), ("clinic", "residual_sd"),
+    ("receptor", "Kd0_ketamine"), ("receptor", "kesc_lhb_factor"),
+    ("signalling", "theta_H"), ("signalling", "tau_b"),
+)
+MECHANISM_CARDS = ("receptor", "signalling")
+METHODS = ("sobol", "morris")
+ENDPOINT_METRICS = ("madrs_change", "madrs_difference", "response_rate", "remission_rate",
+                    "item10_change", "ssi_change")
+_FRACTIONS = {"drug_emax", "placebo_active", "placebo_saline", "consolidation_threshold",
+              "theta_H", "ad_background_max"}
+
+
+def parse_endpoint(text: str) -> tuple[str, str]:
+    """``madrs_change@24h`` → ("madrs_change", "24 h")."""
+    m = re.fullmatch(r"\s*([a-z0-9_]+)\s*@\s*([0-9.]+)\s*([a-z]+)\s*", text or "")
+    if not m or m.group(1) not in ENDPOINT_METRICS:
+        raise KetasimError("endpoint", f"cannot read {text!r}",
+                           "METRIC@TIME with METRIC one of " + ", ".join(ENDPOINT_METRICS)
+                           + " (e.g. madrs_change@24h)")
+    at = f"{m.group(2)} {m.group(3)}"
+    from .units import parse_duration
+
+    h = parse_duration(at, field="endpoint")
+    if not 0 < h <= 24 * 60:
+        raise KetasimError("endpoint", f"time {at} outside 0–60 days")
+    return m.group(1), at
+
+
+def _bounds(card: str, name: str, spread: float) -> tuple[float, float, float]:
+    from .cards import load_param_card
+
+    try:
+        v = load_param_card(card).value(name)
+    except KeyError as exc:
+        raise KetasimError("params", f"unknown parameter {name!r} in card {card}") from exc
+    lo, hi = sorted((v * (1 - spread), v * (1 + spread)))
+    if name in _FRACTIONS:
+        lo, hi = max(lo, 0.01), min(hi, 0.99)
+    if lo == hi:
+        raise KetasimError("params", f"{name} = 0 has no relative range")
+    return v, lo, hi
+
+
+def resolve_parameters(names: list[str] | None) -> list[tuple[str, str]]:
+    """(card, name) for the given names (clinic, receptor or signalling cards)."""
+    if not names:
+        return list(DEFAULT_PARAMETERS)
+    from .cards import load_param_card
+
+    out = []
+    for raw in names:
+        name = raw.strip()
+        card = next((c for c in ("clinic", *MECHANISM_CARDS)
+                     if name in load_param_card(c).parameters), None)
+        if card is None:
+            raise KetasimError("params", f"unknown parameter {name!r}",
+                               "names from the clinic, receptor or signalling cards")
+        out.append((card, name))
+    if len(set(out)) != len(out):
+        raise KetasimError("params", "a parameter is listed twice")
+    if len(out) < 2:
+        raise KetasimError("params", "need at least two parameters")
+    return out
+
+
+class EndpointModel:
+    """The endpoint as a function of a parameter vector (see the module docstring)."""
+
+    def __init__(self, endpoint: str, params: list[tuple[str, str]], n: int, seed: int):
+        from .mood import _grid, arm_regimen
+        from .population import sample_arm
+        from .scenario import parse_scenario
+        from .validate import clinic_values
+
+        self.metric, self.at = parse_endpoint(endpoint)
+        self.params = params
+        self.c0 = clinic_values()
+        sc = parse_scenario({"population": {"disorder": "trd", "n": 2 * n, "seed": seed},
+                             "arm": [{"name": "ketamine", "drug": "ketamine",
+                                      "route": "iv-infusion", "dose": "0.5 mg/kg",
+                                      "duration": "40 min"},
+                                     {"name": "midazolam", "control": "active-placebo"}],
+                             "endpoints": {"at": [self.at]}})
+        from .units import parse_duration
+
+        self.visits = np.array([parse_duration(self.at)])
+        self.arms = sc.arms
+        self.patients = [sample_arm(sc.population, i, n, 1) for i in range(2)]
+        self.t = [_grid(self.visits, arm_regimen(a)) for a in self.arms]
+        from .population import Patient
+
+        typical = Patient(0, sc.population.weight_kg_mean, sc.population.age_mean, "male",
+                          sc.population.race, "trd", 30.0, 0.0, 0.0, 1.0, 1.0, np.zeros(1),
+                          (), (seed, 0, 0))
+        self.typical = typical
+        self.evaluations = 0
+        self.simulations = 0
+        self._memo: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def _components(self, overrides: dict[str, float]) -> dict[str, np.ndarray]:
+        """Typical-patient drive for these mechanism values (memoised: Sobol and Morris
+        designs repeat the mechanism part of many rows where only a clinic value changes)."""
+        from .validate import simulate_components
+
+        key = tuple(sorted(overrides.items()))
+        if key not in self._memo:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            self._memo[key] = simulate_components(self.arms[0], [self.typical], self.t[0],
+                                                  overrides or None)
+            self.simulations += 1
+        return self._memo[key]
+
+    def __call__(self, x: np.ndarray) -> float:
+        from .mood import scores_batch
+
+        c = dict(self.c0)
+        mech = {}
+        for (card, name), v in zip(self.params, x, strict=True):
+            if card == "clinic":
+                c[name] = float(v)
+            else:
+                mech[name] = float(v)
+        comp = self._components(mech)
+        n = len(self.patients[0])
+        comps = {k: np.repeat(v, n, axis=0) for k, v in comp.items()}
+        s_k = scores_batch(self.arms[0], self.patients[0], self.t[0], self.visits, comps, c)
+        self.evaluations += 1
+        base = np.array([p.baseline_madrs for p in self.patients[0]])
+        m = self.metric
+        if m == "madrs_change":
+            return float((s_k["madrs"][:, 0] - base).mean())
+        if m == "response_rate":
+            return float((s_k["madrs"][:, 0] <= 0.5 * base).mean())
+        if m == "remission_rate":
+            return float((s_k["madrs"][:, 0] <= 10.0).mean())
+        if m == "item10_change":
+            return float(s_k["madrs_item10"][:, 0].mean() - c["item10_baseline"])
+        if m == "ssi_change":
+            return float(s_k["ssi"][:, 0].mean() - c["ssi_baseline"])
+        zero = {k: np.zeros((n, len(self.t[1]))) for k in comps}
+        s_m = scores_batch(self.arms[1], self.patients[1], self.t[1], self.visits, zero, c)
+        base_m = np.array([p.baseline_madrs for p in self.patients[1]])
+        return float((s_k["madrs"][:, 0] - base).mean() - (s_m["madrs"][:, 0] - base_m).mean())
+
+
+def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
+                    samples: int | None = None, n: int = 100, seed: int = 0,
+                    spread: float = 0.5, params: list[str] | None = None) -> dict:
+    """Sobol (first-order and total indices with 95 % CIs) or Morris (mu*, sigma)."""
+    from SALib.analyze import morris as morris_analyze
+    from SALib.analyze import sobol as sobol_analyze
+    from SALib.sample import morris as morris_sample
+    from SALib.sample import sobol as sobol_sample
+
+    if method not in METHODS:
+        raise KetasimError("method", f"unknown method {method!r}", ", ".join(METHODS))
+    if not 0.0 < spread < 1.0:
+        raise KetasimError("spread", f"must be between 0 and 1, got {spread}")
+    if not 5 <= n <= 5000:
+        raise KetasimError("n", f"must be 5..5000, got {n}")
+    if seed < 0:
+        raise KetasimError("seed", "must be ≥ 0")
+    plist = resolve_parameters(params)
+    rows = [(card, name, *_bounds(card, name, spread)) for card, name in plist]
+    problem = {"num_vars": len(rows), "names": [r[1] for r in rows],
+               "bounds": [[r[3], r[4]] for r in rows]}
+    if samples is None:
+        samples = 128 if method == "sobol" else 10
+    t0 = time.perf_counter()
+    model = EndpointModel(endpoint, plist, n, seed)
+    nominal = model(np.array([r[2] for r in rows]))
+    if method == "sobol":
+        if samples < 8 or samples & (samples - 1):
+            raise KetasimError("samples", "Sobol needs a power of two ≥ 8")
+        X = sobol_sample.sample(problem, samples, calc_second_order=False, seed=seed)
+        Y = np.array([model(x) for x in X])
+        res = sobol_analyze.analyze(problem, Y, calc_second_order=False, seed=seed)
+        out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
+                  "S1": float(res["S1"][i]), "S1_conf": float(res["S1_conf"][i]),
+                  "ST": float(res["ST"][i]), "ST_conf": float(res["ST_conf"][i])}
+                 for i, (nm, r) in enumerate(zip(problem["names"], rows, strict=True))]
+        # CI of the sum: the half-widths added in quadrature (indices estimated jointly)
+        extra = {"sum_S1": float(np.sum(res["S1"])),
+                 "sum_S1_conf": float(np.sqrt(np.sum(np.square(res["S1_conf"]))))}
+        out_p.sort(key=lambda p: -p["ST"])
+    else:
+        if not 2 <= samples <= 1000:
+            raise KetasimError("samples", "Morris needs 2..1000 trajectories")
+        X = morris_sample.sample(problem, samples, num_levels=4, seed=seed)
+        Y = np.array([model(x) for x in X])
+        res = morris_analyze.analyze(problem, X, Y, num_levels=4, seed=seed)
+        out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
+                  "mu_star": float(res["mu_star"][i]),
+                  "mu_star_conf": float(res["mu_star_conf"][i]),
+                  "mu": float(res["mu"][i]), "sigma": float(res["sigma"][i])}
+                 for i, (nm, r) in enumerate(zip(problem["names"], rows, strict=True))]
+        extra = {}
+        out_p.sort(key=lambda p: -p["mu_star"])
+    from .cards import card_versions
+
+    return {"endpoint": endpoint, "metric": model.metric, "at": model.at, "method": method,
+            "samples": samples, "evaluations": int(len(Y) + 1),
+            "mechanism_simulations": model.simulations, "nominal": float(nominal),
+            "output_sd": float(np.std(Y)), "spread": spread, "n": n, "seed": seed,
+            "parameters": out_p, **extra, "wall_s": round(time.perf_counter() - t0, 2),
+            "design": "ketamine 0.5 mg/kg IV over 40 min vs midazolam, TRD; mechanism "
+                      "constants act through a typical patient's drive",
+            "ketasim_version": __version__, "card_versions": card_versions()}
+
+
+def plot_indices(r: dict) -> bytes:
+    """Bar chart of the indices (Sobol S1/ST with CIs, or Morris mu* with CI) as PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ps = r["parameters"]
+    names = [p["name"] for p in ps]
+    y = np.arange(len(ps))
+    fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(ps) + 1.4), dpi=100)
+    if r["method"] == "sobol":
+        ax.barh(y - 0.2, [p["S1"] for p in ps], 0.4, xerr=[p["S1_conf"] for p in ps],
+                label="first order S1")
+        ax.barh(y + 0.2, [p["ST"] for p in ps], 0.4, xerr=[p["ST_conf"] for p in ps],
+                label="total ST")
+        ax.set_xlabel("Sobol index (95% CI)")
+        ax.legend(loc="lower right")
+    else:
+        ax.barh(y, [p["mu_star"] for p in ps], 0.6, xerr=[p["mu_star_conf"] for p in ps])
+        ax.set_xlabel(f"Morris mu* of {r['metric']} (95% CI)")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_title(f"{r['method']} sensitivity: {r['endpoint']}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()

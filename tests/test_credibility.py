@@ -1,0 +1,106 @@
+"""The credibility report: self-contained HTML with every section; opened in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ketasim.cli import main
+from ketasim.credibility import build_report, sbml_status, verification_checks
+from ketasim.sensitivity import run_sensitivity
+from ketasim.validate import run_validation
+
+DATA = Path(__file__).parent / "data" / "cases"
+SECTIONS = ("context", "diagram", "verification", "parameters", "calibration", "scorecard",
+            "sensitivity", "limitations")
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory) -> str:
+    os.environ.setdefault("KETASIM_CACHE", str(tmp_path_factory.mktemp("kcache")))
+    sc = run_validation(str(DATA), n=8, seed=0, replicates=10, include_shipped=False,
+                        only=["example_single_iv", "example_pk", "example_bipolar_suicidality"])
+    sens = run_sensitivity("madrs_change@24h", method="morris", samples=3, n=20, seed=0,
+                           params=["drug_emax", "placebo_active", "drive50"])
+    return build_report(scorecard=sc, sensitivity=sens)
+
+
+def test_verification_numbers_are_computed_now():
+    v = verification_checks()
+    assert v["n_checks"] >= 10 and v["n_errors"] == 0
+    assert v["max_rel_diff_vs_lsoda"] < 1e-5
+    assert v["max_mass_balance_error"] < 1e-8
+    routes = {r["route"] for r in v["rows"]}
+    assert {"iv-infusion", "intranasal", "oral", "im"} <= routes
+
+
+def test_sbml_status_matches_importability():
+    import importlib.util
+
+    s = sbml_status()
+    assert s["available"] == (importlib.util.find_spec("ketasim.sbml") is not None)
+    if not s["available"]:
+        assert s["text"].startswith("not available")
+
+
+def test_report_is_self_contained_with_every_section(html):
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in html
+    assert "<svg" in html and "data:image/png;base64," in html
+    # nothing fetched from the network: no external src/href (only in-page anchors)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<script" not in html and "<link" not in html
+    assert "research tool, not medical advice" in html
+    assert "mechanism/uncertainty" in html  # card versions recorded
+    assert "tagged <i>assumed</i>" in html
+    # the scorecard lists the out-of-sample cases and says which endpoints missed and why
+    assert "example_single_iv" in html and "out of sample" in html
+    assert "Endpoints outside tolerance, and why" in html
+
+
+def test_cli_report_writes_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KETASIM_CACHE", str(tmp_path / "c"))
+    sub = tmp_path / "cases"
+    sub.mkdir()
+    shutil.copy(DATA / "pk_user.yaml", sub)
+    out = tmp_path / "r.html"
+    rc = main(["report", "credibility", "--out", str(out), "--cases", str(sub), "--no-shipped",
+               "--n", "6", "--replicates", "5", "--sensitivity-samples", "2"])
+    assert rc == 0
+    text = out.read_text()
+    assert all(f'id="{s}"' in text for s in SECTIONS)
+    assert main(["report", "credibility", "--out", str(tmp_path / "no" / "r.html"),
+                 "--cases", str(sub), "--no-shipped", "--n", "6", "--replicates", "5",
+                 "--sensitivity-samples", "2"]) == 2
+
+
+def test_report_opens_offline_in_headless_chromium(html, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not installed")
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            ctx = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
+            page = ctx.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(path.as_uri())
+            for sid in SECTIONS:
+                assert page.locator(f"#{sid}").is_visible(), sid
+            # every embedded figure decoded (non-zero natural width)
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            assert widths and all(w > 0 for w in widths)
+            assert page.locator("#diagram-svg").is_visible()
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    assert (tmp_path / "report.png").stat().st_size > 10_000
