@@ -78,6 +78,8 @@ SYMBOLS: dict[str, str] = {
     "consolidation_threshold": r"\theta_c", "consolidation_tau_d": r"\tau_c",
     "consolidation_cap": r"C_{max}", "priming_tau_d": r"\tau_\pi",
     "esketamine_clinical_factor": r"f_{S}",
+    # uncertainty (validation scorecard)
+    "calibrated_transformed_sd": r"\sigma_{\theta}",
     "bipolar_fast_factor": r"f_d", "ad_background_max": r"A",
     "ad_background_tau_d": r"\tau_{AD}", "residual_sd": r"\sigma",
     "hamd17_per_madrs": r"c_{17}", "hamd6_per_madrs": r"c_{6}", "item10_baseline": r"B_{10}",

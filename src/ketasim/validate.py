@@ -150,6 +150,7 @@ class Endpoint(BaseModel):
 
 
 class Skipped(BaseModel):
+    """A literature observation the case does not check, with the reason."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     observation: str
     reason: str
@@ -238,6 +239,7 @@ def load_case(path: str | Path) -> Case:
 
 
 def shipped_cases_dir() -> str:
+    """Folder of the case files shipped with ketasim (the calibration studies)."""
     return str(resources.files("ketasim") / "cases")
 
 
@@ -426,6 +428,7 @@ def simulate_design(scenario, n: int, overrides: dict | None = None,
 
 
 def clinic_values() -> dict[str, float]:
+    """The clinic card's values by name."""
     from .cards import load_param_card
 
     return {k: v.value for k, v in load_param_card("clinic").parameters.items()}
@@ -844,6 +847,7 @@ def run_case(case: Case, n: int = 100, seed: int = 0, replicates: int = 100,
 
 
 def summarise(cases: list[dict]) -> dict:
+    """Endpoints and how many are within tolerance, per set (calibration / validation)."""
     out = {}
     for s in SETS:
         eps = [e for c in cases if c["set"] == s for e in c["endpoints"]]
