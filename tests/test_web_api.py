@@ -391,3 +391,12 @@ def test_schemathesis_no_5xx_and_conforms(case):
 
     case.call_and_validate(excluded_checks=[positive_data_acceptance, unsupported_method,
                                             allow_header_conformance])
+
+
+def test_api_docs_need_no_network(client):
+    """/docs loads Swagger UI from the package, not from a CDN."""
+    r = client.get("/docs")
+    assert r.status_code == 200
+    assert "/static/vendor/swagger-ui-bundle.js" in r.text and "cdn" not in r.text.lower()
+    assert client.get("/static/vendor/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/static/vendor/swagger-ui.css").status_code == 200

@@ -361,9 +361,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         dispatcher.stop()
 
-    app = FastAPI(title="ketasim", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="ketasim", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Simulator of ketamine for depression, from dose to mood. "
                               + DISCLAIMER)
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs():
+        """OpenAPI docs (Swagger UI vendored under /static/vendor: no network needed)."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ketasim API",
+                                   swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui.css",
+                                   swagger_favicon_url="data:,")
     app.state.settings = s
     app.state.store = store
     app.state.dispatcher = dispatcher
