@@ -39,8 +39,8 @@ INNER_MAX_ITER = 60
 INNER_TOL = 1e-7  # Newton decrement (−2LL units) at convergence, per subject
 JAC_STEP = 1e-6  # forward-difference step in η
 MAX_STEP = 1.0  # largest change of one η per LM step (log scale)
-OUTER_STEP = 1e-3
-GRAD_INNER_STEPS = 2  # Newton steps of η̂ at the shifted points of a gradient  # central-difference step in log θ, log ω, log σ
+OUTER_STEP = 1e-3  # central-difference step in log θ, log ω, log σ
+GRAD_INNER_STEPS = 2  # Newton steps of η̂ at the shifted points of a gradient
 INNER_TOL_COV = 1e-13  # tighter for the covariance step (differences of differences)
 HESS_STEP = 5e-3  # forward-difference step of the gradient for the Hessian
 OMEGA_BOUNDS = (np.log(0.01), np.log(3.0))  # SD of η (log scale)
@@ -110,8 +110,8 @@ def conditional_modes(problem: PKProblem, theta: dict[str, float], omega_sd: np.
             todo = ~improved & ~conv
             if not todo.any():
                 break
-            Hd = H + mu[:, None, None] * np.eye(d) * np.maximum(np.diagonal(H, axis1=1,
-                                                                           axis2=2), 1e-12)[:, :, None]
+            diag = np.maximum(np.diagonal(H, axis1=1, axis2=2), 1e-12)
+            Hd = H + mu[:, None, None] * np.eye(d) * diag[:, :, None]
             st = np.clip(-np.linalg.solve(Hd, g[:, :, None])[:, :, 0], -MAX_STEP, MAX_STEP)
             e_try = np.where(todo[:, None], eta + st, eta)
             o2, f2, R2, r2 = total(e_try)
@@ -432,13 +432,15 @@ def sample_posterior(log_prob, x0: np.ndarray, seed: int, n_walkers: int = 24,
     d = len(x0)
     rng = np.random.default_rng(seed)
     p0 = x0 + scale * rng.standard_normal((n_walkers, d))
-    sampler = emcee.EnsembleSampler(n_walkers, d, log_prob, vectorize=vectorize,
-                                    seed=seed)
-    sampler._random = np.random.RandomState(seed)  # emcee ≤3.1 seeds through this
+    sampler = emcee.EnsembleSampler(n_walkers, d, log_prob, vectorize=vectorize)
+    sampler.random_state = np.random.RandomState(seed).get_state()  # reproducible moves
     sampler.run_mcmc(p0, n_steps, progress=False)
     burn = n_steps // 2 if burn is None else burn
     chain = sampler.get_chain(discard=burn)  # (steps, walkers, d)
     try:
+        import logging
+
+        logging.getLogger("emcee").setLevel(logging.ERROR)  # tau_reliable reports it
         tau = sampler.get_autocorr_time(discard=burn, quiet=True)
     except Exception:  # pragma: no cover - emcee raises on very short chains
         tau = np.full(d, np.nan)
