@@ -39,7 +39,18 @@ def main() -> None:
     ap.add_argument("--sigma-prop", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--json", default=None, help="write per-replicate results here")
+    ap.add_argument("--forecast", type=int, default=0,
+                    help="instead: forecast-band calibration on this many simulated patients")
     a = ap.parse_args()
+    if a.forecast:
+        from ketasim.fit.forecast import calibration_study
+
+        t0 = time.perf_counter()
+        r = calibration_study(a.forecast, seed=a.seed)
+        print(f"forecast 80% band coverage: {100 * r['coverage_80']:.1f}% of {r['n_scores']} "
+              f"held-out scores ({r['n_patients']} patients, seed {a.seed}), "
+              f"{time.perf_counter() - t0:.0f} s; ketasim {__version__}")
+        return
     from ketasim.cards import load_pk_card
 
     card = load_pk_card(a.model)

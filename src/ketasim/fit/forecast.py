@@ -249,3 +249,46 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
 def _summ(x: np.ndarray) -> dict:
     return {"median": float(np.median(x)), "ci95": [float(np.quantile(x, 0.025)),
                                                     float(np.quantile(x, 0.975))]}
+
+
+def calibration_study(n_patients: int, seed: int = 11, observed_days: tuple = (0, 1, 2, 3),
+                      held_out_days: tuple = (7, 10, 14, 21, 28), n_steps: int = 800,
+                      dose: str = "0.5 mg/kg") -> dict:
+    """Band calibration on simulated patients: each is drawn from the clinic population
+    (:func:`ketasim.population.sample_patient`, PK variability included), given one 40-min
+    infusion of ``dose``, simulated with :func:`ketasim.mood.simulate_patient`; the scores
+    at ``observed_days`` are given to :func:`forecast_patient` and the later ones are held out.
+    Returns the fraction of held-out scores inside the 80% band."""
+    import pandas as pd
+
+    from ..mood import simulate_patient
+    from ..population import sample_patient
+    from ..scenario import ArmSpec, PopulationSpec
+    from ..units import parse_dose
+
+    arm = ArmSpec(name="k", drug="ketamine", route="iv-infusion", dose=dose, duration="40 min")
+    spec = PopulationSpec(seed=seed)
+    visits = np.array([*observed_days, *held_out_days], dtype=float) * 24.0
+    n_obs = len(observed_days)
+    inside, total, rows = 0, 0, []
+    for i in range(n_patients):
+        pt = sample_patient(spec, 0, i)
+        m = simulate_patient(arm, pt, visits)["madrs"]
+        amt = parse_dose(dose).mg(pt.weight_kg)
+        recs = [dict(ID=1, TIME=0.0, EVID=1, AMT=amt, RATE=amt / (40 / 60), DV=np.nan, MDV=1,
+                     DVID="", WT=pt.weight_kg, DISORDER=pt.disorder)]
+        recs += [dict(ID=1, TIME=t, EVID=0, AMT=0.0, RATE=0.0, DV=y, MDV=0, DVID="madrs",
+                      WT=pt.weight_kg, DISORDER=pt.disorder)
+                 for t, y in zip(visits[:n_obs], m[:n_obs], strict=True)]
+        ds = read_dataset(pd.DataFrame(recs), source=f"patient {i}")
+        fc = forecast_patient(ds, horizon_days=max(held_out_days), seed=seed + i,
+                              n_steps=n_steps)
+        for t, y in zip(visits[n_obs:], m[n_obs:], strict=True):
+            j = int(np.argmin(np.abs(fc.day - t / 24.0)))
+            hit = bool(fc.lo80[j] <= y <= fc.hi80[j])
+            inside += hit
+            total += 1
+            rows.append({"patient": i, "day": t / 24.0, "madrs": float(y), "lo80":
+                         float(fc.lo80[j]), "hi80": float(fc.hi80[j]), "inside": hit})
+    return {"coverage_80": inside / total, "n_scores": total, "n_patients": n_patients,
+            "seed": seed, "rows": rows}
