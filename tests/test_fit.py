@@ -124,18 +124,25 @@ def test_error_models():
 @pytest.fixture(scope="module")
 def pop_fit():
     truth = {"CL": 84 * 1.15}
-    df = simulate_dataset("kamp2020", 30, IV, T_RICH, truth, {"CL": 0.3},
+    df = simulate_dataset("kamp2020", 24, IV, T_RICH[::2], truth, {"CL": 0.3},
                           sigma={"sigma_prop": 0.12}, seed=5)
     pr = PKProblem("kamp2020", read_dataset(df), ["CL"])
-    return pr, PopulationFOCEI(pr).run(), truth
+    # the realised individual clearances: their geometric mean is what the data can show
+    cl = np.array(df.attrs["individual"]["CL"])
+    return pr, PopulationFOCEI(pr).run(), {"CL": float(np.exp(np.log(cl).mean())),
+                                           "CL_design": truth["CL"], "individual": cl}
 
 
 def test_focei_recovers_typical_value_and_iiv(pop_fit):
     pr, res, truth = pop_fit
     e = res.estimates["CL"]
     assert res.converged
-    assert abs(e.value / truth["CL"] - 1) < 0.10
+    assert abs(e.value / truth["CL"] - 1) < 0.05
+    assert abs(e.value / truth["CL_design"] - 1) < 0.25
     assert e.ci95[0] < truth["CL"] < e.ci95[1]
+    # individual estimates (conditional modes) follow the realised clearances
+    cl_hat = e.value * np.exp(res.eta[:, 0])
+    assert np.corrcoef(np.log(cl_hat), np.log(truth["individual"]))[0, 1] > 0.95
     assert 0 < e.se < 0.2 * e.value
     true_cv = np.sqrt(np.expm1(0.3**2))
     assert abs(e.iiv_cv / true_cv - 1) < 0.35
@@ -163,8 +170,8 @@ def test_individual_map_tracks_population_modes(pop_fit):
 
 def test_individual_mcmc_diagnostics(pop_fit):
     pr, res, _ = pop_fit
-    out = IndividualMCMC(pr, 0, res.theta, res.omega_sd, res.sigma, seed=3, n_walkers=16,
-                         n_steps=600).run()
+    out = IndividualMCMC(pr, 0, res.theta, res.omega_sd, res.sigma, seed=3, n_walkers=12,
+                         n_steps=300).run()
     assert 0.2 < out["acceptance_fraction"] < 0.95
     assert np.all(out["rhat"] < 1.1)
     lo, hi = out["estimates"]["CL"]["ci95"]
@@ -188,7 +195,7 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     e = d["estimates"]["CL"]
     assert e["ci95"][0] < e["value"] < e["ci95"][1] and e["se"] > 0 and e["iiv_cv"] > 0
-    assert d["n_subjects"] == 12 and isinstance(d["converged"], bool)
+    assert d["n_subjects"] == 8 and isinstance(d["converged"], bool)
     assert np.isfinite(d["objective"])
     assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_versions"]
     html = rep.read_text()

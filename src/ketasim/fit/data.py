@@ -107,7 +107,8 @@ def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset
             raise KetasimError("data", f"cannot read {data} as CSV: "
                                f"{str(exc).splitlines()[0]}") from exc
     else:
-        df = data.astype(str).copy()
+        df = data.astype(str)
+        df.attrs = {}
         source = source or "<table>"
     df.columns = [str(c).strip().upper() for c in df.columns]
     df = df.replace({"": np.nan, ".": np.nan, "nan": np.nan, "NaN": np.nan})

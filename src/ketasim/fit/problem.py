@@ -370,4 +370,6 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
         obs.sort(key=lambda o: o[0])
         subs.append({"id": i + 1, "regimen": regimen, "weight_kg": float(w[i]), "obs": obs})
     df: pd.DataFrame = to_csv_table(subs)
+    # the realised individual parameters (card units), for checks against the truth
+    df.attrs["individual"] = {k: (card.parameters[k].value * v).tolist() for k, v in iiv.items()}
     return df
