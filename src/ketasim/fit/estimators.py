@@ -40,7 +40,7 @@ INNER_TOL = 1e-7  # Newton decrement (−2LL units) at convergence, per subject
 JAC_STEP = 1e-6  # forward-difference step in η
 MAX_STEP = 1.0  # largest change of one η per LM step (log scale)
 OUTER_STEP = 1e-3  # central-difference step in log θ, log ω, log σ
-GRAD_INNER_STEPS = 2  # Newton steps of η̂ at the shifted points of a gradient
+GRAD_INNER_STEPS = 1  # Newton steps of η̂ at the shifted points of a gradient
 INNER_TOL_COV = 1e-13  # tighter for the covariance step (differences of differences)
 HESS_STEP = 5e-3  # forward-difference step of the gradient for the Hessian
 OMEGA_BOUNDS = (np.log(0.01), np.log(3.0))  # SD of η (log scale)
@@ -226,12 +226,13 @@ class PopulationFOCEI:
             self._last = c
         return val
 
-    def _grad(self, x: np.ndarray) -> np.ndarray:
+    def _grad(self, x: np.ndarray, full: bool = False) -> np.ndarray:
         """Central differences; at each shifted point the conditional modes take
         ``GRAD_INNER_STEPS`` damped Newton steps from the modes at ``x`` (their shift is O(h),
-        so the objective error is O(h⁴) and the gradient error O(h))."""
+        so the objective error is O(h⁴) and the gradient error O(h)); ``full``: converge
+        them (for the covariance step)."""
         g = np.zeros_like(x)
-        self._max_iter = GRAD_INNER_STEPS
+        self._max_iter = INNER_MAX_ITER if full else GRAD_INNER_STEPS
         eta = None if self._eta is None else self._eta.copy()
         for k in range(len(x)):
             e = np.zeros_like(x)
@@ -313,12 +314,12 @@ class PopulationFOCEI:
         self._tol = INNER_TOL_COV
         self.ofv(x)
         eta = self._eta.copy()
-        g0 = self._grad(x)
+        g0 = self._grad(x, full=True)
         for k in range(m):
             e = np.zeros(m)
             e[k] = HESS_STEP
             self._eta = eta
-            H[:, k] = (self._grad(x + e) - g0) / HESS_STEP
+            H[:, k] = (self._grad(x + e, full=True) - g0) / HESS_STEP
         self._eta = eta
         self._tol = INNER_TOL
         H = 0.5 * (H + H.T)
