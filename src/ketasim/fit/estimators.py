@@ -379,10 +379,8 @@ class IndividualMAP:
         cov = np.linalg.inv(c.info)  # (n, d, d), posterior covariance of η (Laplace)
         per = {}
         for i, s in enumerate(pr.subjects):
-            p = pr.params(self.theta, c.eta[i:i + 1].repeat(pr.n, 0))
             vals = {}
             for k in pr.estimate:
-                base = self.theta[k] / pr.card_value[k]
                 if k in pr.iiv:
                     j = pr.iiv.index(k)
                     v = self.theta[k] * np.exp(c.eta[i, j])
@@ -391,9 +389,7 @@ class IndividualMAP:
                                        (float(v * np.exp(-Z95 * sd)), float(v * np.exp(Z95 * sd))))
                 else:
                     vals[k] = Estimate(self.theta[k], 0.0, (self.theta[k],) * 2)
-                del base
             per[s.id] = vals
-            del p
         est = {k: Estimate(self.theta[k], 0.0, (self.theta[k],) * 2) for k in pr.estimate}
         resid = {k: Estimate(v, float("nan"), (float("nan"),) * 2) for k, v in sig.items()}
         _, logdet = np.linalg.slogdet(c.info)

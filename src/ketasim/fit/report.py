@@ -96,8 +96,11 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         a.set_xlabel("h", fontsize=8)
     axs.flat[0].legend(fontsize=7)
     figs["Individual fits (parent plasma, ng/mL)"] = _png(fig)
-    # VPC, binned by time quantiles
+    # VPC of the parent's plasma concentrations, binned by time quantiles
     sims = simulate_replicates(problem, fit, n_rep, seed)
+    m = problem.mask & (problem.qidx == 0)
+    y = problem.y[m]
+    t = problem.t_obs[m]
     edges = np.unique(np.quantile(t, np.linspace(0, 1, 9)))
     b = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
     mids, obs_q, sim_q = [], [], []
