@@ -71,9 +71,16 @@ def main() -> None:
         rec = {"replicate": r, "seconds": time.perf_counter() - t0, "converged": res.converged,
                "estimates": d["estimates"], "sigma_prop": d["residual_error"]["sigma_prop"]}
         rows.append(rec)
-        msg = " ".join(f"{k}={d['estimates'][k]['value']:.3g}(cv {d['estimates'][k]['iiv_cv']:.2f})"
-                       for k in est)
+        msg = " ".join(f"{k}={d['estimates'][k]['value']:.4g}"
+                       f"[{d['estimates'][k]['ci95'][0]:.4g},{d['estimates'][k]['ci95'][1]:.4g}]"
+                       f"(cv {d['estimates'][k]['iiv_cv']:.3f}"
+                       f"[{d['estimates'][k]['iiv_cv_ci95'][0]:.3f},"
+                       f"{d['estimates'][k]['iiv_cv_ci95'][1]:.3f}])" for k in est)
         print(f"rep {r:3d} {rec['seconds']:6.1f} s conv={res.converged} {msg}", flush=True)
+        if a.json:  # written as it goes, so an interrupted study keeps its replicates
+            with open(a.json, "w") as fh:
+                json.dump({"replicates": rows, "seed": a.seed, "truth": truth,
+                           "true_cv": true_cv}, fh, default=float)
     print(f"\nmodel {a.model}, {a.subjects} subjects, {a.replicates} replicates, "
           f"proportional error {a.sigma_prop:g}, total {time.perf_counter() - t_all:.0f} s")
     print(f"ketasim {__version__}; card {a.model} {card_versions().get('pk/' + a.model, '')}")

@@ -201,3 +201,13 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     html = rep.read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "Visual predictive check" in html
+
+
+def test_cli_map_lists_individuals(capsys):
+    rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
+               "--method", "map", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["method"] == "MAP" and len(d["individual"]) == 8
+    cls = [v["CL"]["value"] for v in d["individual"].values()]
+    assert np.std(np.log(cls)) > 0.05  # the data move subjects away from the prior mean
