@@ -30,6 +30,41 @@ SHIFT = {"CL": 1.15, "V1": 0.85, "Q2": 1.0, "V2": 1.1}  # truth = card value × 
 OMEGA = {"CL": 0.3, "V1": 0.3, "Q2": 0.3, "V2": 0.3}  # log-normal SDs of the truth
 
 
+def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float) -> dict:
+    """Per-parameter recovery numbers over the replicates (printed and returned)."""
+    est = list(truth)
+    summary = {}
+    for k in est:
+        v = np.array([x["estimates"][k]["value"] for x in rows])
+        lo = np.array([x["estimates"][k]["ci95"][0] for x in rows])
+        hi = np.array([x["estimates"][k]["ci95"][1] for x in rows])
+        cv = np.array([x["estimates"][k]["iiv_cv"] for x in rows])
+        clo = np.array([x["estimates"][k].get("iiv_cv_ci95", [np.nan, np.nan])[0] for x in rows])
+        chi = np.array([x["estimates"][k].get("iiv_cv_ci95", [np.nan, np.nan])[1] for x in rows])
+        rel = v / truth[k] - 1
+        relcv = cv / true_cv[k] - 1
+        s = {"truth": truth[k], "mean_estimate": float(v.mean()),
+             "mean_rel_error": float(rel.mean()), "median_abs_rel_error": float(np.median(
+                 np.abs(rel))), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
+             "ci95_coverage": float(np.mean((lo <= truth[k]) & (truth[k] <= hi))),
+             "true_cv": true_cv[k], "mean_cv": float(cv.mean()),
+             "mean_rel_error_cv": float(relcv.mean()),
+             "within_30pct_cv": float(np.mean(np.abs(relcv) <= 0.30)),
+             "cv_ci95_coverage": float(np.mean((clo <= true_cv[k]) & (true_cv[k] <= chi)))}
+        summary[k] = s
+        print(f"{k}: truth {truth[k]:.4g}, mean est {v.mean():.4g} (mean rel err "
+              f"{100 * rel.mean():+.1f}%, {100 * s['within_10pct']:.0f}% of replicates within "
+              f"10%), 95% CI coverage {100 * s['ci95_coverage']:.0f}%; IIV CV truth "
+              f"{true_cv[k]:.3f}, mean est {cv.mean():.3f} ({100 * relcv.mean():+.1f}%, "
+              f"{100 * s['within_30pct_cv']:.0f}% within 30%), CV CI coverage "
+              f"{100 * s['cv_ci95_coverage']:.0f}%")
+    sp = np.array([x["sigma_prop"]["value"] for x in rows])
+    print(f"sigma_prop: truth {sigma_prop:g}, mean est {sp.mean():.4g}")
+    print(f"converged: {sum(x['converged'] for x in rows)}/{len(rows)}; mean fit time "
+          f"{np.mean([x['seconds'] for x in rows]):.1f} s")
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicates", type=int, default=50)
@@ -39,9 +74,17 @@ def main() -> None:
     ap.add_argument("--sigma-prop", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--json", default=None, help="write per-replicate results here")
+    ap.add_argument("--summarize", default=None,
+                    help="only summarise the replicates saved in this JSON file")
     ap.add_argument("--forecast", type=int, default=0,
                     help="instead: forecast-band calibration on this many simulated patients")
     a = ap.parse_args()
+    if a.summarize:
+        with open(a.summarize) as fh:
+            saved = json.load(fh)
+        print(f"{len(saved['replicates'])} replicates from {a.summarize}")
+        summarize(saved["replicates"], saved["truth"], saved["true_cv"], a.sigma_prop)
+        return
     if a.forecast:
         from ketasim.fit.forecast import calibration_study
 
@@ -84,35 +127,7 @@ def main() -> None:
     print(f"\nmodel {a.model}, {a.subjects} subjects, {a.replicates} replicates, "
           f"proportional error {a.sigma_prop:g}, total {time.perf_counter() - t_all:.0f} s")
     print(f"ketasim {__version__}; card {a.model} {card_versions().get('pk/' + a.model, '')}")
-    summary = {}
-    for k in est:
-        v = np.array([x["estimates"][k]["value"] for x in rows])
-        lo = np.array([x["estimates"][k]["ci95"][0] for x in rows])
-        hi = np.array([x["estimates"][k]["ci95"][1] for x in rows])
-        cv = np.array([x["estimates"][k]["iiv_cv"] for x in rows])
-        clo = np.array([x["estimates"][k].get("iiv_cv_ci95", [np.nan, np.nan])[0] for x in rows])
-        chi = np.array([x["estimates"][k].get("iiv_cv_ci95", [np.nan, np.nan])[1] for x in rows])
-        rel = v / truth[k] - 1
-        relcv = cv / true_cv[k] - 1
-        s = {"truth": truth[k], "mean_estimate": float(v.mean()),
-             "mean_rel_error": float(rel.mean()), "median_abs_rel_error": float(np.median(
-                 np.abs(rel))), "within_10pct": float(np.mean(np.abs(rel) <= 0.10)),
-             "ci95_coverage": float(np.mean((lo <= truth[k]) & (truth[k] <= hi))),
-             "true_cv": true_cv[k], "mean_cv": float(cv.mean()),
-             "mean_rel_error_cv": float(relcv.mean()),
-             "within_30pct_cv": float(np.mean(np.abs(relcv) <= 0.30)),
-             "cv_ci95_coverage": float(np.mean((clo <= true_cv[k]) & (true_cv[k] <= chi)))}
-        summary[k] = s
-        print(f"{k}: truth {truth[k]:.4g}, mean est {v.mean():.4g} (mean rel err "
-              f"{100 * rel.mean():+.1f}%, {100 * s['within_10pct']:.0f}% of replicates within "
-              f"10%), 95% CI coverage {100 * s['ci95_coverage']:.0f}%; IIV CV truth "
-              f"{true_cv[k]:.3f}, mean est {cv.mean():.3f} ({100 * relcv.mean():+.1f}%, "
-              f"{100 * s['within_30pct_cv']:.0f}% within 30%), CV CI coverage "
-              f"{100 * s['cv_ci95_coverage']:.0f}%")
-    sp = np.array([x["sigma_prop"]["value"] for x in rows])
-    print(f"sigma_prop: truth {a.sigma_prop:g}, mean est {sp.mean():.4g}")
-    print(f"converged: {sum(x['converged'] for x in rows)}/{len(rows)}; mean fit time "
-          f"{np.mean([x['seconds'] for x in rows]):.1f} s")
+    summary = summarize(rows, truth, true_cv, a.sigma_prop)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"summary": summary, "replicates": rows, "seed": a.seed,
