@@ -38,6 +38,7 @@ def simulate_replicates(problem: PKProblem, fit: FitResult, n_rep: int, seed: in
 def _png(fig) -> str:
     from ..report import _fig_png
 
+    fig.tight_layout()
     return base64.b64encode(_fig_png(fig)).decode()
 
 
