@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write per-replicate results here")
     ap.add_argument("--summarize", default=None,
                     help="only summarise the replicates saved in this JSON file")
+    ap.add_argument("--timing", type=int, default=0,
+                    help="instead: time one population fit of this many subjects")
     ap.add_argument("--forecast", type=int, default=0,
                     help="instead: forecast-band calibration on this many simulated patients")
     a = ap.parse_args()
@@ -84,6 +86,27 @@ def main() -> None:
             saved = json.load(fh)
         print(f"{len(saved['replicates'])} replicates from {a.summarize}")
         summarize(saved["replicates"], saved["truth"], saved["true_cv"], a.sigma_prop)
+        return
+    if a.timing:
+        from ketasim.cards import load_pk_card as _load
+
+        est_t = a.estimate.split(",")
+        card_t = _load(a.model)
+        truth_t = {k: card_t.parameters[k].value * SHIFT.get(k, 1.0) for k in est_t}
+        df = simulate_dataset(a.model, a.timing, Regimen.build("iv-infusion", "0.5 mg/kg",
+                                                               duration="40 min"),
+                              TIMES_H, truth_t, {k: OMEGA.get(k, 0.3) for k in est_t},
+                              sigma={"sigma_prop": a.sigma_prop}, seed=a.seed)
+        w0, c0 = time.perf_counter(), time.process_time()
+        pr = PKProblem(a.model, read_dataset(df), est_t)
+        res = PopulationFOCEI(pr).run()
+        print(f"{a.timing} subjects, estimate {a.estimate}: wall {time.perf_counter() - w0:.0f} s,"
+              f" CPU {time.process_time() - c0:.0f} s, converged {res.converged}, "
+              f"{res.diagnostics}")
+        for k in est_t:
+            e = res.estimates[k]
+            print(f"  {k}: truth {truth_t[k]:.4g} est {e.value:.4g} CI {e.ci95[0]:.4g}–"
+                  f"{e.ci95[1]:.4g}, IIV CV {e.iiv_cv:.3f}")
         return
     if a.forecast:
         from ketasim.fit.forecast import calibration_study
