@@ -154,7 +154,8 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"summary": summary, "replicates": rows, "seed": a.seed,
-                       "ketasim_version": __version__}, fh, indent=1, default=float)
+                       "truth": truth, "true_cv": true_cv, "ketasim_version": __version__},
+                      fh, indent=1, default=float)
 
 
 if __name__ == "__main__":
