@@ -44,7 +44,8 @@ GRAD_INNER_STEPS = 1  # Newton steps of η̂ at the shifted points of a gradient
 INNER_TOL_COV = 1e-13  # tighter for the covariance step (differences of differences)
 HESS_STEP = 5e-3  # forward-difference step of the gradient for the Hessian
 MAX_RESTARTS = 4  # L-BFGS-B restarts while the gradient is not small
-RESTART_GRAD = 2.0  # |∂OFV/∂(log parameter)| accepted as converged
+RESTART_GRAD_PER_SUBJECT = 0.02  # |∂OFV/∂(log parameter)| accepted, per subject (the
+# objective's curvature grows with the number of subjects, so this is a fixed relative accuracy)
 OMEGA_BOUNDS = (np.log(0.01), np.log(3.0))  # SD of η (log scale)
 Z95 = 1.959963984540054
 
@@ -266,6 +267,7 @@ class PopulationFOCEI:
 
         x = x0
         nit = 0
+        gtol = RESTART_GRAD_PER_SUBJECT * pr.n
         n_restarts = -1
         for _ in range(MAX_RESTARTS + 1):
             n_restarts += 1
@@ -279,10 +281,10 @@ class PopulationFOCEI:
             free_grad = float(np.max(np.abs(grad[~at_bound]))) if (~at_bound).any() else 0.0
             # L-BFGS-B can stop early after a line search through a diverging trial point;
             # restart (fresh curvature memory) while the gradient is clearly not zero
-            if free_grad < RESTART_GRAD:
+            if free_grad < gtol:
                 break
         f_best = self.ofv(x)
-        converged = bool(free_grad < RESTART_GRAD)
+        converged = bool(free_grad < gtol)
         cov = None
         if self.covariance:
             cov = self._covariance(x, at_bound)
