@@ -1144,6 +1144,114 @@ def report_credibility(
     out.print(f"wrote {out_path}")
 
 
+def _names(text: str, field: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise KetasimError(field, "give comma-separated parameter names, e.g. CL,V1")
+    return names
+
+
+@app.command()
+def fit(
+    data: Annotated[str, typer.Argument(help="NONMEM-style CSV (ID, TIME, EVID, AMT, RATE, CMT, "
+                                             "DV, MDV, DVID, WT ...)")],
+    model: Annotated[str, typer.Option(help="PK model id (see `ketasim models`)")],
+    estimate: Annotated[str, typer.Option(help="card parameters to estimate, e.g. CL,V1")],
+    iiv: Annotated[str | None, typer.Option(help="parameters with IIV (default: all "
+                                                 "estimated)")] = None,
+    error: Annotated[str, typer.Option(help="additive | proportional | combined")]
+    = "proportional",
+    method: Annotated[str, typer.Option(help="foce (population FOCE-I) | map (individual MAP, "
+                                             "card prior)")] = "foce",
+    report: Annotated[str | None, typer.Option(help="write an HTML report (GOF, individual "
+                                                    "fits, VPC) to this file")] = None,
+    seed: Annotated[int, typer.Option(help="seed for the VPC simulations")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Fit a PK model to data: typical values, IIV and residual error (FOCE-I), or MAP."""
+    from .cards import card_versions
+    from .fit import fit_population
+
+    problem, res = fit_population(data, model, _names(estimate, "estimate"), error,
+                                  _names(iiv, "iiv") if iiv else None, method)
+    d = res.to_dict()
+    d["metadata"] = {"ketasim_version": __version__, "model": model, "seed": seed,
+                     "data": data, "card_versions": {k: v for k, v in card_versions().items()
+                                                     if k.startswith("pk")},
+                     "units": {k: problem.units(k) for k in problem.estimate}}
+    if hasattr(res, "individual"):
+        d["individual"] = {str(i): {k: e.to_dict() for k, e in v.items()}
+                           for i, v in res.individual.items()}
+    if report:
+        from .fit.report import fit_report_html
+
+        _write(report, fit_report_html(problem, res, seed=seed), "report")
+    if as_json:
+        print(json.dumps(_jsonable(d)))
+        return
+    t = Table(title=f"{res.method} fit of {model}: {res.n_subjects} subjects, {res.n_obs} obs")
+    for c in ("parameter", "estimate", "SE", "95% CI", "IIV CV", "units"):
+        t.add_column(c)
+    for k, e in res.estimates.items():
+        t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}",
+                  "" if e.iiv_cv is None else f"{100 * e.iiv_cv:.1f}%", problem.units(k))
+    for k, e in res.residual.items():
+        t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}", "", "")
+    out.print(t)
+    out.print(f"objective (−2 log L): {res.objective:.3f}; converged: {res.converged}; "
+              f"{res.elapsed_s:.1f} s")
+    if report:
+        out.print(f"report: {report}")
+    out.print(f"[dim]{DISCLAIMER}[/]")
+
+
+@app.command()
+def forecast(
+    patient: Annotated[str, typer.Argument(help="one patient's CSV: doses (EVID 1) and MADRS "
+                                                "scores (EVID 0, DVID madrs)")],
+    days: Annotated[float, typer.Option(help="forecast horizon, days from the first dose")]
+    = 28.0,
+    threshold: Annotated[float | None, typer.Option(help="MADRS the next dose should keep the "
+                                                         "patient below (default: the "
+                                                         "response level)")] = None,
+    probability: Annotated[float, typer.Option(help="required probability of staying below "
+                                                    "the threshold")] = 0.8,
+    drug: Annotated[str, typer.Option(help="ketamine | esketamine")] = "ketamine",
+    model: Annotated[str | None, typer.Option(help="PK model id")] = None,
+    seed: Annotated[int, typer.Option(help="MCMC seed")] = 1,
+    steps: Annotated[int, typer.Option(help="MCMC steps per walker")] = 1500,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Forecast a patient's MADRS: 80% band, response and relapse probabilities, next dose."""
+    from .fit.forecast import forecast_patient
+
+    if drug not in ("ketamine", "esketamine"):
+        raise KetasimError("drug", f"unknown drug {drug!r}", "ketamine, esketamine")
+    if not 100 <= steps <= 100_000:
+        raise KetasimError("steps", f"must be 100–100000, got {steps}")
+    fc = forecast_patient(patient, horizon_days=days, threshold=threshold,
+                          probability=probability, drug=drug, model=model, seed=seed,
+                          n_steps=steps)
+    d = fc.to_dict()
+    if as_json:
+        print(json.dumps(_jsonable(d)))
+        return
+    t = Table(title=f"MADRS forecast, patient {fc.metadata['patient_id']}")
+    for c in ("day", "median", "80% band", "P(response)", "P(relapse by)"):
+        t.add_column(c)
+    for i, day in enumerate(fc.day):
+        t.add_row(f"{day:g}", f"{fc.median[i]:.1f}", f"{fc.lo80[i]:.1f}–{fc.hi80[i]:.1f}",
+                  f"{fc.p_response[i]:.2f}", f"{fc.p_relapse_by[i]:.2f}")
+    out.print(t)
+    nd = fc.next_dose_day
+    out.print("latest day for the next dose: " + ("now (already likely above the threshold)"
+                                                   if nd is None else f"{nd:.2f}"))
+    dg = fc.diagnostics
+    out.print(f"MCMC: acceptance {dg['acceptance_fraction']:.2f}, R-hat max "
+              f"{max(dg['rhat']):.3f}, autocorrelation time max {max(dg['autocorr_time']):.1f}")
+    out.print(f"[dim]{DISCLAIMER}[/]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps ketasim and usage errors to one line on stderr and exit code 2."""
     import warnings

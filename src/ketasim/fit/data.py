@@ -1,0 +1,268 @@
+"""NONMEM-style data sets in: reading, validating and splitting into subjects.
+
+Columns (case-insensitive): ``ID, TIME, EVID, AMT, DV`` are required; ``RATE`` (mg/h, 0 for a
+bolus or an absorption dose), ``CMT``, ``MDV``, ``ROUTE``, ``II``/``ADDL`` are optional, and a
+column naming the observed quantity (``DVID``, also accepted as ``OBS``, ``QUANTITY``,
+``OBSERVED``, ``DVNAME``, ``ANALYTE``) with values ``plasma`` (parent drug, ng/mL),
+``metabolite`` (ng/mL), ``madrs``, ``ssi``, ``cadss`` — or the numeric codes 1–5 in that order.
+Without that column every observation is ``plasma``. Covariates: ``WT``/``WEIGHT`` (kg),
+``AGE`` (years), ``SEX`` (male/female or 0/1 = male/female), ``RACE``, ``DISORDER``.
+
+Units: TIME h, AMT mg base, RATE mg/h, concentrations ng/mL, scores in scale points.
+
+Every problem is reported as one line naming the row (1-based data row; the file line is one
+more because of the header) and the column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..errors import KetasimError
+from ..regimen import Dose, Infusion, Regimen, normalise_route
+
+QUANTITIES: tuple[str, ...] = ("plasma", "metabolite", "madrs", "ssi", "cadss")
+QUANTITY_ALIASES = {"conc": "plasma", "concentration": "plasma", "parent": "plasma",
+                    "cp": "plasma", "ketamine": "plasma", "esketamine": "plasma",
+                    "norketamine": "metabolite", "nk": "metabolite", "metab": "metabolite"}
+QUANTITY_COLUMNS = ("DVID", "OBS", "QUANTITY", "OBSERVED", "DVNAME", "ANALYTE")
+REQUIRED = ("ID", "TIME", "EVID", "AMT", "DV")
+#: score bounds (scale points) for censoring at the limits
+SCORE_BOUNDS = {"madrs": (0.0, 60.0), "ssi": (0.0, 38.0), "cadss": (0.0, 92.0)}
+_WEIGHT_COLS = ("WT", "WEIGHT", "WEIGHT_KG", "BW")
+
+
+@dataclass
+class Subject:
+    """One subject: regimen, observations and covariates (units: h, mg, kg, years)."""
+
+    id: int
+    regimen: Regimen
+    obs_time_h: np.ndarray
+    obs_value: np.ndarray
+    obs_quantity: np.ndarray  # str array, one of QUANTITIES
+    weight_kg: float
+    age_years: float
+    sex: str
+    race: str
+    disorder: str
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # data rows of the obs
+
+    def observed(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """Observation times (h) and values of one quantity (e.g. plasma ng/mL, MADRS)."""
+        m = self.obs_quantity == quantity
+        return self.obs_time_h[m], self.obs_value[m]
+
+
+@dataclass
+class Dataset:
+    """A validated data set: the table (upper-case columns) and its subjects."""
+
+    table: pd.DataFrame
+    subjects: list[Subject]
+    source: str = "<table>"
+
+    @property
+    def quantities(self) -> list[str]:
+        """The observed quantities present in the data, sorted."""
+        return sorted({q for s in self.subjects for q in s.obs_quantity})
+
+    def n_obs(self, quantity: str | None = None) -> int:
+        """Number of observations (of one quantity, or all)."""
+        return int(sum((s.obs_quantity == quantity).sum() if quantity else s.obs_time_h.size
+                       for s in self.subjects))
+
+
+def _err(source: str, row: int | None, col: str, problem: str,
+         allowed: str | None = None) -> KetasimError:
+    where = f"{source} row {row} column {col}" if row is not None else f"{source} column {col}"
+    return KetasimError(where, problem, allowed)
+
+
+def _num(df: pd.DataFrame, col: str, source: str, default: float | None = None) -> np.ndarray:
+    """A numeric column; an empty cell gives ``default`` (or is an error when None)."""
+    if col not in df.columns:
+        return np.full(len(df), np.nan if default is None else default)
+    raw = df[col]
+    vals = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = np.isnan(vals) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
+    bad &= ~raw.astype(str).str.strip().str.lower().isin(["nan", "."]).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise _err(source, i + 1, col, f"not a number: {raw.iloc[i]!r}")
+    if default is not None:
+        vals = np.where(np.isnan(vals), default, vals)
+    return vals
+
+
+def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset:
+    """Read and validate a NONMEM-style CSV (path) or DataFrame into a :class:`Dataset`."""
+    if isinstance(data, str):
+        source = source or data
+        try:
+            df = pd.read_csv(data, dtype=str, keep_default_na=False, skipinitialspace=True)
+        except FileNotFoundError as exc:
+            raise KetasimError("data", f"file not found: {data}") from exc
+        except Exception as exc:  # pandas parser errors: report the class, one line
+            raise KetasimError("data", f"cannot read {data} as CSV: "
+                               f"{str(exc).splitlines()[0]}") from exc
+    else:
+        df = data.astype(str)
+        df.attrs = {}
+        source = source or "<table>"
+    df.columns = [str(c).strip().upper() for c in df.columns]
+    df = df.replace({"": np.nan, ".": np.nan, "nan": np.nan, "NaN": np.nan})
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise _err(source, None, ",".join(missing), "missing required column(s)",
+                   "ID, TIME, EVID, AMT, DV (+ RATE, CMT, MDV, DVID, WT, ...)")
+    if len(df) == 0:
+        raise KetasimError(source, "no data rows")
+    ids = _num(df, "ID", source)
+    time = _num(df, "TIME", source)
+    evid = _num(df, "EVID", source, 0.0)
+    amt = _num(df, "AMT", source, 0.0)
+    rate = _num(df, "RATE", source, 0.0)
+    dv = _num(df, "DV", source)
+    mdv = _num(df, "MDV", source, -1.0)
+    ii = _num(df, "II", source, 0.0)
+    addl = _num(df, "ADDL", source, 0.0)
+    for col, arr in (("ID", ids), ("TIME", time)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise _err(source, int(np.argmax(bad)) + 1, col, "missing or not finite")
+    for r in range(len(df)):
+        row = r + 1
+        if evid[r] not in (0, 1, 2, 3, 4):
+            raise _err(source, row, "EVID", f"unknown event id {evid[r]:g}", "0, 1, 2, 3, 4")
+        if time[r] < 0:
+            raise _err(source, row, "TIME", f"must be ≥ 0 h, got {time[r]:g}")
+        if evid[r] in (1, 4):
+            if not (np.isfinite(amt[r]) and amt[r] > 0):
+                raise _err(source, row, "AMT", "a dose record (EVID 1) needs an amount > 0 mg")
+            if rate[r] < 0:
+                raise _err(source, row, "RATE", "modelled rate (RATE < 0) is not supported",
+                           "0 or > 0 mg/h")
+            if addl[r] < 0 or addl[r] != int(addl[r]) or (addl[r] > 0 and not ii[r] > 0):
+                raise _err(source, row, "ADDL", "needs a whole number ≥ 0 and II > 0")
+        elif evid[r] == 0 and mdv[r] != 1:
+            if not np.isfinite(dv[r]):
+                raise _err(source, row, "DV", "an observation (EVID 0, MDV 0) needs a value")
+    # times within an ID must not decrease (NONMEM order)
+    for sid in pd.unique(ids):
+        idx = np.nonzero(ids == sid)[0]
+        d = np.diff(time[idx])
+        if np.any(d < 0):
+            k = int(np.argmax(d < 0)) + 1
+            raise _err(source, int(idx[k]) + 1, "TIME",
+                       f"time decreases within ID {sid:g} ({time[idx[k]]:g} h after "
+                       f"{time[idx[k - 1]]:g} h)")
+    qcol = next((c for c in QUANTITY_COLUMNS if c in df.columns), None)
+    quantity = np.array(["plasma"] * len(df), dtype=object)
+    if qcol is not None:
+        for r, v in enumerate(df[qcol].to_numpy()):
+            if evid[r] != 0 or mdv[r] == 1 or (isinstance(v, float) and np.isnan(v)):
+                continue
+            quantity[r] = _quantity(str(v), source, r + 1, qcol)
+    route_col = df["ROUTE"] if "ROUTE" in df.columns else None
+    wcol = next((c for c in _WEIGHT_COLS if c in df.columns), None)
+    weight = _num(df, wcol, source) if wcol else np.full(len(df), np.nan)
+    age = _num(df, "AGE", source) if "AGE" in df.columns else np.full(len(df), np.nan)
+    subjects = []
+    for sid in pd.unique(ids):
+        idx = np.nonzero(ids == sid)[0]
+        doses = []
+        for r in idx:
+            if evid[r] not in (1, 4):
+                continue
+            route = None
+            if route_col is not None and isinstance(route_col.iloc[r], str):
+                try:
+                    route = normalise_route(route_col.iloc[r])
+                except KetasimError as exc:
+                    raise _err(source, int(r) + 1, "ROUTE", exc.problem, exc.allowed) from exc
+            if route is None:
+                route = "iv-infusion" if rate[r] > 0 else "iv-bolus"
+            for k in range(int(addl[r]) + 1):
+                t = float(time[r] + k * ii[r])
+                from ..units import DoseAmount
+
+                a = DoseAmount(float(amt[r]), per_kg=False)
+                if rate[r] > 0:
+                    doses.append(Infusion(t, a, float(amt[r] / rate[r]), route=route))
+                else:
+                    if route == "iv-infusion":
+                        raise _err(source, int(r) + 1, "RATE",
+                                   "an IV infusion record needs RATE > 0 mg/h")
+                    doses.append(Dose(t, a, route=route))
+        obs = [r for r in idx if evid[r] == 0 and mdv[r] != 1]
+        w = _first(weight[idx])
+        a_ = _first(age[idx])
+        if w is not None and not 0.5 <= w <= 300:
+            r = int(idx[np.nonzero(weight[idx] == w)[0][0]]) + 1
+            raise _err(source, r, wcol or "WT", f"weight must be 0.5–300 kg, got {w:g}")
+        subjects.append(Subject(
+            id=int(sid), regimen=Regimen(tuple(doses)),
+            obs_time_h=time[obs].astype(float), obs_value=dv[obs].astype(float),
+            obs_quantity=np.array([quantity[r] for r in obs], dtype="<U12"),
+            weight_kg=70.0 if w is None else w, age_years=40.0 if a_ is None else a_,
+            sex=_text_cov(df, "SEX", idx, {"0": "male", "1": "female", "m": "male",
+                                           "f": "female"}, "male"),
+            race=_text_cov(df, "RACE", idx, {}, "caucasian"),
+            disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
+            rows=np.asarray(obs, dtype=int) + 1))
+    return Dataset(df, subjects, source)
+
+
+def _first(a: np.ndarray) -> float | None:
+    f = a[np.isfinite(a)]
+    return float(f[0]) if f.size else None
+
+
+def _text_cov(df: pd.DataFrame, col: str, idx: np.ndarray, mapping: dict, default: str) -> str:
+    if col not in df.columns:
+        return default
+    vals = [str(v).strip().lower() for v in df[col].iloc[idx] if isinstance(v, str) and v.strip()]
+    if not vals:
+        return default
+    v = vals[0]
+    return mapping.get(v.rstrip("0").rstrip(".") if v.replace(".", "").isdigit() else v,
+                       mapping.get(v, v))
+
+
+def _quantity(v: str, source: str, row: int, col: str) -> str:
+    s = v.strip().lower()
+    if s.replace(".", "").isdigit():
+        k = int(float(s))
+        if 1 <= k <= len(QUANTITIES):
+            return QUANTITIES[k - 1]
+    s = QUANTITY_ALIASES.get(s, s)
+    if s not in QUANTITIES:
+        raise _err(source, row, col, f"unknown observed quantity {v!r}",
+                   ", ".join(QUANTITIES) + " or 1–5")
+    return s
+
+
+def to_csv_table(subjects: list[dict]) -> pd.DataFrame:
+    """Build a NONMEM-style table from ``[{"id", "regimen", "weight_kg", "obs": [(t, dv, q)]}]``.
+
+    Dose rows use :meth:`Regimen.to_event_table` (uncompressed); observation rows have EVID 0.
+    """
+    rows = []
+    for s in subjects:
+        w = s.get("weight_kg", 70.0)
+        ev = s["regimen"].to_event_table(w, subject_id=s["id"], compress=False)
+        for rec in ev.to_dict("records"):
+            rec.update({"DV": np.nan, "MDV": 1, "DVID": "", "WT": w})
+            rows.append(rec)
+        for t, y, q in s["obs"]:
+            rows.append({"ID": s["id"], "TIME": t, "EVID": 0, "AMT": 0.0, "RATE": 0.0, "CMT": 1,
+                         "II": 0.0, "ADDL": 0, "ROUTE": "", "DV": y, "MDV": 0, "DVID": q,
+                         "WT": w})
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["ID", "TIME", "EVID"], ascending=[True, True, False], kind="stable")
+    return df[["ID", "TIME", "EVID", "AMT", "RATE", "CMT", "II", "ADDL", "ROUTE", "DV", "MDV",
+               "DVID", "WT"]].reset_index(drop=True)

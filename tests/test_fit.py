@@ -1,0 +1,213 @@
+"""Fitting: data validation, the batched PK problem, FOCE-I, MAP, MCMC, CLI and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketasim.cli import main
+from ketasim.errors import KetasimError
+from ketasim.fit import (
+    IndividualMAP,
+    IndividualMCMC,
+    PKProblem,
+    PopulationFOCEI,
+    read_dataset,
+    simulate_dataset,
+)
+from ketasim.fit.estimators import gelman_rubin
+from ketasim.fit.problem import ErrorModel
+from ketasim.pk import Covariates, simulate_pk
+from ketasim.regimen import Regimen
+
+DATA = Path(__file__).parent / "data" / "fit"
+T_RICH = np.array([0.083, 0.167, 0.33, 0.5, 0.67, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 24])
+IV = Regimen.build("iv-infusion", "0.5 mg/kg", duration="40 min")
+
+
+# ------------------------------------------------------------------------ data validation
+@pytest.mark.parametrize("name, where", [
+    ("missing_column.csv", "column DV"),
+    ("time_decreasing.csv", "row 3 column TIME"),
+    ("dose_without_amount.csv", "row 1 column AMT"),
+    ("bad_number.csv", "row 2 column DV"),
+    ("bad_quantity.csv", "row 2 column DVID"),
+])
+def test_malformed_data_names_row_and_column(name, where):
+    with pytest.raises(KetasimError) as e:
+        read_dataset(str(DATA / name))
+    assert where in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_data_cli_one_line_exit_2(capsys):
+    rc = main(["fit", str(DATA / "time_decreasing.csv"), "--model", "kamp2020",
+               "--estimate", "CL"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "row 3 column TIME" in err
+
+
+def test_unknown_parameter_and_missing_file(capsys):
+    assert main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020",
+                 "--estimate", "CLX"]) == 2
+    assert "CLX" in capsys.readouterr().err
+    assert main(["fit", "/nonexistent.csv", "--model", "kamp2020", "--estimate", "CL"]) == 2
+
+
+def test_reader_expands_addl_and_reads_covariates():
+    df = pd.DataFrame({"ID": [1, 1, 1], "TIME": [0, 0.5, 200], "EVID": [1, 0, 0],
+                       "AMT": [35, 0, 0], "RATE": [52.5, 0, 0], "II": [84, 0, 0],
+                       "ADDL": [2, 0, 0], "DV": [np.nan, 100, 1], "MDV": [1, 0, 0],
+                       "WT": [82, 82, 82], "SEX": ["F", "F", "F"], "DVID": ["", "plasma", "2"]})
+    s = read_dataset(df).subjects[0]
+    assert [d.time_h for d in s.regimen] == [0, 84, 168]
+    assert s.weight_kg == 82 and s.sex == "female"
+    assert list(s.obs_quantity) == ["plasma", "metabolite"]
+
+
+# ------------------------------------------------------------------------ problem
+def _table(model, regimen, t, weights, metabolite):
+    subs = []
+    for i, w in enumerate(weights):
+        r = simulate_pk(regimen, t, drug="esketamine" if "perez" in model else "ketamine",
+                        model=model, covariates=Covariates(weight_kg=w))
+        obs = [(a, b, "plasma") for a, b in zip(t, r.plasma_ng_per_ml[r.parent][0],
+                                                  strict=True)]
+        if metabolite:
+            sp = next(k for k in r.plasma_ng_per_ml if k != r.parent)
+            obs += [(a, b, "metabolite") for a, b in zip(t, r.plasma_ng_per_ml[sp][0],
+                                                           strict=True)]
+        obs.sort(key=lambda o: o[0])
+        subs.append({"id": i + 1, "regimen": regimen, "weight_kg": w, "obs": obs})
+    from ketasim.fit.data import to_csv_table
+
+    return read_dataset(to_csv_table(subs))
+
+
+@pytest.mark.parametrize("model, regimen, metabolite", [
+    ("kamp2020", Regimen.build("iv-infusion", "0.5 mg/kg", duration="40 min",
+                               schedule="every 3.5 d x 2"), True),
+    ("herd2007", Regimen.build("iv-bolus", "20 mg"), True),
+    ("perez-ruixo-2021", Regimen.build("intranasal", "56 mg", schedule="every 3.5 d x 2"),
+     False),
+])
+def test_batched_prediction_matches_exact_solver(model, regimen, metabolite):
+    """The eigen-superposition predictor agrees with ketasim's expm solver."""
+    t = np.array([0.1, 0.5, 0.8, 2, 6, 24, 84.2, 85, 90])
+    ds = _table(model, regimen, t, [55.0, 90.0], metabolite)
+    est = ["kel"] if "perez" in model else ["CL"]
+    pr = PKProblem(model, ds, est)
+    f = pr.predict(pr.theta0())
+    np.testing.assert_allclose(f[pr.mask], pr.y[pr.mask], rtol=1e-6, atol=1e-9)
+    # and a changed parameter changes the prediction the way the card says
+    th = {k: 2 * v for k, v in pr.theta0().items()}
+    assert not np.allclose(pr.predict(th)[pr.mask], pr.y[pr.mask], rtol=1e-3)
+
+
+def test_error_models():
+    f = np.array([1.0, 10.0, 100.0])
+    assert np.allclose(ErrorModel("additive").variance(f, {"sigma_add": 2.0}), 4.0, rtol=1e-4)
+    assert np.allclose(ErrorModel("proportional").variance(f, {"sigma_prop": 0.1}),
+                       (0.1 * f) ** 2)
+    v = ErrorModel("combined").variance(f, {"sigma_add": 1.0, "sigma_prop": 0.1})
+    assert np.allclose(v, 1.0 + (0.1 * f) ** 2, rtol=1e-4)
+    with pytest.raises(KetasimError):
+        ErrorModel("exponential-ish")
+
+
+# ------------------------------------------------------------------------ estimators
+@pytest.fixture(scope="module")
+def pop_fit():
+    truth = {"CL": 84 * 1.15}
+    df = simulate_dataset("kamp2020", 24, IV, T_RICH[::2], truth, {"CL": 0.3},
+                          sigma={"sigma_prop": 0.12}, seed=5)
+    pr = PKProblem("kamp2020", read_dataset(df), ["CL"])
+    # the realised individual clearances: their geometric mean is what the data can show
+    cl = np.array(df.attrs["individual"]["CL"])
+    return pr, PopulationFOCEI(pr).run(), {"CL": float(np.exp(np.log(cl).mean())),
+                                           "CL_design": truth["CL"], "individual": cl}
+
+
+def test_focei_recovers_typical_value_and_iiv(pop_fit):
+    pr, res, truth = pop_fit
+    e = res.estimates["CL"]
+    assert res.converged
+    assert abs(e.value / truth["CL"] - 1) < 0.05
+    assert abs(e.value / truth["CL_design"] - 1) < 0.25
+    assert e.ci95[0] < truth["CL"] < e.ci95[1]
+    # individual estimates (conditional modes) follow the realised clearances
+    cl_hat = e.value * np.exp(res.eta[:, 0])
+    assert np.corrcoef(np.log(cl_hat), np.log(truth["individual"]))[0, 1] > 0.95
+    assert 0 < e.se < 0.2 * e.value
+    true_cv = np.sqrt(np.expm1(0.3**2))
+    assert abs(e.iiv_cv / true_cv - 1) < 0.35
+    assert abs(res.sigma["sigma_prop"] / 0.12 - 1) < 0.15
+    # the optimum is a minimum: moving CL away raises the objective
+    est = PopulationFOCEI(pr)
+    x = np.log([e.value, res.omega_sd[0], res.sigma["sigma_prop"]])
+    f0 = est.ofv(x)
+    assert abs(f0 - res.objective) < 1e-2
+    assert est.ofv(x + np.array([0.1, 0, 0])) > f0
+    assert est.ofv(x - np.array([0.1, 0, 0])) > f0
+
+
+def test_individual_map_tracks_population_modes(pop_fit):
+    pr, res, _ = pop_fit
+    m = IndividualMAP(pr, theta=res.theta, omega_sd=res.omega_sd, sigma=res.sigma).run()
+    cl_map = np.array([m.individual[s.id]["CL"].value for s in pr.subjects])
+    cl_pop = res.theta["CL"] * np.exp(res.eta[:, 0])
+    np.testing.assert_allclose(cl_map, cl_pop, rtol=1e-3)
+    # card prior with estimated sigma also runs and gives positive SEs
+    m2 = IndividualMAP(pr).run()
+    assert all(v["CL"].se > 0 for v in m2.individual.values())
+    assert 0.05 < m2.sigma["sigma_prop"] < 0.3
+
+
+def test_individual_mcmc_diagnostics(pop_fit):
+    pr, res, _ = pop_fit
+    out = IndividualMCMC(pr, 0, res.theta, res.omega_sd, res.sigma, seed=3, n_walkers=12,
+                         n_steps=300).run()
+    assert 0.2 < out["acceptance_fraction"] < 0.95
+    assert np.all(out["rhat"] < 1.1)
+    lo, hi = out["estimates"]["CL"]["ci95"]
+    assert lo < res.theta["CL"] * np.exp(res.eta[0, 0]) < hi
+
+
+def test_gelman_rubin_flags_disagreeing_chains():
+    rng = np.random.default_rng(0)
+    same = rng.standard_normal((4, 500, 1))
+    assert gelman_rubin(same)[0] < 1.05
+    apart = same + np.arange(4)[:, None, None] * 3.0
+    assert gelman_rubin(apart)[0] > 1.5
+
+
+# ------------------------------------------------------------------------ CLI and report
+def test_cli_fit_json_and_report(tmp_path, capsys):
+    rep = tmp_path / "fit.html"
+    rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
+               "--json", "--report", str(rep)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    e = d["estimates"]["CL"]
+    assert e["ci95"][0] < e["value"] < e["ci95"][1] and e["se"] > 0 and e["iiv_cv"] > 0
+    assert d["n_subjects"] == 8 and isinstance(d["converged"], bool)
+    assert np.isfinite(d["objective"])
+    assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_versions"]
+    html = rep.read_text()
+    assert html.count("data:image/png;base64,") == 3
+    assert "Visual predictive check" in html
+
+
+def test_cli_map_lists_individuals(capsys):
+    rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
+               "--method", "map", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["method"] == "MAP" and len(d["individual"]) == 8
+    cls = [v["CL"]["value"] for v in d["individual"].values()]
+    assert np.std(np.log(cls)) > 0.05  # the data move subjects away from the prior mean

@@ -1,0 +1,97 @@
+"""Forecasting one patient's MADRS: posterior, band, probabilities, next dose, calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketasim.cli import main
+from ketasim.errors import KetasimError
+from ketasim.fit import read_dataset
+from ketasim.fit.forecast import calibration_study, forecast_patient
+
+DATA = Path(__file__).parent / "data" / "fit"
+
+
+@pytest.fixture(scope="module")
+def fc():
+    return forecast_patient(str(DATA / "patient.csv"), horizon_days=14, seed=4, n_steps=500)
+
+
+def test_forecast_shapes_and_probabilities(fc):
+    assert fc.day[0] == 0 and fc.day[-1] == pytest.approx(14)
+    assert np.all(fc.lo80 <= fc.median) and np.all(fc.median <= fc.hi80)
+    assert np.all((fc.lo80 >= 0) & (fc.hi80 <= 60))
+    assert np.all((fc.p_response >= 0) & (fc.p_response <= 1))
+    assert np.all(np.diff(fc.p_relapse_by) >= -1e-12)  # "by day N" cannot decrease
+    assert fc.p_response[0] == 0.0  # nobody responds before the drug acts
+    d = fc.diagnostics
+    assert 0.2 < d["acceptance_fraction"] < 0.9 and max(d["rhat"]) < 1.1
+    # the observed baseline (about 38) moves the baseline posterior away from the prior
+    assert fc.posterior["baseline_madrs"]["median"] > 34
+    assert fc.metadata["seed"] == 4 and fc.metadata["card_versions"]
+
+
+def test_forecast_is_reproducible(fc):
+    again = forecast_patient(str(DATA / "patient.csv"), horizon_days=14, seed=4, n_steps=500)
+    np.testing.assert_array_equal(fc.median, again.median)
+
+
+def test_next_dose_day_moves_with_threshold():
+    """A higher threshold can only allow a later (or equal) next dose."""
+    lo = forecast_patient(str(DATA / "patient.csv"), horizon_days=21, threshold=20, seed=2,
+                          n_steps=300)
+    hi = forecast_patient(str(DATA / "patient.csv"), horizon_days=21, threshold=30, seed=2,
+                          n_steps=300)
+    assert hi.next_dose_day is not None
+    assert lo.next_dose_day is None or lo.next_dose_day <= hi.next_dose_day
+    assert hi.next_dose_day >= hi.metadata["last_observation_day"]
+
+
+def test_scores_at_the_bound_are_censored(tmp_path):
+    df = pd.read_csv(DATA / "patient.csv")
+    df.loc[df["DVID"] == "madrs", "DV"] = [36.0, 0.0, 0.0, 0.0]
+    p = tmp_path / "zero.csv"
+    df.to_csv(p, index=False)
+    f = forecast_patient(str(p), horizon_days=7, seed=1, n_steps=300)
+    assert np.all(np.isfinite(f.median))
+    # three scores at the floor push the drug effect up
+    assert f.posterior["eta_emax"]["median"] > 0.5
+
+
+def test_forecast_input_errors(tmp_path, capsys):
+    df = pd.read_csv(DATA / "patient.csv")
+    two = pd.concat([df, df.assign(ID=2)])
+    p = tmp_path / "two.csv"
+    two.to_csv(p, index=False)
+    with pytest.raises(KetasimError, match="one patient"):
+        forecast_patient(str(p))
+    p2 = tmp_path / "nomadrs.csv"
+    df[df["EVID"] == 1].to_csv(p2, index=False)
+    assert main(["forecast", str(p2)]) == 2
+    assert "MADRS" in capsys.readouterr().err
+    with pytest.raises(KetasimError):
+        forecast_patient(read_dataset(str(DATA / "patient.csv")), probability=1.5)
+
+
+def test_cli_forecast_json(capsys):
+    rc = main(["forecast", str(DATA / "patient.csv"), "--days", "7", "--steps", "300",
+               "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    for k in ("time_day", "madrs_median", "madrs_lo80", "madrs_hi80", "p_response",
+              "p_relapse_by", "next_dose_latest_day", "diagnostics", "metadata"):
+        assert k in d
+    assert len(d["time_day"]) == len(d["madrs_lo80"]) == 8
+
+
+def test_band_calibration_small():
+    """Held-out later scores fall in the 80% band at about the nominal rate (small sample;
+    the 40-patient study is `scripts/recovery_study.py --forecast 40`)."""
+    r = calibration_study(3, seed=21, n_steps=300)
+    assert r["n_scores"] == 15
+    assert 0.55 <= r["coverage_80"] <= 1.0
