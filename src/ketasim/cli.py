@@ -244,52 +244,22 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     out.print(t)
 
 
-class _ProgressBar:
-    """Patients done / total on stderr, shown only once a run has taken more than 1 s and only
-    on a terminal (JSON on stdout stays clean)."""
-
-    def __init__(self, label: str) -> None:
-        import time
-
-        self.label = label
-        self.t0 = time.perf_counter()
-        self.bar = None
-        self.task = None
-        self.console = Console(stderr=True)
-
-    def __call__(self, done: int, total: int) -> None:
-        import time
-
-        if self.bar is None:
-            if not self.console.is_terminal or time.perf_counter() - self.t0 < 1.0:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(),
-                                console=self.console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total)
-        self.bar.update(self.task, completed=done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: str):
-    from .trial import run_trial
+    from .trial import RichProgress, run_trial
 
     if workers is not None and not 1 <= workers <= 256:
         raise KetasimError("workers", f"must be 1..256, got {workers}")
-    bar = _ProgressBar(label)
+    bar = RichProgress(label)
     try:
         if workers is not None and workers > 1:
-            return run_trial(scenario, chunk_size=chunk_size, executor="processes",
-                             progress=bar, workers=workers)
-        return run_trial(scenario, chunk_size=chunk_size, executor="serial", progress=bar)
+            res = run_trial(scenario, chunk_size=chunk_size, executor="processes",
+                            progress=bar, workers=workers)
+        else:
+            res = run_trial(scenario, chunk_size=chunk_size, executor="serial", progress=bar)
     finally:
         bar.close()
+    bar.finish()
+    return res
 
 
 def _p(v) -> str:

@@ -115,8 +115,10 @@ def mechanism_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
 
 
 def mechanism_run(arm: ArmSpec, patient: Patient, t: np.ndarray,
-                  hypotheses: Hypotheses | None = None):
-    """The engine result (None for a control arm) and :func:`mechanism_components`."""
+                  hypotheses: Hypotheses | None = None,
+                  overrides: dict[str, float] | None = None):
+    """The engine result (None for a control arm) and :func:`mechanism_components`;
+    ``overrides``: mechanism-card values by name (sensitivity, uncertainty)."""
     c = load_param_card("clinic")
     regimen = arm_regimen(arm)
     n = len(t)
@@ -132,7 +134,7 @@ def mechanism_run(arm: ArmSpec, patient: Patient, t: np.ndarray,
     iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
     res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
                    hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
-                   interventions=Interventions.parse(arm.interventions))
+                   interventions=Interventions.parse(arm.interventions), overrides=overrides)
     r = res.readouts
     parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
     fu = load_param_card("brain").value("fu_ketamine")

@@ -248,7 +248,6 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
 
 def plot_indices(r: dict) -> bytes:
     """Bar chart of the indices (Sobol S1/ST with CIs, or Morris mu* with CI) as PNG bytes."""
-    import io
 
     import matplotlib
 
@@ -273,9 +272,6 @@ def plot_indices(r: dict) -> bytes:
     ax.invert_yaxis()
     ax.set_title(f"{r['method']} sensitivity: {r['endpoint']}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    from .report import _fig_png
+
+    return _fig_png(fig)

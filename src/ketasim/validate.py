@@ -369,34 +369,9 @@ def simulate_components(arm, patients: list, t: np.ndarray, overrides: dict | No
 def _components_with_overrides(arm, patient, t: np.ndarray, overrides: dict
                                ) -> dict[str, np.ndarray]:
     """:func:`ketasim.mood.mechanism_components` with mechanism-card overrides."""
-    from .cards import load_drug, load_param_card
-    from .engine import Course, simulate
-    from .mechanism import Hypotheses, Interventions
-    from .mood import _CL_NAMES, _V_NAMES, arm_regimen
-    from .pk import Covariates, resolve_model
+    from .mood import mechanism_run
 
-    regimen = arm_regimen(arm)
-    zero = np.zeros(len(t))
-    if regimen is None:
-        return {"fast": zero, "proteins": zero, "spines": zero, "ce": zero}
-    c = load_param_card("clinic")
-    cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years, sex=patient.sex,
-                     race=patient.race)
-    card = resolve_model(arm.drug, arm.model, regimen.routes)
-    iiv = {k: patient.pk_factor_cl for k in _CL_NAMES if k in card.parameters}
-    iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
-    res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
-                   hypotheses=Hypotheses.parse(arm.hypotheses),
-                   interventions=Interventions.parse(arm.interventions), overrides=overrides)
-    r = res.readouts
-    parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
-    ce = res.brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / load_param_card(
-        "brain").value("fu_ketamine")
-    if parent == "esketamine":
-        ce = ce * c.value("esketamine_potency_factor")
-    return {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
-            "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
-            "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
+    return mechanism_run(arm, patient, t, overrides=overrides)[1]
 
 
 @dataclass
