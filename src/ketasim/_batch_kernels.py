@@ -90,21 +90,116 @@ def _lu_solve(LU, piv, b):
         b[i] = acc / LU[i, i]
 
 
+#: number of mood states appended to the mechanism state vector (he_fast, he_slow, priming,
+#: consolidation) and of the shared / per-patient mood constants (see :func:`mood_rhs`)
+N_MOOD = 4
+
+
+@njit(cache=True, nogil=True)
+def mood_rhs(y, nmech, mc, mpat, dy):
+    """The mood layer of :func:`ketasim.mood.scores_batch` as ODEs (the single compiled
+    definition; pinned to ``scores_batch`` on a fine grid in the tests). Time in h.
+
+    ``y[nmech:nmech+4]`` = (he_fast, he_slow, priming π, consolidation C); ``mc`` = (a_fast,
+    a_proteins, a_spines, k_mood /h, k_mood_slow /h, drive50, 1/τ_π /h, 1/τ_c /h, g_c, θ_c);
+    ``mpat`` = (fast factor f_d, E_i, esketamine clinical factor). Drives from the mechanism
+    states LHb burst R_b, synaptic proteins P and spines S:
+    ``he_fast' = k_mood·(a_fast·f_d·(1 − R_b)⁺ − he_fast)``,
+    ``he_slow' = k_mood_slow·(a_P·(P − 1)⁺ + a_S·(S − 1)⁺ − he_slow)``,
+    ``π' = (h_f/(h50 + h_f) − π)/τ_π`` with ``h_f = f_esk·he_fast``,
+    ``C' = (g_c·d₀·(π − θ_c)⁺ − C)/τ_c`` with ``d₀ = E_i·h_e/(h50 + h_e)``,
+    ``h_e = f_esk·(he_fast + he_slow)``."""
+    nb = nmech - 14
+    rb = y[nb + 11]
+    pp = y[nb + 7]
+    sp = y[nb + 10]
+    hf = y[nmech]
+    hs = y[nmech + 1]
+    pr = y[nmech + 2]
+    cn = y[nmech + 3]
+    esk = mpat[2]
+    drive_fast = mc[0] * mpat[0] * max(1.0 - rb, 0.0)
+    drive_slow = mc[1] * max(pp - 1.0, 0.0) + mc[2] * max(sp - 1.0, 0.0)
+    he = esk * (hf + hs)
+    hfe = esk * hf
+    d0 = mpat[1] * he / (mc[5] + he)
+    dy[nmech] = mc[3] * (drive_fast - hf)
+    dy[nmech + 1] = mc[4] * (drive_slow - hs)
+    dy[nmech + 2] = mc[6] * (hfe / (mc[5] + hfe) - pr)
+    dy[nmech + 3] = mc[7] * (mc[8] * d0 * max(pr - mc[9], 0.0) - cn)
+
+
+@njit(cache=True, nogil=True)
+def _rhs(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy):
+    """Mechanism (:func:`ketasim.mechanism.rhs_into`) plus, if ``nmood``, the mood states."""
+    rhs_into(t, y, conc, kd0, kesc, mgf, P, dy)
+    if nmood > 0:
+        mood_rhs(y, nmech, mc, mpat, dy)
+
+
+@njit(cache=True, nogil=True)
+def _interval_peak(L, lp, xs_f, W_f, f_blk, fs, conc, ework, pk):
+    """Raise ``pk`` to the maximum over ``τ ∈ [0, L]`` of each blocker's exactly known
+    concentration (sum of exponentials): 17 samples, then golden-section search on the
+    bracket around the best sample (converged to ~1e-9 of the interval)."""
+    nblk = conc.shape[0]
+    ns = 16
+    for b in range(nblk):
+        best = -1.0
+        ib = 0
+        for q in range(ns + 1):
+            _conc(L * q / ns, lp, xs_f, W_f, f_blk, fs, conc, ework)
+            if conc[b] > best:
+                best = conc[b]
+                ib = q
+        lo = L * max(ib - 1, 0) / ns
+        hi = L * min(ib + 1, ns) / ns
+        gr = 0.6180339887498949
+        a = hi - gr * (hi - lo)
+        bb = lo + gr * (hi - lo)
+        _conc(a, lp, xs_f, W_f, f_blk, fs, conc, ework)
+        fa = conc[b]
+        _conc(bb, lp, xs_f, W_f, f_blk, fs, conc, ework)
+        fb = conc[b]
+        for _ in range(45):
+            if fa > fb:
+                hi = bb
+                bb = a
+                fb = fa
+                a = hi - gr * (hi - lo)
+                _conc(a, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                fa = conc[b]
+            else:
+                lo = a
+                a = bb
+                fa = fb
+                bb = lo + gr * (hi - lo)
+                _conc(bb, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                fb = conc[b]
+        best = max(best, fa, fb)
+        if best > pk[b]:
+            pk[b] = best
+
+
 @njit(cache=True, nogil=True)
 def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
             P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-            meth, ys, xs, peak, stats, trace):
+            meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
     ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
-    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status).
+    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status). With ``nmood`` = 4
+    the last four states are the mood layer (:func:`mood_rhs`, constants ``mc`` and
+    ``mpat[p]``); ``peak`` is the exact maximum of the concentration over every interval.
 
     The Rosenbrock method is given in transformed form (Hairer & Wanner; KPP's convention):
     ``(I/(hγ) − J) u_i = f(t + α_i h, y + Σ_j AT_ij u_j) + Σ_j CT_ij u_j / h + GSUM_i h f_t``,
     ``y₁ = y + Σ M_i u_i``, error ``Σ E_i u_i``; ``meth`` = (γ, order of the error estimate)."""
     s = lam.shape[1]
     ny = y0.shape[0]
+    nmech = color.shape[0]
+    mp_p = mpat[p]
     n_col = 0
-    for j in range(ny):
+    for j in range(nmech):
         n_col = max(n_col, color[j] + 1)
     nf = f_idx.shape[0]
     nblk = kd0.shape[0]
@@ -195,26 +290,45 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 last = True
             tau = t - ta
             _conc(tau, lp, xs_f, W_f, f_blk, fs, conc, ework)
-            rhs_into(tw, y, conc, kd0, kesc, mgf, P, f0)
+            _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, f0)
             if need_jac:
                 # forward differences, structurally independent columns perturbed together
                 for g in range(n_col):
                     for i in range(ny):
                         Yst[i] = y[i]
-                    for j in range(ny):
+                    for j in range(nmech):
                         if color[j] == g:
                             Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
                     rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
-                    for j in range(ny):
+                    for j in range(nmech):
                         if color[j] == g:
                             dj = Yst[j] - y[j]
                             for q in range(pptr[j], pptr[j + 1]):
                                 i = rows[q]
                                 J[i, j] = (fj[i] - f0[i]) / dj
+                if nmood > 0:
+                    # mood rows: they depend on R_b, P, S and the mood states only (dense FD)
+                    nbk = nmech - 14
+                    for q in range(3 + nmood):
+                        if q == 0:
+                            j = nbk + 11
+                        elif q == 1:
+                            j = nbk + 7
+                        elif q == 2:
+                            j = nbk + 10
+                        else:
+                            j = nmech + q - 3
+                        for i in range(ny):
+                            Yst[i] = y[i]
+                        Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
+                        dj = Yst[j] - y[j]
+                        mood_rhs(Yst, nmech, mc, mp_p, fj)
+                        for i in range(nmech, ny):
+                            J[i, j] = (fj[i] - f0[i]) / dj
                 # ∂f/∂t through the exact concentrations (the time column of the autonomised
                 # Jacobian: a W-method may reuse it with the rest of J)
                 _conc(tau + eps_t, lp, xs_f, W_f, f_blk, fs, conc, ework)
-                rhs_into(tw, y, conc, kd0, kesc, mgf, P, fj)
+                _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
                 for i in range(ny):
                     ft[i] = (fj[i] - f0[i]) / eps_t
                 n_jac += 1
@@ -239,7 +353,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                                 acc += AT[st, j] * U[j, i]
                             Yst[i] = acc
                         _conc(tau + ALPHA[st] * h, lp, xs_f, W_f, f_blk, fs, conc, ework)
-                        rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
+                        _rhs(tw, Yst, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
                         for i in range(ny):
                             acc = fj[i] + h * GSUM[st] * ft[i]
                             for j in range(st):
@@ -300,6 +414,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 break
         if status != 0:
             break
+        _interval_peak(tb - ta, lp, xs_f, W_f, f_blk, fs, conc, ework, pk)
         # advance the PK state exactly to tb
         _pk_at(tb - ta, lp, Vp, xss, c, tmp)
         for i in range(s):
@@ -315,20 +430,20 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
 @njit(cache=True, parallel=True)
 def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
                y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-               meth, ys, xs, peak, stats, trace):
+               meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in prange(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
                 P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace)
+                meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 
 @njit(cache=True)
 def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
                 y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace):
+                meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in range(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
                 P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace)
+                meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 
