@@ -136,7 +136,7 @@ def test_fast_path_matches_roadrunner():
     from ketasim.sbml import course_setup, export_arm, patient_parameters
 
     arm, v = B.bench_arm(), B.visits_h()
-    pts = B.bench_patients(2, seed=4)
+    pts = B.bench_patients(8, seed=4)
     em = export_arm(arm, pts[0], seed=4)
     rr = B.roadrunner_model(em.sbml)
     sel = ["time", em.madrs, em.plasma["ketamine"]]
@@ -147,3 +147,16 @@ def test_fast_path_matches_roadrunner():
             madrs = out[:, 1]
             err = np.abs(got["madrs"][i] - madrs) / (REL * np.abs(madrs) + 1e-3)
             assert np.all(err <= 1.0), (got["madrs"][i], madrs)
+
+
+def test_trial_chunk_engine_switch(monkeypatch):
+    """The trial's per-chunk engine switch: the fast engine gives the reference trial's
+    table within the mood-grid tolerance."""
+    from ketasim import trial
+
+    sc = trial.with_overrides(trial.resolve_scenario("default"), n=4, seed=3)
+    ref = trial.run_trial(sc, executor="serial").data
+    monkeypatch.setattr(trial, "ENGINE", "fast")
+    fast = trial.run_trial(sc, executor="serial").data
+    assert list(fast.columns) == list(ref.columns) and len(fast) == len(ref)
+    np.testing.assert_allclose(fast["madrs"], ref["madrs"], rtol=2e-4, atol=1e-3)

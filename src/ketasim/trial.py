@@ -212,15 +212,21 @@ def last_dose_times(scenario: Scenario) -> dict[str, tuple[float, float]]:
 
 
 # --------------------------------------------------------------------------- execution
+#: per-chunk engine: ``"reference"`` (:func:`ketasim.mood.simulate_arm`, LSODA per patient on
+#: the mood grid) or ``"fast"`` (:func:`ketasim.batch.simulate_arm_fast`: all patients of a
+#: chunk in the compiled batched kernel, mood layer as ODE states; within ~1e-4 of it)
+ENGINE = "reference"
 def _simulate_chunk(scenario: Scenario, arm_index: int, start: int, n: int,
                     visits_h: np.ndarray) -> pd.DataFrame | tuple[str, str, str | None]:
     """Patients ``start … start+n−1`` of one arm (runs in a worker process too)."""
+    from .batch import simulate_arm_fast
     from .mood import simulate_arm
     from .population import sample_arm
 
     try:
         patients = sample_arm(scenario.population, arm_index, n, start=start)
-        return simulate_arm(scenario.arms[arm_index], patients, visits_h)
+        run = simulate_arm_fast if ENGINE == "fast" else simulate_arm  # the engine switch
+        return run(scenario.arms[arm_index], patients, visits_h)
     except KetasimError as exc:  # returned, not raised: its constructor does not unpickle
         return ("error", f"scenario arm[{arm_index}].{exc.field}", exc.problem)
 
