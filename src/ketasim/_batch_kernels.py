@@ -138,6 +138,28 @@ def _rhs(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy):
 
 
 @njit(cache=True, nogil=True)
+def _kink_frac(y, ynew, nmech, nmood, nblk, theta_h, theta_c):
+    """Smallest fraction of a step at which a switching function changes sign (linear
+    interpolation; 2 if none): LHb block total B_H − θ_H, and priming π − θ_c."""
+    fr = 2.0
+    b0 = 0.0
+    b1 = 0.0
+    for j in range(nblk):
+        b0 += y[j]
+        b1 += ynew[j]
+    g0 = b0 - theta_h
+    g1 = b1 - theta_h
+    if g0 * g1 < 0.0:
+        fr = min(fr, g0 / (g0 - g1))
+    if nmood > 0:
+        g0 = y[nmech + 2] - theta_c
+        g1 = ynew[nmech + 2] - theta_c
+        if g0 * g1 < 0.0:
+            fr = min(fr, g0 / (g0 - g1))
+    return fr
+
+
+@njit(cache=True, nogil=True)
 def _interval_peak(L, lp, xs_f, W_f, f_blk, fs, conc, ework, pk):
     """Raise ``pk`` to the maximum over ``τ ∈ [0, L]`` of each blocker's exactly known
     concentration (sum of exponentials): 17 samples, then golden-section search on the
@@ -379,6 +401,16 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 trace[nt, 1] = h
                 trace[nt, 2] = en
                 trace[nt, 3] = float(since_jac)
+            if en <= 1.0 and not last:
+                # kinks of the right-hand side (max(π − θ_c, 0) of the mood layer,
+                # (1 − B_H/θ_H)⁺ of LHb bursting): a step that crosses one is shortened to end
+                # just before it (linear interpolation of the switching function), so the kink
+                # falls on a step boundary instead of inside a step's error estimate
+                fr = _kink_frac(y, ynew, nmech, nmood, nblk, P[32], mc[9])
+                if fr < 1.0 and fr * h > 1e-7:
+                    h = max(fr * h * (1.0 - 1e-6), 1e-7)
+                    n_rej += 1
+                    continue
             if en <= 1.0:
                 n_acc += 1
                 since_jac += 1

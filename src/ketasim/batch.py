@@ -38,7 +38,14 @@ Design (why it is fast, and why it stays exact where it can):
   Controller ``h·min(5, max(0.2, 0.9·err^(−1/q)))``, q the order of the error estimate.
 * **Steps land exactly** on every dose, infusion start and stop, intervention window edge and
   output time; the intervention window is evaluated on the open interval so a stage at the
-  window's end does not see the next regime.
+  window's end does not see the next regime. A step that would cross a kink of the
+  right-hand side (LHb block total = θ_H, where bursting switches off; with the mood states,
+  priming = θ_c, where consolidation switches on) is shortened to end just before it (linear
+  interpolation of the switching function), so no step's error estimate straddles a kink.
+* **Mood layer as ODE states** (optional, ``mood=``; :func:`scores_at_visits`): the two
+  effect compartments, the priming trace and consolidation of :mod:`ketasim.mood` are four
+  more states (:func:`ketasim._batch_kernels.mood_rhs`), so the scores need outputs only at
+  the visits instead of a fine grid.
 * Patients run in parallel (``prange``) on ``numba.get_num_threads()`` threads.
 
 Readouts, plasma and free-brain outputs are computed from the states with the same functions
@@ -83,12 +90,13 @@ ATOL = 1e-8
 BLOCK_ATOL_FACTOR = 1e-3
 #: tolerances of the fast clinic path (:func:`scores_at_visits`), whose outputs are the
 #: scores (MADRS etc.) and exact concentrations, not the tiny LHb block fractions. Measured on
-#: the 28-day course (40 patients of ``ketasim bench``): MADRS within 5.5e-5 relative of
-#: libRoadRunner (CVODE rtol 1e-8) at every visit with 680 steps per course (1,234 at the
-#: engine defaults). The error is not monotone in rtol (rtol 1e-4 and 3e-5 with atol 1e-7:
-#: ~2e-4, from steps across the kinks max(π − θ_c, 0) and (1 − B_H/θ_H)⁺); pinned in the tests
-FAST_RTOL = 5e-5
-FAST_ATOL = 1e-7
+#: the 28-day course (40 patients of ``ketasim bench``): MADRS within 2.5e-5 relative of
+#: libRoadRunner (CVODE rtol 1e-8) at every visit with 423 steps per course (1,234 at the
+#: engine defaults). Steps never straddle the right-hand side's kinks (see the kernel's
+#: ``_kink_frac``); without that, the error was ~2e-4 and not monotone in rtol. Pinned in the
+#: tests against libRoadRunner and the refined-grid reference.
+FAST_RTOL = 1e-4
+FAST_ATOL = 1e-5
 FAST_BLOCK_ATOL_FACTOR = 1.0
 METHOD = "rodas4"  # Rosenbrock method of the mechanism integrator (see METHODS)
 JAC_EVERY = 1  # accepted steps between Jacobian refreshes (1: every step; see the docstring)
