@@ -41,9 +41,9 @@ def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
 
 
 @njit(cache=True, nogil=True)
-def _lu(Amat, piv):
-    """In-place LU with partial pivoting (small dense matrix). Returns False if singular."""
-    n = Amat.shape[0]
+def _lu(Amat, piv, n):
+    """In-place LU with partial pivoting of the leading ``n × n`` block (small dense matrix).
+    Returns False if singular."""
     for k in range(n):
         p = k
         best = abs(Amat[k, k])
@@ -70,8 +70,10 @@ def _lu(Amat, piv):
 
 
 @njit(cache=True, nogil=True)
-def _lu_solve(LU, piv, b):
-    n = LU.shape[0]
+def _lu_solve(LU, piv, b, n):
+    """Solve with the leading ``n × n`` block factored by :func:`_lu`; rows ``n …`` of a
+    block lower-triangular matrix whose trailing block is lower triangular (the mood states:
+    they read the mechanism, never the reverse) by forward substitution."""
     for k in range(n):
         p = piv[k]
         if p != k:
@@ -86,6 +88,11 @@ def _lu_solve(LU, piv, b):
     for i in range(n - 1, -1, -1):
         acc = b[i]
         for j in range(i + 1, n):
+            acc -= LU[i, j] * b[j]
+        b[i] = acc / LU[i, i]
+    for i in range(n, LU.shape[0]):
+        acc = b[i]
+        for j in range(i):
             acc -= LU[i, j] * b[j]
         b[i] = acc / LU[i, i]
 
@@ -362,7 +369,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 for j in range(ny):
                     Wm[i, j] = -J[i, j]
                 Wm[i, i] += inv
-            ok = _lu(Wm, piv)
+            ok = _lu(Wm, piv, nmech)
             if ok:
                 for st in range(ns):
                     if st == 0:
@@ -381,7 +388,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                             for j in range(st):
                                 acc += CT[st, j] / h * U[j, i]
                             U[st, i] = acc
-                    _lu_solve(Wm, piv, U[st])
+                    _lu_solve(Wm, piv, U[st], nmech)
                 en = 0.0
                 for i in range(ny):
                     acc = y[i]
