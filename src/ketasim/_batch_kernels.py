@@ -9,8 +9,10 @@ Imports are absolute for that reason.
 import numpy as np
 from numba import njit, prange
 
-from ketasim.mechanism import rhs_into
+from ketasim.mechanism import _I, rhs_into
 
+#: index of θ_H (LHb block at which bursting stops) in the packed mechanism parameters
+THETA_H = _I["theta_H"]
 MAX_STEPS = 2_000_000  # per patient-course, a guard against runaway step-size collapse
 
 
@@ -413,8 +415,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 # (1 − B_H/θ_H)⁺ of LHb bursting): a step that crosses one is shortened to end
                 # just before it (linear interpolation of the switching function), so the kink
                 # falls on a step boundary instead of inside a step's error estimate
-                # P[32] = θ_H in the packed mechanism parameters (rhs_into: P[7 + 25])
-                fr = _kink_frac(y, ynew, nmech, nmood, nblk, P[32], mc[9])
+                fr = _kink_frac(y, ynew, nmech, nmood, nblk, P[THETA_H], mc[9])
                 if fr < 1.0 and fr * h > 1e-7:
                     h = max(fr * h * (1.0 - 1e-6), 1e-7)
                     n_rej += 1
