@@ -9,8 +9,10 @@ Imports are absolute for that reason.
 import numpy as np
 from numba import njit, prange
 
-from ketasim.mechanism import rhs_into
+from ketasim.mechanism import _I, rhs_into
 
+#: index of θ_H (LHb block at which bursting stops) in the packed mechanism parameters
+THETA_H = _I["theta_H"]
 MAX_STEPS = 2_000_000  # per patient-course, a guard against runaway step-size collapse
 
 
@@ -41,9 +43,9 @@ def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
 
 
 @njit(cache=True, nogil=True)
-def _lu(Amat, piv):
-    """In-place LU with partial pivoting (small dense matrix). Returns False if singular."""
-    n = Amat.shape[0]
+def _lu(Amat, piv, n):
+    """In-place LU with partial pivoting of the leading ``n × n`` block (small dense matrix).
+    Returns False if singular."""
     for k in range(n):
         p = k
         best = abs(Amat[k, k])
@@ -70,8 +72,10 @@ def _lu(Amat, piv):
 
 
 @njit(cache=True, nogil=True)
-def _lu_solve(LU, piv, b):
-    n = LU.shape[0]
+def _lu_solve(LU, piv, b, n):
+    """Solve with the leading ``n × n`` block factored by :func:`_lu`; rows ``n …`` of a
+    block lower-triangular matrix whose trailing block is lower triangular (the mood states:
+    they read the mechanism, never the reverse) by forward substitution."""
     for k in range(n):
         p = piv[k]
         if p != k:
@@ -88,23 +92,145 @@ def _lu_solve(LU, piv, b):
         for j in range(i + 1, n):
             acc -= LU[i, j] * b[j]
         b[i] = acc / LU[i, i]
+    for i in range(n, LU.shape[0]):
+        acc = b[i]
+        for j in range(i):
+            acc -= LU[i, j] * b[j]
+        b[i] = acc / LU[i, i]
+
+
+#: number of mood states appended to the mechanism state vector (he_fast, he_slow, priming,
+#: consolidation) and of the shared / per-patient mood constants (see :func:`mood_rhs`)
+N_MOOD = 4
+
+
+@njit(cache=True, nogil=True)
+def mood_rhs(y, nmech, mc, mpat, dy):
+    """The mood layer of :func:`ketasim.mood.scores_batch` as ODEs (the single compiled
+    definition; pinned to ``scores_batch`` on a fine grid in the tests). Time in h.
+
+    ``y[nmech:nmech+4]`` = (he_fast, he_slow, priming π, consolidation C); ``mc`` = (a_fast,
+    a_proteins, a_spines, k_mood /h, k_mood_slow /h, drive50, 1/τ_π /h, 1/τ_c /h, g_c, θ_c);
+    ``mpat`` = (fast factor f_d, E_i, esketamine clinical factor). Drives from the mechanism
+    states LHb burst R_b, synaptic proteins P and spines S:
+    ``he_fast' = k_mood·(a_fast·f_d·(1 − R_b)⁺ − he_fast)``,
+    ``he_slow' = k_mood_slow·(a_P·(P − 1)⁺ + a_S·(S − 1)⁺ − he_slow)``,
+    ``π' = (h_f/(h50 + h_f) − π)/τ_π`` with ``h_f = f_esk·he_fast``,
+    ``C' = (g_c·d₀·(π − θ_c)⁺ − C)/τ_c`` with ``d₀ = E_i·h_e/(h50 + h_e)``,
+    ``h_e = f_esk·(he_fast + he_slow)``."""
+    nb = nmech - 14
+    rb = y[nb + 11]
+    pp = y[nb + 7]
+    sp = y[nb + 10]
+    hf = y[nmech]
+    hs = y[nmech + 1]
+    pr = y[nmech + 2]
+    cn = y[nmech + 3]
+    esk = mpat[2]
+    drive_fast = mc[0] * mpat[0] * max(1.0 - rb, 0.0)
+    drive_slow = mc[1] * max(pp - 1.0, 0.0) + mc[2] * max(sp - 1.0, 0.0)
+    he = esk * (hf + hs)
+    hfe = esk * hf
+    d0 = mpat[1] * he / (mc[5] + he)
+    dy[nmech] = mc[3] * (drive_fast - hf)
+    dy[nmech + 1] = mc[4] * (drive_slow - hs)
+    dy[nmech + 2] = mc[6] * (hfe / (mc[5] + hfe) - pr)
+    dy[nmech + 3] = mc[7] * (mc[8] * d0 * max(pr - mc[9], 0.0) - cn)
+
+
+@njit(cache=True, nogil=True)
+def _rhs(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy):
+    """Mechanism (:func:`ketasim.mechanism.rhs_into`) plus, if ``nmood``, the mood states."""
+    rhs_into(t, y, conc, kd0, kesc, mgf, P, dy)
+    if nmood > 0:
+        mood_rhs(y, nmech, mc, mpat, dy)
+
+
+@njit(cache=True, nogil=True)
+def _kink_frac(y, ynew, nmech, nmood, nblk, theta_h, theta_c):
+    """Smallest fraction of a step at which a switching function changes sign (linear
+    interpolation; 2 if none): LHb block total B_H − θ_H, and priming π − θ_c."""
+    fr = 2.0
+    b0 = 0.0
+    b1 = 0.0
+    for j in range(nblk):
+        b0 += y[j]
+        b1 += ynew[j]
+    g0 = b0 - theta_h
+    g1 = b1 - theta_h
+    if g0 * g1 < 0.0:
+        fr = min(fr, g0 / (g0 - g1))
+    if nmood > 0:
+        g0 = y[nmech + 2] - theta_c
+        g1 = ynew[nmech + 2] - theta_c
+        if g0 * g1 < 0.0:
+            fr = min(fr, g0 / (g0 - g1))
+    return fr
+
+
+@njit(cache=True, nogil=True)
+def _interval_peak(L, lp, xs_f, W_f, f_blk, fs, conc, ework, pk):
+    """Raise ``pk`` to the maximum over ``τ ∈ [0, L]`` of each blocker's exactly known
+    concentration (sum of exponentials): 17 samples, then golden-section search on the
+    bracket around the best sample (converged to ~1e-9 of the interval)."""
+    nblk = conc.shape[0]
+    ns = 16
+    for b in range(nblk):
+        best = -1.0
+        ib = 0
+        for q in range(ns + 1):
+            _conc(L * q / ns, lp, xs_f, W_f, f_blk, fs, conc, ework)
+            if conc[b] > best:
+                best = conc[b]
+                ib = q
+        lo = L * max(ib - 1, 0) / ns
+        hi = L * min(ib + 1, ns) / ns
+        gr = 0.6180339887498949
+        a = hi - gr * (hi - lo)
+        bb = lo + gr * (hi - lo)
+        _conc(a, lp, xs_f, W_f, f_blk, fs, conc, ework)
+        fa = conc[b]
+        _conc(bb, lp, xs_f, W_f, f_blk, fs, conc, ework)
+        fb = conc[b]
+        for _ in range(45):
+            if fa > fb:
+                hi = bb
+                bb = a
+                fb = fa
+                a = hi - gr * (hi - lo)
+                _conc(a, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                fa = conc[b]
+            else:
+                lo = a
+                a = bb
+                fa = fb
+                bb = lo + gr * (hi - lo)
+                _conc(bb, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                fb = conc[b]
+        best = max(best, fa, fb)
+        if best > pk[b]:
+            pk[b] = best
 
 
 @njit(cache=True, nogil=True)
 def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
             P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-            meth, ys, xs, peak, stats, trace):
+            meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
     ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
-    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status).
+    ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status). With ``nmood`` = 4
+    the last four states are the mood layer (:func:`mood_rhs`, constants ``mc`` and
+    ``mpat[p]``); ``peak`` is the exact maximum of the concentration over every interval.
 
     The Rosenbrock method is given in transformed form (Hairer & Wanner; KPP's convention):
     ``(I/(hγ) − J) u_i = f(t + α_i h, y + Σ_j AT_ij u_j) + Σ_j CT_ij u_j / h + GSUM_i h f_t``,
     ``y₁ = y + Σ M_i u_i``, error ``Σ E_i u_i``; ``meth`` = (γ, order of the error estimate)."""
     s = lam.shape[1]
     ny = y0.shape[0]
+    nmech = color.shape[0]
+    mp_p = mpat[p]
     n_col = 0
-    for j in range(ny):
+    for j in range(nmech):
         n_col = max(n_col, color[j] + 1)
     nf = f_idx.shape[0]
     nblk = kd0.shape[0]
@@ -195,26 +321,45 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 last = True
             tau = t - ta
             _conc(tau, lp, xs_f, W_f, f_blk, fs, conc, ework)
-            rhs_into(tw, y, conc, kd0, kesc, mgf, P, f0)
+            _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, f0)
             if need_jac:
                 # forward differences, structurally independent columns perturbed together
                 for g in range(n_col):
                     for i in range(ny):
                         Yst[i] = y[i]
-                    for j in range(ny):
+                    for j in range(nmech):
                         if color[j] == g:
                             Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
                     rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
-                    for j in range(ny):
+                    for j in range(nmech):
                         if color[j] == g:
                             dj = Yst[j] - y[j]
                             for q in range(pptr[j], pptr[j + 1]):
                                 i = rows[q]
                                 J[i, j] = (fj[i] - f0[i]) / dj
+                if nmood > 0:
+                    # mood rows: they depend on R_b, P, S and the mood states only (dense FD)
+                    nbk = nmech - 14
+                    for q in range(3 + nmood):
+                        if q == 0:
+                            j = nbk + 11
+                        elif q == 1:
+                            j = nbk + 7
+                        elif q == 2:
+                            j = nbk + 10
+                        else:
+                            j = nmech + q - 3
+                        for i in range(ny):
+                            Yst[i] = y[i]
+                        Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
+                        dj = Yst[j] - y[j]
+                        mood_rhs(Yst, nmech, mc, mp_p, fj)
+                        for i in range(nmech, ny):
+                            J[i, j] = (fj[i] - f0[i]) / dj
                 # ∂f/∂t through the exact concentrations (the time column of the autonomised
                 # Jacobian: a W-method may reuse it with the rest of J)
                 _conc(tau + eps_t, lp, xs_f, W_f, f_blk, fs, conc, ework)
-                rhs_into(tw, y, conc, kd0, kesc, mgf, P, fj)
+                _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
                 for i in range(ny):
                     ft[i] = (fj[i] - f0[i]) / eps_t
                 n_jac += 1
@@ -226,7 +371,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 for j in range(ny):
                     Wm[i, j] = -J[i, j]
                 Wm[i, i] += inv
-            ok = _lu(Wm, piv)
+            ok = _lu(Wm, piv, nmech)
             if ok:
                 for st in range(ns):
                     if st == 0:
@@ -239,13 +384,13 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                                 acc += AT[st, j] * U[j, i]
                             Yst[i] = acc
                         _conc(tau + ALPHA[st] * h, lp, xs_f, W_f, f_blk, fs, conc, ework)
-                        rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
+                        _rhs(tw, Yst, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
                         for i in range(ny):
                             acc = fj[i] + h * GSUM[st] * ft[i]
                             for j in range(st):
                                 acc += CT[st, j] / h * U[j, i]
                             U[st, i] = acc
-                    _lu_solve(Wm, piv, U[st])
+                    _lu_solve(Wm, piv, U[st], nmech)
                 en = 0.0
                 for i in range(ny):
                     acc = y[i]
@@ -265,6 +410,16 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 trace[nt, 1] = h
                 trace[nt, 2] = en
                 trace[nt, 3] = float(since_jac)
+            if en <= 1.0 and not last:
+                # kinks of the right-hand side (max(π − θ_c, 0) of the mood layer,
+                # (1 − B_H/θ_H)⁺ of LHb bursting): a step that crosses one is shortened to end
+                # just before it (linear interpolation of the switching function), so the kink
+                # falls on a step boundary instead of inside a step's error estimate
+                fr = _kink_frac(y, ynew, nmech, nmood, nblk, P[THETA_H], mc[9])
+                if fr < 1.0 and fr * h > 1e-7:
+                    h = max(fr * h * (1.0 - 1e-6), 1e-7)
+                    n_rej += 1
+                    continue
             if en <= 1.0:
                 n_acc += 1
                 since_jac += 1
@@ -300,6 +455,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 break
         if status != 0:
             break
+        _interval_peak(tb - ta, lp, xs_f, W_f, f_blk, fs, conc, ework, pk)
         # advance the PK state exactly to tb
         _pk_at(tb - ta, lp, Vp, xss, c, tmp)
         for i in range(s):
@@ -315,20 +471,20 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
 @njit(cache=True, parallel=True)
 def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
                y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-               meth, ys, xs, peak, stats, trace):
+               meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in prange(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
                 P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace)
+                meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 
 @njit(cache=True)
 def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
                 y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace):
+                meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in range(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
                 P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace)
+                meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 

@@ -5,10 +5,10 @@ Course: racemic ketamine 0.5 mg/kg IV over 40 min twice weekly for 4 weeks (8 in
 TRD patients of the default population (seeded; residual noise set to zero so that MADRS is the
 model's, not a random draw).
 
-* **ketasim** — :func:`_ketasim_course_batch`: mechanism components for all patients, then
-  :func:`ketasim.mood.scores_batch`, plus the exact batched PK for plasma. The components come
-  from :func:`ketasim.mood.mechanism_components` (the SciPy LSODA engine) until the batched
-  engine ``ketasim.batch.components_batch`` lands: swapping is the one line marked below.
+* **ketasim** — :func:`_ketasim_course_batch`: :func:`ketasim.batch.scores_at_visits`' path
+  (all patients in the compiled batched kernel, the mood layer's effect compartments,
+  priming and consolidation integrated as ODE states with the mechanism, steps landing only
+  on doses and visits), plasma from the same call's exact modal PK.
 * **libRoadRunner** — the SBML export (:mod:`ketasim.sbml`) loaded once; per patient: reset,
   set the patient's parameters, simulate to the visits (what a user would write).
 * **SciPy reference** — :func:`ketasim.mood.mechanism_components` (engine.simulate, LSODA) on a
@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import __version__
-from .batch import components_batch
+from .batch import _fast_run
 from .bench import BENCH_DRUG, BENCH_REGIMEN, _max_rel_diff
 from .mood import _grid, arm_regimen, mechanism_components, scores_batch
 from .pk import Covariates, resolve_model
@@ -110,11 +110,13 @@ def plasma_batch(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
 
 def _ketasim_course_batch(arm: ArmSpec, patients: list[Patient],
                           visits: np.ndarray) -> dict[str, np.ndarray]:
-    """ketasim for a batch: MADRS and parent plasma (patients × visits)."""
-    t = _grid(visits, arm_regimen(arm))
-    comp = components_batch(arm, patients, t)  # the batched compiled engine
-    madrs = scores_batch(arm, patients, t, visits, comp)["madrs"]
-    return {"madrs": madrs, "plasma": plasma_batch(arm, patients, visits)}
+    """ketasim for a batch: MADRS and parent plasma (patients × visits), from one call of the
+    fast batched path (mood layer as ODE states in the compiled kernel; exact PK at the
+    visits)."""
+    scores, res = _fast_run(arm, patients, visits)
+    plasma = (res.plasma_ng_per_ml[arm.drug] if arm.drug in res.plasma_ng_per_ml
+              else plasma_batch(arm, patients, visits))
+    return {"madrs": scores["madrs"], "plasma": plasma}
 
 
 def scipy_madrs(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
@@ -258,9 +260,9 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
     res["details"] = {
         "course": f"{BENCH_DRUG} " + ", ".join(BENCH_REGIMEN),
         "visits": list(VISITS), "seed": int(seed), "n_scipy": int(n_ref),
-        "ketasim_path": "batch.components_batch (exact modal PK + RODAS4 on the mechanism, "
-                        "numba, all patients at once) + mood.scores_batch; exact batched PK "
-                        "for plasma",
+        "ketasim_path": "batch.scores_at_visits path (exact modal PK + RODAS4 on mechanism "
+                        "and mood ODE states, numba, all patients at once, outputs only at "
+                        "the visits); plasma from the same exact PK",
         "scipy_path": "engine.simulate via mood.mechanism_components + mood.scores_batch "
                       "(timed); plasma from pk.solve_reference, LSODA rtol 1e-10 (untimed)",
         "roadrunner": f"CVODE rtol={RR_RTOL:g} atol={RR_ATOL:g} (PK states {RR_ATOL_PK:g}); "

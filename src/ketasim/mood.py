@@ -161,8 +161,6 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
     """Vectorised over patients: ``comp`` arrays are (patients, len(t)); outputs (patients,
     visits) except ``time_h``."""
     c = c or {k: v.value for k, v in load_param_card("clinic").parameters.items()}
-    n = len(t)
-    npt = len(patients)
     bip = np.array([p.disorder == "bipolar" for p in patients])
     fast = c["a_fast"] * comp["fast"] * np.where(bip, c["bipolar_fast_factor"], 1.0)[:, None]
     slow = c["a_proteins"] * comp["proteins"] + c["a_spines"] * comp["spines"]
@@ -172,8 +170,7 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
     if arm.drug == "esketamine" and arm.control is None:
         he = he * c["esketamine_clinical_factor"]
         he_fast = he_fast * c["esketamine_clinical_factor"]
-    eta_e = np.array([p.eta_emax for p in patients])[:, None] * c["drug_emax_iiv_sd"]
-    emax = 1.0 / (1.0 + np.exp(-(_logit(c["drug_emax"]) + eta_e)))
+    emax = drug_emax_i(patients, c)[:, None]
     d_direct = emax * he / (c["drive50"] + he)
     # priming: a slow trace of the acute (fast) drug action, so it counts recent doses;
     # consolidation needs it above a threshold that one dose does not reach, so a series
@@ -185,7 +182,31 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
         t, c["consolidation_gain"] * d_direct * np.maximum(prime - c["consolidation_threshold"],
                                                            0.0),
         1.0 / (24.0 * c["consolidation_tau_d"]))
-    d = 1.0 - (1.0 - d_direct) * (1.0 - np.minimum(cons, c["consolidation_cap"]))
+    d = drug_effect(d_direct, cons, c)
+    idx = np.searchsorted(t, np.round(visits_h, 9))
+    return visit_scores(arm, patients, visits_h, d[:, idx], ce[:, idx],
+                        ce.max(axis=1), c)
+
+
+def drug_emax_i(patients: list[Patient], c: dict[str, float]) -> np.ndarray:
+    """Per-patient maximal drug effect ``E_i = logistic(logit(E) + η_E,i·sd)`` (fraction)."""
+    eta_e = np.array([p.eta_emax for p in patients]) * c["drug_emax_iiv_sd"]
+    return 1.0 / (1.0 + np.exp(-(_logit(c["drug_emax"]) + eta_e)))
+
+
+def drug_effect(d_direct: np.ndarray, cons: np.ndarray, c: dict[str, float]) -> np.ndarray:
+    """Total drug effect ``d = 1 − (1 − d₀)(1 − min(C, C_max))`` (fraction of baseline)."""
+    return 1.0 - (1.0 - d_direct) * (1.0 - np.minimum(cons, c["consolidation_cap"]))
+
+
+def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d: np.ndarray,
+                 ce: np.ndarray, peak: np.ndarray, c: dict[str, float]
+                 ) -> dict[str, np.ndarray]:
+    """Scores and side effects at the visits (h) from the drug effect ``d`` and the
+    effect-site concentration ``ce`` (ng/mL) at the visits (patients × visits) and its peak
+    over the course (patients,): the closed-form placebo, background and score formulas."""
+    t = np.asarray(visits_h, dtype=float)
+    npt, nv = len(patients), len(t)
     # an infusion that feels active (ketamine, or midazolam's sedation) carries the larger
     # expectancy; saline the smaller
     p_typ = c["placebo_saline"] if arm.control == "saline" else c["placebo_active"]
@@ -196,11 +217,9 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
                    or "oral-antidepressant" in pt.comedication for pt in patients])[:, None]
     a = ad * c["ad_background_max"] * (1.0 - np.exp(-t / (24.0 * c["ad_background_tau_d"])))
     core = (1.0 - p) * (1.0 - d) * (1.0 - a)
-    idx = np.searchsorted(t, np.round(visits_h, 9))
-    nv = len(visits_h)
     base = np.array([pt.baseline_madrs for pt in patients])[:, None]
-    noise = np.array([pt.residual[:nv] for pt in patients]) * c["residual_sd"]
-    madrs = np.clip(base * core[:, idx] + noise, 0.0, 60.0)
+    noise = np.array([pt.residual[:nv] for pt in patients]).reshape(npt, nv) * c["residual_sd"]
+    madrs = np.clip(base * core + noise, 0.0, 60.0)
     suic = (1.0 - p) * (1.0 - np.minimum(c["suicidality_gain"] * d, 0.99)) * (1.0 - a)
     sed = c["sedation_per_ng_ml"] * ce
     if arm.control == "active-placebo":
@@ -208,22 +227,22 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
         dur = parse_duration(arm.duration or "40 min")  # midazolam infusion, as designed
         rise = np.clip(t / dur, 0.0, 1.0)
         sed = np.broadcast_to(c["midazolam_sedation_peak"] * rise
-                              * np.exp(-k * np.maximum(t - dur, 0.0)), (npt, n))
-    peak = ce.max(axis=1, keepdims=True)
+                              * np.exp(-k * np.maximum(t - dur, 0.0)), (npt, nv))
+    peak = np.asarray(peak, dtype=float).reshape(npt, 1)
     return {
         "time_h": visits_h,
         "madrs": madrs,
         "hamd17": np.clip(madrs * c["hamd17_per_madrs"], 0.0, 52.0),
         "hamd6": np.clip(madrs * c["hamd6_per_madrs"], 0.0, 22.0),
-        "madrs_item10": np.clip(c["item10_baseline"] * suic[:, idx], 0.0, 6.0),
-        "ssi": np.clip(c["ssi_baseline"] * suic[:, idx], 0.0, 38.0),
-        "cadss": np.clip(c["cadss_per_ng_ml"] * ce[:, idx], 0.0, 92.0),
-        "bprs_positive": np.clip(c["bprs_per_ng_ml"] * ce[:, idx], 0.0, 24.0),
-        "sbp_change_mmhg": c["sbp_per_ng_ml"] * ce[:, idx],
-        "sedation": np.clip(sed[:, idx], 0.0, 1.0),
-        "effect_site_ng_per_ml": ce[:, idx],
-        "drug_effect": d[:, idx],
-        "placebo_effect": p[:, idx],
+        "madrs_item10": np.clip(c["item10_baseline"] * suic, 0.0, 6.0),
+        "ssi": np.clip(c["ssi_baseline"] * suic, 0.0, 38.0),
+        "cadss": np.clip(c["cadss_per_ng_ml"] * ce, 0.0, 92.0),
+        "bprs_positive": np.clip(c["bprs_per_ng_ml"] * ce, 0.0, 24.0),
+        "sbp_change_mmhg": c["sbp_per_ng_ml"] * ce,
+        "sedation": np.clip(sed, 0.0, 1.0),
+        "effect_site_ng_per_ml": ce,
+        "drug_effect": d,
+        "placebo_effect": p,
         "peak_effect_site_ng_per_ml": np.repeat(peak, nv, axis=1),
         "peak_cadss": np.repeat(np.clip(c["cadss_per_ng_ml"] * peak, 0, 92), nv, axis=1),
         "peak_sbp_change_mmhg": np.repeat(c["sbp_per_ng_ml"] * peak, nv, axis=1),

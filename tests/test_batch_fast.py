@@ -1,0 +1,163 @@
+"""The fast clinic path (ketasim.batch.scores_at_visits / simulate_arm_fast): mood layer as
+ODE states in the batched kernel, steps landing only on doses and visits.
+
+Pinned to ketasim's reference — engine.simulate (LSODA, tight tolerances) + mood.scores_batch
+on the refined grid of :func:`ketasim.bench_sbml.reference_grid` — on every key of
+``scores_batch``: ``|fast − ref| ≤ 1e-4·|ref| + floor`` with the absolute floor 1e-3 score
+points for scores (MADRS, HAM-D, item 10, SSI), 1e-6 for fractions (drug/placebo effect,
+sedation) and 1e-6 × the course maximum for concentration-driven side effects (values decayed
+to a millionth of their peak are compared absolutely). And to libRoadRunner on the SBML export.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ketasim import bench_sbml as B
+from ketasim import mood
+from ketasim.batch import scores_at_visits, simulate_arm_batched, simulate_arm_fast
+from ketasim.engine import simulate
+from ketasim.population import sample_arm
+from ketasim.sbml import without_noise
+from ketasim.scenario import ArmSpec, PopulationSpec
+
+REL = 1e-4
+REF_TOL = {"rtol": 1e-9, "atol": 1e-13}
+SCORE_KEYS = ("madrs", "hamd17", "hamd6", "madrs_item10", "ssi")
+FRACTION_KEYS = ("drug_effect", "placebo_effect", "sedation")
+
+
+def _reference(arm, patients, visits, monkeypatch):
+    monkeypatch.setattr(mood, "simulate", lambda *a, **kw: simulate(*a, **kw, **REF_TOL))
+    t = B.reference_grid(arm, visits)
+    comps = [mood.mechanism_components(arm, p, t) for p in patients]
+    comp = {k: np.stack([c[k] for c in comps]) for k in comps[0]}
+    return mood.scores_batch(arm, patients, t, visits, comp)
+
+
+def _assert_scores_close(got, ref):
+    assert set(got) == set(ref)
+    for k, r in ref.items():
+        g = np.asarray(got[k])
+        r = np.asarray(r)
+        assert g.shape == r.shape, k
+        if r.dtype == bool:
+            assert (g == r).all(), k
+            continue
+        if k in SCORE_KEYS:
+            floor = 1e-3
+        elif k in FRACTION_KEYS:
+            floor = 1e-6
+        else:
+            floor = 1e-6 * np.max(np.abs(r)) + 1e-12
+        err = np.abs(g - r) / (REL * np.abs(r) + floor)
+        assert np.all(err <= 1.0), (k, float(err.max()), g, r)
+
+
+def test_default_course_matches_reference(monkeypatch):
+    arm, v = B.bench_arm(), B.visits_h()
+    pts = B.bench_patients(3, seed=11)
+    got = scores_at_visits(arm, pts, v)
+    _assert_scores_close(got, _reference(arm, pts, v, monkeypatch))
+    # the course works: MADRS falls from baseline, dissociation peaks at the infusion's end
+    assert np.all(got["madrs"][:, -1] < got["madrs"][:, 0])
+    assert np.all(got["peak_effect_site_ng_per_ml"][:, 0]
+                  >= got["effect_site_ng_per_ml"].max(axis=1))
+
+
+@pytest.mark.slow
+def test_esketamine_bipolar_background_matches_reference(monkeypatch):
+    """Intranasal esketamine (potency and clinical factors), oral-antidepressant background,
+    bipolar patients (fast factor), irregular visits."""
+    arm = ArmSpec(name="esk", drug="esketamine", route="intranasal", model="perez-ruixo-2021",
+                  dose=["56 mg", "84 mg", "84 mg", "84 mg"], schedule=["0 d", "3 d", "7 d", "10 d"],
+                  background="oral-antidepressant")
+    v = np.array([0.0, 0.5, 2.0, 30.0, 80.0, 170.0, 250.0, 400.0])
+    pop = PopulationSpec(seed=5, disorder="bipolar", female_fraction=0.5)
+    pts = without_noise(sample_arm(pop, 0, 2, n_visits=len(v)))
+    got = scores_at_visits(arm, pts, v)
+    _assert_scores_close(got, _reference(arm, pts, v, monkeypatch))
+
+
+@pytest.mark.parametrize("control", ["saline", "active-placebo"])
+def test_control_arms_match_simulate_arm(control):
+    arm = ArmSpec(name=control, control=control)
+    pts = sample_arm(PopulationSpec(n=3, seed=1), 1, 3)
+    v = np.array([0.0, 0.5, 24.0, 168.0])
+    got = simulate_arm_fast(arm, pts, v)
+    ref = mood.simulate_arm(arm, pts, v)
+    assert list(got.columns) == list(ref.columns)
+    for col in ref.columns:
+        if ref[col].dtype.kind == "f":
+            np.testing.assert_allclose(got[col], ref[col], rtol=1e-12, atol=1e-15,
+                                       err_msg=col)
+        else:
+            assert (got[col].to_numpy() == ref[col].to_numpy()).all(), col
+
+
+def test_simulate_arm_fast_table_and_fewer_steps():
+    """Same table as the grid path (which integrates the mood layer on ketasim's default
+    mood grid: within 2e-4 of it), from far fewer integrator steps (engine defaults on the
+    mood grid for comparison)."""
+    from ketasim.batch import _fast_run, simulate_batch
+    from ketasim.engine import Course
+    from ketasim.pk import Covariates, resolve_model
+
+    arm = ArmSpec(name="ketamine", drug="ketamine", route="iv-infusion", dose="0.5 mg/kg",
+                  duration="40 min", schedule="twice weekly for 2 weeks")
+    pts = sample_arm(PopulationSpec(n=4, seed=7, female_fraction=0.5), 0, 4)
+    v = np.array([0.0, 4.0, 24.0, 168.0, 336.0])
+    got = simulate_arm_fast(arm, pts, v)
+    ref = simulate_arm_batched(arm, pts, v)
+    assert list(got.columns) == list(ref.columns) and len(got) == len(ref)
+    for col in ref.columns:
+        if ref[col].dtype.kind == "f":
+            # the grid path's peak is the maximum on its 2-min grid (lower by up to ~3e-4);
+            # the fast path's is the exact maximum
+            peak = col.startswith("peak_")
+            g, r = got[col].to_numpy(float), ref[col].to_numpy(float)
+            np.testing.assert_allclose(g, r, rtol=1e-3 if peak else 2e-4, atol=1e-3,
+                                       err_msg=col)
+            if peak:
+                assert np.all(g >= r * (1 - 1e-12)), col
+        else:
+            assert (got[col].to_numpy() == ref[col].to_numpy()).all(), col
+    _, res = _fast_run(arm, pts, v)
+    reg = mood.arm_regimen(arm)
+    card = resolve_model(arm.drug, arm.model, reg.routes)
+    grid = simulate_batch([Course(arm.drug, reg, card.id)], mood._grid(v, reg),
+                          Covariates(weight_kg=70.0, age_years=40.0), outputs=False)
+    assert res.stats[:, 0].max() < grid.stats[0, 0] / 3
+
+
+def test_fast_path_matches_roadrunner():
+    pytest.importorskip("roadrunner")
+    from ketasim.sbml import course_setup, export_arm, patient_parameters
+
+    arm, v = B.bench_arm(), B.visits_h()
+    pts = B.bench_patients(8, seed=4)
+    em = export_arm(arm, pts[0], seed=4)
+    rr = B.roadrunner_model(em.sbml)
+    sel = ["time", em.madrs, em.plasma["ketamine"]]
+    got = scores_at_visits(arm, pts, v)
+    with B.quiet_solver():
+        for i, p in enumerate(pts):
+            out = B.roadrunner_run(rr, patient_parameters(course_setup(arm, p)), v, sel)
+            madrs = out[:, 1]
+            err = np.abs(got["madrs"][i] - madrs) / (REL * np.abs(madrs) + 1e-3)
+            assert np.all(err <= 1.0), (got["madrs"][i], madrs)
+
+
+def test_trial_chunk_engine_switch(monkeypatch):
+    """The trial's per-chunk engine switch: the fast engine gives the reference trial's
+    table within the mood-grid tolerance."""
+    from ketasim import trial
+
+    sc = trial.with_overrides(trial.resolve_scenario("default"), n=4, seed=3)
+    monkeypatch.setattr(trial, "ENGINE", "reference")
+    ref = trial.run_trial(sc, executor="serial").data
+    monkeypatch.setattr(trial, "ENGINE", "fast")
+    fast = trial.run_trial(sc, executor="serial").data
+    assert list(fast.columns) == list(ref.columns) and len(fast) == len(ref)
+    np.testing.assert_allclose(fast["madrs"], ref["madrs"], rtol=2e-4, atol=1e-3)
