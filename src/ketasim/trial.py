@@ -410,8 +410,16 @@ def _run_chunk(scenario: Scenario, chunk: Chunk, labels: list[str], visits_h: np
     from .population import sample_arm
 
     patients = sample_arm(scenario.population, chunk.arm_index, chunk.size, start=chunk.start)
-    run = simulate_arm_fast if ENGINE == "fast" else simulate_arm  # the engine switch
-    long = run(scenario.arms[chunk.arm_index], patients, visits_h)
+    arm = scenario.arms[chunk.arm_index]
+    if ENGINE == "fast":  # the engine switch
+        import multiprocessing
+
+        # in a worker process the serial kernel (numba's thread pool is not fork-safe; the
+        # executor already runs one chunk per core)
+        worker = multiprocessing.parent_process() is not None
+        long = simulate_arm_fast(arm, patients, visits_h, threads=1 if worker else None)
+    else:
+        long = simulate_arm(arm, patients, visits_h)
     long = _patient_major(long, chunk, len(visits_h))
     wide = _patient_summaries(scenario, chunk, patients, long, labels, visits_h)
     traj = None
