@@ -54,11 +54,7 @@ as the reference (:func:`ketasim.mechanism.readouts`).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,32 +170,14 @@ def _kernels() -> ModuleType:
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
+    from .pk.fast import generated_module
+
     here = Path(__file__).with_name("_batch_kernels.py")
     text = here.read_text(encoding="utf-8")
     mech = Path(mechanism.__file__).read_text(encoding="utf-8")
-    digest = hashlib.sha256((text + mech + numba.__version__).encode()).hexdigest()[:20]
-    name = f"ketasim_batch_kernels_{digest}"
-    root = os.environ.get("KETASIM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ketasim")
-    folder = os.path.join(root, "generated")
-    path = os.path.join(folder, f"{name}.py")
-    try:
-        if name in sys.modules:
-            _KERNELS = sys.modules[name]
-            return _KERNELS
-        os.makedirs(folder, exist_ok=True)
-        if not os.path.exists(path):
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # numba's cache looks the module up by name
-        spec.loader.exec_module(mod)
-    except (OSError, ImportError):
-        sys.modules.pop(name, None)
-        spec = importlib.util.spec_from_loader(name, loader=None)
+    mod = generated_module("ketasim_batch_kernels", text, salt=mech)
+    if mod is None:
+        spec = importlib.util.spec_from_loader("ketasim_batch_kernels", loader=None)
         mod = importlib.util.module_from_spec(spec)
         code = compile(text.replace("cache=True", "cache=False"), str(here), "exec")
         exec(code, mod.__dict__)  # our own source file, not user input
@@ -597,15 +575,7 @@ def components_batch(arm, patients: Sequence, t: np.ndarray,
     res = simulate_batch([Course(arm.drug, regimen, card.id, iiv)], t, covs,
                          hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
                          interventions=Interventions.parse(arm.interventions), threads=threads)
-    r = res.readouts
-    parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
-    fu = load_param_card("brain").value("fu_ketamine")
-    ce = res.brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
-    if parent == "esketamine":
-        ce = ce * load_param_card("clinic").value("esketamine_potency_factor")
-    return {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
-            "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
-            "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
+    return mood.components_from(arm, res.readouts, res.brain_free_uM)
 
 
 def simulate_arm_batched(arm, patients: Sequence, visits_h: np.ndarray,

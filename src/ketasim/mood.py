@@ -119,7 +119,6 @@ def mechanism_run(arm: ArmSpec, patient: Patient, t: np.ndarray,
                   overrides: dict[str, float] | None = None):
     """The engine result (None for a control arm) and :func:`mechanism_components`;
     ``overrides``: mechanism-card values by name (sensitivity, uncertainty)."""
-    c = load_param_card("clinic")
     regimen = arm_regimen(arm)
     n = len(t)
     zero = np.zeros(n)
@@ -135,15 +134,23 @@ def mechanism_run(arm: ArmSpec, patient: Patient, t: np.ndarray,
     res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
                    hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
                    interventions=Interventions.parse(arm.interventions), overrides=overrides)
-    r = res.readouts
+    return res, components_from(arm, res.readouts, res.brain_free_uM)
+
+
+def components_from(arm: ArmSpec, readouts: dict[str, np.ndarray],
+                    brain_free_uM: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Score-model inputs from engine outputs (any leading patient axis): LHb burst
+    suppression, synaptic-protein and spine rises, effect-site concentration (ng/mL,
+    racemic-equivalent: esketamine × its potency factor)."""
     parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
     fu = load_param_card("brain").value("fu_ketamine")
-    ce = res.brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
+    ce = brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
     if parent == "esketamine":
-        ce = ce * c.value("esketamine_potency_factor")
-    return res, {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
-                 "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
-                 "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
+        ce = ce * load_param_card("clinic").value("esketamine_potency_factor")
+    r = readouts
+    return {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
+            "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
+            "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
 
 
 def scores_from_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
