@@ -76,7 +76,8 @@ SYMBOLS: dict[str, str] = {
     "drive50": r"h_{50}", "a_fast": r"a_{fast}", "a_proteins": r"a_{P}", "a_spines": r"a_{S}",
     "k_mood": r"k_{mood}", "k_mood_slow": r"k_{mood,slow}", "consolidation_gain": r"g_c",
     "consolidation_threshold": r"\theta_c", "consolidation_tau_d": r"\tau_c",
-    "consolidation_cap": r"C_{max}", "priming_tau_d": r"\tau_\pi",
+    "consolidation_cap": r"C_{max}", "suicidality_cap": r"s_{max}",
+    "priming_tau_d": r"\tau_\pi",
     "esketamine_clinical_factor": r"f_{S}",
     # uncertainty (validation scorecard)
     "calibrated_transformed_sd": r"\sigma_{\theta}",
@@ -449,8 +450,8 @@ a(t) &= A\,(1 - e^{-t/\tau_{AD}}) \\
 \mathrm{MADRS}_i(t) &= \mathrm{clip}\left(B_i\,(1 - p)(1 - d)(1 - a) + \varepsilon,\ 0,\ 60\right),
   \qquad \varepsilon \sim N(0, \sigma^2) \\
 \mathrm{HAMD}_{17} &= c_{17}\,\mathrm{MADRS},\qquad \mathrm{HAMD}_6 = c_6\,\mathrm{MADRS} \\
-\text{item 10} &= B_{10}\,(1 - p)\,(1 - \min(g\,d, 0.99))\,(1 - a) \\
-\mathrm{SSI} &= B_{SSI}\,(1 - p)\,(1 - \min(g\,d, 0.99))\,(1 - a)
+\text{item 10} &= B_{10}\,(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a) \\
+\mathrm{SSI} &= B_{SSI}\,(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)
 \end{aligned}
 $$
 

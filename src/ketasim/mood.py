@@ -227,7 +227,8 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
     base = np.array([pt.baseline_madrs for pt in patients])[:, None]
     noise = np.array([pt.residual[:nv] for pt in patients]).reshape(npt, nv) * c["residual_sd"]
     madrs = np.clip(base * core + noise, 0.0, 60.0)
-    suic = (1.0 - p) * (1.0 - np.minimum(c["suicidality_gain"] * d, 0.99)) * (1.0 - a)
+    suic = ((1.0 - p) * (1.0 - np.minimum(c["suicidality_gain"] * d, c["suicidality_cap"]))
+            * (1.0 - a))
     sed = c["sedation_per_ng_ml"] * ce
     if arm.control == "active-placebo":
         k = np.log(2) / c["midazolam_half_life_h"]

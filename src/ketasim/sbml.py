@@ -240,7 +240,8 @@ MOOD_PATIENT_KEYS = ("drug_emax", "drug_emax_iiv_sd", "placebo_active", "placebo
 MOOD_UNUSED_KEYS = ("pk_iiv_cv", "madrs_baseline_trd", "madrs_baseline_mdd",
                     "madrs_baseline_bipolar", "madrs_baseline_sd", "residual_sd",
                     "hamd17_per_madrs", "hamd6_per_madrs", "item10_baseline", "ssi_baseline",
-                    "suicidality_gain", "cadss_per_ng_ml", "sbp_per_ng_ml", "bprs_per_ng_ml",
+                    "suicidality_gain", "suicidality_cap", "cadss_per_ng_ml", "sbp_per_ng_ml",
+                    "bprs_per_ng_ml",
                     "sedation_per_ng_ml", "midazolam_sedation_peak", "midazolam_half_life_h")
 
 
