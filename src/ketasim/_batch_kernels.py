@@ -9,14 +9,15 @@ Imports are absolute for that reason.
 import numpy as np
 from numba import njit, prange
 
-from ketasim.mechanism import _I, rhs_into
+from ketasim.mechanism import _I, jac_into, rhs_into
 
 #: index of θ_H (LHb block at which bursting stops) in the packed mechanism parameters
 THETA_H = _I["theta_H"]
 MAX_STEPS = 2_000_000  # per patient-course, a guard against runaway step-size collapse
+H_RESTART = 1e-2  # h, largest first step after a dose event
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _pk_at(tau, lam, V, xss, c, out):
     """Exact PK state ``x(τ) = x_ss + V (e^{λτ} ∘ c)`` into ``out``."""
     s = lam.shape[0]
@@ -27,7 +28,7 @@ def _pk_at(tau, lam, V, xss, c, out):
         out[i] = acc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
     """Free brain µM per blocker at ``τ`` into the interval (only the states that feed it)."""
     s = lam.shape[0]
@@ -42,61 +43,95 @@ def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
         conc[f_blk[i]] += f_scale[i] * max(x, 0.0)
 
 
-@njit(cache=True, nogil=True)
-def _lu(Amat, piv, n):
-    """In-place LU with partial pivoting of the leading ``n × n`` block (small dense matrix).
-    Returns False if singular."""
-    for k in range(n):
-        p = k
-        best = abs(Amat[k, k])
-        for i in range(k + 1, n):
-            if abs(Amat[i, k]) > best:
-                best = abs(Amat[i, k])
-                p = i
-        if best == 0.0 or not np.isfinite(best):
-            return False
-        piv[k] = p
-        if p != k:
-            for j in range(n):
-                tmp = Amat[k, j]
-                Amat[k, j] = Amat[p, j]
-                Amat[p, j] = tmp
-        inv = 1.0 / Amat[k, k]
-        for i in range(k + 1, n):
-            f = Amat[i, k] * inv
-            Amat[i, k] = f
-            if f != 0.0:
-                for j in range(k + 1, n):
-                    Amat[i, j] -= f * Amat[k, j]
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv):
+    """Factor ``W = I/(hγ) − J`` of the mechanism states in block lower-triangular form.
+
+    ``order`` lists the states in a topological order of the strongly connected components of
+    the Jacobian's sparsity pattern (:func:`ketasim.batch._block_structure`); component ``g``
+    occupies positions ``bptr[g] … bptr[g+1]−1``. Then ``W[order][:, order]`` is block lower
+    triangular: each diagonal block (1–4 states for the shipped mechanism) is LU-factored with
+    partial pivoting in place in ``Wp`` (permuted positions), and the strictly lower entries of
+    row ``a`` are ``Wp[a, lcols[lptr[a]:lptr[a+1]]]``. Returns False if a block is singular."""
+    nbk = bptr.shape[0] - 1
+    for g in range(nbk):
+        a0 = bptr[g]
+        a1 = bptr[g + 1]
+        for a in range(a0, a1):
+            ia = order[a]
+            for c in range(a0, a1):
+                Wp[a, c] = -J[ia, order[c]]
+            Wp[a, a] += inv
+        for k in range(a0, a1):
+            p = k
+            best = abs(Wp[k, k])
+            for i in range(k + 1, a1):
+                if abs(Wp[i, k]) > best:
+                    best = abs(Wp[i, k])
+                    p = i
+            if best == 0.0 or not np.isfinite(best):
+                return False
+            piv[k] = p
+            if p != k:
+                for j in range(a0, a1):
+                    tmp = Wp[k, j]
+                    Wp[k, j] = Wp[p, j]
+                    Wp[p, j] = tmp
+            rinv = 1.0 / Wp[k, k]
+            for i in range(k + 1, a1):
+                f = Wp[i, k] * rinv
+                Wp[i, k] = f
+                if f != 0.0:
+                    for j in range(k + 1, a1):
+                        Wp[i, j] -= f * Wp[k, j]
+    n = order.shape[0]
+    for a in range(n):
+        ia = order[a]
+        for q in range(lptr[a], lptr[a + 1]):
+            c = lcols[q]
+            Wp[a, c] = -J[ia, order[c]]
     return True
 
 
-@njit(cache=True, nogil=True)
-def _lu_solve(LU, piv, b, n):
-    """Solve with the leading ``n × n`` block factored by :func:`_lu`; rows ``n …`` of a
-    block lower-triangular matrix whose trailing block is lower triangular (the mood states:
-    they read the mechanism, never the reverse) by forward substitution."""
-    for k in range(n):
-        p = piv[k]
-        if p != k:
-            tmp = b[k]
-            b[k] = b[p]
-            b[p] = tmp
-    for i in range(n):
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _blk_solve(Wp, piv, order, bptr, lptr, lcols, J, inv, b, u, nmech):
+    """Solve ``W x = b`` in place with the factors of :func:`_blk_factor` (block forward
+    substitution over the mechanism states, ``u`` a work vector in permuted positions), then
+    the trailing mood rows (they read the mechanism, never the reverse; lower triangular among
+    themselves) by forward substitution with ``W = I/(hγ) − J``."""
+    nbk = bptr.shape[0] - 1
+    for g in range(nbk):
+        a0 = bptr[g]
+        a1 = bptr[g + 1]
+        for a in range(a0, a1):
+            acc = b[order[a]]
+            for q in range(lptr[a], lptr[a + 1]):
+                c = lcols[q]
+                acc -= Wp[a, c] * u[c]
+            u[a] = acc
+        for k in range(a0, a1):
+            p = piv[k]
+            if p != k:
+                tmp = u[k]
+                u[k] = u[p]
+                u[p] = tmp
+        for i in range(a0, a1):
+            acc = u[i]
+            for j in range(a0, i):
+                acc -= Wp[i, j] * u[j]
+            u[i] = acc
+        for i in range(a1 - 1, a0 - 1, -1):
+            acc = u[i]
+            for j in range(i + 1, a1):
+                acc -= Wp[i, j] * u[j]
+            u[i] = acc / Wp[i, i]
+    for a in range(nmech):
+        b[order[a]] = u[a]
+    for i in range(nmech, b.shape[0]):
         acc = b[i]
         for j in range(i):
-            acc -= LU[i, j] * b[j]
-        b[i] = acc
-    for i in range(n - 1, -1, -1):
-        acc = b[i]
-        for j in range(i + 1, n):
-            acc -= LU[i, j] * b[j]
-        b[i] = acc / LU[i, i]
-    for i in range(n, LU.shape[0]):
-        acc = b[i]
-        for j in range(i):
-            acc -= LU[i, j] * b[j]
-        b[i] = acc / LU[i, i]
+            acc += J[i, j] * b[j]
+        b[i] = acc / (inv - J[i, i])
 
 
 #: number of mood states appended to the mechanism state vector (he_fast, he_slow, priming,
@@ -104,7 +139,7 @@ def _lu_solve(LU, piv, b, n):
 N_MOOD = 4
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def mood_rhs(y, nmech, mc, mpat, dy):
     """The mood layer of :func:`ketasim.mood.scores_batch` as ODEs (the single compiled
     definition; pinned to ``scores_batch`` on a fine grid in the tests). Time in h.
@@ -138,7 +173,41 @@ def mood_rhs(y, nmech, mc, mpat, dy):
     dy[nmech + 3] = mc[7] * (mc[8] * d0 * max(pr - mc[9], 0.0) - cn)
 
 
-@njit(cache=True, nogil=True)
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def mood_jac(y, nmech, mc, mpat, J):
+    """Analytic Jacobian of :func:`mood_rhs` (rows ``nmech …``: the mood states' dependence on
+    LHb bursting R_b, synaptic proteins P, spines S and on each other) into ``J``; pinned to
+    finite differences in the tests."""
+    nb = nmech - 14
+    irb, ipp, isp = nb + 11, nb + 7, nb + 10
+    rb = y[irb]
+    pp = y[ipp]
+    sp = y[isp]
+    hf = y[nmech]
+    hs = y[nmech + 1]
+    pr = y[nmech + 2]
+    esk = mpat[2]
+    h50 = mc[5]
+    he = esk * (hf + hs)
+    hfe = esk * hf
+    d0 = mpat[1] * he / (h50 + he)
+    i0, i1, i2, i3 = nmech, nmech + 1, nmech + 2, nmech + 3
+    J[i0, irb] = -mc[3] * mc[0] * mpat[0] if rb < 1.0 else 0.0
+    J[i0, i0] = -mc[3]
+    J[i1, ipp] = mc[4] * mc[1] if pp > 1.0 else 0.0
+    J[i1, isp] = mc[4] * mc[2] if sp > 1.0 else 0.0
+    J[i1, i1] = -mc[4]
+    J[i2, i0] = mc[6] * esk * h50 / ((h50 + hfe) * (h50 + hfe))
+    J[i2, i2] = -mc[6]
+    above = pr - mc[9]
+    dd0 = mpat[1] * h50 / ((h50 + he) * (h50 + he)) * esk
+    J[i3, i0] = mc[7] * mc[8] * max(above, 0.0) * dd0
+    J[i3, i1] = J[i3, i0]
+    J[i3, i2] = mc[7] * mc[8] * d0 if above > 0.0 else 0.0
+    J[i3, i3] = -mc[7]
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rhs(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy):
     """Mechanism (:func:`ketasim.mechanism.rhs_into`) plus, if ``nmood``, the mood states."""
     rhs_into(t, y, conc, kd0, kesc, mgf, P, dy)
@@ -146,7 +215,7 @@ def _rhs(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy):
         mood_rhs(y, nmech, mc, mpat, dy)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _kink_frac(y, ynew, nmech, nmood, nblk, theta_h, theta_c):
     """Smallest fraction of a step at which a switching function changes sign (linear
     interpolation; 2 if none): LHb block total B_H − θ_H, and priming π − θ_c."""
@@ -168,7 +237,7 @@ def _kink_frac(y, ynew, nmech, nmood, nblk, theta_h, theta_c):
     return fr
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _interval_peak(L, lp, xs_f, W_f, f_blk, fs, conc, ework, pk):
     """Raise ``pk`` to the maximum over ``τ ∈ [0, L]`` of each blocker's exactly known
     concentration (sum of exponentials): 17 samples, then golden-section search on the
@@ -212,10 +281,10 @@ def _interval_peak(L, lp, xs_f, W_f, f_blk, fs, conc, ework, pk):
             pk[b] = best
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-            P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-            meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
+            P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+            AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
     ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
     ``stats[p]`` = (accepted steps, rejected steps, Jacobians, status). With ``nmood`` = 4
@@ -227,11 +296,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     ``y₁ = y + Σ M_i u_i``, error ``Σ E_i u_i``; ``meth`` = (γ, order of the error estimate)."""
     s = lam.shape[1]
     ny = y0.shape[0]
-    nmech = color.shape[0]
+    nmech = order.shape[0]
     mp_p = mpat[p]
-    n_col = 0
-    for j in range(nmech):
-        n_col = max(n_col, color[j] + 1)
     nf = f_idx.shape[0]
     nblk = kd0.shape[0]
     T = t_out.shape[0]
@@ -261,6 +327,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     J = np.zeros((ny, ny))
     Wm = np.zeros((ny, ny))
     piv = np.zeros(ny, dtype=np.int64)
+    uwork = np.zeros(ny)
+    cth = np.zeros(M.shape[0])
     pk = np.zeros(nblk)
     n_acc = 0
     n_rej = 0
@@ -309,7 +377,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
         t = ta
         need_jac = True
         since_jac = 0
-        h = min(h, 1e-2)
+        h = min(h, H_RESTART)
         while t < tb:
             t_end = tb
             if k_out < T and t_out[k_out] < tb:
@@ -323,39 +391,10 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
             _conc(tau, lp, xs_f, W_f, f_blk, fs, conc, ework)
             _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, f0)
             if need_jac:
-                # forward differences, structurally independent columns perturbed together
-                for g in range(n_col):
-                    for i in range(ny):
-                        Yst[i] = y[i]
-                    for j in range(nmech):
-                        if color[j] == g:
-                            Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
-                    rhs_into(tw, Yst, conc, kd0, kesc, mgf, P, fj)
-                    for j in range(nmech):
-                        if color[j] == g:
-                            dj = Yst[j] - y[j]
-                            for q in range(pptr[j], pptr[j + 1]):
-                                i = rows[q]
-                                J[i, j] = (fj[i] - f0[i]) / dj
+                # analytic Jacobian of the mechanism and of the mood layer
+                jac_into(tw, y, conc, kd0, kesc, mgf, P, J)
                 if nmood > 0:
-                    # mood rows: they depend on R_b, P, S and the mood states only (dense FD)
-                    nbk = nmech - 14
-                    for q in range(3 + nmood):
-                        if q == 0:
-                            j = nbk + 11
-                        elif q == 1:
-                            j = nbk + 7
-                        elif q == 2:
-                            j = nbk + 10
-                        else:
-                            j = nmech + q - 3
-                        for i in range(ny):
-                            Yst[i] = y[i]
-                        Yst[j] = y[j] + 1.5e-8 * max(abs(y[j]), 1e-3)
-                        dj = Yst[j] - y[j]
-                        mood_rhs(Yst, nmech, mc, mp_p, fj)
-                        for i in range(nmech, ny):
-                            J[i, j] = (fj[i] - f0[i]) / dj
+                    mood_jac(y, nmech, mc, mp_p, J)
                 # ∂f/∂t through the exact concentrations (the time column of the autonomised
                 # Jacobian: a W-method may reuse it with the rest of J)
                 _conc(tau + eps_t, lp, xs_f, W_f, f_blk, fs, conc, ework)
@@ -365,13 +404,10 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 n_jac += 1
                 need_jac = False
                 since_jac = 0
-            # W = I/(hγ) − J
+            # W = I/(hγ) − J, factored block by block (block lower-triangular structure)
             inv = 1.0 / (h * gam)
-            for i in range(ny):
-                for j in range(ny):
-                    Wm[i, j] = -J[i, j]
-                Wm[i, i] += inv
-            ok = _lu(Wm, piv, nmech)
+            hinv = 1.0 / h
+            ok = _blk_factor(J, inv, order, bptr, lptr, lcols, Wm, piv)
             if ok:
                 for st in range(ns):
                     if st == 0:
@@ -385,12 +421,15 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                             Yst[i] = acc
                         _conc(tau + ALPHA[st] * h, lp, xs_f, W_f, f_blk, fs, conc, ework)
                         _rhs(tw, Yst, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
+                        hg = h * GSUM[st]
+                        for j in range(st):
+                            cth[j] = CT[st, j] * hinv
                         for i in range(ny):
-                            acc = fj[i] + h * GSUM[st] * ft[i]
+                            acc = fj[i] + hg * ft[i]
                             for j in range(st):
-                                acc += CT[st, j] / h * U[j, i]
+                                acc += cth[j] * U[j, i]
                             U[st, i] = acc
-                    _lu_solve(Wm, piv, U[st], nmech)
+                    _blk_solve(Wm, piv, order, bptr, lptr, lcols, J, inv, U[st], uwork, nmech)
                 en = 0.0
                 for i in range(ny):
                     acc = y[i]
@@ -468,23 +507,23 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     stats[p, 3] = status
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-               y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-               meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
+               y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, AT,
+               CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in prange(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-                P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
+                P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-                y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
+                y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in range(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-                P, y0, t_out, rtol, atol, jac_every, color, pptr, rows, AT, CT, M, E, ALPHA, GSUM,
-                meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
+                P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 

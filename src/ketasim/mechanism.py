@@ -316,7 +316,7 @@ _PACK = ("kon", "Po_E2B", "Po_Esyn", "Po_I", "Po_H_rest", "pi_H", "kesc_lhb", *_
 _I = {k: i for i, k in enumerate(_PACK)}
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def qss_block(conc, kd0, kesc, mg_row, kon, po):
     """Quasi-steady-state block of a fast population by several competing blockers.
 
@@ -334,7 +334,7 @@ def qss_block(conc, kd0, kesc, mg_row, kon, po):
     return ratio / (1.0 + tot)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def qss_total(conc, kd0, kesc, mg_row, kon, po):
     """Total quasi-steady-state block ``Σ_j b_j`` of :func:`qss_block`, without allocating."""
     tot = 0.0
@@ -345,7 +345,20 @@ def qss_total(conc, kd0, kesc, mg_row, kon, po):
     return tot / (1.0 + tot)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always", error_model="numpy")
+def _pow(x, e):
+    """``x ** e`` for ``x ≥ 0``, with the exponents the cards use (1, 2, 0.5) as a product or a
+    square root (the same value to the last bit or so, a fraction of the cost of ``pow``)."""
+    if e == 2.0:
+        return x * x
+    if e == 1.0:
+        return x
+    if e == 0.5:
+        return np.sqrt(x)
+    return x ** e
+
+
+@njit(cache=True, error_model="numpy")
 def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     """Compiled right-hand side (1/h).
 
@@ -358,7 +371,7 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
     return dy
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     """:func:`rhs_nb` writing into ``dy`` (no allocation; the single definition of the
     equations, used by the LSODA reference and by the batched engine)."""
@@ -407,7 +420,7 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     # (b) GluN2B tonic brake on mTORC1
     u_b = w_b * (1.0 if del_2b > 0.5 else bE2B)
     # (c) disinhibition → pyramidal firing → glutamate
-    r_I = max(1.0 - bI, 0.0) ** n_I
+    r_I = _pow(max(1.0 - bI, 0.0), n_I)
     target = (1.0 + g_dis * (1.0 - r_I)) * max(1.0 - zeta * bEsyn, 0.0)
     dr = (1.0 + w_c * (target - 1.0) - rE) / tau_r
     dG = (rE - G) / tau_G
@@ -426,7 +439,7 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     dX = (R * (1.0 + K_T) / (K_T + R) * (1.0 - trkb) - X) / tau_T
     D = max(X, 0.0) * (1.0 + g_b * u_b) * A
     kM = k_Moff * M0 / (1.0 - M0)
-    dM = kM * (D / max(Z, 1e-6) ** kappa_Z) ** h_M * (1.0 - rapa) * (1.0 - M) - k_Moff * M
+    dM = kM * _pow(D / _pow(max(Z, 1e-6), kappa_Z), h_M) * (1.0 - rapa) * (1.0 - M) - k_Moff * M
     dZ = (M / M0 - Z) / tau_Z
     dP = ((1.0 + k_P * (M / M0 - 1.0)) * (1.0 - aniso) - Pp) / tau_P
     # (f) spines through two maturation stages
@@ -435,7 +448,7 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     dS = (1.0 + N2 * (1.0 - sblock) - S) / tau_S
     # (e) LHb bursting stops once block exceeds theta_H
     drive_h = max(1.0 - BH / theta_H, 0.0)
-    dRb = (drive_h ** h_H - Rb) / tau_b
+    dRb = (_pow(drive_h, h_H) - Rb) / tau_b
     dy[nb] = dK
     dy[nb + 1] = dpE
     dy[nb + 2] = dr
@@ -451,6 +464,120 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     dy[nb + 12] = dZ
     dy[nb + 13] = dQ
 
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def jac_into(t, y, conc, kd0, kesc, mgf, P, J):
+    """Analytic Jacobian ``∂f/∂y`` (1/h) of :func:`rhs_into` into the leading block of ``J``.
+
+    Every entry of the structural pattern is written at each call (zeros included, where a
+    ``max(·, 0)`` is inactive); the other entries of ``J`` are left alone. At the kinks of the
+    right-hand side the one-sided derivative of the active branch is used. Pinned to finite
+    differences of :func:`rhs_nb` in the tests."""
+    nb = conc.shape[0]
+    kon = P[0]
+    bE2B = qss_total(conc, kd0, kesc, mgf[0], kon, P[1])
+    iK, ipE, irE, iG, iBD, iX = nb, nb + 1, nb + 2, nb + 3, nb + 4, nb + 5
+    iM, iP, iN1, iN2, iS, iRb = nb + 6, nb + 7, nb + 8, nb + 9, nb + 10, nb + 11
+    iZ, iQ = nb + 12, nb + 13
+    pE, G, BD, X = y[ipE], y[iG], y[iBD], y[iX]
+    M, Pp, Rb, Z, Qg = y[iM], y[iP], y[iRb], y[iZ], y[iQ]
+    K = y[iK]
+    # lateral habenula block (one state per blocker) and bursting
+    BH = 0.0
+    for j in range(nb):
+        BH += y[j]
+    rb_on = 1.0 if Rb > 0.0 else 0.0
+    poH = P[4] + P[5] * max(Rb, 0.0)
+    free = min(max(1.0 - BH, 0.0), 1.0)
+    dfree = -1.0 if 0.0 < 1.0 - BH < 1.0 else 0.0
+    for j in range(nb):
+        on = kon * max(conc[j], 0.0) / mgf[3, j]
+        for k in range(nb):
+            J[j, k] = on * poH * dfree
+        J[j, j] -= kon * kd0[j] * poH + P[6] * kesc[j] * (1.0 - poH)
+        J[j, iRb] = rb_on * P[5] * (on * free - (kon * kd0[j] - P[6] * kesc[j]) * y[j])
+    o = 7
+    tau_K, k_PP, pE0, g_b = P[o], P[o + 1], P[o + 2], P[o + 3]
+    tau_r, tau_G = P[o + 7], P[o + 8]
+    k_BDNF, tau_T, K_T = P[o + 11], P[o + 12], P[o + 13]
+    k_Moff, M0, h_M, tau_P, k_P = P[o + 14], P[o + 15], P[o + 16], P[o + 17], P[o + 18]
+    tau_mat, beta, tau_S = P[o + 19], P[o + 20], P[o + 21]
+    tau_b, h_H, theta_H = P[o + 23], P[o + 24], P[o + 25]
+    tau_Z, kappa_Z, tau_Q = P[o + 26], P[o + 27], P[o + 28]
+    E_HNK, EC50_HNK = P[o + 9], P[o + 10]
+    o = 7 + 29
+    w_a, w_b, w_d, w_f = P[o], P[o + 1], P[o + 3], P[o + 5]
+    ko_eef2k, del_2b, ko_bdnf, trkb = P[o + 6], P[o + 7], P[o + 8], P[o + 9]
+    win = 1.0 if (P[o + 14] <= t < P[o + 15]) else 0.0
+    rapa, aniso, nbqx, sblock = P[o + 10] * win, P[o + 11] * win, P[o + 12] * win, P[o + 13]
+    hnk_i = int(P[o + 16])
+    # (a) eEF2K → p-eEF2 → BDNF translation
+    kK = 0.0 if ko_eef2k > 0.5 else k_PP * pE0 / (1.0 - pE0)
+    J[iK, iK] = -1.0 / tau_K
+    J[ipE, iK] = kK * (1.0 - pE)
+    J[ipE, ipE] = -kK * K - k_PP
+    dT_dpE = -w_a / (1.0 - pE0)
+    # (c) pyramidal rate and glutamate
+    J[irE, irE] = -1.0 / tau_r
+    J[iG, irE] = 1.0 / tau_G
+    J[iG, iG] = -1.0 / tau_G
+    a_hnk = 0.0
+    if hnk_i >= 0:
+        c = max(conc[hnk_i], 0.0)
+        a_hnk = E_HNK * c / (EC50_HNK + c)
+    araw = 1.0 + (G - Qg) + w_d * a_hnk
+    A = max(araw, 0.0) * (1.0 - nbqx)
+    dA_dG = (1.0 - nbqx) if araw > 0.0 else 0.0
+    J[iQ, iG] = 1.0 / tau_Q
+    J[iQ, iQ] = -1.0 / tau_Q
+    # shared downstream
+    dsyn_dpE = 0.0 if ko_bdnf > 0.5 else dT_dpE * (1.0 - aniso)
+    J[iBD, ipE] = k_BDNF * dsyn_dpE
+    J[iBD, iBD] = -k_BDNF
+    bdp = max(BD, 0.0)
+    R = bdp * A
+    gp = (1.0 + K_T) * K_T / ((K_T + R) * (K_T + R)) * (1.0 - trkb) / tau_T
+    J[iX, iBD] = gp * (A if BD > 0.0 else 0.0)
+    J[iX, iG] = gp * bdp * dA_dG
+    J[iX, iQ] = -gp * bdp * dA_dG
+    J[iX, iX] = -1.0 / tau_T
+    u_b = w_b * (1.0 if del_2b > 0.5 else bE2B)
+    gain = 1.0 + g_b * u_b
+    xp = max(X, 0.0)
+    D = xp * gain * A
+    kM = k_Moff * M0 / (1.0 - M0)
+    zc = max(Z, 1e-6)
+    zk = _pow(zc, kappa_Z)
+    q = D / zk
+    F = _pow(q, h_M)
+    dF_dq = h_M * _pow(q, h_M - 1.0)
+    cM = kM * (1.0 - rapa) * (1.0 - M) * dF_dq
+    J[iM, iX] = cM / zk * (gain * A if X > 0.0 else 0.0)
+    J[iM, iG] = cM / zk * xp * gain * dA_dG
+    J[iM, iQ] = -cM / zk * xp * gain * dA_dG
+    J[iM, iM] = -kM * F * (1.0 - rapa) - k_Moff
+    J[iM, iZ] = -cM * kappa_Z * q / zc if Z > 1e-6 else 0.0
+    J[iZ, iM] = 1.0 / (M0 * tau_Z)
+    J[iZ, iZ] = -1.0 / tau_Z
+    J[iP, iM] = k_P * (1.0 - aniso) / (M0 * tau_P)
+    J[iP, iP] = -1.0 / tau_P
+    # (f) spines
+    J[iN1, iP] = beta * w_f / tau_mat if Pp > 1.0 else 0.0
+    J[iN1, iN1] = -1.0 / tau_mat
+    J[iN2, iN1] = 1.0 / tau_mat
+    J[iN2, iN2] = -1.0 / tau_mat
+    J[iS, iN2] = (1.0 - sblock) / tau_S
+    J[iS, iS] = -1.0 / tau_S
+    # (e) LHb bursting
+    bhc = min(max(BH, 0.0), 1.0)
+    drive_h = max(1.0 - bhc / theta_H, 0.0)
+    dd = 0.0
+    if drive_h > 0.0 and 0.0 < BH < 1.0:
+        dd = -h_H * _pow(drive_h, h_H - 1.0) / theta_H / tau_b
+    for k in range(nb):
+        J[iRb, k] = dd
+    J[iRb, iRb] = -1.0 / tau_b
 
 @njit(cache=True)
 def combined_rhs(t, y, Kbig, rate, f_blk, f_idx, f_scale, nblk, kd0, kesc, mgf, packed):
