@@ -147,7 +147,7 @@ def test_tolerances_are_stated_and_used():
 
 
 def test_peak_is_the_exact_maximum():
-    """The peak is the maximum of the exactly known concentration (golden-section search per
+    """The peak is the maximum of the exactly known concentration (safeguarded Newton per
     dose interval), not of the output or step grid: it equals the maximum on a 1-s grid to
     1e-7 for both blockers, with outputs only at two times."""
     reg = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min")

@@ -199,7 +199,7 @@ class BatchResult:
 
     ``plasma_ng_per_ml`` per PK species, ``brain_free_uM`` per blocker, ``readouts`` as in
     :func:`ketasim.mechanism.readouts`; ``peak_brain_free_uM`` (N,) per blocker is the maximum
-    of the exactly known concentration over the course (golden-section search per interval
+    of the exactly known concentration over the course (safeguarded Newton per interval
     between break points); ``stats`` (N, 3): accepted and rejected steps and Jacobian
     evaluations per patient; ``mood_states`` (N, T, 4): he_fast, he_slow, priming,
     consolidation when the mood ODE was integrated, else None.
