@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -43,7 +43,15 @@ from .. import __version__
 from ..errors import KetasimError
 from ..scenario import Scenario
 from .jobs import Dispatcher, JobStore
-from .single import DISCLAIMER, SimulateRequest, SimulateResponse, check_arm, simulate_one
+from .single import (
+    DISCLAIMER,
+    ResponseCache,
+    SimulateRequest,
+    SimulateResponse,
+    check_arm,
+    simulate_json,
+    simulate_one,
+)
 
 JOB_ID = r"^[A-Za-z0-9_-]{16,64}$"
 ExperimentName = Annotated[str, Path(max_length=64, description="experiment name")]
@@ -71,6 +79,7 @@ class Settings:
     warm_up: bool = True
     validate_mode: str = "process"
     validate_fn: Callable[[], dict] | None = None
+    simulate_cache: int = 256  # /api/simulate responses kept (LRU); 0: no cache
 
 
 # --------------------------------------------------------------------------- response models
@@ -340,6 +349,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dispatcher = Dispatcher(store, s.max_concurrent, s.job_mode)
     validation = Validation(s)
     warm = threading.Event()
+    sim_cache = ResponseCache(s.simulate_cache) if s.simulate_cache > 0 else None
 
     def _warm() -> None:
         try:
@@ -380,6 +390,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dispatcher = dispatcher
     app.state.validation = validation
     app.state.warm = warm
+    app.state.simulate_cache = sim_cache
 
     app.add_exception_handler(KetasimError, lambda r, e: _ketasim_error(e))
     app.add_exception_handler(RequestValidationError, lambda r, e: _validation_error(e))
@@ -411,12 +422,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/api/simulate", response_model=SimulateResponse, responses=_ERR,
               tags=["simulate"])
-    def simulate(req: SimulateRequest) -> JSONResponse:
+    def simulate(req: SimulateRequest) -> Response:
         """One typical patient (random effects 0, no visit noise), every stage on one grid.
 
         The body is built to the documented schema by :func:`simulate_one` and sent as is
-        (re-validating ~15,000 numbers would cost more than the simulation's tail)."""
-        return JSONResponse(simulate_one(req))
+        (re-validating ~15,000 numbers would cost more than the simulation); repeated
+        requests are answered from an LRU cache (header ``X-Ketasim-Cache: hit``)."""
+        body, hit = simulate_json(req, sim_cache)
+        return Response(body, media_type="application/json",
+                        headers={"X-Ketasim-Cache": "hit" if hit else "miss"})
 
     def _job_view(jid: str) -> dict:
         row = store.get(jid)
