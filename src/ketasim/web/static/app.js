@@ -484,19 +484,22 @@ function renderPlots(only) {
     }
     const key = JSON.stringify([layout, traces.map((t) => [t.name, t.line, t.visible, t.yaxis,
       t.y.length, t.x.length, t.x[1], t.x[t.x.length - 1]])]);
+    let drawn;
     if (drawnKey.get(id) === key && gd.data && gd.data.length === traces.length &&
         rangesHold(gd, layout)) {
-      done.push(Plotly.animate(gd, {data: traces.map((t) => ({x: t.x, y: t.y})),
-        traces: traces.map((_, i) => i)}, ANIMATE));
+      drawn = Plotly.animate(gd, {data: traces.map((t) => ({x: t.x, y: t.y})),
+        traces: traces.map((_, i) => i)}, ANIMATE);
     } else {
-      done.push(Plotly.react(gd, traces, layout, PLOT_CONFIG));
+      drawn = Plotly.react(gd, traces, layout, PLOT_CONFIG);
       drawnKey.set(id, key);
     }
+    done.push(drawn);
     renderPlotLegend(id, names);
     if (id === "plot-madrs" && !only) {
       renderLegend();
       renderSummary();
-      ks.lastFirstMs = performance.now() - ks.updateStart;
+      const start = ks.updateStart;
+      drawn.then(() => { ks.lastFirstMs = performance.now() - start; });
     }
   }
   return Promise.all(done);
