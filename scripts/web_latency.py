@@ -60,8 +60,9 @@ def _free_port() -> int:
 def _start_server(port: int, data_dir: str) -> subprocess.Popen:
     code = ("from ketasim.web.app import Settings, serve; "
             f"serve(port={port}, settings=Settings(data_dir={data_dir!r}, job_mode='thread'))")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    # the access log goes to a file: an unread pipe fills up and blocks the server
+    log = open(os.path.join(data_dir, "server.log"), "wb")  # noqa: SIM115 - closed with it
+    return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_warm(url: str, timeout_s: float = 180.0) -> None:
