@@ -119,7 +119,7 @@ def measure(url: str, changes: int, schedule: str, days: int, chromium: str,
                    f"Object.keys(window.__lat.after).length === {len(PLOTS)}")
             page.wait_for_timeout(250)  # any later redraw would still count
             r = page.evaluate("""() => ({lat: window.__lat, fetch: window.ketasim.lastFetchMs,
-                render: window.ketasim.lastRenderMs,
+                render: window.ketasim.lastRenderMs, full: window.ketasim.lastFullRedraws,
                 server: window.ketasim.results[0].metadata.wall_ms,
                 n: window.ketasim.results[0].time_h.length})""")
             after = r["lat"]["after"]
@@ -129,7 +129,8 @@ def measure(url: str, changes: int, schedule: str, days: int, chromium: str,
                              "madrs": after["plot-madrs"] - t_in,
                              "fetch": r["fetch"], "render": r["render"],
                              "server": r["server"], "points": r["n"],
-                             "redraws": sum(r["lat"]["count"].values())})
+                             "redraws": sum(r["lat"]["count"].values()),
+                             "full": r["full"]})
         if screenshot:
             page.screenshot(path=screenshot, full_page=True)
         b.close()
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         out[k] = {"median_ms": round(statistics.median(xs), 1),
                   "p90_ms": round(_pct(xs, 0.9), 1), "max_ms": round(max(xs), 1)}
     out["redraws_per_change"] = statistics.median(r["redraws"] for r in rows)
+    out["full_redraws_per_change"] = round(statistics.mean(r["full"] for r in rows), 2)
     if a.json:
         print(json.dumps(out))
     else:
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             v = out[k]
             print(f"  {label:32s} median {v['median_ms']:7.1f} ms   p90 {v['p90_ms']:7.1f} ms"
                   f"   max {v['max_ms']:7.1f} ms")
-        print(f"  plotly_afterplot events per change (median): {out['redraws_per_change']}")
+        print(f"  panels drawn per change (median): {out['redraws_per_change']}, of which full "
+              f"redraws (mean): {out['full_redraws_per_change']}")
     return 0
 
 

@@ -287,9 +287,10 @@ function baseLayout(extra) {
 /* A fixed y range on round numbers that holds every visible point (with `tozero`, from 0):
    a small change of input usually keeps it, so the axes need not be redrawn. */
 function niceStep(x) {
+  // the largest of 1, 2, 2.5, 5 × 10^k not above x
   const p = Math.pow(10, Math.floor(Math.log10(x)));
   const m = x / p;
-  return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 2.5 ? 2.5 : m <= 5 ? 5 : 10) * p;
+  return (m >= 5 ? 5 : m >= 2.5 ? 2.5 : m >= 2 ? 2 : 1) * p;
 }
 
 function niceRange(traces, axis, tozero) {
@@ -307,7 +308,7 @@ function niceRange(traces, axis, tozero) {
   if (tozero) { lo = Math.min(lo, 0); hi = Math.max(hi, 0); }
   let span = hi - lo;
   if (!(span > 1e-9 * Math.max(Math.abs(hi), Math.abs(lo)))) span = Math.abs(hi) || 1;
-  const step = niceStep(span / 6);
+  const step = niceStep(span / 5);
   let r0 = tozero && lo >= 0 ? 0 : Math.floor((lo - 0.02 * span) / step) * step;
   let r1 = tozero && hi <= 0 ? 0 : Math.ceil((hi + 0.02 * span) / step) * step;
   if (lo >= 0 && r0 < 0) r0 = -step / 5;  // a little room below a curve that starts at 0
@@ -467,6 +468,7 @@ function renderPlots(only) {
   if (only) jobs = jobs.filter((j) => only.includes(j[0]));
   jobs.sort((a, b) => (b[0] === "plot-madrs") - (a[0] === "plot-madrs"));
   const done = [];
+  ks.lastFullRedraws = 0;
   for (const [id, traces, layout, names] of jobs) {
     const gd = $(id);
     if (layout.yaxis.type !== "log") {
@@ -492,6 +494,7 @@ function renderPlots(only) {
     } else {
       drawn = Plotly.react(gd, traces, layout, PLOT_CONFIG);
       drawnKey.set(id, key);
+      ks.lastFullRedraws += 1;
     }
     done.push(drawn);
     renderPlotLegend(id, names);
