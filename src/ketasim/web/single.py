@@ -1,10 +1,14 @@
 """One patient, every stage, for the page: plasma → brain → receptor block → signalling →
 synapses → scores and side effects, on one time grid.
 
-The engine is run once; the score model (:func:`ketasim.mood.scores_from_components`) is fed the
-same drug-dependent components that :func:`ketasim.mood.mechanism_components` derives, so the
-scores equal :func:`ketasim.mood.simulate_patient`'s for a typical patient (random effects 0,
-no visit noise); ``tests/test_web_api.py`` checks that equality.
+The page's path runs the compiled batched engine for the one patient on the display grid:
+:func:`ketasim.batch.simulate_batch` (serial kernel) for the stages and
+:func:`ketasim.batch.scores_at_visits` for the scores (the mood layer integrated together with
+the mechanism, so no fine grid is needed). ``simulate_one(req, engine="reference")`` keeps the
+SciPy reference path (:func:`ketasim.mood.mechanism_run` on the library's mood grid and
+:func:`ketasim.mood.scores_from_components`); ``tests/test_web_api.py`` pins the agreement of
+the two (1e-4 of each curve's peak for infusions) and the scores' equality with
+:func:`ketasim.mood.simulate_patient` for a typical patient (random effects 0, no visit noise).
 
 Times are hours from the first dose. The grid is a display choice (no model number): 5-min
 steps over the 2 h after each dose, 30-min steps to 12 h after it, and a coarse step elsewhere
