@@ -208,6 +208,29 @@ def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
     assert errors == [] and errors2 == [], errors + errors2
 
 
+def test_page_legend_toggles_and_linear_time_axis(server, browser):
+    page, errors = _page(browser, server + "/")
+    vis = "document.getElementById('plot-plasma').data.map(t => t.visible)"
+    first = page.locator("#plot-plasma-legend button").first
+    assert first.get_attribute("aria-pressed") == "true" and page.evaluate(vis)[0] is True
+    first.click()
+    _until(page, f"{vis}[0] === false")
+    assert page.locator("#plot-plasma-legend button").first.get_attribute(
+        "aria-pressed") == "false"
+    page.locator("#plot-plasma-legend button").first.click()
+    _until(page, f"{vis}[0] === true")
+    n = page.evaluate("window.ketasim.updates")
+    page.select_option("#x-axis", "linear")
+    _wait_updates(page, n + 1)
+    page.wait_for_timeout(300)
+    ax = page.evaluate("""['plot-plasma', 'plot-madrs', 'plot-side'].map(id => {
+        const gd = document.getElementById(id);
+        return [gd._fullLayout.xaxis.type, Math.max(...gd.data[0].x)]; })""")
+    assert all(t == "linear" and abs(xmax - 14.0) < 1e-9 for t, xmax in ax), ax  # days
+    _check_panels_show_results(page)
+    assert errors == [], errors
+
+
 def test_page_runs_a_small_trial(server, browser):
     page, errors = _page(browser, server + "/")
     page.fill("#t-n", "12")
