@@ -100,6 +100,37 @@ def _wait_updates(page, n: int) -> None:
     _until(page, f"window.ketasim.updates >= {n}")
 
 
+_PANELS = """() => {
+  const r = window.ketasim.results;
+  const pick = {
+    "plot-plasma": r.flatMap((x) => Object.values(x.plasma_ng_per_ml)),
+    "plot-block": r.flatMap((x) => [x.readouts.block_E2B, x.readouts.block_Esyn,
+      x.readouts.block_I, x.readouts.block_H]),
+    "plot-spines": r.flatMap((x) => [x.readouts.spine_density, x.readouts.synaptic_proteins,
+      x.readouts.synaptic_strength]),
+    "plot-madrs": r.map((x) => x.scores.madrs),
+    "plot-side": r.flatMap((x) => [x.scores.cadss, x.scores.sbp_change_mmhg,
+      x.scores.sedation.map((v) => v * 10), x.scores.bprs_positive]),
+  };
+  const out = [];
+  for (const [id, want] of Object.entries(pick)) {
+    const gd = document.getElementById(id);
+    const got = gd.data.map((t) => Array.from(t.y));
+    const same = JSON.stringify(got) === JSON.stringify(want);
+    const ys = got.flat().filter((v) => v !== null);
+    const range = gd._fullLayout.yaxis.range;
+    out.push([id, same, Math.min(...ys) >= range[0] && Math.max(...ys) <= range[1]]);
+  }
+  return out;
+}"""
+
+
+def _check_panels_show_results(page) -> None:
+    for pid, same, inside in page.evaluate(_PANELS):
+        assert same, f"{pid} does not show the last result"
+        assert inside, f"{pid}: a curve leaves the y range"
+
+
 def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
     page, errors = _page(browser, server + "/")
     assert page.locator("#disclaimer").is_visible()
@@ -132,9 +163,14 @@ def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
         times.append(page.evaluate("[window.ketasim.lastFirstMs, window.ketasim.lastUpdateMs, "
                                    "window.ketasim.lastFetchMs]"))
     med = [sorted(c)[len(c) // 2] for c in zip(*times, strict=True)]
-    print(f"page update after one change, medians of 6: MADRS panel + summary {med[0]:.0f} ms, "
-          f"all nine panels {med[1]:.0f} ms (server round trip {med[2]:.0f} ms)")
-    assert med[0] < 2000  # the 100 ms goal is measured and reported, not asserted (shared CPU)
+    print(f"page update after one change, medians of 6: MADRS panel {med[0]:.0f} ms, "
+          f"all nine panels {med[1]:.0f} ms (server round trip {med[2]:.0f} ms); "
+          "scripts/web_latency.py measures it properly")
+    # the 100 ms goal is measured and reported (docs/benchmarks.md), not asserted (shared CPU)
+    assert med[0] < 2000 and med[1] < 3000
+    # every panel shows the last result (data-only updates included), inside its axes
+    page.wait_for_timeout(300)
+    _check_panels_show_results(page)
 
     # a bad dose names the field
     page.fill("#f-dose", "0.1 mg/xx")
@@ -154,6 +190,7 @@ def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
     page.wait_for_timeout(300)
     two = _madrs(page)
     assert len(two) == 2 and min(two[1]) < min(two[0])
+    _check_panels_show_results(page)
     assert page.locator("#summary tbody tr").count() == 2
     page.screenshot(path=os.path.join(ART, "02-compare.png"), full_page=True)
     exposure = page.evaluate("document.getElementById('plot-exposure').layout.annotations"
@@ -169,6 +206,29 @@ def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
     assert _madrs(page2) == two
     page2.screenshot(path=os.path.join(ART, "03-reloaded.png"), full_page=True)
     assert errors == [] and errors2 == [], errors + errors2
+
+
+def test_page_legend_toggles_and_linear_time_axis(server, browser):
+    page, errors = _page(browser, server + "/")
+    vis = "document.getElementById('plot-plasma').data.map(t => t.visible)"
+    first = page.locator("#plot-plasma-legend button").first
+    assert first.get_attribute("aria-pressed") == "true" and page.evaluate(vis)[0] is True
+    first.click()
+    _until(page, f"{vis}[0] === false")
+    assert page.locator("#plot-plasma-legend button").first.get_attribute(
+        "aria-pressed") == "false"
+    page.locator("#plot-plasma-legend button").first.click()
+    _until(page, f"{vis}[0] === true")
+    n = page.evaluate("window.ketasim.updates")
+    page.select_option("#x-axis", "linear")
+    _wait_updates(page, n + 1)
+    page.wait_for_timeout(300)
+    ax = page.evaluate("""['plot-plasma', 'plot-madrs', 'plot-side'].map(id => {
+        const gd = document.getElementById(id);
+        return [gd._fullLayout.xaxis.type, Math.max(...gd.data[0].x)]; })""")
+    assert all(t == "linear" and abs(xmax - 14.0) < 1e-9 for t, xmax in ax), ax  # days
+    _check_panels_show_results(page)
+    assert errors == [], errors
 
 
 def test_page_runs_a_small_trial(server, browser):

@@ -23,6 +23,7 @@ only through job ids from :func:`secrets.token_urlsafe`; CORS is off unless orig
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -33,9 +34,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, HTTPException, Path, Request
+from fastapi import Body, FastAPI, HTTPException, Path
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -43,7 +44,15 @@ from .. import __version__
 from ..errors import KetasimError
 from ..scenario import Scenario
 from .jobs import Dispatcher, JobStore
-from .single import DISCLAIMER, SimulateRequest, SimulateResponse, check_arm, simulate_one
+from .single import (
+    DISCLAIMER,
+    ResponseCache,
+    SimulateRequest,
+    SimulateResponse,
+    check_arm,
+    simulate_json,
+    simulate_one,
+)
 
 JOB_ID = r"^[A-Za-z0-9_-]{16,64}$"
 ExperimentName = Annotated[str, Path(max_length=64, description="experiment name")]
@@ -71,6 +80,9 @@ class Settings:
     warm_up: bool = True
     validate_mode: str = "process"
     validate_fn: Callable[[], dict] | None = None
+    simulate_cache: int = 256  # /api/simulate responses kept (LRU); 0: no cache
+    simulate_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    max_pending_simulations: int = 64  # distinct /api/simulate requests waiting; more: 503
 
 
 # --------------------------------------------------------------------------- response models
@@ -189,6 +201,82 @@ _NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such job"}}
 
 
 # --------------------------------------------------------------------------- middleware
+class SecurityHeaders:
+    """Pure ASGI middleware: ``X-Content-Type-Options: nosniff`` on every response and the
+    page's Content-Security-Policy on all but the Swagger UI (cheaper per request than
+    Starlette's ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app, csp: str) -> None:
+        self.app = app
+        self.csp = csp.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        with_csp = not scope.get("path", "").startswith(("/docs", "/redoc"))
+
+        async def send_with_headers(msg):
+            if msg["type"] == "http.response.start":
+                hs = list(msg.get("headers") or [])
+                names = {k.lower() for k, _ in hs}
+                if b"x-content-type-options" not in names:
+                    hs.append((b"x-content-type-options", b"nosniff"))
+                if with_csp and b"content-security-policy" not in names:
+                    hs.append((b"content-security-policy", self.csp))
+                msg = {**msg, "headers": hs}
+            await send(msg)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+class SimulateRunner:
+    """Runs ``/api/simulate`` requests off the event loop: a cache hit is answered at once;
+    identical requests in flight share one simulation (single flight); at most
+    ``workers`` simulations run at a time (the engine releases the GIL, the Python around it
+    does not: more threads than cores only add contention), and beyond ``max_pending``
+    waiting ones the server answers 503 instead of queueing without bound."""
+
+    def __init__(self, cache: ResponseCache | None, workers: int, max_pending: int) -> None:
+        import anyio
+
+        self.cache = cache
+        self.limiter = anyio.CapacityLimiter(workers)
+        self.max_pending = max_pending
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    async def _compute(self, req: SimulateRequest, key: str) -> bytes:
+        import anyio
+
+        try:
+            body, _ = await anyio.to_thread.run_sync(simulate_json, req, None,
+                                                     limiter=self.limiter)
+            if self.cache is not None:
+                self.cache.put(key, body)
+            return body
+        finally:
+            self._inflight.pop(key, None)
+
+    async def run(self, req: SimulateRequest) -> tuple[bytes, str]:
+        """The response body and how it was obtained (``hit``, ``shared`` or ``miss``)."""
+        key = req.model_dump_json()
+        if self.cache is not None:
+            body = self.cache.get(key)
+            if body is not None:
+                return body, "hit"
+        task = self._inflight.get(key)
+        how = "shared"
+        if task is None:
+            if len(self._inflight) >= self.max_pending:
+                raise HTTPException(503, f"{len(self._inflight)} simulations waiting; "
+                                         "try again in a moment",
+                                    headers={"Retry-After": "1"})
+            task = asyncio.ensure_future(self._compute(req, key))
+            self._inflight[key] = task
+            how = "miss"
+        # shield: a client that goes away does not cancel the others' simulation
+        return await asyncio.shield(task), how
+
+
 class BodyLimit:
     """Pure ASGI middleware: 413 for request bodies over ``limit`` bytes (declared or sent)."""
 
@@ -340,6 +428,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dispatcher = Dispatcher(store, s.max_concurrent, s.job_mode)
     validation = Validation(s)
     warm = threading.Event()
+    sim_cache = ResponseCache(s.simulate_cache) if s.simulate_cache > 0 else None
+    sim_runner = SimulateRunner(sim_cache, s.simulate_workers, s.max_pending_simulations)
 
     def _warm() -> None:
         try:
@@ -380,6 +470,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dispatcher = dispatcher
     app.state.validation = validation
     app.state.warm = warm
+    app.state.simulate_cache = sim_cache
+    app.state.simulate_runner = sim_runner
 
     app.add_exception_handler(KetasimError, lambda r, e: _ketasim_error(e))
     app.add_exception_handler(RequestValidationError, lambda r, e: _validation_error(e))
@@ -390,13 +482,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])
     app.add_middleware(BodyLimit, limit=s.max_body_bytes)
 
-    @app.middleware("http")
-    async def headers(request: Request, call_next):
-        resp = await call_next(request)
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if not request.url.path.startswith(("/docs", "/redoc")):
-            resp.headers.setdefault("Content-Security-Policy", _CSP)
-        return resp
+    app.add_middleware(SecurityHeaders, csp=_CSP)
 
     # ------------------------------------------------------------------ API
     @app.get("/api/health", response_model=Health, tags=["meta"])
@@ -409,14 +495,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            "max_body_bytes": s.max_body_bytes},
                 "disclaimer": DISCLAIMER}
 
-    @app.post("/api/simulate", response_model=SimulateResponse, responses=_ERR,
-              tags=["simulate"])
-    def simulate(req: SimulateRequest) -> JSONResponse:
+    @app.post("/api/simulate", response_model=SimulateResponse, responses={
+        **_ERR, 503: {"model": ErrorResponse, "description": "too many simulations waiting"}},
+        tags=["simulate"])
+    async def simulate(req: SimulateRequest) -> Response:
         """One typical patient (random effects 0, no visit noise), every stage on one grid.
 
         The body is built to the documented schema by :func:`simulate_one` and sent as is
-        (re-validating ~15,000 numbers would cost more than the simulation's tail)."""
-        return JSONResponse(simulate_one(req))
+        (re-validating ~15,000 numbers would cost more than the simulation); repeated
+        requests are answered from an LRU cache (header ``X-Ketasim-Cache: hit``; ``shared``:
+        the same request was already being simulated; ``miss``: simulated for this one)."""
+        body, how = await sim_runner.run(req)
+        return Response(body, media_type="application/json",
+                        headers={"X-Ketasim-Cache": how})
 
     def _job_view(jid: str) -> dict:
         row = store.get(jid)

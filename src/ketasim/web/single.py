@@ -1,10 +1,14 @@
 """One patient, every stage, for the page: plasma → brain → receptor block → signalling →
 synapses → scores and side effects, on one time grid.
 
-The engine is run once; the score model (:func:`ketasim.mood.scores_from_components`) is fed the
-same drug-dependent components that :func:`ketasim.mood.mechanism_components` derives, so the
-scores equal :func:`ketasim.mood.simulate_patient`'s for a typical patient (random effects 0,
-no visit noise); ``tests/test_web_api.py`` checks that equality.
+The page's path runs the compiled batched engine for the one patient on the display grid:
+:func:`ketasim.batch.simulate_batch` (serial kernel) for the stages and
+:func:`ketasim.batch.scores_at_visits` for the scores (the mood layer integrated together with
+the mechanism, so no fine grid is needed). ``simulate_one(req, engine="reference")`` keeps the
+SciPy reference path (:func:`ketasim.mood.mechanism_run` on the library's mood grid and
+:func:`ketasim.mood.scores_from_components`); ``tests/test_web_api.py`` pins the agreement of
+the two (1e-4 of each curve's peak for infusions) and the scores' equality with
+:func:`ketasim.mood.simulate_patient` for a typical patient (random effects 0, no visit noise).
 
 Times are hours from the first dose. The grid is a display choice (no model number): 5-min
 steps over the 2 h after each dose, 30-min steps to 12 h after it, and a coarse step elsewhere
@@ -13,8 +17,11 @@ steps over the 2 h after each dose, 30-min steps to 12 h after it, and a coarse 
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
+from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
@@ -28,6 +35,9 @@ DISCLAIMER = "ketasim is a research tool, not medical advice."
 MAX_DAYS = 120.0
 MAX_DOSES = 60
 MAX_POINTS = 1500
+#: digits sent, relative to each curve's peak (a step of 1e-6 of the peak: far below the
+#: engine's 1e-4 agreement with the reference, and below a pixel of any plot)
+SIG_DIGITS = 7
 
 
 class PatientSpec(BaseModel):
@@ -116,17 +126,93 @@ def check_arm(arm: ArmSpec, field: str = "arm"):
     return reg, card
 
 
+def _round_to_peak(x: np.ndarray, digits: int = SIG_DIGITS) -> np.ndarray:
+    """``x`` rounded to a step of 10^-(digits-1) of its largest magnitude, rounded down to a
+    power of ten (``digits`` significant digits at the peak; a curve's decaying tail keeps
+    the same absolute resolution, not ever more digits). Non-finite values are kept.
+
+    The step is an exact power of ten applied by division, so each value's shortest ``repr``
+    is the short decimal; the change is far below the engine's 1e-4 agreement."""
+    x = np.asarray(x, dtype=float)
+    fin = np.isfinite(x)
+    peak = float(np.max(np.abs(x[fin]))) if fin.any() else 0.0
+    if peak == 0.0:
+        return x.copy()
+    k = digits - 1 - math.floor(math.log10(peak))
+    if k >= 0:
+        p10 = 10.0 ** min(k, 300)
+        return np.round(x * p10) / p10
+    p10 = 10.0 ** min(-k, 300)
+    return np.round(x / p10) * p10
+
+
 def _clean(a) -> list[float | None]:
-    x = np.asarray(a, dtype=float)
-    r = np.round(x, 6)
-    return [float(v) if math.isfinite(v) else None for v in r.tolist()]
+    x = _round_to_peak(a) + 0.0  # + 0.0: no -0.0
+    if np.isfinite(x).all():
+        return x.tolist()
+    return [float(v) if math.isfinite(v) else None for v in x.tolist()]
 
 
-def simulate_one(req: SimulateRequest) -> dict:
-    """Every stage for one typical patient; JSON-ready (see :class:`SimulateResponse`)."""
-    from ..cards import card_versions, load_drug
+def _stages_batched(arm: ArmSpec, regimen, card, patient, t: np.ndarray):
+    """Plasma, free brain concentrations and readouts on ``t`` from the compiled batched
+    engine (:func:`ketasim.batch.simulate_batch`, one patient, serial kernel), with the PK
+    factors and covariates that :func:`ketasim.mood.mechanism_run` gives the engine."""
+    from ..batch import simulate_batch
+    from ..engine import Course
+    from ..mechanism import Hypotheses, Interventions
+    from ..mood import _CL_NAMES, _V_NAMES
+    from ..pk import Covariates
+
+    iiv = {k: patient.pk_factor_cl for k in _CL_NAMES if k in card.parameters}
+    iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
+    cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years, sex=patient.sex,
+                     race=patient.race)
+    res = simulate_batch([Course(arm.drug, regimen, card.id, iiv)], t, [cov],
+                         hypotheses=Hypotheses.parse(arm.hypotheses),
+                         interventions=Interventions.parse(arm.interventions), threads=1)
+    first = {k: v[0] for k, v in res.plasma_ng_per_ml.items()}
+    brain = {k: v[0] for k, v in res.brain_free_uM.items()}
+    reads = {k: v[0] for k, v in res.readouts.items()}
+    return first, brain, reads, res.metadata
+
+
+def _stages_reference(arm: ArmSpec, regimen, patient, t: np.ndarray):
+    """Stages and scores from the SciPy reference (:func:`ketasim.mood.mechanism_run` on the
+    library's mood grid, :func:`ketasim.mood.scores_from_components`); for checks."""
     from ..mood import _grid as mood_grid
     from ..mood import mechanism_run, scores_from_components
+
+    # the score layer integrates on the library's mood grid (accuracy); the page shows ``t``
+    full = mood_grid(t, regimen)
+    idx = np.searchsorted(full, np.round(t, 9))
+    res, comp = mechanism_run(arm, patient, full)
+    plasma: dict = {}
+    brain: dict = {}
+    reads: dict = {}
+    meta: dict = {}
+    if res is not None:
+        plasma = {k: v[idx] for k, v in res.plasma_ng_per_ml.items()}
+        brain = {k: v[idx] for k, v in res.brain_free_uM.items()}
+        reads = {k: v[idx] for k, v in res.readouts.items()}
+        meta = res.metadata
+    sc = scores_from_components(arm, patient, full, t, comp)
+    return plasma, brain, reads, meta, sc
+
+
+SCORE_KEYS = ("madrs", "hamd17", "hamd6", "madrs_item10", "ssi", "cadss", "bprs_positive",
+              "sbp_change_mmhg", "sedation", "effect_site_ng_per_ml", "drug_effect",
+              "placebo_effect")
+
+
+def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] = "batched"
+                 ) -> dict:
+    """Every stage for one typical patient; JSON-ready (see :class:`SimulateResponse`).
+
+    ``engine="batched"`` (the page's): stages from :func:`ketasim.batch.simulate_batch` and
+    scores from :func:`ketasim.batch.scores_at_visits` (the mood layer integrated with the
+    mechanism), both on the display grid; ``"reference"``: the SciPy reference path. The two
+    agree to 1e-4 of each curve's range (``tests/test_web_api.py``)."""
+    from ..cards import card_versions, load_drug
 
     t0 = time.perf_counter()
     arm = req.arm
@@ -137,23 +223,23 @@ def simulate_one(req: SimulateRequest) -> dict:
     brain: dict = {}
     reads: dict = {}
     meta: dict = {}
-    # the score layer integrates on the library's mood grid (accuracy); the page shows ``t``
-    full = mood_grid(t, regimen)
-    idx = np.searchsorted(full, np.round(t, 9))
-    res, comp = mechanism_run(arm, patient, full)
-    if res is not None:
-        plasma = {k: v[idx] for k, v in res.plasma_ng_per_ml.items()}
-        brain = {k: v[idx] for k, v in res.brain_free_uM.items()}
-        reads = {k: v[idx] for k, v in res.readouts.items()}
-        meta = {k: res.metadata[k] for k in ("courses", "hypotheses", "interventions",
-                                            "solver")}
-    sc = scores_from_components(arm, patient, full, t, comp)
-    keys = ("madrs", "hamd17", "hamd6", "madrs_item10", "ssi", "cadss", "bprs_positive",
-            "sbp_change_mmhg", "sedation", "effect_site_ng_per_ml", "drug_effect",
-            "placebo_effect")
-    scores = {k: _clean(sc[k]) for k in keys}
+    if engine == "reference":
+        plasma, brain, reads, rmeta, sc = _stages_reference(arm, regimen, patient, t)
+        peak = float(np.max(sc["effect_site_ng_per_ml"])) if len(t) else 0.0
+    else:
+        from ..batch import scores_at_visits
+
+        rmeta = {}
+        if regimen is not None:
+            plasma, brain, reads, rmeta = _stages_batched(arm, regimen, card, patient, t)
+        sc = {k: v[0] if np.ndim(v) == 2 else v
+              for k, v in scores_at_visits(arm, [patient], t, threads=1).items()}
+        # the exact maximum over the course (not only at the grid's times)
+        peak = float(sc["peak_effect_site_ng_per_ml"][0])
+    if rmeta:
+        meta = {k: rmeta[k] for k in ("courses", "hypotheses", "interventions", "solver")}
+    scores = {k: _clean(sc[k]) for k in SCORE_KEYS}
     bands = {k: float(v.value) for k, v in load_drug("ketamine").bands.items()}
-    peak = float(np.max(sc["effect_site_ng_per_ml"])) if len(t) else 0.0
     madrs = np.asarray(sc["madrs"])
     summary = {
         "baseline_madrs": patient.baseline_madrs,
@@ -169,11 +255,70 @@ def simulate_one(req: SimulateRequest) -> dict:
         "model": None if card is None else card.id,
     }
     meta.update({"ketasim_version": __version__, "card_hashes": card_versions(),
-                 "patient": "typical (random effects 0, no visit noise)",
+                 "patient": "typical (random effects 0, no visit noise)", "engine": engine,
                  "n_points": len(t), "wall_ms": round((time.perf_counter() - t0) * 1e3, 2)})
-    return {"time_h": [float(x) for x in t], "plasma_ng_per_ml": {k: _clean(v) for k, v in
-                                                                   plasma.items()},
+    return {"time_h": t.tolist(), "plasma_ng_per_ml": {k: _clean(v) for k, v in
+                                                       plasma.items()},
             "brain_free_uM": {k: _clean(v) for k, v in brain.items()},
             "readouts": {k: _clean(v) for k, v in reads.items()}, "scores": scores,
             "bands_ng_per_ml": bands, "summary": summary, "metadata": meta,
             "disclaimer": DISCLAIMER}
+
+
+class ResponseCache:
+    """Thread-safe LRU of response bodies (JSON bytes) by canonical request, bounded by
+    entries and bytes. A typical patient's result depends only on the request and the
+    installed cards and code, so a repeated request (a page reload, a shared link, toggling a
+    setting back) costs a dictionary look-up."""
+
+    def __init__(self, max_entries: int = 256, max_bytes: int = 64 * 2**20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._d: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        """The cached body for ``key`` (most recently used now), or None."""
+        with self._lock:
+            body = self._d.get(key)
+            if body is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.hits += 1
+            return body
+
+    def put(self, key: str, body: bytes) -> None:
+        """Store ``body``; evict the least recently used entries beyond the limits."""
+        if len(body) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old)
+            self._d[key] = body
+            self._bytes += len(body)
+            while len(self._d) > self.max_entries or self._bytes > self.max_bytes:
+                _, gone = self._d.popitem(last=False)
+                self._bytes -= len(gone)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def simulate_json(req: SimulateRequest, cache: ResponseCache | None = None
+                  ) -> tuple[bytes, bool]:
+    """:func:`simulate_one` as compact JSON bytes, through ``cache`` when given; returns
+    ``(body, cache hit)``."""
+    key = req.model_dump_json() if cache is not None else ""
+    if cache is not None:
+        body = cache.get(key)
+        if body is not None:
+            return body, True
+    body = json.dumps(simulate_one(req), separators=(",", ":")).encode()
+    if cache is not None:
+        cache.put(key, body)
+    return body, False

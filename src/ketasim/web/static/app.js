@@ -262,118 +262,250 @@ function xaxis() {
   return {type: "linear", zeroline: false, title: {text: ""}, ticksuffix: " d"};
 }
 
-function baseLayout(title, ytitle, extra) {
-  return Object.assign({
-    title: {text: title, font: {size: 13}, x: 0.02, xanchor: "left"},
-    margin: {l: 52, r: 14, t: 28, b: 58}, height: 270,
-    xaxis: xaxis(),
-    yaxis: {title: {text: ytitle, font: {size: 11}}, zeroline: false},
-    showlegend: true, legend: {font: {size: 10}, orientation: "h", y: -0.14, x: 0, yanchor: "top"},
+/* Titles, units and per-plot legends are HTML (each plot's <figcaption> and the list under
+   it): Plotly measures every text it draws, and its titles and legends were a third of an
+   update's time. Tick labels are never measured (ticklabeloverflow "allow": they fit the
+   margins). */
+function axisStyle(extra) {
+  return Object.assign({zeroline: false, ticklabeloverflow: "allow", automargin: false}, extra);
+}
+
+function baseLayout(extra) {
+  const y = (extra && extra.yaxis) || {};
+  const lay = Object.assign({
+    margin: {l: 44, r: 14, t: 10, b: 24}, height: 220,
+    showlegend: false,
     font: {family: "system-ui, DejaVu Sans, sans-serif", size: 11},
     paper_bgcolor: "#fff", plot_bgcolor: "#fff", uirevision: "keep",
   }, extra || {});
+  lay.xaxis = axisStyle(xaxis());
+  lay.yaxis = axisStyle(y);
+  if (lay.yaxis2) lay.yaxis2 = axisStyle(lay.yaxis2);
+  return lay;
 }
 
-function line(res, i, y, name, dash, extra) {
-  // colour = scenario (legend above the plots); line style = series (legend per plot)
-  return Object.assign({x: x(res), y: y, type: "scatter", mode: "lines",
-    name: name, legendgroup: name, showlegend: i === firstShown(),
+/* A fixed y range on round numbers that holds every visible point (with `tozero`, from 0):
+   a small change of input usually keeps it, so the axes need not be redrawn. */
+function niceStep(x) {
+  // the largest of 1, 2, 2.5, 5 × 10^k not above x
+  const p = Math.pow(10, Math.floor(Math.log10(x)));
+  const m = x / p;
+  return (m >= 5 ? 5 : m >= 2.5 ? 2.5 : m >= 2 ? 2 : 1) * p;
+}
+
+function niceRange(traces, axis, tozero) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const t of traces) {
+    if ((t.yaxis || "y") !== axis || t.visible === false) continue;
+    for (const v of t.y) {
+      if (v === null || !Number.isFinite(v)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+  }
+  if (!(hi >= lo)) return [0, 1];
+  if (tozero) { lo = Math.min(lo, 0); hi = Math.max(hi, 0); }
+  let span = hi - lo;
+  if (!(span > 1e-9 * Math.max(Math.abs(hi), Math.abs(lo)))) span = Math.abs(hi) || 1;
+  const step = niceStep(span / 5);
+  let r0 = tozero && lo >= 0 ? 0 : Math.floor((lo - 0.02 * span) / step) * step;
+  let r1 = tozero && hi <= 0 ? 0 : Math.ceil((hi + 0.02 * span) / step) * step;
+  if (lo >= 0 && r0 < 0) r0 = -step / 5;  // a little room below a curve that starts at 0
+  if (hi <= 0 && r1 > 0) r1 = step / 5;
+  return [+r0.toPrecision(12), +r1.toPrecision(12)];
+}
+
+const hidden = new Set();  // "plot id|series name" switched off in the plot's legend
+
+function line(res, i, xs, y, name, dash, plotId, extra) {
+  // colour = scenario (legend above the plots); line style = series (legend under each plot)
+  return Object.assign({x: xs, y: y, type: "scatter", mode: "lines", name: name,
+    visible: !hidden.has(`${plotId}|${name}`),
     line: {color: COLOURS[i], dash: DASHES[dash % DASHES.length], width: 1.8},
-    hovertemplate: `${LABELS[i]} ${name}: %{y:.3g}<br>day %{x:.2f}<extra></extra>`}, extra || {});
+    hovertemplate: `${LABELS[i]} ${name}: %{y:.3g}<br>${logAxis() ? "%{x:.3g} h" : "day %{x:.2f}"}` +
+      "<extra></extra>"}, extra || {});
 }
 
-function firstShown() { return ks.results.findIndex(Boolean); }
-
-function seriesTraces(results, pick) {
+function seriesTraces(results, xs, plotId, pick) {
   const traces = [];
+  const names = [];
   results.forEach((res, i) => {
     if (!res) return;
-    pick(res).forEach(([name, y, extra], j) => { if (y) traces.push(line(res, i, y, name, j, extra)); });
+    pick(res).forEach(([name, y, extra], j) => {
+      if (!y) return;
+      traces.push(line(res, i, xs[i], y, name, j, plotId, extra));
+      if (!names.some((n) => n[0] === name)) names.push([name, j]);
+    });
   });
-  return traces;
+  return [traces, names];
 }
 
 const PLOT_CONFIG = {responsive: true, displaylogo: false,
   modeBarButtonsToRemove: ["lasso2d", "select2d"]};
 
-/* Draw every panel. The MADRS panel and the summary table come first, synchronously (the
-   answer to "what did my change do?"); the other panels follow one per task, so the page
-   stays responsive; a newer update abandons an older chain. Resolves when all are drawn. */
-function renderPlots() {
+// Plotly's dash patterns for a 1.8-px line (Drawing.dashStyle), for the HTML legends
+const DASH_ARRAY = {solid: "", dash: "9,9", dot: "3,3", dashdot: "9,3,3,3", longdash: "15,15"};
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function renderPlotLegend(id, names) {
+  const box = $(`${id}-legend`);
+  const key = JSON.stringify(names) + [...hidden].join();
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  box.textContent = "";
+  for (const [name, j] of names) {
+    const b = document.createElement("button");
+    b.type = "button";
+    const off = hidden.has(`${id}|${name}`);
+    b.setAttribute("aria-pressed", String(!off));
+    b.title = off ? `show ${name}` : `hide ${name}`;
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("width", "26");
+    svg.setAttribute("height", "8");
+    svg.setAttribute("aria-hidden", "true");
+    const ln = document.createElementNS(SVG_NS, "line");
+    for (const [k, v] of [["x1", 1], ["y1", 4], ["x2", 25], ["y2", 4], ["stroke", "#444"],
+      ["stroke-width", 1.8], ["stroke-dasharray", DASH_ARRAY[DASHES[j % DASHES.length]]]]) {
+      ln.setAttribute(k, v);
+    }
+    svg.appendChild(ln);
+    b.append(svg, document.createTextNode(name));
+    b.addEventListener("click", () => {
+      const k = `${id}|${name}`;
+      if (hidden.has(k)) hidden.delete(k); else hidden.add(k);
+      renderPlots([id]).catch(() => {});
+    });
+    box.appendChild(b);
+  }
+}
+
+/* Every panel's traces and layout from ks.results. */
+function plotJobs() {
   const R = ks.results;
   const bands = ks.options.bands_ng_per_ml;
+  const xs = R.map((r) => (r ? x(r) : null));  // one x array per scenario, shared by its traces
   const jobs = [];
-  const P = (id, traces, layout) => jobs.push([id, traces, layout]);
-  P("plot-plasma", seriesTraces(R, (r) => Object.entries(r.plasma_ng_per_ml)),
-    baseLayout("Plasma concentration", "ng/mL"));
-  P("plot-brain", seriesTraces(R, (r) => Object.entries(r.brain_free_uM)),
-    baseLayout("Free brain concentration", "µM"));
-  P("plot-block", seriesTraces(R, (r) => [["E2B (GluN2B, pyramidal)", r.readouts.block_E2B],
+  const P = (id, pick, layout) => {
+    const [traces, names] = seriesTraces(R, xs, id, pick);
+    jobs.push([id, traces, layout, names]);
+  };
+  P("plot-plasma", (r) => Object.entries(r.plasma_ng_per_ml), baseLayout());
+  P("plot-brain", (r) => Object.entries(r.brain_free_uM), baseLayout());
+  P("plot-block", (r) => [["E2B (GluN2B, pyramidal)", r.readouts.block_E2B],
     ["Esyn (synaptic)", r.readouts.block_Esyn], ["I (interneurons)", r.readouts.block_I],
-    ["H (lateral habenula)", r.readouts.block_H]]),
-  baseLayout("NMDA receptor block per population", "fraction blocked", {yaxis: {
-    rangemode: "tozero", title: {text: "fraction blocked", font: {size: 11}}}}));
-  P("plot-signal", seriesTraces(R, (r) => [["p-eEF2", r.readouts.p_eef2],
-    ["BDNF", r.readouts.bdnf], ["mTORC1", r.readouts.mtorc1],
-    ["glutamate", r.readouts.glutamate]]),
-  baseLayout("Signalling", "relative to baseline"));
-  P("plot-spines", seriesTraces(R, (r) => [["spine density", r.readouts.spine_density],
+    ["H (lateral habenula)", r.readouts.block_H]],
+  baseLayout({yaxis: {rangemode: "tozero"}}));
+  P("plot-signal", (r) => [["p-eEF2", r.readouts.p_eef2], ["BDNF", r.readouts.bdnf],
+    ["mTORC1", r.readouts.mtorc1], ["glutamate", r.readouts.glutamate]],
+  baseLayout());
+  P("plot-spines", (r) => [["spine density", r.readouts.spine_density],
     ["synaptic proteins", r.readouts.synaptic_proteins],
-    ["synaptic strength", r.readouts.synaptic_strength]]),
-  baseLayout("Synapses", "relative to baseline"));
-  P("plot-madrs", seriesTraces(R, (r) => [["MADRS", r.scores.madrs]]),
-    baseLayout("Depression (MADRS)", "MADRS (0–60)", {yaxis: {rangemode: "tozero",
-      title: {text: "MADRS (0–60)", font: {size: 11}}}}));
-  P("plot-suicide", seriesTraces(R, (r) => [["MADRS item 10", r.scores.madrs_item10],
-    ["SSI", r.scores.ssi, {yaxis: "y2"}]]),
-  baseLayout("Suicidality", "MADRS item 10 (0–6)", {yaxis2: {overlaying: "y", side: "right",
-    title: {text: "SSI", font: {size: 11}}, rangemode: "tozero"},
-  yaxis: {rangemode: "tozero", title: {text: "MADRS item 10 (0–6)", font: {size: 11}}},
-  margin: {l: 52, r: 44, t: 28, b: 58}}));
+    ["synaptic strength", r.readouts.synaptic_strength]],
+  baseLayout());
+  P("plot-madrs", (r) => [["MADRS", r.scores.madrs]],
+    baseLayout({yaxis: {rangemode: "tozero"}}));
+  P("plot-suicide", (r) => [["MADRS item 10", r.scores.madrs_item10],
+    ["SSI", r.scores.ssi, {yaxis: "y2"}]],
+  baseLayout({yaxis: {rangemode: "tozero"},
+    yaxis2: {overlaying: "y", side: "right", rangemode: "tozero"},
+    margin: {l: 44, r: 36, t: 10, b: 24}}));
   // effect-site concentration, log scale, with the exposure bands from the drug card
   const an = bands.anaesthetic_ng_per_ml;
   const al = bands.analgesic_ng_per_ml;
   const peak = Math.max(1, ...R.filter(Boolean).map((r) => r.summary.peak_effect_site_ng_per_ml || 1));
-  const top = Math.log10(Math.max(an * 3, peak * 1.5));
-  const ex = seriesTraces(R, (r) => [["effect site", r.scores.effect_site_ng_per_ml.map(
-    (v) => (v > 0.1 ? v : null))]]);
-  P("plot-exposure", ex, baseLayout("Effect-site concentration and exposure bands",
-    "ng/mL (log)", {
-      yaxis: {type: "log", range: [-1, top], title: {text: "ng/mL (log)", font: {size: 11}}},
-      shapes: [
-        {type: "rect", xref: "paper", x0: 0, x1: 1, y0: an, y1: Math.pow(10, top),
-          fillcolor: "rgba(192,57,43,0.14)", line: {width: 0}},
-        {type: "line", xref: "paper", x0: 0, x1: 1, y0: an, y1: an,
-          line: {color: "#c0392b", width: 1, dash: "dash"}},
-        {type: "line", xref: "paper", x0: 0, x1: 1, y0: al, y1: al,
-          line: {color: "#b7950b", width: 1, dash: "dot"}}],
-      annotations: [
-        {xref: "paper", x: 0.99, xanchor: "right", y: Math.log10(an), yanchor: "bottom",
-          text: `anaesthetic band ≥ ${an} ng/mL`, showarrow: false,
-          font: {size: 10, color: "#922b21"}},
-        {xref: "paper", x: 0.99, xanchor: "right", y: Math.log10(al), yanchor: "bottom",
-          text: `analgesic ≥ ${al} ng/mL`, showarrow: false, font: {size: 10, color: "#7d6608"}}],
-    }));
-  P("plot-side", seriesTraces(R, (r) => [["CADSS (dissociation)", r.scores.cadss],
+  // the top of the log axis moves in steps of 0.1 decade, so most updates keep the layout
+  const top = Math.ceil(10 * Math.log10(Math.max(an * 3, peak * 1.5))) / 10;
+  P("plot-exposure", (r) => [["effect site", r.scores.effect_site_ng_per_ml.map(
+    (v) => (v > 0.1 ? v : null))]], baseLayout({
+    yaxis: {type: "log", range: [-1, top]},
+    shapes: [
+      {type: "rect", xref: "paper", x0: 0, x1: 1, y0: an, y1: Math.pow(10, top),
+        fillcolor: "rgba(192,57,43,0.14)", line: {width: 0}},
+      {type: "line", xref: "paper", x0: 0, x1: 1, y0: an, y1: an,
+        line: {color: "#c0392b", width: 1, dash: "dash"}},
+      {type: "line", xref: "paper", x0: 0, x1: 1, y0: al, y1: al,
+        line: {color: "#b7950b", width: 1, dash: "dot"}}],
+    annotations: [
+      {xref: "paper", x: 0.99, xanchor: "right", y: Math.log10(an), yanchor: "bottom",
+        text: `anaesthetic band ≥ ${an} ng/mL`, showarrow: false,
+        font: {size: 10, color: "#922b21"}},
+      {xref: "paper", x: 0.99, xanchor: "right", y: Math.log10(al), yanchor: "bottom",
+        text: `analgesic ≥ ${al} ng/mL`, showarrow: false, font: {size: 10, color: "#7d6608"}}],
+  }));
+  P("plot-side", (r) => [["CADSS (dissociation)", r.scores.cadss],
     ["ΔSBP mmHg", r.scores.sbp_change_mmhg], ["sedation ×10", r.scores.sedation.map((v) => v * 10)],
-    ["BPRS+", r.scores.bprs_positive]]),
-  baseLayout("Side effects", "score / mmHg"));
-  const first = jobs.find((j) => j[0] === "plot-madrs");
-  Plotly.react(first[0], first[1], first[2], PLOT_CONFIG);
-  renderLegend();
-  renderSummary();
-  ks.lastFirstMs = performance.now() - ks.updateStart;
-  const rest = jobs.filter((j) => j !== first);
-  const seq = ks.seq;
-  return new Promise((resolve) => {
-    const step = () => {
-      if (seq !== ks.seq || !rest.length) { resolve(); return; }
-      const [id, traces, layout] = rest.shift();
-      Plotly.react(id, traces, layout, PLOT_CONFIG);
-      setTimeout(step, 0);
-    };
-    setTimeout(step, 0);
-  });
+    ["BPRS+", r.scores.bprs_positive]],
+  baseLayout());
+  return jobs;
+}
+
+/* Draw the panels (all, or those in `only`), the MADRS panel first, all in one task: one
+   style and layout pass and one paint for the nine, instead of one per panel. A panel whose
+   layout (with its round y range), series and x values are as last drawn gets only its new
+   y values (Plotly.animate without redraw: the lines are redrawn, the axes, grid, shapes and
+   text are not); any other goes through Plotly.react. Resolves when every panel is drawn. */
+const drawnKey = new Map();
+const ANIMATE = {transition: {duration: 0}, frame: {duration: 0, redraw: false},
+  mode: "immediate"};
+
+function rangesHold(gd, layout) {
+  // the drawn ranges are still ours (not zoomed or autoscaled by the user)
+  const full = gd._fullLayout;
+  if (!full) return false;
+  for (const ax of ["yaxis", "yaxis2"]) {
+    if (!layout[ax] || !layout[ax].range) continue;
+    const r = full[ax] && full[ax].range;
+    if (!r || full[ax].autorange || r[0] !== layout[ax].range[0] || r[1] !== layout[ax].range[1]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+function renderPlots(only) {
+  let jobs = plotJobs();
+  if (only) jobs = jobs.filter((j) => only.includes(j[0]));
+  jobs.sort((a, b) => (b[0] === "plot-madrs") - (a[0] === "plot-madrs"));
+  const done = [];
+  ks.lastFullRedraws = 0;
+  for (const [id, traces, layout, names] of jobs) {
+    const gd = $(id);
+    if (layout.yaxis.type !== "log") {
+      layout.yaxis.range = niceRange(traces, "y", layout.yaxis.rangemode === "tozero");
+      layout.yaxis.autorange = false;
+    }
+    if (layout.yaxis2) {
+      // the right axis is the left one scaled by the ratio of the two series' peaks, so
+      // proportional series (item 10 and SSI) lie on each other, as with autorange
+      const peak = (ax) => Math.max(0, ...traces.filter((t) => (t.yaxis || "y") === ax)
+        .map((t) => Math.max(0, ...t.y.filter(Number.isFinite))));
+      const k = peak("y") > 0 ? peak("y2") / peak("y") : 1;
+      layout.yaxis2.range = layout.yaxis.range.map((v) => +(v * k).toPrecision(12));
+      layout.yaxis2.autorange = false;
+    }
+    const key = JSON.stringify([layout, traces.map((t) => [t.name, t.line, t.visible, t.yaxis,
+      t.y.length, t.x.length, t.x[1], t.x[t.x.length - 1]])]);
+    let drawn;
+    if (drawnKey.get(id) === key && gd.data && gd.data.length === traces.length &&
+        rangesHold(gd, layout)) {
+      drawn = Plotly.animate(gd, {data: traces.map((t) => ({x: t.x, y: t.y})),
+        traces: traces.map((_, i) => i)}, ANIMATE);
+    } else {
+      drawn = Plotly.react(gd, traces, layout, PLOT_CONFIG);
+      drawnKey.set(id, key);
+      ks.lastFullRedraws += 1;
+    }
+    done.push(drawn);
+    renderPlotLegend(id, names);
+    if (id === "plot-madrs" && !only) {
+      renderLegend();
+      renderSummary();
+      const start = ks.updateStart;
+      drawn.then(() => { ks.lastFirstMs = performance.now() - start; });
+    }
+  }
+  return Promise.all(done);
 }
 
 function renderLegend() {
@@ -444,15 +576,24 @@ function linkAxes() {
 }
 
 // ------------------------------------------------------------------ simulate
+/* Every change asks the server at once (no debounce: a request takes a few ms, and a newer
+   change simply supersedes an older one: its answer is dropped). Answers are cached per
+   request, and a change that leaves every request as it was (e.g. the `change` event after
+   `input`) draws nothing. */
 async function update() {
   const seq = ++ks.seq;
   const t0 = performance.now();
   ks.updateStart = t0;
-  $("error").textContent = "";
   try {
     const reqs = ks.state.scenarios.map(simulateRequest);
-    const res = await Promise.all(reqs.map(async (rq) => {
-      const key = JSON.stringify(rq);
+    const keys = reqs.map((rq) => JSON.stringify(rq));
+    const drawn = JSON.stringify([keys, logAxis()]);
+    if (drawn === ks.drawn) {
+      $("error").textContent = "";
+      return;
+    }
+    const res = await Promise.all(reqs.map(async (rq, i) => {
+      const key = keys[i];
       if (ks.cache.has(key)) return ks.cache.get(key);
       const body = await postJSON("/api/simulate", rq);
       if (ks.cache.size > 64) ks.cache.clear();
@@ -460,17 +601,19 @@ async function update() {
       return body;
     }));
     if (seq !== ks.seq) return;  // a newer change is on its way
+    $("error").textContent = "";
     const t1 = performance.now();
     ks.results = res;
     await renderPlots();
     if (seq !== ks.seq) return;
+    ks.drawn = drawn;
     const t2 = performance.now();
     ks.lastFetchMs = t1 - t0;
     ks.lastRenderMs = t2 - t1;
     ks.lastUpdateMs = t2 - t0;
     ks.updates += 1;
-    $("status").textContent = `MADRS updated in ${ks.lastFirstMs.toFixed(0)} ms, all panels in ` +
-      `${ks.lastUpdateMs.toFixed(0)} ms (server ${ks.lastFetchMs.toFixed(0)} ms)`;
+    $("status").textContent = `Updated in ${ks.lastUpdateMs.toFixed(0)} ms (server and ` +
+      `transfer ${ks.lastFetchMs.toFixed(0)} ms, nine plots ${ks.lastRenderMs.toFixed(0)} ms)`;
     document.body.dataset.updates = String(ks.updates);
   } catch (e) {
     if (seq !== ks.seq) return;
@@ -478,13 +621,11 @@ async function update() {
   }
 }
 
-let timer = null;
 function changed() {
   readForm();
   encodeState();
   renderTabs();
-  clearTimeout(timer);
-  timer = setTimeout(update, 40);
+  update();
 }
 
 // ------------------------------------------------------------------ trial
@@ -639,7 +780,7 @@ async function start() {
   $("x-axis").addEventListener("change", () => {
     ks.state.axis = $("x-axis").value;
     encodeState();
-    renderPlots();
+    update();
   });
   $("trial-form").addEventListener("submit", runTrial);
   $("add-scenario").addEventListener("click", () => {
