@@ -82,7 +82,7 @@ from .pk.model import assemble
 from .pk.solve import _TIME_DECIMALS, check_times, compile_schedule
 
 __all__ = ["BatchResult", "simulate_batch", "components_batch", "simulate_arm_batched",
-           "scores_at_visits", "simulate_arm_fast", "RTOL", "ATOL"]
+           "scores_at_visits", "scores_and_stages", "simulate_arm_fast", "RTOL", "ATOL"]
 
 #: default relative and absolute tolerances of the mechanism integrator (states are
 #: normalised to 1 at baseline; channel-block fractions are 0–1)
@@ -735,6 +735,16 @@ def scores_at_visits(arm, patients: Sequence, visits_h, hypotheses: Hypotheses |
     concentrations (ng/mL) at the visits are exact; their peak is the exact maximum of the
     known sum of exponentials over every dose interval."""
     return _fast_run(arm, patients, visits_h, hypotheses, threads)[0]
+
+
+def scores_and_stages(arm, patients: Sequence, times_h, hypotheses: Hypotheses | None = None,
+                      threads: int | None = None
+                      ) -> tuple[dict[str, np.ndarray], BatchResult | None]:
+    """One run of the fast path giving both the scores of :func:`scores_at_visits` and the
+    engine result at the same times (plasma ng/mL, free brain µM, readouts; None for a
+    control arm), at the fast path's tolerances (:data:`FAST_RTOL`, :data:`FAST_ATOL`): what
+    the web app draws for one patient."""
+    return _fast_run(arm, patients, np.asarray(times_h, dtype=float), hypotheses, threads)
 
 
 def simulate_arm_fast(arm, patients: Sequence, visits_h, hypotheses: Hypotheses | None = None,

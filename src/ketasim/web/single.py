@@ -2,9 +2,8 @@
 synapses → scores and side effects, on one time grid.
 
 The page's path runs the compiled batched engine for the one patient on the display grid:
-:func:`ketasim.batch.simulate_batch` (serial kernel) for the stages and
-:func:`ketasim.batch.scores_at_visits` for the scores (the mood layer integrated together with
-the mechanism, so no fine grid is needed). ``simulate_one(req, engine="reference")`` keeps the
+:func:`ketasim.batch.scores_and_stages` (serial kernel), one run giving the stages and the
+scores (the mood layer integrated together with the mechanism, so no fine grid is needed). ``simulate_one(req, engine="reference")`` keeps the
 SciPy reference path (:func:`ketasim.mood.mechanism_run` on the library's mood grid and
 :func:`ketasim.mood.scores_from_components`); ``tests/test_web_api.py`` pins the agreement of
 the two (1e-4 of each curve's peak for infusions) and the scores' equality with
@@ -153,29 +152,6 @@ def _clean(a) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in x.tolist()]
 
 
-def _stages_batched(arm: ArmSpec, regimen, card, patient, t: np.ndarray):
-    """Plasma, free brain concentrations and readouts on ``t`` from the compiled batched
-    engine (:func:`ketasim.batch.simulate_batch`, one patient, serial kernel), with the PK
-    factors and covariates that :func:`ketasim.mood.mechanism_run` gives the engine."""
-    from ..batch import simulate_batch
-    from ..engine import Course
-    from ..mechanism import Hypotheses, Interventions
-    from ..mood import _CL_NAMES, _V_NAMES
-    from ..pk import Covariates
-
-    iiv = {k: patient.pk_factor_cl for k in _CL_NAMES if k in card.parameters}
-    iiv.update({k: patient.pk_factor_v for k in _V_NAMES if k in card.parameters})
-    cov = Covariates(weight_kg=patient.weight_kg, age_years=patient.age_years, sex=patient.sex,
-                     race=patient.race)
-    res = simulate_batch([Course(arm.drug, regimen, card.id, iiv)], t, [cov],
-                         hypotheses=Hypotheses.parse(arm.hypotheses),
-                         interventions=Interventions.parse(arm.interventions), threads=1)
-    first = {k: v[0] for k, v in res.plasma_ng_per_ml.items()}
-    brain = {k: v[0] for k, v in res.brain_free_uM.items()}
-    reads = {k: v[0] for k, v in res.readouts.items()}
-    return first, brain, reads, res.metadata
-
-
 def _stages_reference(arm: ArmSpec, regimen, patient, t: np.ndarray):
     """Stages and scores from the SciPy reference (:func:`ketasim.mood.mechanism_run` on the
     library's mood grid, :func:`ketasim.mood.scores_from_components`); for checks."""
@@ -208,9 +184,9 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
                  ) -> dict:
     """Every stage for one typical patient; JSON-ready (see :class:`SimulateResponse`).
 
-    ``engine="batched"`` (the page's): stages from :func:`ketasim.batch.simulate_batch` and
-    scores from :func:`ketasim.batch.scores_at_visits` (the mood layer integrated with the
-    mechanism), both on the display grid; ``"reference"``: the SciPy reference path. The two
+    ``engine="batched"`` (the page's): stages and scores from one run of
+    :func:`ketasim.batch.scores_and_stages` (the mood layer integrated with the mechanism),
+    on the display grid; ``"reference"``: the SciPy reference path. The two
     agree to 1e-4 of each curve's range (``tests/test_web_api.py``)."""
     from ..cards import card_versions, load_drug
 
@@ -227,13 +203,16 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
         plasma, brain, reads, rmeta, sc = _stages_reference(arm, regimen, patient, t)
         peak = float(np.max(sc["effect_site_ng_per_ml"])) if len(t) else 0.0
     else:
-        from ..batch import scores_at_visits
+        from ..batch import scores_and_stages
 
         rmeta = {}
-        if regimen is not None:
-            plasma, brain, reads, rmeta = _stages_batched(arm, regimen, card, patient, t)
-        sc = {k: v[0] if np.ndim(v) == 2 else v
-              for k, v in scores_at_visits(arm, [patient], t, threads=1).items()}
+        sc_all, res = scores_and_stages(arm, [patient], t, threads=1)
+        if res is not None:
+            plasma = {k: v[0] for k, v in res.plasma_ng_per_ml.items()}
+            brain = {k: v[0] for k, v in res.brain_free_uM.items()}
+            reads = {k: v[0] for k, v in res.readouts.items()}
+            rmeta = res.metadata
+        sc = {k: v[0] if np.ndim(v) == 2 else v for k, v in sc_all.items()}
         # the exact maximum over the course (not only at the grid's times)
         peak = float(sc["peak_effect_site_ng_per_ml"][0])
     if rmeta:
