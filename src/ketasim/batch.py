@@ -334,6 +334,9 @@ def _block_structure(pattern: np.ndarray
     blocks, instead of a dense 16 × 16 LU. Returns ``order`` (states in that order), ``bptr``
     (block boundaries in ``order``), and the strictly-lower non-zeros of each permuted row as
     ``lcols[lptr[a]:lptr[a+1]]`` (permuted column positions)."""
+    key = (pattern.shape, pattern.tobytes())
+    if key in _BLOCKS:
+        return _BLOCKS[key]
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -371,7 +374,12 @@ def _block_structure(pattern: np.ndarray
                       if block_of[pos[j]] < block_of[a])
         lcols_l.extend(cols)
         lptr.append(len(lcols_l))
-    return order, bptr, np.array(lptr, dtype=np.int64), np.array(lcols_l, dtype=np.int64)
+    out = (order, bptr, np.array(lptr, dtype=np.int64), np.array(lcols_l, dtype=np.int64))
+    _BLOCKS[key] = out
+    return out
+
+
+_BLOCKS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def simulate_batch(courses: list[Course], times_h, covariates=None,

@@ -3,7 +3,8 @@ synapses → scores and side effects, on one time grid.
 
 The page's path runs the compiled batched engine for the one patient on the display grid:
 :func:`ketasim.batch.scores_and_stages` (serial kernel), one run giving the stages and the
-scores (the mood layer integrated together with the mechanism, so no fine grid is needed). ``simulate_one(req, engine="reference")`` keeps the
+scores (the mood layer integrated together with the mechanism, so no fine grid is needed).
+``simulate_one(req, engine="reference")`` keeps the
 SciPy reference path (:func:`ketasim.mood.mechanism_run` on the library's mood grid and
 :func:`ketasim.mood.scores_from_components`); ``tests/test_web_api.py`` pins the agreement of
 the two (1e-4 of each curve's peak for infusions) and the scores' equality with
