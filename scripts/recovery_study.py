@@ -38,7 +38,8 @@ OMEGA = {"CL": 0.3, "V1": 0.3, "Q2": 0.3, "V2": 0.3}  # log-normal SDs of the tr
 Z95 = 1.959963984540054
 
 
-def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float) -> dict:
+def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float,
+              subjects: int = 50) -> dict:
     """Per-parameter recovery numbers over the replicates (printed and returned)."""
     est = list(truth)
     summary = {}
@@ -72,8 +73,15 @@ def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float) -
         if np.isfinite(gm).any():  # estimation error given the subjects drawn
             s["mean_log_error_vs_realised_gm"] = float(np.mean(np.log(v / gm)))
             s["sd_log_realised_gm"] = float(np.std(np.log(gm / truth[k])))
+            # an oracle that knew every subject's parameter, with the exact SE ω/√n of their
+            # log geometric mean: the coverage that the subjects drawn allow at most
+            om_k = np.sqrt(np.log1p(true_cv[k] ** 2))
+            s["oracle_ci95_coverage"] = float(np.mean(
+                np.abs(np.log(gm / truth[k])) <= Z95 * om_k / np.sqrt(subjects)))
         s["sd_log_estimate"] = float(np.std(np.log(v)))
         s["mean_se_log"] = float(np.mean(np.log(hi / lo) / (2 * Z95)))
+        # calibration of the SE: the SD of (log estimate − log truth)/SE is 1 for a right SE
+        s["sd_z"] = float(np.std(np.log(v / truth[k]) / (np.log(hi / lo) / (2 * Z95))))
         summary[k] = s
         print(f"{k}: truth {truth[k]:.4g}, mean est {v.mean():.4g} (mean rel err "
               f"{100 * rel.mean():+.1f}%, {100 * s['within_10pct']:.0f}% of replicates within "
@@ -84,7 +92,8 @@ def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float) -
         extra = ", ".join(f"{n} {s[n]:+.4f}" if "error" in n else f"{n} {s[n]:.4f}"
                           for n in ("focei_mean_rel_error", "mean_log_error_vs_realised_gm",
                                     "sd_log_realised_gm", "sd_log_estimate", "mean_se_log",
-                                    "sandwich_ci95_coverage") if n in s)
+                                    "sd_z", "sandwich_ci95_coverage", "oracle_ci95_coverage")
+                          if n in s)
         print(f"  {k}: {extra}")
     sp = np.array([x["sigma_prop"]["value"] for x in rows])
     print(f"sigma_prop: truth {sigma_prop:g}, mean est {sp.mean():.4g}")
@@ -135,7 +144,8 @@ def main() -> None:
         with open(a.summarize) as fh:
             saved = json.load(fh)
         print(f"{len(saved['replicates'])} replicates from {a.summarize}")
-        summarize(saved["replicates"], saved["truth"], saved["true_cv"], a.sigma_prop)
+        summarize(saved["replicates"], saved["truth"], saved["true_cv"], a.sigma_prop,
+                  a.subjects)
         return
     if a.timing:
         from ketasim.cards import load_pk_card as _load
@@ -195,7 +205,7 @@ def main() -> None:
     print(f"\nmodel {a.model}, {a.subjects} subjects, {a.replicates} replicates, "
           f"proportional error {a.sigma_prop:g}, total {time.perf_counter() - t_all:.0f} s")
     print(f"ketasim {__version__}; card {a.model} {card_versions().get('pk/' + a.model, '')}")
-    summary = summarize(rows, truth, true_cv, a.sigma_prop)
+    summary = summarize(rows, truth, true_cv, a.sigma_prop, a.subjects)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"summary": summary, "replicates": rows, "seed": a.seed,
