@@ -209,7 +209,7 @@ def test_quadrature_corrects_focei_v1_bias():
     recovery design, the quadrature moves every subject's V1 score the same way as the
     recovery study's FOCE-I bias (upward V1), and the corrected scores sum to ≈ 0."""
     truth = {"CL": 84 * 1.15, "V1": 25 * 0.85}
-    df = simulate_dataset("kamp2020", 120, IV, T_RICH, truth, {"CL": 0.3, "V1": 0.3},
+    df = simulate_dataset("kamp2020", 60, IV, T_RICH, truth, {"CL": 0.3, "V1": 0.3},
                           sigma={"sigma_prop": 0.15}, seed=7)
     pr = PKProblem("kamp2020", read_dataset(df), ["CL", "V1"])
     x = np.log([truth["CL"], truth["V1"], 0.3, 0.3, 0.15])

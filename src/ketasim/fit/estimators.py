@@ -25,8 +25,8 @@ gradients. Settings below are estimator tolerances, not model numbers.
 posterior of η is Gaussian. Where a random effect is weakly identified it is not: V1 after a
 40-min infusion (kamp2020, 15 samples) has a per-subject posterior SD of 0.15–0.18 against
 ω = 0.3, the Laplace term is off by up to 0.2 −2LL units per subject, and the error depends on
-V1 systematically, so FOCE-I overestimated V1 by 3% (relative to the geometric mean of the
-simulated subjects' V1) and its 95% intervals covered the truth in 86% of 50 replicates. From
+V1 systematically, so FOCE-I overestimated V1 by 3.0% (relative to the geometric mean of the
+simulated subjects' V1; +0.3% after the refinement, 50 replicates in docs/fit.md). From
 the FOCE-I optimum the fit therefore takes damped Newton steps (FOCE-I Hessian as metric) on
 the adaptive Gauss–Hermite quadrature of each subject's marginal likelihood — nodes
 ``η̂ᵢ + Lᵢz_q`` with ``LᵢLᵢᵀ`` the Laplace covariance, 5 nodes per random effect (25 for two;
@@ -40,9 +40,9 @@ forward differences of central-difference gradients with converged modes; interv
 ``exp(log θ ± 1.96·SE)`` (log scale: positive parameters, skewed intervals). The robust
 sandwich ``H⁻¹SH⁻¹`` (S: outer products of the subjects' gradients, NONMEM's default $COV) is
 computed too and reported in ``diagnostics["se_log_sandwich"]`` but not used: with the model
-right both estimate the same variance, the sandwich with more noise at 50 subjects (it was
-not wider for V1; coverage of both in docs/fit.md), and the under-coverage was a bias of the
-point estimate, not a too-small SE.
+right both estimate the same variance, the sandwich with more noise at 50 subjects; in the
+recovery study it was not wider for V1 (same coverage), and the SE of log V1 matched the
+spread expected from ω/√n and the per-subject information (docs/fit.md).
 """
 
 from __future__ import annotations
