@@ -400,6 +400,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
             for j in range(s):
                 W_f[q, j] = Vp[f_idx[q], j] * c[j]
         t = ta
+        cc = np.nan  # τ at which ``conc`` holds the concentrations (none yet)
+        f0_ok = False  # f0 = f(t, y) still valid (after a rejected step)
         need_jac = True
         since_jac = 0
         h = min(h, H_RESTART)
@@ -413,8 +415,13 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 h = t_end - t
                 last = True
             tau = t - ta
-            _conc(tau, lp, xs_f, W_f, f_blk, fs, conc, ework)
-            _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, f0)
+            if not f0_ok or need_jac:
+                if not abs(tau - cc) <= 1e-14 * (1.0 + tau):
+                    _conc(tau, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                    cc = tau
+            if not f0_ok:
+                _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, f0)
+                f0_ok = True
             if need_jac:
                 # analytic Jacobian of the mechanism and of the mood layer
                 jac_into(tw, y, conc, kd0, kesc, mgf, P, J)
@@ -423,6 +430,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 # ∂f/∂t through the exact concentrations (the time column of the autonomised
                 # Jacobian: a W-method may reuse it with the rest of J)
                 _conc(tau + eps_t, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                cc = tau + eps_t
                 _rhs(tw, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
                 for i in range(ny):
                     ft[i] = (fj[i] - f0[i]) / eps_t
@@ -444,7 +452,11 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                             for j in range(st):
                                 acc += AT[st, j] * U[j, i]
                             Yst[i] = acc
-                        _conc(tau + ALPHA[st] * h, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                        tq = tau + ALPHA[st] * h
+                        if not abs(tq - cc) <= 1e-14 * (1.0 + tq):
+                            # (stages at the same time, e.g. RODAS4's last two, share it)
+                            _conc(tq, lp, xs_f, W_f, f_blk, fs, conc, ework)
+                            cc = tq
                         _rhs(tw, Yst, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mp_p, fj)
                         hg = h * GSUM[st]
                         for j in range(st):
@@ -488,6 +500,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 n_acc += 1
                 since_jac += 1
                 t = t_end if last else t + h
+                f0_ok = False
                 for i in range(ny):
                     y[i] = ynew[i]
                 if since_jac >= jac_every:
