@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PLOTS = ["plot-plasma", "plot-brain", "plot-block", "plot-signal", "plot-spines",
          "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"]
@@ -77,6 +79,26 @@ def _wait_warm(url: str, timeout_s: float = 180.0) -> None:
             pass
         time.sleep(0.25)
     raise SystemExit(f"server at {url} did not become ready")
+
+
+@contextmanager
+def served(url: str | None) -> Iterator[str]:
+    """The app's base URL (ending in ``/``), ready: ``url`` as given, or a ``ketasim serve``
+    started here on a free loopback port with a temporary data folder and stopped at the end."""
+    proc = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if not url:
+            port = _free_port()
+            proc = _start_server(port, tmp)
+            url = f"http://127.0.0.1:{port}/"
+        url = url.rstrip("/") + "/"
+        try:
+            _wait_warm(url)
+            yield url
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -159,21 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     chromium = os.environ.get("KETASIM_CHROMIUM", "/usr/bin/chromium")
-    proc = None
-    with tempfile.TemporaryDirectory() as tmp:
-        url = a.url
-        if not url:
-            port = _free_port()
-            proc = _start_server(port, tmp)
-            url = f"http://127.0.0.1:{port}/"
-        url = url.rstrip("/") + "/"
-        try:
-            _wait_warm(url)
-            res = measure(url, a.changes, a.schedule, a.days, chromium, a.screenshot)
-        finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(10)
+    with served(a.url) as url:
+        res = measure(url, a.changes, a.schedule, a.days, chromium, a.screenshot)
     rows = res["rows"]
     out = {"changes": len(rows), "points_per_trace": rows[-1]["points"],
            "load_average": os.getloadavg()[0]}

@@ -28,11 +28,10 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from web_latency import _free_port, _pct, _start_server, _wait_warm  # noqa: E402
+from web_latency import _pct, served  # noqa: E402
 
 
 def body_for(i: int, mode: str) -> dict:
@@ -177,22 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                     "loop)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    proc = None
-    with tempfile.TemporaryDirectory() as tmp:
-        url = a.url
-        if not url:
-            port = _free_port()
-            proc = _start_server(port, tmp)
-            url = f"http://127.0.0.1:{port}/"
-        url = url.rstrip("/") + "/"
-        try:
-            _wait_warm(url)
-            res = asyncio.run(run(url + "api/simulate", a.rate, a.concurrency, a.duration,
-                                  a.bodies, a.connections if a.rate else a.concurrency))
-        finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(10)
+    with served(a.url) as url:
+        res = asyncio.run(run(url + "api/simulate", a.rate, a.concurrency, a.duration,
+                              a.bodies, a.connections if a.rate else a.concurrency))
     s = summarise(res, a.rate, a.concurrency, a.bodies)
     if a.json:
         print(json.dumps(s))
