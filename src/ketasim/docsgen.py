@@ -448,18 +448,19 @@ d_0 &= \frac{E_i\,h_e}{h_{50} + h_e},\qquad
 \frac{dC}{dt} &= \frac{g_c\,d_0\,(\pi - \theta_c)^{+} - C}{\tau_c},\qquad
   d = 1 - (1 - d_0)(1 - \min(C, C_{max})) \\
 p(t) &= 1 - \left(1 - P_i\,o(t)\,e^{-t/\tau_{fade}}\right)
-  \left(1 - X_i\,o(t)\,e^{-t/\tau_x}\right)\left(1 - \alpha\,A_i\,o(t)\,e^{-t/\tau_A}\right),
+  \left(1 - X_i\,o(t)\,e^{-t/\tau_x}\right)\left(1 - \alpha\,Q_i\,o(t)\,e^{-t/\tau_A}\right),
   \qquad o(t) = 1 - e^{-t/\tau_p} \\
 P_i &= \mathrm{logistic}(\mathrm{logit}(P_{saline}) + \omega_P\,\eta_{P,i}),\
   X_i = \mathrm{logistic}(\mathrm{logit}(X) + \omega_P\,\eta_{P,i}),\
-  A_i = \mathrm{logistic}(\mathrm{logit}(P_{active}) + \omega_P\,\eta_{P,i}) \\
+  Q_i = \mathrm{logistic}(\mathrm{logit}(P_{active}) + \omega_P\,\eta_{P,i}) \\
 a(t) &= A\,(1 - e^{-t/\tau_{AD}}) \\
 \mathrm{MADRS}_i(t) &= \mathrm{clip}\left(B_i\,(1 - p)(1 - d)(1 - a) + \varepsilon,\ 0,\ 60\right),
   \qquad \varepsilon \sim N(0, \sigma^2) \\
 \mathrm{HAMD}_{17} &= c_{17}\,\mathrm{MADRS},\qquad \mathrm{HAMD}_6 = c_6\,\mathrm{MADRS} \\
-\text{item 10} &= B_{10}\,(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)\,u \\
-\mathrm{SSI} &= B_{SSI}\,(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)\,u,\qquad
-  u = e^{\sigma_s\,\varepsilon_s - \sigma_s^2/2},\ \varepsilon_s \sim N(0, 1)\ \text{per visit}
+\text{item 10} &= \mathrm{clip}\left(B_{10}\,[(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)
+  + \sigma_s\,\varepsilon_s],\ 0,\ 6\right) \\
+\mathrm{SSI} &= \mathrm{clip}\left(B_{SSI}\,[(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)
+  + \sigma_s\,\varepsilon_s],\ 0,\ 38\right),\qquad \varepsilon_s \sim N(0, 1)\ \text{per visit}
 \end{aligned}
 $$
 
@@ -475,7 +476,7 @@ $$
   infusion feels active (ketamine, midazolam; $\alpha = 1$, saline $\alpha = 0$), an extra
   expectancy $P_{active}$ fading over days ($\tau_A$); all share the patient's placebo draw
   $\eta_{P,i}$.
-- $u$: visit-level multiplicative noise on the suicidality scores (mean 1).
+- $\sigma_s$: visit-level noise of the suicidality scores, as a fraction of their baseline.
 - $a$: oral-antidepressant background; $B_i \sim N(B_{disorder}, \sigma_B^2)$: baseline by
   disorder (TRD, MDD, bipolar); $\eta$ standard normal per patient.
 """

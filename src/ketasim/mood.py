@@ -25,8 +25,9 @@ For patient i at time t (h after the first dose), with every constant in the ``c
 * **MADRS** ``= clip(B_i·(1 − p)·(1 − d)·(1 − a) + ε, 0, 60)`` with ε ~ N(0, σ) per visit.
   HAM-D17 = 0.75·MADRS, HAM-D6 = 0.36·MADRS (documented linear mappings, assumed).
 * **Suicidality**: MADRS item 10 and SSI fall by ``1 − (1 − p)(1 − g·d)`` of baseline (g ≥ 1:
-  an effect beyond the depression change, Wilkinson 2018), times a mean-1 visit noise
-  ``exp(σ_s·ε − σ_s²/2)`` (:func:`suicidality_noise`; Price 2014 within-group d).
+  an effect beyond the depression change, Wilkinson 2018), plus a visit noise of SD
+  ``σ_s × baseline`` (:func:`suicidality_noise`; Price 2014 within-group d), clipped to the
+  scale.
 * **Side effects** from the effect-site (brain-equilibrated) concentration Ce (ng/mL, racemic
   equivalents): CADSS a sigmoid Emax in Ce with a log-normal patient EC50 (:func:`cadss`),
   BPRS positive, ΔSBP (mmHg), sedation (0–1) linear in Ce; midazolam sedation decays with its
@@ -242,7 +243,8 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
     noise = np.array([pt.residual[:nv] for pt in patients]).reshape(npt, nv) * c["residual_sd"]
     madrs = np.clip(base * core + noise, 0.0, 60.0)
     suic = ((1.0 - p) * (1.0 - np.minimum(c["suicidality_gain"] * d, c["suicidality_cap"]))
-            * (1.0 - a)) * suicidality_noise(patients, t, c)
+            * (1.0 - a))
+    suic_noise = suicidality_noise(patients, t, c)
     sed = c["sedation_per_ng_ml"] * ce
     if arm.control == "active-placebo":
         k = np.log(2) / c["midazolam_half_life_h"]
@@ -256,8 +258,8 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
         "madrs": madrs,
         "hamd17": np.clip(madrs * c["hamd17_per_madrs"], 0.0, 52.0),
         "hamd6": np.clip(madrs * c["hamd6_per_madrs"], 0.0, 22.0),
-        "madrs_item10": np.clip(c["item10_baseline"] * suic, 0.0, 6.0),
-        "ssi": np.clip(c["ssi_baseline"] * suic, 0.0, 38.0),
+        "madrs_item10": np.clip(c["item10_baseline"] * (suic + suic_noise), 0.0, 6.0),
+        "ssi": np.clip(c["ssi_baseline"] * (suic + suic_noise), 0.0, 38.0),
         "cadss": cadss(ce, patients, c),
         "bprs_positive": np.clip(c["bprs_per_ng_ml"] * ce, 0.0, 24.0),
         "sbp_change_mmhg": c["sbp_per_ng_ml"] * ce,
@@ -304,15 +306,15 @@ def placebo_effect(arm: ArmSpec, patients: list[Patient], t: np.ndarray,
 
 def suicidality_noise(patients: list[Patient], t: np.ndarray, c: dict[str, float]
                       ) -> np.ndarray:
-    """Multiplicative visit noise of the suicidality scores (patients × visits):
-    ``exp(σ_s·ε − σ_s²/2)`` with ε ~ N(0, 1) per visit (mean 1, so it keeps the mean score
-    and stays within the scale's floor); 1 at t = 0 (the baseline rating is the baseline)."""
+    """Visit noise of the suicidality scores as a fraction of their baseline (patients ×
+    visits): ``σ_s·ε`` with ε ~ N(0, 1) per visit, 0 at t = 0 (the baseline rating is the
+    baseline). Item 10 and SSI add ``baseline × noise`` before clipping to the scale, as
+    MADRS adds its residual."""
     t = np.asarray(t, dtype=float)
     nv = len(t)
-    sd = c["suicidality_residual_sd"]
     eps = np.array([pt.residual_suicidality[:nv] if pt.residual_suicidality is not None
                     else np.zeros(nv) for pt in patients]).reshape(len(patients), nv)
-    return np.where(t > 0.0, np.exp(sd * eps - 0.5 * sd * sd), 1.0)
+    return np.where(t > 0.0, c["suicidality_residual_sd"] * eps, 0.0)
 
 
 def cadss(ce: np.ndarray, patients: list[Patient], c: dict[str, float]) -> np.ndarray:
