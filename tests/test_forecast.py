@@ -28,7 +28,9 @@ def test_forecast_shapes_and_probabilities(fc):
     assert np.all((fc.lo80 >= 0) & (fc.hi80 <= 60))
     assert np.all((fc.p_response >= 0) & (fc.p_response <= 1))
     assert np.all(np.diff(fc.p_relapse_by) >= -1e-12)  # "by day N" cannot decrease
-    assert fc.p_response[0] == 0.0  # nobody responds before the drug acts
+    # before the drug acts only the visit noise (residual_sd) can put a rating below the
+    # response level: rare
+    assert fc.p_response[0] < 0.01
     d = fc.diagnostics
     assert 0.2 < d["acceptance_fraction"] < 0.9 and max(d["rhat"]) < 1.1
     # the observed baseline (about 38) moves the baseline posterior away from the prior

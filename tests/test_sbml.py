@@ -168,7 +168,9 @@ def test_roadrunner_agrees_intranasal_esketamine(typical):
 @pytest.mark.slow
 def test_default_mood_grid_difference_is_bounded(default_export, typical):
     """ketasim's default mood grid (2-min steps for 4 h after each dose, 15-min steps
-    elsewhere) versus the ODE, for the typical patient: within 1e-4 at every visit."""
+    elsewhere) versus the ODE, for the typical patient: within 1e-3 at every visit (the
+    piecewise-linear consolidation input leaves up to ~6e-4 late in a course with the
+    recalibrated consolidation gain; 1e-5 while it was 445)."""
     from ketasim.mood import _grid
 
     arm, v = B.bench_arm(), B.visits_h()
@@ -177,7 +179,7 @@ def test_default_mood_grid_difference_is_bounded(default_export, typical):
     ks = scores_batch(arm, [typical], t, v, comp)["madrs"][0]
     madrs, _ = roadrunner_outputs(default_export, default_export.patient_parameters, v)
     d = rel(madrs, ks)
-    assert d.max() < 1e-4
+    assert d.max() < 1e-3
 
 
 def test_clinic_card_fully_classified():

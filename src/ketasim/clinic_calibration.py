@@ -16,6 +16,12 @@ numbers or findings:
   difference −4 ± 2.5 at day 28;
 * Wilkinson 2018 (suicidal ideation, single IV): d 0.48–0.85 on suicide items through day 7.
 
+Further terms of the fit's loss (not separate pass/fail targets): Daly 2018 (intranasal
+esketamine 84 mg vs placebo spray) placebo MADRS change −9.7 at 2 h, −5.7 at 24 h and −4.9 at
+day 8 and esketamine −17.6 at 2 h; the Cochrane 2021 pooled saline response at 24 h (8.8%);
+Murrough 2013b change −18.9 at 2 h after the first infusion; Price 2014 (the Murrough 2013a
+sample) within-group d of SSI and MADRS item 10 at 24 h.
+
 The drug-dependent mechanism components are simulated once per patient and cached; score
 parameters are then evaluated cheaply (:func:`evaluate`).
 """
@@ -72,6 +78,12 @@ DESIGNS = {
                            {"name": "placebo", "control": "saline",
                             "background": "oral-antidepressant"}],
                    "endpoints": {"at": ["1 d", "28 d"]}},
+    "daly2018": {"population": {"disorder": "trd", "n": 2 * N_PER_ARM, "seed": 17,
+                                "baseline_madrs_mean": 34.1, "baseline_madrs_sd": 5.0},
+                 "arm": [{"name": "placebo", "control": "saline"},
+                         {"name": "esk84", "drug": "esketamine", "route": "intranasal",
+                          "dose": "84 mg", "schedule": ["0 d", "3 d"]}],
+                 "endpoints": {"at": ["2 h", "24 h", "7 d"]}},
 }
 
 
@@ -92,11 +104,27 @@ def _cached(design: str):
     return sc, out
 
 
+_LAST: dict = {}
+
+
+def _batch(design: str, c: dict) -> list[dict]:
+    """Every arm's scores for constants ``c`` (the last constants' results are kept, so the
+    several scales a loss evaluation reads cost one score computation per design)."""
+    key = (design, tuple(sorted(c.items())))
+    if key not in _LAST:
+        if len(_LAST) > 32:
+            _LAST.clear()
+        _LAST[key] = [scores_batch(arm, pts, t, visits, comps, c)
+                      for arm, pts, t, visits, comps in _cached(design)[1]]
+    return _LAST[key]
+
+
 def _scores(design: str, c: dict, key: str = "madrs"):
     sc, arms = _cached(design)
     res = {}
-    for arm, pts, t, visits, comps in arms:
-        score = scores_batch(arm, pts, t, visits, comps, c)[key]
+    for (arm, pts, _t, visits, _comps), all_scores in zip(arms, _batch(design, c),
+                                                          strict=True):
+        score = all_scores[key]
         base = np.array([p.baseline_madrs for p in pts])
         if key == "hamd6":
             base = base * c["hamd6_per_madrs"]
@@ -212,6 +240,20 @@ def metrics(c: dict) -> dict[str, float]:
     r = _scores("kishimoto", c, "madrs_item10")
     (sk, bk, v), (ss, bs, _) = r["ketamine"], r["saline"]
     m["wilk_d"] = float(np.mean([-_d(sk[:, i] - bk, ss[:, i] - bs) for i in (3, 4, 5)]))
+    r = _scores("daly2018", c)
+    (sp, bp, _), (se, be, _) = r["placebo"], r["esk84"]
+    for i, lab in ((0, "2h"), (1, "24h"), (2, "7d")):
+        m[f"daly_pl_{lab}"] = (sp[:, i] - bp).mean()
+    m["daly_esk_2h"] = (se[:, 0] - be).mean()
+    m["saline_resp_24h"] = np.mean(sp[:, 1] <= 0.5 * bp)
+    r = _scores("murrough2013b", c)
+    s, b, _ = r["ketamine"]
+    m["m13b_2h"] = (s[:, 0] - b).mean()
+    for key in ("ssi", "madrs_item10"):
+        r = _scores("murrough2013a", c, key)
+        for arm in ("ketamine", "midazolam"):
+            ch = r[arm][0][:, 0] - r[arm][1]
+            m[f"price_{key}_{arm}"] = float(-ch.mean() / ch.std(ddof=1))
     return m
 
 
@@ -232,14 +274,22 @@ def loss(c: dict) -> float:
         (m["dz_d_40min"] + 0.52) / 0.2, (m["dz_d_2d"] + 0.80) / 0.2, h(m["dz_d_3d"] + 0.4) / 0.1,
         h(-m["dz_d_7d"] - 0.5) / 0.2,
         (m["t2_diff28"] + 4.0) / 1.5, (m["wilk_d"] - 0.65) / 0.15,
+        (m["daly_pl_2h"] + 9.7) / 1.8, (m["daly_pl_24h"] + 5.7) / 1.8,
+        (m["daly_pl_7d"] + 4.9) / 1.8, (m["daly_esk_2h"] + 17.6) / 2.6,
+        (m["saline_resp_24h"] - 0.088) / 0.04, (m["m13b_2h"] + 18.9) / 2.5,
+        (m["price_ssi_ketamine"] - 0.88) / 0.2, (m["price_ssi_midazolam"] - 0.34) / 0.15,
+        (m["price_madrs_item10_ketamine"] - 0.72) / 0.2,
+        (m["price_madrs_item10_midazolam"] - 0.20) / 0.15,
     ]
     return float(np.sum(np.square(terms)))
 
 
 BOUNDS = {"placebo_decay_d": (5.0, 40.0), "consolidation_tau_d": (3.0, 60.0),
           "residual_sd": (2.0, 7.0), "k_mood": (0.2, 10.0), "k_mood_slow": (0.01, 2.0),
-          "drug_emax_iiv_sd": (0.3, 2.5), "consolidation_gain": (0.0, 10.0),
-          "placebo_iiv_sd": (0.3, 2.5), "bipolar_fast_factor": (1.0, 4.0)}
+          "drug_emax_iiv_sd": (0.3, 2.5), "consolidation_gain": (0.0, 2000.0),
+          "placebo_iiv_sd": (0.3, 2.5), "bipolar_fast_factor": (1.0, 4.0),
+          "placebo_session_tau_h": (1.0, 24.0), "suicidality_residual_sd": (0.1, 2.0),
+          "placebo_active_decay_d": (0.5, 40.0)}
 
 FIT = {  # name: transform
     "drug_emax": "logit", "drug_emax_iiv_sd": "log", "drive50": "log", "a_fast": "log",
@@ -249,7 +299,8 @@ FIT = {  # name: transform
     "consolidation_threshold": "logit",
     "placebo_active": "logit", "placebo_iiv_sd": "log", "placebo_decay_d": "log",
     "suicidality_gain": "log", "ad_background_max": "logit", "residual_sd": "log",
-    "bipolar_fast_factor": "log",
+    "bipolar_fast_factor": "log", "placebo_session": "logit", "placebo_session_tau_h": "log",
+    "suicidality_residual_sd": "log", "placebo_active_decay_d": "log",
 }
 
 

@@ -41,11 +41,17 @@ LIMITATIONS = [
     "Scales other than MADRS use fixed linear mappings (HAM-D17 = 0.75·MADRS, HAM-D6 = "
     "0.36·MADRS) or scale-free comparisons (standardised change, significance at the study's "
     "n); HDRS-21/25, QIDS and BDI have no mapping of their own.",
-    "Suicidality scores (MADRS item 10, SSI) have an assumed baseline and no visit-level noise "
-    "of their own, so their standardised effects (within-group d) come out too large.",
+    "Suicidality scores (MADRS item 10, SSI) have an assumed baseline; their spread is one "
+    "mean-preserving visit noise fitted to Price 2014 within-group d, not a model of baseline "
+    "heterogeneity or item-level ratings.",
     "Side effects follow the effect-site concentration directly (no tolerance, no hysteresis "
-    "beyond ke0); there is no between-patient variability in blood pressure, so outlier "
-    "fractions are not model outputs.",
+    "beyond ke0). CADSS is a sigmoid Emax with a patient EC50 (incidence < 100%), but a "
+    "patient's sensitivity is the same at every dose, so the dissociation incidence does not "
+    "grow with the number of doses (week-1 16.7% and 4-week 41% cannot both be met); blood "
+    "pressure is linear in Ce with no between-patient variability, so outlier fractions are "
+    "not model outputs and the rise outlasts the infusion.",
+    "The saline placebo has a session (infusion-day) expectancy and a sustained part, both "
+    "from the first dose only: later doses of a series do not renew the expectancy.",
     "Crossover trials are simulated as parallel arms (a conservative choice for the "
     "significance checks).",
     "Mechanism constants are calibrated to rodent and cellular timing targets; their effect in "

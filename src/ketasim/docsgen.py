@@ -84,7 +84,10 @@ SYMBOLS: dict[str, str] = {
     "bipolar_fast_factor": r"f_d", "ad_background_max": r"A",
     "ad_background_tau_d": r"\tau_{AD}", "residual_sd": r"\sigma",
     "hamd17_per_madrs": r"c_{17}", "hamd6_per_madrs": r"c_{6}", "item10_baseline": r"B_{10}",
-    "ssi_baseline": r"B_{SSI}", "suicidality_gain": r"g", "cadss_per_ng_ml": r"s_{CADSS}",
+    "ssi_baseline": r"B_{SSI}", "suicidality_gain": r"g", "suicidality_residual_sd": r"\sigma_s",
+    "cadss_emax": r"E_{CADSS}", "cadss_ec50_ng_per_ml": r"EC_{50,C}", "cadss_hill": r"\gamma_C",
+    "cadss_ec50_iiv_sd": r"\omega_C", "placebo_session": r"X",
+    "placebo_session_tau_h": r"\tau_x", "placebo_active_decay_d": r"\tau_A",
     "sbp_per_ng_ml": r"s_{SBP}", "bprs_per_ng_ml": r"s_{BPRS}",
     "sedation_per_ng_ml": r"s_{sed}", "midazolam_sedation_peak": r"S_{mdz}",
     "midazolam_half_life_h": r"t_{1/2,mdz}", "esketamine_potency_factor": r"\pi_{S}",
@@ -444,14 +447,20 @@ d_0 &= \frac{E_i\,h_e}{h_{50} + h_e},\qquad
   h_{e,f}:\ \text{the fast-term part of } h_e \\
 \frac{dC}{dt} &= \frac{g_c\,d_0\,(\pi - \theta_c)^{+} - C}{\tau_c},\qquad
   d = 1 - (1 - d_0)(1 - \min(C, C_{max})) \\
-p(t) &= P_i\,(1 - e^{-t/\tau_p})\,e^{-t/\tau_{fade}},\qquad
-  P_i = \mathrm{logistic}(\mathrm{logit}(P) + \omega_P\,\eta_{P,i}) \\
+p(t) &= 1 - \left(1 - P_i\,o(t)\,e^{-t/\tau_{fade}}\right)
+  \left(1 - X_i\,o(t)\,e^{-t/\tau_x}\right)\left(1 - \alpha\,Q_i\,o(t)\,e^{-t/\tau_A}\right),
+  \qquad o(t) = 1 - e^{-t/\tau_p} \\
+P_i &= \mathrm{logistic}(\mathrm{logit}(P_{saline}) + \omega_P\,\eta_{P,i}),\
+  X_i = \mathrm{logistic}(\mathrm{logit}(X) + \omega_P\,\eta_{P,i}),\
+  Q_i = \mathrm{logistic}(\mathrm{logit}(P_{active}) + \omega_P\,\eta_{P,i}) \\
 a(t) &= A\,(1 - e^{-t/\tau_{AD}}) \\
 \mathrm{MADRS}_i(t) &= \mathrm{clip}\left(B_i\,(1 - p)(1 - d)(1 - a) + \varepsilon,\ 0,\ 60\right),
   \qquad \varepsilon \sim N(0, \sigma^2) \\
 \mathrm{HAMD}_{17} &= c_{17}\,\mathrm{MADRS},\qquad \mathrm{HAMD}_6 = c_6\,\mathrm{MADRS} \\
-\text{item 10} &= B_{10}\,(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a) \\
-\mathrm{SSI} &= B_{SSI}\,(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)
+\text{item 10} &= \mathrm{clip}\left(B_{10}\,[(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)
+  + \sigma_s\,\varepsilon_s],\ 0,\ 6\right) \\
+\mathrm{SSI} &= \mathrm{clip}\left(B_{SSI}\,[(1 - p)\,(1 - \min(g\,d, s_{max}))\,(1 - a)
+  + \sigma_s\,\varepsilon_s],\ 0,\ 38\right),\qquad \varepsilon_s \sim N(0, 1)\ \text{per visit}
 \end{aligned}
 $$
 
@@ -462,8 +471,12 @@ $$
   $E_i$ (for esketamine arms $h_e$ is multiplied by the calibrated $f_S$); $\pi$: priming,
   a slow trace of the acute drive that counts recent doses; $C$: consolidation, building
   while $\pi > \theta_c$ (a series, not one dose) and fading after the last dose.
-- $p$: placebo/expectancy and natural course, $P = P_{saline}$ for saline arms and
-  $P_{active}$ for arms whose infusion feels active (ketamine, midazolam).
+- $p$: placebo/expectancy and natural course: a sustained part $P_{saline}$ in every arm, a
+  session (infusion-day) expectancy $X$ that fades within hours ($\tau_x$) and, for arms whose
+  infusion feels active (ketamine, midazolam; $\alpha = 1$, saline $\alpha = 0$), an extra
+  expectancy $P_{active}$ fading over days ($\tau_A$); all share the patient's placebo draw
+  $\eta_{P,i}$.
+- $\sigma_s$: visit-level noise of the suicidality scores, as a fraction of their baseline.
 - $a$: oral-antidepressant background; $B_i \sim N(B_{disorder}, \sigma_B^2)$: baseline by
   disorder (TRD, MDD, bipolar); $\eta$ standard normal per patient.
 """
@@ -473,7 +486,8 @@ From the effect-site (brain-equilibrated) concentration $C_e$ in ng/mL racemic e
 (esketamine scaled by its potency factor $\pi_S$):
 
 $$
-\mathrm{CADSS} = s_{CADSS}\,C_e,\quad \mathrm{BPRS}_+ = s_{BPRS}\,C_e,\quad
+\mathrm{CADSS}_i = \frac{E_{CADSS}\,C_e^{\gamma_C}}{EC_{50,C,i}^{\gamma_C} + C_e^{\gamma_C}},\quad
+EC_{50,C,i} = EC_{50,C}\,e^{\omega_C\,\eta_{C,i}},\quad \mathrm{BPRS}_+ = s_{BPRS}\,C_e,\quad
 \Delta\mathrm{SBP} = s_{SBP}\,C_e,\quad \mathrm{sedation} = \min(1, s_{sed}\,C_e)
 $$
 
@@ -482,7 +496,8 @@ e^{-\ln 2\,(t - T_{inf})^{+}/t_{1/2,mdz}}$. Exposure bands (analgesic, anaesthet
 peak $C_e$ with the drug card's bands.
 """
 
-_MOOD_SIDE = ("cadss_per_ng_ml", "sbp_per_ng_ml", "bprs_per_ng_ml", "sedation_per_ng_ml",
+_MOOD_SIDE = ("cadss_emax", "cadss_ec50_ng_per_ml", "cadss_hill", "cadss_ec50_iiv_sd",
+              "sbp_per_ng_ml", "bprs_per_ng_ml", "sedation_per_ng_ml",
               "midazolam_sedation_peak", "midazolam_half_life_h", "esketamine_potency_factor")
 
 

@@ -14,24 +14,31 @@ For patient i at time t (h after the first dose), with every constant in the ``c
   builds up in a primed state (``dC/dt = (g_c·d₀·(π − θ_c)⁺ − C)/τ_c``, capped at
   ``C_max``) and fades after the last dose; ``d = 1 − (1 − d₀)(1 − C)``. A single dose
   primes but stays below θ_c; a series consolidates (Murrough 2013b against Kishimoto 2016).
-* **Placebo / expectancy and natural course**: ``p(t) = P_i·(1 − e^{−t/τ_p})·e^{−t/τ_fade}``,
-  ``P_i = logistic(logit(P) + η_P,i)``; P is the saline fraction for saline arms and the
-  larger active-placebo fraction for arms whose infusion feels active (ketamine, midazolam).
-  Active placebo adds midazolam sedation.
+* **Placebo / expectancy and natural course** (:func:`placebo_effect`): with the onset
+  ``o(t) = 1 − e^{−t/τ_p}``, a sustained part ``P_i·o·e^{−t/τ_fade}`` (natural course, every
+  arm), a session (infusion-day) expectancy ``X_i·o·e^{−t/τ_x}`` that is large within hours
+  and gone within a day (Daly 2018 placebo −9.7 at 2 h, −5.7 at 24 h) and, for an infusion
+  that feels active (ketamine, midazolam), an extra expectancy ``A_i·o·e^{−t/τ_A}`` fading
+  over days; ``p = 1 − (1 − sustained)(1 − session)(1 − active)``; ``P_i``, ``X_i``, ``A_i``
+  logit-normal with the same patient draw η_P. Active placebo adds midazolam sedation.
 * **Oral antidepressant background**: ``a(t) = A·(1 − e^{−t/τ_AD})``.
 * **MADRS** ``= clip(B_i·(1 − p)·(1 − d)·(1 − a) + ε, 0, 60)`` with ε ~ N(0, σ) per visit.
   HAM-D17 = 0.75·MADRS, HAM-D6 = 0.36·MADRS (documented linear mappings, assumed).
 * **Suicidality**: MADRS item 10 and SSI fall by ``1 − (1 − p)(1 − g·d)`` of baseline (g ≥ 1:
-  an effect beyond the depression change, Wilkinson 2018).
+  an effect beyond the depression change, Wilkinson 2018), plus a visit noise of SD
+  ``σ_s × baseline`` (:func:`suicidality_noise`; Price 2014 within-group d), clipped to the
+  scale.
 * **Side effects** from the effect-site (brain-equilibrated) concentration Ce (ng/mL, racemic
-  equivalents): CADSS, BPRS positive, ΔSBP (mmHg), sedation (0–1); midazolam sedation decays
-  with its half-life. Exposure bands (analgesic, anaesthetic) from the drug card.
+  equivalents): CADSS a sigmoid Emax in Ce with a log-normal patient EC50 (:func:`cadss`),
+  BPRS positive, ΔSBP (mmHg), sedation (0–1) linear in Ce; midazolam sedation decays with its
+  half-life. Exposure bands (analgesic, anaesthetic) from the drug card.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from .cards import load_drug, load_param_card
 from .engine import Course, simulate
@@ -81,7 +88,8 @@ def _grid(visits_h: np.ndarray, regimen: Regimen | None) -> np.ndarray:
     end = float(visits_h[-1])
     # 10-min steps over the first two days, 15 min after: the priming and consolidation
     # inputs are nonlinear in the lagged drive, and integrating them as piecewise-linear on a
-    # 2-h grid left ~1e-3 relative error on MADRS late in a course (1e-5 at 15 min)
+    # 2-h grid left ~1e-3 relative error on MADRS late in a course (1e-5 at 15 min with a
+    # consolidation gain of 445; ≤ 6e-4, about 0.01 MADRS points, with the recalibrated 1604)
     pts = [np.arange(0.0, min(end, 48.0) + 1e-9, 1.0 / 6.0), np.arange(0.0, end + 1e-9, 0.25),
            visits_h]
     if regimen is not None:
@@ -94,17 +102,28 @@ def _grid(visits_h: np.ndarray, regimen: Regimen | None) -> np.ndarray:
     return g[(g >= 0) & (g <= end)]
 
 
+@njit(cache=True, nogil=True)
+def _lag_rows(h: np.ndarray, slope: np.ndarray, e: np.ndarray, k: float) -> np.ndarray:
+    out = np.zeros_like(h)
+    for r in range(h.shape[0]):
+        y = 0.0
+        for i in range(1, h.shape[1]):
+            # y' = k (h(t) − y) with h linear on the step
+            s = slope[r, i - 1] / k
+            y = h[r, i] - s + e[i - 1] * (y - h[r, i - 1] + s)
+            out[r, i] = y
+    return out
+
+
 def _effect_compartment(t: np.ndarray, h: np.ndarray, k: float) -> np.ndarray:
     """Exact first-order lag (rate ``k``, 1/h) of a piecewise-linear input ``h`` (…, T)."""
-    out = np.zeros_like(h)
+    h = np.asarray(h, dtype=float)
     dt = np.diff(t)
     e = np.exp(-k * dt)
     slope = np.diff(h, axis=-1) / np.where(dt > 0, dt, 1.0)
-    for i in range(1, len(t)):
-        # y' = k (h(t) − y) with h linear on the step
-        out[..., i] = (h[..., i] - slope[..., i - 1] / k
-                       + e[i - 1] * (out[..., i - 1] - h[..., i - 1] + slope[..., i - 1] / k))
-    return out
+    flat = np.ascontiguousarray(h.reshape(-1, h.shape[-1]))
+    out = _lag_rows(flat, np.ascontiguousarray(slope.reshape(-1, slope.shape[-1])), e, float(k))
+    return out.reshape(h.shape)
 
 
 def mechanism_components(arm: ArmSpec, patient: Patient, t: np.ndarray,
@@ -216,10 +235,7 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
     npt, nv = len(patients), len(t)
     # an infusion that feels active (ketamine, or midazolam's sedation) carries the larger
     # expectancy; saline the smaller
-    p_typ = c["placebo_saline"] if arm.control == "saline" else c["placebo_active"]
-    eta_p = np.array([p.eta_placebo for p in patients])[:, None] * c["placebo_iiv_sd"]
-    p_i = 1.0 / (1.0 + np.exp(-(_logit(p_typ) + eta_p)))
-    p = p_i * (1.0 - np.exp(-t / c["placebo_tau_h"])) * np.exp(-t / (24.0 * c["placebo_decay_d"]))
+    p = placebo_effect(arm, patients, t, c)
     ad = np.array([arm.background == "oral-antidepressant"
                    or "oral-antidepressant" in pt.comedication for pt in patients])[:, None]
     a = ad * c["ad_background_max"] * (1.0 - np.exp(-t / (24.0 * c["ad_background_tau_d"])))
@@ -229,6 +245,7 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
     madrs = np.clip(base * core + noise, 0.0, 60.0)
     suic = ((1.0 - p) * (1.0 - np.minimum(c["suicidality_gain"] * d, c["suicidality_cap"]))
             * (1.0 - a))
+    suic_noise = suicidality_noise(patients, t, c)
     sed = c["sedation_per_ng_ml"] * ce
     if arm.control == "active-placebo":
         k = np.log(2) / c["midazolam_half_life_h"]
@@ -242,9 +259,9 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
         "madrs": madrs,
         "hamd17": np.clip(madrs * c["hamd17_per_madrs"], 0.0, 52.0),
         "hamd6": np.clip(madrs * c["hamd6_per_madrs"], 0.0, 22.0),
-        "madrs_item10": np.clip(c["item10_baseline"] * suic, 0.0, 6.0),
-        "ssi": np.clip(c["ssi_baseline"] * suic, 0.0, 38.0),
-        "cadss": np.clip(c["cadss_per_ng_ml"] * ce, 0.0, 92.0),
+        "madrs_item10": np.clip(c["item10_baseline"] * (suic + suic_noise), 0.0, 6.0),
+        "ssi": np.clip(c["ssi_baseline"] * (suic + suic_noise), 0.0, 38.0),
+        "cadss": cadss(ce, patients, c),
         "bprs_positive": np.clip(c["bprs_per_ng_ml"] * ce, 0.0, 24.0),
         "sbp_change_mmhg": c["sbp_per_ng_ml"] * ce,
         "sedation": np.clip(sed, 0.0, 1.0),
@@ -252,12 +269,66 @@ def visit_scores(arm: ArmSpec, patients: list[Patient], visits_h: np.ndarray, d:
         "drug_effect": d,
         "placebo_effect": p,
         "peak_effect_site_ng_per_ml": np.repeat(peak, nv, axis=1),
-        "peak_cadss": np.repeat(np.clip(c["cadss_per_ng_ml"] * peak, 0, 92), nv, axis=1),
+        "peak_cadss": np.repeat(cadss(peak, patients, c), nv, axis=1),
         "peak_sbp_change_mmhg": np.repeat(c["sbp_per_ng_ml"] * peak, nv, axis=1),
         # exposure bands from the drug card (racemic-equivalent effect-site concentration)
         "analgesic_band": np.repeat(peak >= _band("analgesic_ng_per_ml"), nv, axis=1),
         "anaesthetic_band": np.repeat(peak >= _band("anaesthetic_ng_per_ml"), nv, axis=1),
     }
+
+
+def placebo_effect(arm: ArmSpec, patients: list[Patient], t: np.ndarray,
+                   c: dict[str, float]) -> np.ndarray:
+    """Placebo fraction of the baseline score (patients × visits) at times ``t`` (h).
+
+    Three parts share the patient's placebo draw ``η_P`` (logit-normal, SD ``ω_P``) and the
+    onset ``1 − e^{−t/τ_p}``: a sustained part (natural course and lasting expectancy) ``P_i``
+    fading over ``τ_fade`` in every arm; a session (infusion-day) expectancy ``X_i`` fading
+    over ``τ_x`` hours (Daly 2018 placebo: −9.7 at 2 h, −5.7 at 24 h); and, for an infusion
+    that feels active (ketamine, midazolam), an extra expectancy ``A_i`` fading over
+    ``τ_A`` days (Murrough 2013a midazolam −8.8 at 24 h against saline's smaller change).
+    They combine as ``p = 1 − (1 − sustained)(1 − session)(1 − active)``."""
+    t = np.asarray(t, dtype=float)
+    eta_p = np.array([pt.eta_placebo for pt in patients])[:, None] * c["placebo_iiv_sd"]
+    onset = 1.0 - np.exp(-t / c["placebo_tau_h"])
+
+    def typical(frac: float) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(_logit(frac) + eta_p)))
+
+    keep = 1.0 - typical(c["placebo_saline"]) * onset * np.exp(
+        -t / (24.0 * c["placebo_decay_d"]))
+    keep = keep * (1.0 - typical(c["placebo_session"]) * onset
+                   * np.exp(-t / c["placebo_session_tau_h"]))
+    if arm.control != "saline":
+        keep = keep * (1.0 - typical(c["placebo_active"]) * onset
+                       * np.exp(-t / (24.0 * c["placebo_active_decay_d"])))
+    return 1.0 - keep
+
+
+def suicidality_noise(patients: list[Patient], t: np.ndarray, c: dict[str, float]
+                      ) -> np.ndarray:
+    """Visit noise of the suicidality scores as a fraction of their baseline (patients ×
+    visits): ``σ_s·ε`` with ε ~ N(0, 1) per visit, 0 at t = 0 (the baseline rating is the
+    baseline). Item 10 and SSI add ``baseline × noise`` before clipping to the scale, as
+    MADRS adds its residual."""
+    t = np.asarray(t, dtype=float)
+    nv = len(t)
+    eps = np.array([pt.residual_suicidality[:nv] if pt.residual_suicidality is not None
+                    else np.zeros(nv) for pt in patients]).reshape(len(patients), nv)
+    return np.where(t > 0.0, c["suicidality_residual_sd"] * eps, 0.0)
+
+
+def cadss(ce: np.ndarray, patients: list[Patient], c: dict[str, float]) -> np.ndarray:
+    """CADSS (points) from the effect-site concentration ``ce`` (ng/mL racemic equivalents;
+    patients × visits or patients,): a sigmoid Emax ``E_CADSS·Ce^γ/(EC50_i^γ + Ce^γ)`` with a
+    log-normal patient EC50 ``EC50_i = EC50·exp(ω_C·η_C,i)``."""
+    ce = np.maximum(np.asarray(ce, dtype=float), 0.0)
+    eta = np.array([pt.eta_cadss for pt in patients]) * c["cadss_ec50_iiv_sd"]
+    ec50 = c["cadss_ec50_ng_per_ml"] * np.exp(eta).reshape((len(patients),)
+                                                             + (1,) * (ce.ndim - 1))
+    g = c["cadss_hill"]
+    x = (ce / ec50) ** g
+    return np.clip(c["cadss_emax"] * x / (1.0 + x), 0.0, 92.0)
 
 
 def _band(name: str) -> float:

@@ -32,6 +32,9 @@ class Patient:
     residual: np.ndarray  # standard-normal draws for visit noise
     comedication: tuple[str, ...]
     seed_entropy: tuple[int, int, int]
+    # drawn after the fields above, so adding them left every earlier draw unchanged
+    eta_cadss: float = 0.0  # standard-normal draw; × cadss_ec50_iiv_sd gives the log deviation
+    residual_suicidality: np.ndarray | None = None  # standard-normal draws, suicidality visits
 
 
 def patient_rng(seed: int, arm_index: int, patient_index: int) -> np.random.Generator:
@@ -56,8 +59,10 @@ def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int =
     f_cl = float(np.exp(rng.normal(0.0, s)))
     f_v = float(np.exp(rng.normal(0.0, s)))
     resid = rng.standard_normal(n_visits)
+    eta_c = float(rng.standard_normal())
+    resid_s = rng.standard_normal(n_visits)
     return Patient(i, w, age, sex, spec.race, spec.disorder, base, eta_p, eta_e, f_cl, f_v,
-                   resid, tuple(spec.comedication), (spec.seed, arm_index, i))
+                   resid, tuple(spec.comedication), (spec.seed, arm_index, i), eta_c, resid_s)
 
 
 def sample_arm(spec: PopulationSpec, arm_index: int, n: int, n_visits: int = 64,

@@ -229,18 +229,22 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
 MOOD_CARD_KEYS = ("a_fast", "a_proteins", "a_spines", "k_mood", "k_mood_slow", "drive50",
                   "consolidation_gain", "consolidation_threshold", "consolidation_tau_d",
                   "consolidation_cap", "priming_tau_d",
-                  "placebo_tau_h", "placebo_decay_d", "ad_background_max",
+                  "placebo_tau_h", "placebo_decay_d", "placebo_session_tau_h",
+                  "placebo_active_decay_d",
+                  "ad_background_max",
                   "ad_background_tau_d")
 #: clinic parameters folded into the per-patient mood parameters (:func:`_mood_patient`)
 MOOD_PATIENT_KEYS = ("drug_emax", "drug_emax_iiv_sd", "placebo_active", "placebo_saline",
-                     "placebo_iiv_sd", "bipolar_fast_factor", "esketamine_potency_factor",
-                     "esketamine_clinical_factor")
+                     "placebo_iiv_sd", "placebo_session", "bipolar_fast_factor",
+                     "esketamine_potency_factor", "esketamine_clinical_factor")
 #: clinic parameters outside the exported MADRS (population draws, noise, other scales,
 #: suicidality, side effects, controls)
 MOOD_UNUSED_KEYS = ("pk_iiv_cv", "madrs_baseline_trd", "madrs_baseline_mdd",
                     "madrs_baseline_bipolar", "madrs_baseline_sd", "residual_sd",
                     "hamd17_per_madrs", "hamd6_per_madrs", "item10_baseline", "ssi_baseline",
-                    "suicidality_gain", "suicidality_cap", "cadss_per_ng_ml", "sbp_per_ng_ml",
+                    "suicidality_gain", "suicidality_cap", "suicidality_residual_sd",
+                    "cadss_emax", "cadss_ec50_ng_per_ml", "cadss_hill", "cadss_ec50_iiv_sd",
+                    "sbp_per_ng_ml",
                     "bprs_per_ng_ml",
                     "sedation_per_ng_ml", "midazolam_sedation_peak", "midazolam_half_life_h")
 
@@ -260,12 +264,16 @@ def _logit(p: float) -> float:
 def _mood_patient(arm: ArmSpec, pt: Patient) -> dict[str, float]:
     """Per-patient mood constants, as :func:`ketasim.mood.scores_batch` derives them."""
     c = _clinic()
-    p_typ = c["placebo_saline"] if arm.control == "saline" else c["placebo_active"]
     ad = arm.background == "oral-antidepressant" or "oral-antidepressant" in pt.comedication
     return {
         "madrs_baseline": float(pt.baseline_madrs),
         "emax_i": _logistic(_logit(c["drug_emax"]) + pt.eta_emax * c["drug_emax_iiv_sd"]),
-        "placebo_i": _logistic(_logit(p_typ) + pt.eta_placebo * c["placebo_iiv_sd"]),
+        "placebo_i": _logistic(_logit(c["placebo_saline"])
+                               + pt.eta_placebo * c["placebo_iiv_sd"]),
+        "active_i": (0.0 if arm.control == "saline" else
+                     _logistic(_logit(c["placebo_active"]) + pt.eta_placebo * c["placebo_iiv_sd"])),
+        "session_i": _logistic(_logit(c["placebo_session"])
+                               + pt.eta_placebo * c["placebo_iiv_sd"]),
         "ad_on": float(ad),
         "fast_factor": c["bipolar_fast_factor"] if pt.disorder == "bipolar" else 1.0,
         "esk_factor": (c["esketamine_clinical_factor"]
@@ -292,8 +300,12 @@ def _mood_rules() -> list[tuple[str, str, str]]:
                                   "/(24*c_consolidation_tau_d)"),
         ("=", "drug_effect", "1 - (1 - d_direct)*(1 - kmin(consolidation, "
                              "c_consolidation_cap))"),
-        ("=", "placebo_effect", "placebo_i*(1 - exp(-time/c_placebo_tau_h))"
-                                "*exp(-time/(24*c_placebo_decay_d))"),
+        ("=", "placebo_effect", "1 - (1 - placebo_i*(1 - exp(-time/c_placebo_tau_h))"
+                                "*exp(-time/(24*c_placebo_decay_d)))"
+                                "*(1 - session_i*(1 - exp(-time/c_placebo_tau_h))"
+                                "*exp(-time/c_placebo_session_tau_h))"
+                                "*(1 - active_i*(1 - exp(-time/c_placebo_tau_h))"
+                                "*exp(-time/(24*c_placebo_active_decay_d)))"),
         ("=", "ad_effect", "ad_on*c_ad_background_max*(1 - exp(-time/(24*c_ad_background_tau_d)))"),
         ("=", "madrs", f"kmin(kmax(madrs_baseline*(1 - placebo_effect)*(1 - drug_effect)"
                        f"*(1 - ad_effect), {lo!r}), {hi!r})"),
