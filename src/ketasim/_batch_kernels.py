@@ -402,6 +402,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
         t = ta
         cc = np.nan  # τ at which ``conc`` holds the concentrations (none yet)
         f0_ok = False  # f0 = f(t, y) still valid (after a rejected step)
+        cut = False  # the step was just shortened to end before a kink
         need_jac = True
         since_jac = 0
         h = min(h, H_RESTART)
@@ -411,7 +412,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 t_end = t_out[k_out]
             last = False
             h_prop = h
-            if t + 1.05 * h >= t_end:
+            if t + (1.0 if cut else 1.05) * h >= t_end:
                 h = t_end - t
                 last = True
             tau = t - ta
@@ -486,15 +487,19 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 trace[nt, 1] = h
                 trace[nt, 2] = en
                 trace[nt, 3] = float(since_jac)
-            if en <= 1.0 and not last:
+            cut = False
+            if en <= 1.0:
                 # kinks of the right-hand side (max(π − θ_c, 0) of the mood layer,
                 # (1 − B_H/θ_H)⁺ of LHb bursting): a step that crosses one is shortened to end
                 # just before it (linear interpolation of the switching function), so the kink
-                # falls on a step boundary instead of inside a step's error estimate
+                # falls on a step boundary instead of inside a step's error estimate (also for
+                # a step that would end on an output or event time: ``cut`` keeps the shortened
+                # step from being stretched back to that time)
                 fr = _kink_frac(y, ynew, nmech, nmood, nblk, P[THETA_H], mc[9])
                 if fr < 1.0 and fr * h > 1e-7:
                     h = max(fr * h * (1.0 - 1e-6), 1e-7)
                     n_rej += 1
+                    cut = True
                     continue
             if en <= 1.0:
                 n_acc += 1
