@@ -137,8 +137,11 @@ def test_simulate_matches_the_library(client):
 # bolus' drug effect, 1.9e-4 vs 1.1e-5 on intranasal), so those cases get a looser bound.
 _AGREE = [
     ({"arm": KET, "days": 14}, 1e-4, 1e-4),
+    # repeated infusions: since the clinic recalibration (consolidation gain 1604) the
+    # reference's grid error on the scores is 1.0e-4 of the peak (item 10, SSI) against a tight
+    # solution, the fast path's 4e-7 (measured 2026-11-27)
     ({"arm": {**KET, "schedule": "every 2 d x 3"}, "patient": {"weight_kg": 85}, "days": 8},
-     1e-4, 1e-4),
+     1e-4, 3e-4),
     ({"arm": {**KET, "duration": "100 min"}, "patient": {"age_years": 70, "sex": "female",
                                                           "disorder": "mdd"}, "days": 5},
      1e-4, 1e-4),
