@@ -17,7 +17,6 @@ steps over the 2 h after each dose, 30-min steps to 12 h after it, and a coarse 
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -25,6 +24,7 @@ from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -153,6 +153,49 @@ def _clean(a) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in x.tolist()]
 
 
+def _clean_all(curves: dict) -> dict[str, list[float | None]]:
+    """:func:`_clean` of every curve in ``curves`` (the same values), the curves of one length
+    rounded together as the rows of one array: one numpy call per step instead of one per
+    curve (per-curve calls cost more than the simulation of a typical request)."""
+    groups: dict[tuple, list[tuple[str, np.ndarray]]] = {}
+    for k, v in curves.items():
+        a = np.asarray(v, dtype=float)
+        groups.setdefault(a.shape, []).append((k, a))
+    out: dict[str, list[float | None]] = {}
+    for shape, items in groups.items():
+        if len(shape) != 1 or shape[0] == 0 or len(items) == 1:
+            out.update((k, _clean(a)) for k, a in items)
+            continue
+        X = np.stack([a for _, a in items])
+        fin = np.isfinite(X)
+        peak = np.max(np.where(fin, np.abs(X), 0.0), axis=1)
+        Y = X.copy()
+        # the power of ten of each row, applied as in _round_to_peak (multiply or divide)
+        up, down, p_up, p_down = [], [], [], []
+        for r, pk in enumerate(peak.tolist()):
+            if pk == 0.0:
+                continue
+            k = SIG_DIGITS - 1 - math.floor(math.log10(pk))
+            if k >= 0:
+                up.append(r)
+                p_up.append(10.0 ** min(k, 300))
+            else:
+                down.append(r)
+                p_down.append(10.0 ** min(-k, 300))
+        if up:
+            p10 = np.array(p_up)[:, None]
+            Y[up] = np.round(X[up] * p10) / p10
+        if down:
+            p10 = np.array(p_down)[:, None]
+            Y[down] = np.round(X[down] / p10) * p10
+        Y += 0.0  # no -0.0
+        all_fin = fin.all(axis=1)
+        for r, (k, _) in enumerate(items):
+            row = Y[r].tolist()
+            out[k] = row if all_fin[r] else [v if math.isfinite(v) else None for v in row]
+    return {k: out[k] for k in curves}
+
+
 def _stages_reference(arm: ArmSpec, regimen, patient, t: np.ndarray):
     """Stages and scores from the SciPy reference (:func:`ketasim.mood.mechanism_run` on the
     library's mood grid, :func:`ketasim.mood.scores_from_components`); for checks."""
@@ -218,7 +261,7 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
         peak = float(sc["peak_effect_site_ng_per_ml"][0])
     if rmeta:
         meta = {k: rmeta[k] for k in ("courses", "hypotheses", "interventions", "solver")}
-    scores = {k: _clean(sc[k]) for k in SCORE_KEYS}
+    scores = _clean_all({k: sc[k] for k in SCORE_KEYS})
     bands = {k: float(v.value) for k, v in load_drug("ketamine").bands.items()}
     madrs = np.asarray(sc["madrs"])
     summary = {
@@ -237,10 +280,9 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
     meta.update({"ketasim_version": __version__, "card_hashes": card_versions(),
                  "patient": "typical (random effects 0, no visit noise)", "engine": engine,
                  "n_points": len(t), "wall_ms": round((time.perf_counter() - t0) * 1e3, 2)})
-    return {"time_h": t.tolist(), "plasma_ng_per_ml": {k: _clean(v) for k, v in
-                                                       plasma.items()},
-            "brain_free_uM": {k: _clean(v) for k, v in brain.items()},
-            "readouts": {k: _clean(v) for k, v in reads.items()}, "scores": scores,
+    return {"time_h": t.tolist(), "plasma_ng_per_ml": _clean_all(plasma),
+            "brain_free_uM": _clean_all(brain), "readouts": _clean_all(reads),
+            "scores": scores,
             "bands_ng_per_ml": bands, "summary": summary, "metadata": meta,
             "disclaimer": DISCLAIMER}
 
@@ -289,6 +331,13 @@ class ResponseCache:
         return len(self._d)
 
 
+def _json_default(obj):
+    """numpy scalars as Python numbers; anything else is a bug, not a silent string."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def simulate_json(req: SimulateRequest, cache: ResponseCache | None = None
                   ) -> tuple[bytes, bool]:
     """:func:`simulate_one` as compact JSON bytes, through ``cache`` when given; returns
@@ -298,7 +347,9 @@ def simulate_json(req: SimulateRequest, cache: ResponseCache | None = None
         body = cache.get(key)
         if body is not None:
             return body, True
-    body = json.dumps(simulate_one(req), separators=(",", ":")).encode()
+    # compact; ~10× faster than the json module for ~15,000 floats
+    body = orjson.dumps(simulate_one(req), default=_json_default,
+                        option=orjson.OPT_SERIALIZE_NUMPY)
     if cache is not None:
         cache.put(key, body)
     return body, False
