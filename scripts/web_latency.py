@@ -46,9 +46,11 @@ _PROBE = """(plots) => {
       lat.after[id] = performance.now();
       lat.count[id] = (lat.count[id] || 0) + 1;
     };
-    // a full redraw ends with plotly_afterplot, a data-only one (animate) with plotly_animated
+    // a full redraw ends with plotly_afterplot, a data-only one with plotly_animated
+    // (Plotly.animate) or ketasim_redrawn (the page's own path rewrite, app.js fastRedraw)
     document.getElementById(id).on('plotly_afterplot', done);
     document.getElementById(id).on('plotly_animated', done);
+    document.getElementById(id).on('ketasim_redrawn', done);
   }
 }"""
 
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, label in (("all", "input → all nine plots drawn"),
                          ("madrs", "input → MADRS plot drawn"),
                          ("fetch", "page fetch of /api/simulate"),
-                         ("render", "Plotly.react of the nine (JS)"),
+                         ("render", "drawing of the nine (JS)  "),
                          ("server", "server time in /api/simulate")):
             v = out[k]
             print(f"  {label:32s} median {v['median_ms']:7.1f} ms   p90 {v['p90_ms']:7.1f} ms"

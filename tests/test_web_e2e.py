@@ -260,6 +260,55 @@ def test_page_runs_a_small_trial(server, browser):
     assert errors == [] and errors2 == [], errors + errors2
 
 
+# every panel's lines as drawn: per trace (by index) the path's segments as [x, y] pixel lists
+_PATHS = """() => Object.fromEntries(["plot-plasma", "plot-brain", "plot-block", "plot-signal",
+  "plot-spines", "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"].map((id) => {
+  const gd = document.getElementById(id);
+  const parse = (d) => d.split("M").filter(Boolean).map((seg) => seg.replace(/Z/g, "")
+    .split("L").map((p) => p.split(",").map(Number)));
+  return [id, Array.from(gd.querySelectorAll("g.trace.scatter")).map((g) => {
+    const el = g.querySelector("path.js-line");
+    return [g.__data__[0].trace.index, parse(el ? el.getAttribute("d") : "")];
+  }).sort((a, b) => a[0] - b[0])];
+}))"""
+
+
+def _assert_same_lines(fast: dict, full: dict) -> None:
+    assert fast.keys() == full.keys()
+    for pid in full:
+        assert len(fast[pid]) == len(full[pid]), pid
+        for (i, a), (j, b) in zip(fast[pid], full[pid], strict=True):
+            assert i == j and len(a) == len(b) and len(b) >= 1, (pid, i)
+            for sa, sb in zip(a, b, strict=True):
+                assert len(sa) == len(sb), (pid, i)
+                d = max(max(abs(p[0] - q[0]), abs(p[1] - q[1])) for p, q in zip(sa, sb, strict=True))
+                assert d <= 0.01, (pid, i, d)
+
+
+@pytest.mark.parametrize("axis", ["log", "linear"])
+def test_page_fast_redraw_draws_what_plotly_draws(server, browser, axis):
+    """A small dose change takes the page's own data-only redraw (app.js ``fastRedraw``);
+    its lines are the ones Plotly draws for the same data (same segments, within 0.01 px),
+    and the panels hold the new values (data, hover)."""
+    page, errors = _page(browser, server + "/")
+    if axis == "linear":
+        n = page.evaluate("window.ketasim.updates")
+        page.select_option("#x-axis", "linear")
+        _wait_updates(page, n + 1)
+    for dose in ("0.51 mg/kg", "0.52 mg/kg"):
+        n = page.evaluate("window.ketasim.updates")
+        page.fill("#f-dose", dose)
+        _wait_updates(page, n + 1)
+    assert page.evaluate("window.ketasim.lastFastRedraws") == 9
+    fast = page.evaluate(_PATHS)
+    _check_panels_show_results(page)
+    page.evaluate("""Promise.all(["plot-plasma", "plot-brain", "plot-block", "plot-signal",
+        "plot-spines", "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"]
+        .map((id) => Plotly.redraw(id)))""")
+    _assert_same_lines(fast, page.evaluate(_PATHS))
+    assert errors == [], errors
+
+
 def test_artifacts_folder_is_ignored():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, ".gitignore")) as fh:

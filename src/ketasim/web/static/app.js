@@ -293,7 +293,7 @@ function niceStep(x) {
   return (m >= 5 ? 5 : m >= 2.5 ? 2.5 : m >= 2 ? 2 : 1) * p;
 }
 
-function niceRange(traces, axis, tozero) {
+function extent(traces, axis) {
   let lo = Infinity;
   let hi = -Infinity;
   for (const t of traces) {
@@ -304,13 +304,18 @@ function niceRange(traces, axis, tozero) {
       if (v > hi) hi = v;
     }
   }
+  return [lo, hi];
+}
+
+function niceRange(traces, axis, tozero, pad = 0.02) {
+  let [lo, hi] = extent(traces, axis);
   if (!(hi >= lo)) return [0, 1];
   if (tozero) { lo = Math.min(lo, 0); hi = Math.max(hi, 0); }
   let span = hi - lo;
   if (!(span > 1e-9 * Math.max(Math.abs(hi), Math.abs(lo)))) span = Math.abs(hi) || 1;
   const step = niceStep(span / 5);
-  let r0 = tozero && lo >= 0 ? 0 : Math.floor((lo - 0.02 * span) / step) * step;
-  let r1 = tozero && hi <= 0 ? 0 : Math.ceil((hi + 0.02 * span) / step) * step;
+  let r0 = tozero && lo >= 0 ? 0 : Math.floor((lo - pad * span) / step) * step;
+  let r1 = tozero && hi <= 0 ? 0 : Math.ceil((hi + pad * span) / step) * step;
   if (lo >= 0 && r0 < 0) r0 = -step / 5;  // a little room below a curve that starts at 0
   if (hi <= 0 && r1 > 0) r1 = step / 5;
   return [+r0.toPrecision(12), +r1.toPrecision(12)];
@@ -322,7 +327,7 @@ function line(res, i, xs, y, name, dash, plotId, extra) {
   // colour = scenario (legend above the plots); line style = series (legend under each plot)
   return Object.assign({x: xs, y: y, type: "scatter", mode: "lines", name: name,
     visible: !hidden.has(`${plotId}|${name}`),
-    line: {color: COLOURS[i], dash: DASHES[dash % DASHES.length], width: 1.8},
+    line: {color: COLOURS[i], dash: DASHES[dash % DASHES.length], width: 1.8, simplify: false},
     hovertemplate: `${LABELS[i]} ${name}: %{y:.3g}<br>${logAxis() ? "%{x:.3g} h" : "day %{x:.2f}"}` +
       "<extra></extra>"}, extra || {});
 }
@@ -446,6 +451,7 @@ function plotJobs() {
    y values (Plotly.animate without redraw: the lines are redrawn, the axes, grid, shapes and
    text are not); any other goes through Plotly.react. Resolves when every panel is drawn. */
 const drawnKey = new Map();
+const shownRange = new Map();  // panel id → y range last drawn
 const ANIMATE = {transition: {duration: 0}, frame: {duration: 0, redraw: false},
   mode: "immediate"};
 
@@ -463,16 +469,88 @@ function rangesHold(gd, layout) {
   return true;
 }
 
+/* Data-only redraw without Plotly's pipeline. Profiled in headless Chromium, Plotly's
+   supplyDefaults alone took ~6 ms per panel on every update (two thirds of the nine panels'
+   drawing), even for Plotly.animate without redraw. When a panel's layout, series and x
+   values are as last drawn and its y ranges hold (the caller checks), every line's SVG path
+   is rewritten from the panel's own axes (Plotly's data → pixel maps, so log axes and gaps
+   come out as Plotly draws them; tests/test_web_e2e.py compares the two), and the new values
+   are put where Plotly keeps them (data, full data, calcdata), so hover, legend toggles and
+   later redraws see them. Anything unexpected returns false and Plotly draws instead. */
+function axisOf(fl, id) {
+  return fl[id.charAt(0) + "axis" + id.slice(1)];
+}
+
+function fastRedraw(gd, traces) {
+  const fl = gd._fullLayout;
+  if (!fl || !gd.calcdata || !gd._fullData || gd.calcdata.length !== traces.length) return false;
+  const plan = [];
+  for (const g of gd.querySelectorAll("g.trace.scatter")) {
+    const cd = g.__data__;
+    const tr = cd && cd[0] && cd[0].trace;
+    if (!tr || tr.type !== "scatter" || tr.mode !== "lines" || tr.fill !== "none") return false;
+    const t = traces[tr.index];
+    const path = g.querySelectorAll("path.js-line");
+    const xa = axisOf(fl, tr.xaxis);
+    const ya = axisOf(fl, tr.yaxis);
+    if (!t || path.length !== 1 || cd.length !== t.y.length || t.x.length !== t.y.length ||
+        !xa || !ya || typeof xa.c2p !== "function" || typeof ya.c2p !== "function") {
+      return false;
+    }
+    plan.push([path[0], cd, t, xa, ya]);
+  }
+  for (const [path, cd, t, xa, ya] of plan) {
+    let d = "";
+    let pen = false;  // a gap (missing or off-axis value) lifts the pen, as connectgaps: false
+    for (let j = 0; j < t.y.length; j++) {
+      const xc = xa.d2c(t.x[j]);
+      const yc = t.y[j] === null ? undefined : ya.d2c(t.y[j]);
+      cd[j].x = xc;
+      cd[j].y = yc;
+      const px = xa.c2p(xc);
+      const py = yc === undefined ? NaN : ya.c2p(yc);
+      if (!Number.isFinite(px) || !Number.isFinite(py)) { pen = false; continue; }
+      d += (pen ? "L" : "M") + Math.round(px * 100) / 100 + "," + Math.round(py * 100) / 100;
+      pen = true;
+    }
+    path.setAttribute("d", d || "M0,0");
+  }
+  traces.forEach((t, i) => {
+    gd.data[i].x = t.x;
+    gd.data[i].y = t.y;
+    if (gd._fullData[i]) { gd._fullData[i].x = t.x; gd._fullData[i].y = t.y; }
+  });
+  if (typeof gd.emit === "function") gd.emit("ketasim_redrawn");
+  return true;
+}
+
 function renderPlots(only) {
   let jobs = plotJobs();
   if (only) jobs = jobs.filter((j) => only.includes(j[0]));
   jobs.sort((a, b) => (b[0] === "plot-madrs") - (a[0] === "plot-madrs"));
   const done = [];
   ks.lastFullRedraws = 0;
+  ks.lastFastRedraws = 0;
+  ks.lastFullIds = [];
   for (const [id, traces, layout, names] of jobs) {
     const gd = $(id);
     if (layout.yaxis.type !== "log") {
-      layout.yaxis.range = niceRange(traces, "y", layout.yaxis.rangemode === "tozero");
+      const tozero = layout.yaxis.rangemode === "tozero";
+      let range = niceRange(traces, "y", tozero);
+      // the range last drawn stays while it holds every point (with the usual margin) and the
+      // curves fill at least half of it, so a small change of input redraws only the lines,
+      // not the axes; a range outgrown gets 25% headroom for the next change the same way
+      const prev = shownRange.get(id);
+      if (prev) {
+        const inside = range[0] >= prev[0] && range[1] <= prev[1];
+        if (inside && range[1] - range[0] >= 0.5 * (prev[1] - prev[0])) {
+          range = prev;
+        } else if (!inside) {
+          range = niceRange(traces, "y", tozero, 0.25);
+        }
+      }
+      layout.yaxis.range = range;
+      shownRange.set(id, layout.yaxis.range);
       layout.yaxis.autorange = false;
     }
     if (layout.yaxis2) {
@@ -487,14 +565,19 @@ function renderPlots(only) {
     const key = JSON.stringify([layout, traces.map((t) => [t.name, t.line, t.visible, t.yaxis,
       t.y.length, t.x.length, t.x[1], t.x[t.x.length - 1]])]);
     let drawn;
-    if (drawnKey.get(id) === key && gd.data && gd.data.length === traces.length &&
-        rangesHold(gd, layout)) {
+    const same = drawnKey.get(id) === key && gd.data && gd.data.length === traces.length &&
+      rangesHold(gd, layout);
+    if (same && fastRedraw(gd, traces)) {
+      drawn = Promise.resolve(gd);
+      ks.lastFastRedraws += 1;
+    } else if (same) {
       drawn = Plotly.animate(gd, {data: traces.map((t) => ({x: t.x, y: t.y})),
         traces: traces.map((_, i) => i)}, ANIMATE);
     } else {
       drawn = Plotly.react(gd, traces, layout, PLOT_CONFIG);
       drawnKey.set(id, key);
       ks.lastFullRedraws += 1;
+      ks.lastFullIds.push(id);
     }
     done.push(drawn);
     renderPlotLegend(id, names);
