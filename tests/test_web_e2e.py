@@ -281,7 +281,8 @@ def _assert_same_lines(fast: dict, full: dict) -> None:
             assert i == j and len(a) == len(b) and len(b) >= 1, (pid, i)
             for sa, sb in zip(a, b, strict=True):
                 assert len(sa) == len(sb), (pid, i)
-                d = max(max(abs(p[0] - q[0]), abs(p[1] - q[1])) for p, q in zip(sa, sb, strict=True))
+                d = max(max(abs(p[0] - q[0]), abs(p[1] - q[1]))
+                        for p, q in zip(sa, sb, strict=True))
                 assert d <= 0.01, (pid, i, d)
 
 
