@@ -44,19 +44,31 @@ def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv):
-    """Factor ``W = I/(hγ) − J`` of the mechanism states in block lower-triangular form.
+def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv, lval, dinv, nmech):
+    """Factor ``W = I/(hγ) − J`` in block lower-triangular form.
 
-    ``order`` lists the states in a topological order of the strongly connected components of
-    the Jacobian's sparsity pattern (:func:`ketasim.batch._block_structure`); component ``g``
-    occupies positions ``bptr[g] … bptr[g+1]−1``. Then ``W[order][:, order]`` is block lower
-    triangular: each diagonal block (1–4 states for the shipped mechanism) is LU-factored with
-    partial pivoting in place in ``Wp`` (permuted positions), and the strictly lower entries of
-    row ``a`` are ``Wp[a, lcols[lptr[a]:lptr[a+1]]]``. Returns False if a block is singular."""
+    ``order`` lists the mechanism states in a topological order of the strongly connected
+    components of the Jacobian's sparsity pattern (:func:`ketasim.batch._block_structure`);
+    component ``g`` occupies positions ``bptr[g] … bptr[g+1]−1``. Then ``W[order][:, order]``
+    is block lower triangular. A diagonal block of one state (most of them) is one number;
+    a larger one (up to 4 states for the shipped mechanism) is LU-factored with partial
+    pivoting in place in ``Wp`` (permuted positions). ``dinv[a]`` holds the reciprocal of
+    each pivot (so a solve multiplies), and the strictly lower entries of permuted row ``a``
+    are ``lval[lptr[a]:lptr[a+1]]`` at columns ``lcols[…]`` (flat: one sweep in the solve).
+    The trailing mood rows (``nmech …``, lower triangular among themselves) get
+    ``dinv[i] = 1/(1/(hγ) − J[i, i])``. Returns False if a pivot is zero or not finite."""
     nbk = bptr.shape[0] - 1
     for g in range(nbk):
         a0 = bptr[g]
         a1 = bptr[g + 1]
+        if a1 - a0 == 1:
+            ia = order[a0]
+            d = inv - J[ia, ia]
+            if d == 0.0 or not np.isfinite(d):
+                return False
+            piv[a0] = a0
+            dinv[a0] = 1.0 / d
+            continue
         for a in range(a0, a1):
             ia = order[a]
             for c in range(a0, a1):
@@ -78,6 +90,7 @@ def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv):
                     Wp[k, j] = Wp[p, j]
                     Wp[p, j] = tmp
             rinv = 1.0 / Wp[k, k]
+            dinv[k] = rinv
             for i in range(k + 1, a1):
                 f = Wp[i, k] * rinv
                 Wp[i, k] = f
@@ -88,17 +101,22 @@ def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv):
     for a in range(n):
         ia = order[a]
         for q in range(lptr[a], lptr[a + 1]):
-            c = lcols[q]
-            Wp[a, c] = -J[ia, order[c]]
+            lval[q] = -J[ia, order[lcols[q]]]
+    for i in range(nmech, dinv.shape[0]):
+        d = inv - J[i, i]
+        if d == 0.0 or not np.isfinite(d):
+            return False
+        dinv[i] = 1.0 / d
     return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _blk_solve(Wp, piv, order, bptr, lptr, lcols, J, inv, b, u, nmech):
+def _blk_solve(Wp, piv, order, bptr, lptr, lcols, lval, dinv, J, b, u, nmech, mptr, mcols):
     """Solve ``W x = b`` in place with the factors of :func:`_blk_factor` (block forward
     substitution over the mechanism states, ``u`` a work vector in permuted positions), then
     the trailing mood rows (they read the mechanism, never the reverse; lower triangular among
-    themselves) by forward substitution with ``W = I/(hγ) − J``."""
+    themselves) by forward substitution with ``W = I/(hγ) − J`` over their non-zero columns
+    ``mcols[mptr[r]:mptr[r+1]]`` (row ``nmech + r``, columns below the diagonal)."""
     nbk = bptr.shape[0] - 1
     for g in range(nbk):
         a0 = bptr[g]
@@ -106,9 +124,11 @@ def _blk_solve(Wp, piv, order, bptr, lptr, lcols, J, inv, b, u, nmech):
         for a in range(a0, a1):
             acc = b[order[a]]
             for q in range(lptr[a], lptr[a + 1]):
-                c = lcols[q]
-                acc -= Wp[a, c] * u[c]
+                acc -= lval[q] * u[lcols[q]]
             u[a] = acc
+        if a1 - a0 == 1:
+            u[a0] *= dinv[a0]
+            continue
         for k in range(a0, a1):
             p = piv[k]
             if p != k:
@@ -124,14 +144,16 @@ def _blk_solve(Wp, piv, order, bptr, lptr, lcols, J, inv, b, u, nmech):
             acc = u[i]
             for j in range(i + 1, a1):
                 acc -= Wp[i, j] * u[j]
-            u[i] = acc / Wp[i, i]
+            u[i] = acc * dinv[i]
     for a in range(nmech):
         b[order[a]] = u[a]
-    for i in range(nmech, b.shape[0]):
+    for r in range(mptr.shape[0] - 1):
+        i = nmech + r
         acc = b[i]
-        for j in range(i):
+        for q in range(mptr[r], mptr[r + 1]):
+            j = mcols[q]
             acc += J[i, j] * b[j]
-        b[i] = acc / (inv - J[i, i])
+        b[i] = acc * dinv[i]
 
 
 #: number of mood states appended to the mechanism state vector (he_fast, he_slow, priming,
@@ -307,7 +329,7 @@ def _interval_peak(L, lp, xs_f, W_f, f_blk, fs, conc, ework, pk, samp):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-            P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+            P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr, mcols,
             AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     """Integrate one patient-course; states at ``t_out`` into ``ys[p]`` (T, ny) and
     ``xs[p]`` (T, s); ``peak[p]`` max free µM per blocker on the step grid;
@@ -352,6 +374,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     Wm = np.zeros((ny, ny))
     piv = np.zeros(ny, dtype=np.int64)
     uwork = np.zeros(ny)
+    lval = np.zeros(lcols.shape[0])
+    dinv = np.zeros(ny)
     cth = np.zeros(M.shape[0])
     samp = np.zeros((17, nblk))
     pk = np.zeros(nblk)
@@ -441,7 +465,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
             # W = I/(hγ) − J, factored block by block (block lower-triangular structure)
             inv = 1.0 / (h * gam)
             hinv = 1.0 / h
-            ok = _blk_factor(J, inv, order, bptr, lptr, lcols, Wm, piv)
+            ok = _blk_factor(J, inv, order, bptr, lptr, lcols, Wm, piv, lval, dinv, nmech)
             if ok:
                 for st in range(ns):
                     if st == 0:
@@ -467,7 +491,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                             for j in range(st):
                                 acc += cth[j] * U[j, i]
                             U[st, i] = acc
-                    _blk_solve(Wm, piv, order, bptr, lptr, lcols, J, inv, U[st], uwork, nmech)
+                    _blk_solve(Wm, piv, order, bptr, lptr, lcols, lval, dinv, J, U[st], uwork,
+                               nmech, mptr, mcols)
                 en = 0.0
                 for i in range(ny):
                     acc = y[i]
@@ -548,21 +573,21 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _run_batch(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-               y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, AT,
+               y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr, mcols, AT,
                CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in prange(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-                P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr, mcols,
                 AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-                y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr, mcols,
                 AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat):
     for p in range(lam.shape[0]):
         _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf,
-                P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr, mcols,
                 AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 

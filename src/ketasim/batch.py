@@ -61,6 +61,7 @@ as the reference (:func:`ketasim.mechanism.readouts`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Sequence
@@ -382,6 +383,34 @@ def _block_structure(pattern: np.ndarray
 _BLOCKS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
+@functools.cache
+def _mood_rows(nmech: int, nmood: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns left of the diagonal that the mood rows of the Jacobian can fill (row
+    ``nmech + r``: ``mcols[mptr[r]:mptr[r+1]]``), for the kernel's forward substitution.
+
+    Read off :func:`ketasim._batch_kernels.mood_jac` at a state where every branch is active
+    (LHb bursting below 1, proteins and spines above baseline, priming above threshold), so
+    each entry it can write is non-zero there; ``tests/test_batch.py`` checks the solve
+    against a dense one on Jacobians at random states."""
+    if nmood == 0:
+        return np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    k = _kernels()
+    ny = nmech + nmood
+    nb = nmech - 14
+    y = np.full(ny, 0.5)
+    y[nb + 7] = y[nb + 10] = 1.5  # proteins, spines above baseline
+    y[nmech + 2] = 0.9  # priming above θ_c (0.3 below)
+    mc = np.ones(10)
+    mc[9] = 0.3
+    J = np.zeros((ny, ny))
+    k.mood_jac(y, nmech, mc, np.ones(3), J)
+    ptr, cols = [0], []
+    for i in range(nmech, ny):
+        cols.extend(int(j) for j in np.nonzero(J[i, :i])[0])
+        ptr.append(len(cols))
+    return np.array(ptr, dtype=np.int64), np.array(cols, dtype=np.int64)
+
+
 def simulate_batch(courses: list[Course], times_h, covariates=None,
                    hypotheses: Hypotheses | None = None,
                    interventions: Interventions | None = None,
@@ -552,6 +581,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     atol_vec[:len(blockers)] *= block_atol_factor
     pattern = _jacobian_pattern(mp)
     order, bptr, lptr, lcols = _block_structure(pattern)
+    mptr, mcols = _mood_rows(len(order), nmood)
     T = len(t_out)
     ys = np.zeros((n, T, ny))
     xs = np.zeros((n, T, s_tot))
@@ -559,7 +589,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     stats = np.zeros((n, 4), dtype=np.int64)
     args = (bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc,
             np.ascontiguousarray(mgf), packed, y0, t_keys, float(rtol), atol_vec,
-            int(jac_every), order, bptr, lptr, lcols, co["AT"], co["CT"],
+            int(jac_every), order, bptr, lptr, lcols, mptr, mcols, co["AT"], co["CT"],
             co["M"], co["E"], co["ALPHA"], co["GSUM"], co["meth"], ys, xs, peak, stats,
             trace if trace is not None else np.zeros((0, 4)), nmood, mc, mpat)
     old = numba.get_num_threads()
