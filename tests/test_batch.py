@@ -378,10 +378,14 @@ def test_block_solve_equals_dense_solve(hyp, intv):
         piv = np.zeros(ny, dtype=np.int64)
         lval = np.zeros(len(lcols))
         dinv = np.zeros(ny)
-        assert k._blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv, lval, dinv, nmech)
+        bfirst = np.zeros(nmech, dtype=np.int64)
+        blast = np.zeros(nmech, dtype=np.int64)
+        k._blk_rows(bptr, bfirst, blast)
+        assert k._blk_factor(J, inv, order, bptr, bfirst, blast, lptr, lcols, Wp, piv, lval,
+                             dinv, nmech)
         b = rng.standard_normal(ny)
         x = b.copy()
-        k._blk_solve(Wp, piv, order, bptr, lptr, lcols, lval, dinv, J, x, np.zeros(ny), nmech,
-                     mptr, mcols)
+        k._blk_solve(Wp, piv, order, bfirst, blast, lptr, lcols, lval, dinv, J, x, np.zeros(ny),
+                     nmech, mptr, mcols)
         want = np.linalg.solve(inv * np.eye(ny) - J, b)
         assert np.allclose(x, want, rtol=1e-10, atol=1e-12 * np.abs(want).max())

@@ -44,36 +44,49 @@ def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv, lval, dinv, nmech):
+def _blk_rows(bptr, bfirst, blast):
+    """Per permuted row, the first and last position of its diagonal block (from ``bptr``)."""
+    for g in range(bptr.shape[0] - 1):
+        for a in range(bptr[g], bptr[g + 1]):
+            bfirst[a] = bptr[g]
+            blast[a] = bptr[g + 1] - 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _blk_factor(J, inv, order, bptr, bfirst, blast, lptr, lcols, Wp, piv, lval, dinv, nmech):
     """Factor ``W = I/(hγ) − J`` in block lower-triangular form.
 
     ``order`` lists the mechanism states in a topological order of the strongly connected
     components of the Jacobian's sparsity pattern (:func:`ketasim.batch._block_structure`);
-    component ``g`` occupies positions ``bptr[g] … bptr[g+1]−1``. Then ``W[order][:, order]``
-    is block lower triangular. A diagonal block of one state (most of them) is one number;
-    a larger one (up to 4 states for the shipped mechanism) is LU-factored with partial
-    pivoting in place in ``Wp`` (permuted positions). ``dinv[a]`` holds the reciprocal of
-    each pivot (so a solve multiplies), and the strictly lower entries of permuted row ``a``
-    are ``lval[lptr[a]:lptr[a+1]]`` at columns ``lcols[…]`` (flat: one sweep in the solve).
-    The trailing mood rows (``nmech …``, lower triangular among themselves) get
+    component ``g`` occupies positions ``bptr[g] … bptr[g+1]−1`` (``bfirst``/``blast``: the
+    same per row, :func:`_blk_rows`). Then ``W[order][:, order]`` is block lower triangular.
+    A diagonal block of one state (most of them) is one number; a larger one (up to 4 states
+    for the shipped mechanism) is LU-factored with partial pivoting in place in ``Wp``
+    (permuted positions). ``dinv[a]`` holds the reciprocal of each pivot (a solve
+    multiplies), and the strictly lower entries of permuted row ``a`` are
+    ``lval[lptr[a]:lptr[a+1]]`` at columns ``lcols[…]`` (flat: one sweep in the solve). The
+    trailing mood rows (``nmech …``, lower triangular among themselves) get
     ``dinv[i] = 1/(1/(hγ) − J[i, i])``. Returns False if a pivot is zero or not finite."""
-    nbk = bptr.shape[0] - 1
-    for g in range(nbk):
-        a0 = bptr[g]
-        a1 = bptr[g + 1]
-        if a1 - a0 == 1:
-            ia = order[a0]
+    n = order.shape[0]
+    for a in range(n):
+        ia = order[a]
+        for q in range(lptr[a], lptr[a + 1]):
+            lval[q] = -J[ia, order[lcols[q]]]
+        a0 = bfirst[a]
+        if a0 == blast[a]:
             d = inv - J[ia, ia]
             if d == 0.0 or not np.isfinite(d):
                 return False
-            piv[a0] = a0
-            dinv[a0] = 1.0 / d
+            dinv[a] = 1.0 / d
             continue
-        for a in range(a0, a1):
-            ia = order[a]
+        if a != a0:
+            continue
+        a1 = blast[a] + 1
+        for r in range(a0, a1):
+            ir = order[r]
             for c in range(a0, a1):
-                Wp[a, c] = -J[ia, order[c]]
-            Wp[a, a] += inv
+                Wp[r, c] = -J[ir, order[c]]
+            Wp[r, r] += inv
         for k in range(a0, a1):
             p = k
             best = abs(Wp[k, k])
@@ -97,11 +110,6 @@ def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv, lval, dinv, nmech):
                 if f != 0.0:
                     for j in range(k + 1, a1):
                         Wp[i, j] -= f * Wp[k, j]
-    n = order.shape[0]
-    for a in range(n):
-        ia = order[a]
-        for q in range(lptr[a], lptr[a + 1]):
-            lval[q] = -J[ia, order[lcols[q]]]
     for i in range(nmech, dinv.shape[0]):
         d = inv - J[i, i]
         if d == 0.0 or not np.isfinite(d):
@@ -111,24 +119,26 @@ def _blk_factor(J, inv, order, bptr, lptr, lcols, Wp, piv, lval, dinv, nmech):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _blk_solve(Wp, piv, order, bptr, lptr, lcols, lval, dinv, J, b, u, nmech, mptr, mcols):
-    """Solve ``W x = b`` in place with the factors of :func:`_blk_factor` (block forward
-    substitution over the mechanism states, ``u`` a work vector in permuted positions), then
-    the trailing mood rows (they read the mechanism, never the reverse; lower triangular among
-    themselves) by forward substitution with ``W = I/(hγ) − J`` over their non-zero columns
-    ``mcols[mptr[r]:mptr[r+1]]`` (row ``nmech + r``, columns below the diagonal)."""
-    nbk = bptr.shape[0] - 1
-    for g in range(nbk):
-        a0 = bptr[g]
-        a1 = bptr[g + 1]
-        for a in range(a0, a1):
-            acc = b[order[a]]
-            for q in range(lptr[a], lptr[a + 1]):
-                acc -= lval[q] * u[lcols[q]]
-            u[a] = acc
-        if a1 - a0 == 1:
-            u[a0] *= dinv[a0]
+def _blk_solve(Wp, piv, order, bfirst, blast, lptr, lcols, lval, dinv, J, b, u, nmech, mptr,
+               mcols):
+    """Solve ``W x = b`` in place with the factors of :func:`_blk_factor`: one forward sweep
+    over the permuted mechanism rows (``u`` a work vector in permuted positions; a row of a
+    one-state block is finished at once, a larger block by its LU factors at its last row),
+    then the trailing mood rows (they read the mechanism, never the reverse; lower triangular
+    among themselves) by forward substitution with ``W = I/(hγ) − J`` over their non-zero
+    columns ``mcols[mptr[r]:mptr[r+1]]`` (row ``nmech + r``, columns below the diagonal)."""
+    for a in range(nmech):
+        acc = b[order[a]]
+        for q in range(lptr[a], lptr[a + 1]):
+            acc -= lval[q] * u[lcols[q]]
+        a0 = bfirst[a]
+        if a0 == blast[a]:
+            u[a] = acc * dinv[a]
             continue
+        u[a] = acc
+        if a != blast[a]:
+            continue
+        a1 = a + 1
         for k in range(a0, a1):
             p = piv[k]
             if p != k:
@@ -376,6 +386,9 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     uwork = np.zeros(ny)
     lval = np.zeros(lcols.shape[0])
     dinv = np.zeros(ny)
+    bfirst = np.zeros(nmech, dtype=np.int64)
+    blast = np.zeros(nmech, dtype=np.int64)
+    _blk_rows(bptr, bfirst, blast)
     cth = np.zeros(M.shape[0])
     samp = np.zeros((17, nblk))
     pk = np.zeros(nblk)
@@ -465,7 +478,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
             # W = I/(hγ) − J, factored block by block (block lower-triangular structure)
             inv = 1.0 / (h * gam)
             hinv = 1.0 / h
-            ok = _blk_factor(J, inv, order, bptr, lptr, lcols, Wm, piv, lval, dinv, nmech)
+            ok = _blk_factor(J, inv, order, bptr, bfirst, blast, lptr, lcols, Wm, piv, lval, dinv,
+                             nmech)
             if ok:
                 for st in range(ns):
                     if st == 0:
@@ -491,8 +505,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                             for j in range(st):
                                 acc += cth[j] * U[j, i]
                             U[st, i] = acc
-                    _blk_solve(Wm, piv, order, bptr, lptr, lcols, lval, dinv, J, U[st], uwork,
-                               nmech, mptr, mcols)
+                    _blk_solve(Wm, piv, order, bfirst, blast, lptr, lcols, lval, dinv, J, U[st],
+                               uwork, nmech, mptr, mcols)
                 en = 0.0
                 for i in range(ny):
                     acc = y[i]
