@@ -126,73 +126,73 @@ def check_arm(arm: ArmSpec, field: str = "arm"):
     return reg, card
 
 
-def _round_to_peak(x: np.ndarray, digits: int = SIG_DIGITS) -> np.ndarray:
-    """``x`` rounded to a step of 10^-(digits-1) of its largest magnitude, rounded down to a
-    power of ten (``digits`` significant digits at the peak; a curve's decaying tail keeps
-    the same absolute resolution, not ever more digits). Non-finite values are kept.
+def _round_rows(X: np.ndarray, digits: int = SIG_DIGITS) -> np.ndarray:
+    """Each row of ``X`` (2-D) rounded to a step of 10^-(digits-1) of its largest magnitude,
+    rounded down to a power of ten (``digits`` significant digits at the peak; a curve's
+    decaying tail keeps the same absolute resolution, not ever more digits). Non-finite values
+    are kept; ``-0.0`` becomes ``0.0``.
 
-    The step is an exact power of ten applied by division, so each value's shortest ``repr``
-    is the short decimal; the change is far below the engine's 1e-4 agreement."""
+    The step is an exact power of ten applied by multiplication or division, so each value's
+    shortest ``repr`` is the short decimal; the change is far below the engine's 1e-4
+    agreement. All rows in one numpy call per step (one call per curve cost more than the
+    simulation of a typical request)."""
+    Y = X.astype(float, copy=True)
+    if Y.size == 0:
+        return Y
+    peak = np.max(np.where(np.isfinite(Y), np.abs(Y), 0.0), axis=1)
+    up, down, p_up, p_down = [], [], [], []
+    for r, pk in enumerate(peak.tolist()):
+        if pk == 0.0:
+            continue
+        k = digits - 1 - math.floor(math.log10(pk))
+        if k >= 0:
+            up.append(r)
+            p_up.append(10.0 ** min(k, 300))
+        else:
+            down.append(r)
+            p_down.append(10.0 ** min(-k, 300))
+    if up:
+        p10 = np.array(p_up)[:, None]
+        Y[up] = np.round(Y[up] * p10) / p10
+    if down:
+        p10 = np.array(p_down)[:, None]
+        Y[down] = np.round(Y[down] / p10) * p10
+    Y += 0.0  # no -0.0
+    return Y
+
+
+def _round_to_peak(x: np.ndarray, digits: int = SIG_DIGITS) -> np.ndarray:
+    """One curve rounded as by :func:`_round_rows`."""
     x = np.asarray(x, dtype=float)
-    fin = np.isfinite(x)
-    peak = float(np.max(np.abs(x[fin]))) if fin.any() else 0.0
-    if peak == 0.0:
-        return x.copy()
-    k = digits - 1 - math.floor(math.log10(peak))
-    if k >= 0:
-        p10 = 10.0 ** min(k, 300)
-        return np.round(x * p10) / p10
-    p10 = 10.0 ** min(-k, 300)
-    return np.round(x / p10) * p10
+    return _round_rows(x.reshape(1, -1), digits).reshape(x.shape)
+
+
+def _as_list(row: np.ndarray) -> list[float | None]:
+    out = row.tolist()
+    if np.isfinite(row).all():
+        return out
+    return [v if math.isfinite(v) else None for v in out]
 
 
 def _clean(a) -> list[float | None]:
-    x = _round_to_peak(a) + 0.0  # + 0.0: no -0.0
-    if np.isfinite(x).all():
-        return x.tolist()
-    return [float(v) if math.isfinite(v) else None for v in x.tolist()]
+    """One curve for JSON: rounded (:func:`_round_rows`), non-finite values as None."""
+    return _as_list(_round_to_peak(a))
 
 
 def _clean_all(curves: dict) -> dict[str, list[float | None]]:
-    """:func:`_clean` of every curve in ``curves`` (the same values), the curves of one length
-    rounded together as the rows of one array: one numpy call per step instead of one per
-    curve (per-curve calls cost more than the simulation of a typical request)."""
+    """:func:`_clean` of every curve in ``curves``, the curves of one length rounded together
+    as the rows of one array."""
     groups: dict[tuple, list[tuple[str, np.ndarray]]] = {}
     for k, v in curves.items():
         a = np.asarray(v, dtype=float)
         groups.setdefault(a.shape, []).append((k, a))
     out: dict[str, list[float | None]] = {}
     for shape, items in groups.items():
-        if len(shape) != 1 or shape[0] == 0 or len(items) == 1:
+        if len(shape) != 1:
             out.update((k, _clean(a)) for k, a in items)
             continue
-        X = np.stack([a for _, a in items])
-        fin = np.isfinite(X)
-        peak = np.max(np.where(fin, np.abs(X), 0.0), axis=1)
-        Y = X.copy()
-        # the power of ten of each row, applied as in _round_to_peak (multiply or divide)
-        up, down, p_up, p_down = [], [], [], []
-        for r, pk in enumerate(peak.tolist()):
-            if pk == 0.0:
-                continue
-            k = SIG_DIGITS - 1 - math.floor(math.log10(pk))
-            if k >= 0:
-                up.append(r)
-                p_up.append(10.0 ** min(k, 300))
-            else:
-                down.append(r)
-                p_down.append(10.0 ** min(-k, 300))
-        if up:
-            p10 = np.array(p_up)[:, None]
-            Y[up] = np.round(X[up] * p10) / p10
-        if down:
-            p10 = np.array(p_down)[:, None]
-            Y[down] = np.round(X[down] / p10) * p10
-        Y += 0.0  # no -0.0
-        all_fin = fin.all(axis=1)
-        for r, (k, _) in enumerate(items):
-            row = Y[r].tolist()
-            out[k] = row if all_fin[r] else [v if math.isfinite(v) else None for v in row]
+        Y = _round_rows(np.stack([a for _, a in items]))
+        out.update((k, _as_list(Y[r])) for r, (k, _) in enumerate(items))
     return {k: out[k] for k in curves}
 
 
