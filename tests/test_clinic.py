@@ -172,3 +172,58 @@ def test_suicidality_scores_have_visit_noise():
     d_ket = _endpoint(res, "SSI within-d ketamine")["predicted"]
     d_mid = _endpoint(res, "SSI within-d midazolam")["predicted"]
     assert 0.45 <= d_ket <= 1.5 and d_mid < d_ket
+
+
+def _shared_calibration():
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1]
+    for base in (here / "shared", here.parent / "shared", Path("/work/shared")):
+        p = base / "literature" / "calibration"
+        if p.is_dir():
+            return p
+    return None
+
+
+def test_calibration_targets_are_cited_and_read_values_are_in_their_sources():
+    """Every target names a calibration file and an evidence tag; a target tagged `read` has
+    its number in that file (as printed, or as a percentage)."""
+    import re
+
+    from ketasim.clinic_calibration import targets
+
+    t = targets()
+    entries = list(t["checks"].values()) + t["loss"]
+    assert len(t["checks"]) == 13 and len(t["loss"]) >= 30
+    assert all(e["evidence"] in ("read", "derived", "assumed") for e in entries)
+    root = _shared_calibration()
+    if root is None:
+        pytest.skip("shared/literature/calibration not found")
+    for e in entries:
+        path = root / e["source"]
+        assert path.is_file(), e["source"]
+        if e["evidence"] != "read" or "value" not in e:
+            continue
+        text = path.read_text(encoding="utf-8")
+        v = abs(float(e["value"]))
+        forms = {f"{v:g}", f"{v:.2f}", f"{100 * v:g}"}
+        assert any(re.search(rf"(?<![\d.]){re.escape(f)}0*(?!\d)", text) for f in forms), \
+            (e.get("metric") or e.get("label"), e["source"], forms)
+
+
+def test_loss_terms_follow_their_kind():
+    """equal / at_most / at_least against value + factor × reference metric, ÷ scale."""
+    from ketasim import clinic_calibration as cc
+
+    m = {t["metric"]: 0.0 for t in cc.targets()["loss"]}
+    m.update({t["ref"]: 0.0 for t in cc.targets()["loss"] if t.get("ref")})
+    m["m13a_rk"] = 0.78  # equal 0.64, scale 0.07 → +2
+    m["kish_ratio10"] = 0.2  # at_most 0.3 → 0
+    m["dz_d_7d"] = -0.9  # at_least −0.5, scale 0.2 → +2
+    m["fava_k0.2"], m["fava_k0.5"] = 1.0, 1.0  # at_most 0.85 × 1.0, scale 0.2 → 0.75
+    terms = dict(zip([t["metric"] for t in cc.targets()["loss"]], cc.loss_terms(m),
+                     strict=True))
+    assert terms["m13a_rk"] == pytest.approx(2.0)
+    assert terms["kish_ratio10"] == 0.0
+    assert terms["dz_d_7d"] == pytest.approx(2.0)
+    assert terms["fava_k0.2"] == pytest.approx(0.75)

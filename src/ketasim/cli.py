@@ -699,7 +699,7 @@ def calibrate_clinic(
     r = evaluate()
     if as_json or write:
         from .cards import card_versions
-        from .clinic_calibration import N_PER_ARM, load_param_card
+        from .clinic_calibration import N_PER_ARM, load_param_card, targets_hash
 
         c = {k: v.value for k, v in load_param_card("clinic").parameters.items()}
         report = _jsonable({
@@ -709,7 +709,8 @@ def calibrate_clinic(
             "calibrated": {k: v.value for k, v in load_param_card("clinic").parameters.items()
                            if v.evidence == "calibrated"},
             "ketasim_version": __version__,
-            "card_hashes": {k: v for k, v in card_versions().items() if "clinic" in k}})
+            "card_hashes": {k: v for k, v in card_versions().items() if "clinic" in k},
+            "targets_sha256": targets_hash()})
         if write:
             _write(write, json.dumps(report, indent=1), "write")
         if as_json:

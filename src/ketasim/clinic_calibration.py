@@ -1,7 +1,8 @@
 """Calibration of the clinical layer to ``shared/literature/calibration/clinical`` only.
 
 Designs (arms, doses, visits) follow the calibration files; the targets are their published
-numbers or findings:
+numbers or findings, kept with their source file, evidence tag and tolerance in
+``cards/targets/clinic.yaml`` (:func:`targets`; the code holds only the logic of each check):
 
 * Murrough 2013a (TRD, ketamine 0.5 mg/kg vs midazolam, 2:1): response at 24 h 64% vs 28%,
   MADRS difference at 24 h −7.95 (−12.71 to −3.20);
@@ -39,6 +40,49 @@ from .scenario import parse_scenario
 from .units import parse_duration
 
 N_PER_ARM = 400
+_KINDS = ("equal", "at_most", "at_least")
+
+
+def _targets_text() -> str:
+    from importlib import resources
+
+    return resources.files("ketasim.cards").joinpath("targets", "clinic.yaml").read_text(
+        encoding="utf-8")
+
+
+def targets_hash() -> str:
+    """SHA-256 prefix of ``cards/targets/clinic.yaml`` (recorded with calibration reports)."""
+    import hashlib
+
+    return hashlib.sha256(_targets_text().encode()).hexdigest()[:12]
+
+
+@functools.cache
+def targets() -> dict:
+    """The calibration targets (``cards/targets/clinic.yaml``): ``checks`` by id (label and
+    numbers of each pass/fail check of :func:`evaluate`) and ``loss`` (the terms of
+    :func:`loss`), each with its source file in ``shared/literature/calibration`` and an
+    evidence tag. A malformed entry raises :class:`~ketasim.errors.CardError` naming it."""
+    import yaml
+
+    from .errors import CardError
+
+    data = yaml.safe_load(_targets_text())
+    if not isinstance(data, dict) or not isinstance(data.get("checks"), dict) or not \
+            isinstance(data.get("loss"), list):
+        raise CardError("targets/clinic.yaml", "needs a 'checks' mapping and a 'loss' list")
+    for i, t in enumerate(data["loss"]):
+        where = f"targets/clinic.yaml loss[{i}]"
+        if not isinstance(t, dict) or t.get("kind") not in _KINDS:
+            raise CardError(where, f"kind must be one of {', '.join(_KINDS)}")
+        if not (isinstance(t.get("scale"), int | float) and t["scale"] > 0):
+            raise CardError(where, "scale must be a number > 0")
+        if not isinstance(t.get("value"), int | float) or not t.get("metric"):
+            raise CardError(where, "needs 'metric' and a numeric 'value'")
+    for k, c in data["checks"].items():
+        if not isinstance(c, dict) or not c.get("label") or not c.get("source"):
+            raise CardError(f"targets/clinic.yaml checks.{k}", "needs 'label' and 'source'")
+    return data
 
 DESIGNS = {
     "murrough2013a": {"population": {"disorder": "trd", "n": 3 * N_PER_ARM, "seed": 11},
@@ -142,62 +186,68 @@ def _d(a, b):
 
 
 def evaluate(c: dict | None = None) -> dict:
-    """Model values for every clinical target, with pass/fail."""
+    """Model values for every clinical target, with pass/fail (numbers and labels from
+    :func:`targets`)."""
     c = c or {k: v.value for k, v in load_param_card("clinic").parameters.items()}
+    T = targets()["checks"]
     out: dict[str, tuple[float, bool]] = {}
+
+    def within(key: str, value: float) -> None:
+        t = T[key]
+        out[t["label"]] = (value, abs(value - t["value"]) <= t["tol"])
+
     r = _scores("murrough2013a", c)
     (sk, bk, _), (sm, bm, _) = r["ketamine"], r["midazolam"]
-    rk = np.mean(sk[:, 0] <= 0.5 * bk)
-    rm = np.mean(sm[:, 0] <= 0.5 * bm)
-    diff = (sk[:, 0] - bk).mean() - (sm[:, 0] - bm).mean()
-    out["murrough2013a response 24 h ketamine (0.64 ± 0.10)"] = (rk, abs(rk - 0.64) <= 0.10)
-    out["murrough2013a response 24 h midazolam (0.28 ± 0.10)"] = (rm, abs(rm - 0.28) <= 0.10)
-    out["murrough2013a MADRS difference 24 h (−8 ± 3)"] = (diff, abs(diff + 8.0) <= 3.0)
+    within("m13a_resp_k", np.mean(sk[:, 0] <= 0.5 * bk))
+    within("m13a_resp_m", np.mean(sm[:, 0] <= 0.5 * bm))
+    within("m13a_diff", (sk[:, 0] - bk).mean() - (sm[:, 0] - bm).mean())
     r = _scores("kishimoto", c)
     (sk, bk, v), (ss, bs, _) = r["ketamine"], r["saline"]
     dif = np.array([(sk[:, i] - bk).mean() - (ss[:, i] - bs).mean() for i in range(len(v))])
     dd = np.array([_d(sk[:, i] - bk, ss[:, i] - bs) for i in range(len(v))])
-    out["kishimoto separation by 40 min–4 h (d ≤ −0.3 at 4 h)"] = (dd[2], dd[2] <= -0.3)
-    out["kishimoto largest at ~24 h (visit of max |difference| is 1 d)"] = (
-        float(v[int(np.argmin(dif))] / 24.0), 0.5 <= v[int(np.argmin(dif))] / 24.0 <= 1.5 or
-        abs(dif[3]) >= 0.9 * abs(dif.min()))
-    out["kishimoto mostly gone by day 10–14 (|diff 10 d| ≤ 35% of day 1)"] = (
-        abs(dif[6]) / abs(dif[3]), abs(dif[6]) <= 0.35 * abs(dif[3]))
+    t = T["kish_early"]
+    out[t["label"]] = (dd[2], dd[2] <= t["d_max"])
+    t = T["kish_peak"]
+    peak_d = v[int(np.argmin(dif))] / 24.0
+    out[t["label"]] = (float(peak_d), t["window_d"][0] <= peak_d <= t["window_d"][1] or
+                       abs(dif[3]) >= t["near_peak"] * abs(dif.min()))
+    t = T["kish_gone"]
+    out[t["label"]] = (abs(dif[6]) / abs(dif[3]), abs(dif[6]) <= t["ratio_max"] * abs(dif[3]))
     r = _scores("fava2020", c, "hamd6")
     base_chg = (r["midazolam"][0][:, 0] - r["midazolam"][1]).mean()
     eff = {k: (r[k][0][:, 0] - r[k][1]).mean() - base_chg for k in ("k0.1", "k0.2", "k0.5",
                                                                    "k1.0")}
-    ok = eff["k0.1"] >= eff["k0.2"] - 0.3 and eff["k0.2"] > eff["k0.5"] and abs(
-        eff["k0.5"] - eff["k1.0"]) <= 0.3 * abs(eff["k0.5"])
-    out["fava2020 day-1 HAM-D6 effect ordered 0.1 ≤ 0.2 < 0.5 ≈ 1.0"] = (
-        eff["k0.5"], bool(ok))
+    t = T["fava_order"]
+    ok = eff["k0.1"] >= eff["k0.2"] - t["slack_01_02"] and eff["k0.2"] > eff["k0.5"] and abs(
+        eff["k0.5"] - eff["k1.0"]) <= t["equal_05_10"] * abs(eff["k0.5"])
+    out[t["label"]] = (eff["k0.5"], bool(ok))
     r = _scores("murrough2013b", c)
     s, b, v = r["ketamine"]
     end = 1  # the 12 d visit (after the sixth infusion on day 11)
     resp_end = s[:, end] <= 0.5 * b
-    out["murrough2013b response after six infusions (0.71 ± 0.10)"] = (
-        resp_end.mean(), abs(resp_end.mean() - 0.708) <= 0.10)
+    within("m13b_resp", resp_end.mean())
     times = []
     for i in np.nonzero(resp_end)[0]:
         lost = np.nonzero(s[i, end + 1:] > 0.5 * b[i])[0]
         times.append((v[end + 1 + lost[0]] - 11 * 24.0) / 24.0 if lost.size else np.inf)
     med = float(np.median(times)) if times else float("nan")
-    out["murrough2013b median days to relapse after last infusion (10–30)"] = (
-        med, 10.0 <= med <= 30.0)
+    t = T["m13b_relapse"]
+    out[t["label"]] = (med, t["range_d"][0] <= med <= t["range_d"][1])
     r = _scores("diazgranados2010", c)
     (sk, bk, v), (ss, bs, _) = r["ketamine"], r["saline"]
     dd = np.array([_d(sk[:, i] - bk, ss[:, i] - bs) for i in range(len(v))])
-    out["diazgranados2010 separation at 40 min (d ≤ −0.3)"] = (dd[0], dd[0] <= -0.3)
-    out["diazgranados2010 effect through day 2–3 (d ≤ −0.4 at day 3)"] = (dd[3], dd[3] <= -0.4)
+    t = T["dz_40min"]
+    out[t["label"]] = (dd[0], dd[0] <= t["d_max"])
+    t = T["dz_day3"]
+    out[t["label"]] = (dd[3], dd[3] <= t["d_max"])
     r = _scores("transform2", c)
     (se, be, _), (sp, bp, _) = r["esketamine"], r["placebo"]
-    diff = (se[:, 1] - be).mean() - (sp[:, 1] - bp).mean()
-    out["transform2 MADRS difference day 28 (−4 ± 2.5)"] = (diff, abs(diff + 4.0) <= 2.5)
+    within("t2_diff", (se[:, 1] - be).mean() - (sp[:, 1] - bp).mean())
     r = _scores("kishimoto", c, "madrs_item10")
     (sk, bk, v), (ss, bs, _) = r["ketamine"], r["saline"]
     dd = [-_d(sk[:, i] - bk, ss[:, i] - bs) for i in (3, 4, 5)]
-    out["wilkinson2018 suicidality d 0.48–0.85 on days 1–7"] = (
-        float(np.mean(dd)), all(0.4 <= x <= 1.0 for x in dd))
+    t = T["wilk_d"]
+    out[t["label"]] = (float(np.mean(dd)), all(t["range"][0] <= x <= t["range"][1] for x in dd))
     return {k: (float(val), bool(ok)) for k, (val, ok) in out.items()}
 
 
@@ -210,6 +260,7 @@ def metrics(c: dict) -> dict[str, float]:
     m["m13a_rm"] = np.mean(sm[:, 0] <= 0.5 * bm)
     m["m13a_chg_k"] = (sk[:, 0] - bk).mean()
     m["m13a_chg_m"] = (sm[:, 0] - bm).mean()
+    m["m13a_diff"] = m["m13a_chg_k"] - m["m13a_chg_m"]
     r = _scores("kishimoto", c)
     (sk, bk, v), (ss, bs, _) = r["ketamine"], r["saline"]
     dif = np.array([(sk[:, i] - bk).mean() - (ss[:, i] - bs).mean() for i in range(len(v))])
@@ -221,6 +272,7 @@ def metrics(c: dict) -> dict[str, float]:
     base_chg = (r["midazolam"][0][:, 0] - r["midazolam"][1]).mean()
     for k in ("k0.1", "k0.2", "k0.5", "k1.0"):
         m[f"fava_{k}"] = abs((r[k][0][:, 0] - r[k][1]).mean() - base_chg)
+    m["fava_absdiff_05_10"] = abs(m["fava_k0.5"] - m["fava_k1.0"])
     r = _scores("murrough2013b", c)
     s, b, v = r["ketamine"]
     resp_end = s[:, 1] <= 0.5 * b
@@ -257,31 +309,25 @@ def metrics(c: dict) -> dict[str, float]:
     return m
 
 
+def loss_terms(m: dict[str, float]) -> np.ndarray:
+    """The scaled misses of the loss terms of :func:`targets` for metrics ``m``."""
+    out = []
+    for t in targets()["loss"]:
+        thr = t["value"] + (t.get("factor", 1.0) * m[t["ref"]] if t.get("ref") else 0.0)
+        x = m[t["metric"]]
+        if t["kind"] == "equal":
+            out.append((x - thr) / t["scale"])
+        elif t["kind"] == "at_most":
+            out.append(max(0.0, x - thr) / t["scale"])
+        else:
+            out.append(max(0.0, thr - x) / t["scale"])
+    return np.array(out)
+
+
 def loss(c: dict) -> float:
     """Calibration objective for clinic constants ``c``: sum of squared scaled misses of
     the clinical targets (0 when every target is hit)."""
-    m = metrics(c)
-    h = lambda x: max(0.0, x)  # noqa: E731
-    terms = [
-        (m["m13a_rk"] - 0.64) / 0.07, (m["m13a_rm"] - 0.28) / 0.07,
-        (m["m13a_chg_k"] - m["m13a_chg_m"] + 7.95) / 2.0,
-        (m["m13a_chg_k"] + 16.5) / 3.0, (m["m13a_chg_m"] + 8.8) / 3.0,
-        (m["kish_d1"] + 1.0) / 0.25, h(m["kish_peak_excess"]) / 0.5,
-        h(m["kish_ratio10"] - 0.3) / 0.05, h(m["kish_d4h"] + 0.3) / 0.1,
-        h(m["fava_k0.1"] - m["fava_k0.2"]) / 0.2, h(m["fava_k0.2"] - 0.85 * m["fava_k0.5"]) / 0.2,
-        h(abs(m["fava_k0.5"] - m["fava_k1.0"]) - 0.2 * m["fava_k0.5"]) / 0.2,
-        (m["m13b_resp"] - 0.708) / 0.07, (m["m13b_relapse_median_d"] - 18.0) / 5.0,
-        (m["dz_d_40min"] + 0.52) / 0.2, (m["dz_d_2d"] + 0.80) / 0.2, h(m["dz_d_3d"] + 0.4) / 0.1,
-        h(-m["dz_d_7d"] - 0.5) / 0.2,
-        (m["t2_diff28"] + 4.0) / 1.5, (m["wilk_d"] - 0.65) / 0.15,
-        (m["daly_pl_2h"] + 9.7) / 1.8, (m["daly_pl_24h"] + 5.7) / 1.8,
-        (m["daly_pl_7d"] + 4.9) / 1.8, (m["daly_esk_2h"] + 17.6) / 2.6,
-        (m["saline_resp_24h"] - 0.088) / 0.04, (m["m13b_2h"] + 18.9) / 2.5,
-        (m["price_ssi_ketamine"] - 0.88) / 0.2, (m["price_ssi_midazolam"] - 0.34) / 0.15,
-        (m["price_madrs_item10_ketamine"] - 0.72) / 0.2,
-        (m["price_madrs_item10_midazolam"] - 0.20) / 0.15,
-    ]
-    return float(np.sum(np.square(terms)))
+    return float(np.sum(np.square(loss_terms(metrics(c)))))
 
 
 BOUNDS = {"placebo_decay_d": (5.0, 40.0), "consolidation_tau_d": (3.0, 60.0),
