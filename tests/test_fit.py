@@ -245,8 +245,8 @@ def test_profiles_follow_the_request_and_the_cost_rule(pop_fit):
                                rtol=1e-6)
     assert PopulationFOCEI(pr).profiles_enabled()  # 24 subjects × 5 nodes × 1
     assert not PopulationFOCEI(pr, covariance=False).profiles_enabled()
-    big = pr.take(np.arange(pr.n).repeat(60))  # 1440 subjects × 5 nodes > the budget
-    assert big.n * 5 > E.PROFILE_AUTO_WORK
+    big = pr.take(np.arange(pr.n).repeat(200))  # 4800 subjects × 5 nodes × 2 > the budget
+    assert big.n * 5 * 2 > E.PROFILE_AUTO_WORK
     assert not PopulationFOCEI(big).profiles_enabled()
     assert PopulationFOCEI(big, profile=True).profiles_enabled()
 
@@ -346,6 +346,7 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     e = d["estimates"]["CL"]
     assert e["ci95"][0] < e["value"] < e["ci95"][1] and e["se"] > 0 and e["iiv_cv"] > 0
+    assert e["ci95_method"] == "profile-likelihood" and len(e["ci95_wald"]) == 2
     assert d["n_subjects"] == 8 and isinstance(d["converged"], bool)
     assert np.isfinite(d["objective"])
     assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_versions"]

@@ -43,6 +43,19 @@ computed too and reported in ``diagnostics["se_log_sandwich"]`` but not used: wi
 right both estimate the same variance, the sandwich with more noise at 50 subjects; in the
 recovery study it was not wider for V1 (same coverage), and the SE of log V1 matched the
 spread expected from ω/√n and the per-subject information (docs/fit.md).
+
+**Profile-likelihood intervals** (default where affordable, ``profile=``). For the typical
+values and the IIV SDs, ``ci95`` (``iiv_cv_ci95``) is the likelihood-ratio interval on the
+reported objective: the values of the log-parameter where the profile −2LL (all other free
+parameters re-optimised) is ``min + 3.841`` (χ²₁, 0.95) — asymmetric where the likelihood is,
+invariant to the parameterisation, as NONMEM users get from PsN's ``llp``. Each bound is a
+secant search on the signed root √ΔOFV from Wald's bound, each profile point a few Newton
+steps of the other parameters with the covariance step's Hessian as metric (about 13
+objective evaluations a point, 1–3 points a bound). The Wald SE stays in ``se`` and the Wald
+interval in ``ci95_wald``; ``ci95_method`` names the method. Profiles run by default while
+subjects × quadrature nodes × profiled parameters ≤ ``PROFILE_AUTO_WORK`` (CL and V1 with
+IIV: 5000 for 50 subjects, 20000 for 200 — measured 87 s for that fit, 29 s of it profiles),
+else Wald intervals (the 200-subject, four-parameter fit: 129600, keeps its time).
 """
 
 from __future__ import annotations
@@ -80,7 +93,7 @@ PROFILE_ROOT_TOL = 0.01  # |signed root √ΔOFV − 1.96| accepted at a profile
 PROFILE_MAX_POINTS = 6  # profile points per side (secant search for the bound)
 PROFILE_NEWTON_MAX = 4  # Newton iterations of the other parameters at one profile point
 PROFILE_DECREMENT = 0.01  # stop them when the predicted further decrease (−2LL) is below
-PROFILE_AUTO_WORK = 6000  # profiles by default while subjects × nodes × profiled ≤ this
+PROFILE_AUTO_WORK = 20000  # profiles by default while subjects × nodes × profiled ≤ this
 
 
 @dataclass
