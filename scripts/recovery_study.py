@@ -130,7 +130,7 @@ def _replicate(job: tuple) -> dict:
     # the realised geometric mean of the individual parameters: what the data can show
     gm = {k: float(np.exp(np.mean(np.log(df.attrs["individual"][k])))) for k in est}
     return {"replicate": r, "seconds": time.perf_counter() - t0, "converged": res.converged,
-            "method": res.method, "estimates": d["estimates"],
+            "method": res.method, "objective": res.objective, "estimates": d["estimates"],
             "sigma_prop": d["residual_error"]["sigma_prop"], "realised_gm": gm,
             "diagnostics": res.diagnostics}
 
