@@ -5,9 +5,11 @@ known typical values and IIV (50 subjects, rich sampling, proportional error), f
 with :class:`ketasim.fit.estimators.PopulationFOCEI` (FOCE-I refined on the quadrature
 likelihood; ``--no-quadrature``: plain FOCE-I), and reports per parameter: the mean relative
 error of the estimates, the fraction of replicates within the tolerance (10% typical values,
-30% IIV CVs), the coverage of the 95% intervals, and as diagnostics the FOCE-I estimate's mean
-error, the error against the realised geometric mean of the simulated subjects' parameters,
-the spread of the estimates against the mean SE, and the coverage of sandwich intervals.
+30% IIV CVs), the coverage of the 95% intervals (profile likelihood for typical values where
+the estimator computes them, else Wald on the log scale; the method is printed), and as
+diagnostics the FOCE-I estimate's mean error, the error against the realised geometric mean
+of the simulated subjects' parameters, the spread of the estimates against the mean SE, and
+the coverage of Wald and sandwich intervals.
 ``--jobs N`` fits replicates in N processes (same seeds, same results).
 
     .venv/bin/python scripts/recovery_study.py --replicates 50 --jobs 2 --json rec.json
@@ -79,9 +81,18 @@ def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float,
             s["oracle_ci95_coverage"] = float(np.mean(
                 np.abs(np.log(gm / truth[k])) <= Z95 * om_k / np.sqrt(subjects)))
         s["sd_log_estimate"] = float(np.std(np.log(v)))
-        s["mean_se_log"] = float(np.mean(np.log(hi / lo) / (2 * Z95)))
+        # the Wald SE of log θ (the reported se / value; ci95 may be a profile interval)
+        se_log = np.array([x["estimates"][k]["se"] / x["estimates"][k]["value"] for x in rows])
+        s["mean_se_log"] = float(np.mean(se_log))
         # calibration of the SE: the SD of (log estimate − log truth)/SE is 1 for a right SE
-        s["sd_z"] = float(np.std(np.log(v / truth[k]) / (np.log(hi / lo) / (2 * Z95))))
+        s["sd_z"] = float(np.std(np.log(v / truth[k]) / se_log))
+        s["wald_ci95_coverage"] = float(np.mean(np.abs(np.log(v / truth[k])) <= Z95 * se_log))
+        methods = [x["estimates"][k].get("ci95_method", "wald-log") for x in rows]
+        s["ci95_methods"] = {m: methods.count(m) for m in sorted(set(methods))}
+        # profile intervals: mean log half-widths below and above (asymmetry)
+        if "profile-likelihood" in methods:
+            s["mean_log_halfwidth_lower_upper"] = [float(np.mean(np.log(v / lo))),
+                                                   float(np.mean(np.log(hi / v)))]
         summary[k] = s
         print(f"{k}: truth {truth[k]:.4g}, mean est {v.mean():.4g} (mean rel err "
               f"{100 * rel.mean():+.1f}%, {100 * s['within_10pct']:.0f}% of replicates within "
@@ -92,9 +103,13 @@ def summarize(rows: list[dict], truth: dict, true_cv: dict, sigma_prop: float,
         extra = ", ".join(f"{n} {s[n]:+.4f}" if "error" in n else f"{n} {s[n]:.4f}"
                           for n in ("focei_mean_rel_error", "mean_log_error_vs_realised_gm",
                                     "sd_log_realised_gm", "sd_log_estimate", "mean_se_log",
-                                    "sd_z", "sandwich_ci95_coverage", "oracle_ci95_coverage")
+                                    "sd_z", "wald_ci95_coverage", "sandwich_ci95_coverage",
+                                    "oracle_ci95_coverage")
                           if n in s)
-        print(f"  {k}: {extra}")
+        print(f"  {k}: {extra}; ci95 by {s['ci95_methods']}"
+              + (", mean log half-widths {:.4f} below, {:.4f} above".format(
+                  *s["mean_log_halfwidth_lower_upper"])
+                 if "mean_log_halfwidth_lower_upper" in s else ""))
     sp = np.array([x["sigma_prop"]["value"] for x in rows])
     print(f"sigma_prop: truth {sigma_prop:g}, mean est {sp.mean():.4g}")
     print(f"converged: {sum(x['converged'] for x in rows)}/{len(rows)}; mean fit time "
@@ -115,7 +130,7 @@ def _replicate(job: tuple) -> dict:
     # the realised geometric mean of the individual parameters: what the data can show
     gm = {k: float(np.exp(np.mean(np.log(df.attrs["individual"][k])))) for k in est}
     return {"replicate": r, "seconds": time.perf_counter() - t0, "converged": res.converged,
-            "method": res.method, "estimates": d["estimates"],
+            "method": res.method, "objective": res.objective, "estimates": d["estimates"],
             "sigma_prop": d["residual_error"]["sigma_prop"], "realised_gm": gm,
             "diagnostics": res.diagnostics}
 

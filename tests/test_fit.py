@@ -167,6 +167,90 @@ def test_model_based_se_agrees_with_sandwich(pop_fit):
     assert 0.7 < ratio < 1.4, ratio
 
 
+def test_profile_interval_is_reported_and_brackets_the_estimate(pop_fit):
+    """The fixture's fit (24 subjects, CL) is small enough for profiles by default: ci95 is
+    the profile-likelihood interval, it contains the estimate, and for this well-identified
+    parameter it is close to the Wald interval (log scale) kept next to it."""
+    pr, res, _ = pop_fit
+    e = res.estimates["CL"]
+    assert e.ci95_method == "profile-likelihood" and e.ci95_wald is not None
+    assert e.ci95[0] < e.value < e.ci95[1]
+    half_w = np.log(np.array(e.ci95_wald) / e.value)
+    half_p = np.log(np.array(e.ci95) / e.value)
+    np.testing.assert_allclose(half_p, half_w, rtol=0.15)
+    for name in ("theta_CL", "omega_CL"):
+        prof = res.diagnostics["profile"][name]
+        assert prof["converged"] and all(1 <= n <= 6 for n in prof["points"])
+        assert prof["min_objective_seen"] > res.objective - 0.05  # the fit was at the optimum
+    d = e.to_dict()
+    assert d["ci95_method"] == "profile-likelihood" and d["ci95_wald"] == list(e.ci95_wald)
+    # the IIV's interval is its profile too (ω is skewed: the profile is not Wald's)
+    assert d["iiv_ci95_method"] == "profile-likelihood"
+    assert e.iiv_cv_ci95[0] < e.iiv_cv < e.iiv_cv_ci95[1]
+    assert e.iiv_cv_ci95_wald is not None and e.iiv_cv_ci95 != e.iiv_cv_ci95_wald
+
+
+@pytest.mark.parametrize("which", ["CL", "omega_CL"])
+def test_profile_interval_matches_brute_force_profile(pop_fit, which):
+    """The profile bounds solve profile −2LL = min + 3.841, checked against a brute-force
+    profile: at each value of the profiled log-parameter (log CL or log ω) the other two
+    minimised by Nelder–Mead on the same quadrature objective, the crossing found by Brent's
+    method."""
+    from scipy.optimize import brentq, minimize
+
+    pr, res, _ = pop_fit
+    e = res.estimates["CL"]
+    est = PopulationFOCEI(pr)
+    est.set_quadrature(int(round(res.diagnostics["quadrature_nodes"])))
+    x_hat = np.log([e.value, res.omega_sd[0], res.sigma["sigma_prop"]])
+    i = 0 if which == "CL" else 1
+    rest = [j for j in range(3) if j != i]
+    start = {"x": x_hat[rest]}
+
+    def profile(v):
+        def f(z):
+            x = np.empty(3)
+            x[i], x[rest] = v, z
+            return est.ofv(x)
+
+        r = minimize(f, start["x"], method="Nelder-Mead",
+                     options={"xatol": 1e-4, "fatol": 1e-5, "maxfev": 400})
+        start["x"] = r.x
+        return r.fun
+
+    f_min = profile(x_hat[i])
+    assert f_min > res.objective - 0.01  # the fit's optimum is the brute-force one
+    if which == "CL":
+        got = np.log(e.ci95)
+    else:  # CV bounds back to log ω
+        got = np.log(np.sqrt(np.log1p(np.array(e.iiv_cv_ci95) ** 2)))
+    for j, side in enumerate((-1, 1)):
+        start["x"] = x_hat[rest]
+        root = brentq(lambda c: profile(c) - f_min - 3.841458820694124, x_hat[i],
+                      x_hat[i] + side * 0.8, xtol=1e-5)
+        assert abs(got[j] - root) < 2e-3, (j, got[j], root)
+
+
+def test_profiles_follow_the_request_and_the_cost_rule(pop_fit):
+    """``profile=False`` keeps Wald intervals (named so); by default profiles run only while
+    subjects × quadrature nodes × typical values stay within PROFILE_AUTO_WORK."""
+    from ketasim.fit import estimators as E
+
+    pr, _, _ = pop_fit
+    res = PopulationFOCEI(pr, profile=False).run()
+    e = res.estimates["CL"]
+    assert e.ci95_method == "wald-log" and e.ci95_wald is None and "profile" not in \
+        res.diagnostics
+    np.testing.assert_allclose(np.log(e.ci95[1] / e.value), 1.959964 * e.se / e.value,
+                               rtol=1e-6)
+    assert PopulationFOCEI(pr).profiles_enabled()  # 24 subjects × 5 nodes × 1
+    assert not PopulationFOCEI(pr, covariance=False).profiles_enabled()
+    big = pr.take(np.arange(pr.n).repeat(200))  # 4800 subjects × 5 nodes × 2 > the budget
+    assert big.n * 5 * 2 > E.PROFILE_AUTO_WORK
+    assert not PopulationFOCEI(big).profiles_enabled()
+    assert PopulationFOCEI(big, profile=True).profiles_enabled()
+
+
 def _subject_minus2ll_by_grid(pr, i, x, lo, hi, m=121):
     """−2 log ∫ p(yᵢ|η) p(η) dη of subject i by a dense 2-D trapezoid grid over [lo, hi]."""
     g = [np.linspace(lo[k], hi[k], m) for k in range(2)]
@@ -262,6 +346,7 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     e = d["estimates"]["CL"]
     assert e["ci95"][0] < e["value"] < e["ci95"][1] and e["se"] > 0 and e["iiv_cv"] > 0
+    assert e["ci95_method"] == "profile-likelihood" and len(e["ci95_wald"]) == 2
     assert d["n_subjects"] == 8 and isinstance(d["converged"], bool)
     assert np.isfinite(d["objective"])
     assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_versions"]

@@ -1164,7 +1164,8 @@ def fit(
     for c in ("parameter", "estimate", "SE", "95% CI", "IIV CV", "units"):
         t.add_column(c)
     for k, e in res.estimates.items():
-        t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}",
+        how = " (profile)" if e.ci95_method == "profile-likelihood" else ""
+        t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}{how}",
                   "" if e.iiv_cv is None else f"{100 * e.iiv_cv:.1f}%", problem.units(k))
     for k, e in res.residual.items():
         t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}", "", "")

@@ -43,6 +43,19 @@ computed too and reported in ``diagnostics["se_log_sandwich"]`` but not used: wi
 right both estimate the same variance, the sandwich with more noise at 50 subjects; in the
 recovery study it was not wider for V1 (same coverage), and the SE of log V1 matched the
 spread expected from ω/√n and the per-subject information (docs/fit.md).
+
+**Profile-likelihood intervals** (default where affordable, ``profile=``). For the typical
+values and the IIV SDs, ``ci95`` (``iiv_cv_ci95``) is the likelihood-ratio interval on the
+reported objective: the values of the log-parameter where the profile −2LL (all other free
+parameters re-optimised) is ``min + 3.841`` (χ²₁, 0.95) — asymmetric where the likelihood is,
+invariant to the parameterisation, as NONMEM users get from PsN's ``llp``. Each bound is a
+secant search on the signed root √ΔOFV from Wald's bound, each profile point a few Newton
+steps of the other parameters with the covariance step's Hessian as metric (about 13
+objective evaluations a point, 1–3 points a bound). The Wald SE stays in ``se`` and the Wald
+interval in ``ci95_wald``; ``ci95_method`` names the method. Profiles run by default while
+subjects × quadrature nodes × profiled parameters ≤ ``PROFILE_AUTO_WORK`` (CL and V1 with
+IIV: 5000 for 50 subjects, 20000 for 200 — measured 87 s for that fit, 29 s of it profiles),
+else Wald intervals (the 200-subject, four-parameter fit: 129600, keeps its time).
 """
 
 from __future__ import annotations
@@ -75,6 +88,12 @@ RESTART_GRAD_PER_SUBJECT = 0.02  # |∂OFV/∂(log parameter)| accepted, per sub
 # objective's curvature grows with the number of subjects, so this is a fixed relative accuracy)
 OMEGA_BOUNDS = (np.log(0.01), np.log(3.0))  # SD of η (log scale)
 Z95 = 1.959963984540054
+CHI2_95 = Z95 * Z95  # χ²₁ 0.95 quantile (3.8415): the likelihood-ratio cut of a 95% interval
+PROFILE_ROOT_TOL = 0.01  # |signed root √ΔOFV − 1.96| accepted at a profile bound
+PROFILE_MAX_POINTS = 6  # profile points per side (secant search for the bound)
+PROFILE_NEWTON_MAX = 4  # Newton iterations of the other parameters at one profile point
+PROFILE_DECREMENT = 0.01  # stop them when the predicted further decrease (−2LL) is below
+PROFILE_AUTO_WORK = 20000  # profiles by default while subjects × nodes × profiled ≤ this
 
 
 @dataclass
@@ -177,13 +196,22 @@ class Estimate:
     iiv_cv: float | None = None
     iiv_cv_ci95: tuple[float, float] | None = None
     iiv_sd: float | None = None
+    ci95_method: str = "wald-log"  # or "profile-likelihood"
+    ci95_wald: tuple[float, float] | None = None  # the Wald interval where ci95 is a profile
+    iiv_ci95_method: str = "wald-log"  # of iiv_cv_ci95 (Wald on log ω, or the profile)
+    iiv_cv_ci95_wald: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready form: value, se, ci95, iiv_cv."""
+        """JSON-ready form: value, se, ci95 (with its method), iiv_cv."""
         d = {"value": self.value, "se": self.se, "ci95": list(self.ci95),
-             "iiv_cv": self.iiv_cv}
+             "ci95_method": self.ci95_method, "iiv_cv": self.iiv_cv}
+        if self.ci95_wald is not None:
+            d["ci95_wald"] = list(self.ci95_wald)
         if self.iiv_cv_ci95 is not None:
             d["iiv_cv_ci95"] = list(self.iiv_cv_ci95)
+            d["iiv_ci95_method"] = self.iiv_ci95_method
+            if self.iiv_cv_ci95_wald is not None:
+                d["iiv_cv_ci95_wald"] = list(self.iiv_cv_ci95_wald)
             d["iiv_sd_log"] = self.iiv_sd
         return d
 
@@ -227,9 +255,10 @@ class PopulationFOCEI:
 
     def __init__(self, problem: PKProblem, theta0: dict[str, float] | None = None,
                  omega0: float = 0.3, max_iter: int = 200, covariance: bool = True,
-                 quadrature: bool = True) -> None:
+                 quadrature: bool = True, profile: bool | None = None) -> None:
         self.problem = problem
         self.quadrature = quadrature
+        self.profile = profile  # None: where affordable (PROFILE_AUTO_WORK)
         self.theta0 = {**problem.theta0(), **(theta0 or {})}
         self.omega0 = omega0
         self.max_iter = max_iter
@@ -311,18 +340,19 @@ class PopulationFOCEI:
         terms = self.ofv_terms(x)
         return 1e300 if terms is None else float(terms.sum())
 
-    def _grad(self, x: np.ndarray, full: bool = False, per_subject: bool = False
-              ) -> np.ndarray:
+    def _grad(self, x: np.ndarray, full: bool = False, per_subject: bool = False,
+              which: np.ndarray | None = None) -> np.ndarray:
         """Central differences; at each shifted point the conditional modes take
         ``GRAD_INNER_STEPS`` damped Newton steps from the modes at ``x`` (their shift is O(h),
         so the objective error is O(h⁴) and the gradient error O(h)); ``full``: converge
         them (for the covariance step). ``per_subject``: the (n, m) gradients of each
-        subject's term (the scores of the sandwich covariance) instead of their sum."""
+        subject's term (the scores of the sandwich covariance) instead of their sum.
+        ``which``: only these components (the others are 0)."""
         n = self.problem.n
         G = np.zeros((n, len(x)))
         self._max_iter = INNER_MAX_ITER if full else GRAD_INNER_STEPS
         eta = None if self._eta is None else self._eta.copy()
-        for k in range(len(x)):
+        for k in (range(len(x)) if which is None else which):
             e = np.zeros_like(x)
             e[k] = OUTER_STEP
             self._eta = eta
@@ -397,16 +427,42 @@ class PopulationFOCEI:
             f_best = self.ofv(x)
         theta, om, sig = self._split(x)
         se_log = np.sqrt(np.diag(cov)) if cov is not None else np.full(len(x), np.nan)
+        profiles: dict[str, dict] = {}
+        if cov is not None and self.profiles_enabled():
+            t_p = time.perf_counter()
+            names = self._names()
+            for i in range(p + d):  # typical values and IIV SDs
+                if not at_bound[i] and np.isfinite(se_log[i]):
+                    profiles[names[i]] = self._profile_interval(x, f_best, i, ~at_bound,
+                                                                bounds, se_log[i])
+            f_best = self.ofv(x)  # modes and the last evaluation back at the optimum
+            refine["profile"] = {
+                "method": "likelihood ratio on the reported objective: −2LL ≤ min + 3.841 "
+                          "(χ²₁ 0.95), other parameters re-optimised",
+                "seconds": time.perf_counter() - t_p,
+                **{k: {kk: vv for kk, vv in v.items()} for k, v in profiles.items()}}
         est = {}
         for i, k in enumerate(pr.estimate):
             v, s = theta[k], se_log[i]
             e = Estimate(v, v * s, (v * np.exp(-Z95 * s), v * np.exp(Z95 * s)))
+            pk = profiles.get(f"theta_{k}")
+            if pk is not None and pk["converged"]:
+                e.ci95_wald = e.ci95
+                e.ci95 = (float(v * np.exp(pk["ci95_log"][0])),
+                          float(v * np.exp(pk["ci95_log"][1])))
+                e.ci95_method = "profile-likelihood"
             if k in pr.iiv:
                 j = p + pr.iiv.index(k)
                 w, sw = om[j - p], se_log[j]
                 e.iiv_cv = _cv(w)
                 e.iiv_sd = float(w)
                 e.iiv_cv_ci95 = (_cv(w * np.exp(-Z95 * sw)), _cv(w * np.exp(Z95 * sw)))
+                pw = profiles.get(f"omega_{k}")
+                if pw is not None and pw["converged"]:
+                    e.iiv_cv_ci95_wald = e.iiv_cv_ci95
+                    e.iiv_cv_ci95 = (_cv(w * np.exp(pw["ci95_log"][0])),
+                                     _cv(w * np.exp(pw["ci95_log"][1])))
+                    e.iiv_ci95_method = "profile-likelihood"
             est[k] = e
         resid = {}
         for i, k in enumerate(pr.error.names):
@@ -427,6 +483,20 @@ class PopulationFOCEI:
         self.cond = cond
         return FitResult(method, est, resid, f_best, pr.n, pr.n_obs, converged,
                          cond.eta, theta, om, sig, diag, time.perf_counter() - t0)
+
+    def profiles_enabled(self) -> bool:
+        """Whether :meth:`run` computes profile-likelihood intervals of the typical values
+        and IIV SDs: as asked (``profile=``), else while subjects × quadrature nodes per
+        subject × (typical values + IIV SDs) ≤ ``PROFILE_AUTO_WORK`` (the profiles' cost
+        grows with that product; beyond it the intervals are Wald's, reported as such)."""
+        if self.profile is not None:
+            return bool(self.profile)
+        if not self.covariance:
+            return False
+        pr = self.problem
+        d = len(pr.iiv)
+        q = quadrature_nodes_per_dim(d) if self.quadrature and d > 0 else 0
+        return pr.n * max(q, 1) ** d * (len(pr.estimate) + d) <= PROFILE_AUTO_WORK
 
     def _names(self) -> list[str]:
         pr = self.problem
@@ -462,6 +532,7 @@ class PopulationFOCEI:
         """
         m = len(x)
         H, G0 = self._hessian(x)
+        self._H_cov = H  # the profiles' Newton metric
         free = ~at_bound
         cov = np.full((m, m), np.nan)
         self.covariances = {"hessian": cov.copy(), "sandwich": cov.copy()}
@@ -476,6 +547,106 @@ class PopulationFOCEI:
         self.covariances["hessian"][np.ix_(free, free)] = 2.0 * Hi
         self.covariances["sandwich"][np.ix_(free, free)] = Hi @ Sf @ Hi
         return self.covariances["hessian"]
+
+    def _profile_interval(self, x: np.ndarray, f_hat: float, i: int, free: np.ndarray,
+                          bounds: list[tuple[float, float]], se_i: float) -> dict:
+        """Likelihood-ratio 95% interval of log-parameter ``i``: the values where the profile
+        −2LL (the other free parameters re-optimised) exceeds ``f_hat`` by χ²₁(0.95).
+
+        Per side, a secant search on the signed root r(δ) = √(profile − f_hat) (linear in
+        the offset δ where the objective is quadratic, so Wald's ±1.96·SE is the first try)
+        until |r − 1.96| < ``PROFILE_ROOT_TOL``. At each point the other parameters start
+        from the previous point moved along the quadratic profile (−H_oo⁻¹H_oi δ, H: the
+        covariance step's Hessian) and take damped Newton steps with H_oo as the metric and
+        converged-mode gradients, until the predicted further decrease is below
+        ``PROFILE_DECREMENT``; the profile value is the objective less that decrease.
+        Returns ``ci95_log`` (offsets from ``x[i]``), points and evaluations per side,
+        ``converged``, and the lowest objective met (below ``f_hat``: not at the optimum)."""
+        m = len(x)
+        lo = np.array([b[0] for b in bounds])
+        hi = np.array([b[1] for b in bounds])
+        o = np.flatnonzero(free & (np.arange(m) != i))
+        H = self._H_cov
+        w, V = np.linalg.eigh(H[np.ix_(o, o)])
+        Hoo_inv = (V / np.maximum(w, 1e-6 * max(w.max(), 1e-12))) @ V.T if len(o) else V
+        slope = -Hoo_inv @ H[o, i] if len(o) else np.zeros(0)
+        eta_hat = self._eta.copy()
+        n0 = self.n_eval
+        out: dict = {"ci95_log": [np.nan, np.nan], "points": [0, 0], "converged": True,
+                     "min_objective_seen": f_hat}
+        for j, side in enumerate((-1.0, 1.0)):
+            self._eta = eta_hat.copy()
+            pts = [(0.0, 0.0)]
+            xo, d_prev = x[o].copy(), 0.0
+            delta = side * Z95 * se_i
+            found = None
+            limit = (lo[i] - x[i]) if side < 0 else (hi[i] - x[i])
+            for _ in range(PROFILE_MAX_POINTS):
+                delta = side * min(abs(delta), abs(limit))
+                xs = x.copy()
+                xs[i] = x[i] + delta
+                xs[o] = np.clip(xo + slope * (delta - d_prev), lo[o], hi[o])
+                fp, xs = self._profile_min(xs, o, Hoo_inv, lo, hi)
+                out["min_objective_seen"] = min(out["min_objective_seen"], fp)
+                r = float(np.sqrt(max(fp - f_hat, 0.0)))
+                pts.append((delta, r))
+                out["points"][j] += 1
+                xo, d_prev = xs[o].copy(), delta
+                if abs(r - Z95) < PROFILE_ROOT_TOL:
+                    found = delta
+                    break
+                if abs(delta) >= abs(limit) and r < Z95:  # the bound is inside the interval
+                    found = delta
+                    break
+                (d1, r1), (d2, r2) = pts[-2], pts[-1]
+                nxt = d2 + (Z95 - r2) * (d2 - d1) / (r2 - r1) if r2 > r1 + 1e-9 else 2 * d2
+                delta = side * float(np.clip(abs(nxt), 0.25 * abs(d2), 3 * abs(d2)))
+            if found is None:  # not within tolerance: interpolate a bracket, else give up
+                ds = np.array([p_[0] for p_ in pts]) * side
+                rs = np.array([p_[1] for p_ in pts])
+                order = np.argsort(ds)
+                ds, rs = ds[order], rs[order]
+                k = np.flatnonzero((rs[:-1] < Z95) & (rs[1:] >= Z95))
+                if len(k):
+                    a = k[0]
+                    found = side * float(ds[a] + (Z95 - rs[a]) * (ds[a + 1] - ds[a])
+                                         / (rs[a + 1] - rs[a]))
+                else:
+                    out["converged"] = False
+                    continue
+            out["ci95_log"][j] = float(found)
+        self._eta = eta_hat
+        out["evaluations"] = self.n_eval - n0
+        out["ci95_log"] = [float(v) for v in out["ci95_log"]]
+        return out
+
+    def _profile_min(self, xs: np.ndarray, o: np.ndarray, Hoo_inv: np.ndarray,
+                     lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
+        """Minimise the objective over the components ``o`` from ``xs`` (damped Newton,
+        metric ``Hoo_inv``); returns the profile value (objective less the predicted
+        remaining decrease) and the point."""
+        f = self.ofv(xs)
+        if not len(o):
+            return f, xs
+        dec = np.inf
+        for _ in range(PROFILE_NEWTON_MAX + 1):
+            g = self._grad(xs, full=True, which=o)[o]
+            step = -Hoo_inv @ g
+            dec = float(-0.5 * g @ step)
+            if dec < PROFILE_DECREMENT:
+                break
+            t, moved = 1.0, False
+            while t > 1e-3:
+                xn = xs.copy()
+                xn[o] = np.clip(xs[o] + t * np.clip(step, -MAX_STEP, MAX_STEP), lo[o], hi[o])
+                fn = self.ofv(xn)
+                if fn <= f + 1e-9:
+                    xs, f, moved = xn, fn, True
+                    break
+                t *= 0.5
+            if not moved:
+                break
+        return f - (dec if np.isfinite(dec) and dec < PROFILE_DECREMENT else 0.0), xs
 
     def _refine(self, x: np.ndarray, at_bound: np.ndarray, bounds: list[tuple[float, float]],
                 gtol: float, H: np.ndarray) -> tuple[np.ndarray, int, float]:
