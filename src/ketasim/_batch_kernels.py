@@ -616,12 +616,14 @@ LANES = 8
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wp, piv, lval, dinv, mval,
-                      nmech, mptr, mcols, act, ok):
+                      nmech, mptr, mcols, ok):
     """:func:`_blk_factor` for every lane at once: ``J`` (lane, ny, ny), ``inv`` (lane,);
     flat lower entries ``lval`` (entry, lane), reciprocal pivots ``dinv`` (row, lane), the mood
-    rows' lower entries ``mval`` (entry, lane); a larger diagonal block is LU-factored per
-    lane in ``Wp[lane]`` / ``piv[lane]``. ``ok[lane]`` False where a pivot is zero or not
-    finite. The same operations as :func:`_blk_factor` per lane (same results)."""
+    rows' lower entries ``mval`` (entry, lane); a larger diagonal block is LU-factored with
+    partial pivoting in ``Wp`` (row, column, lane), pivots ``piv`` (row, lane); every lane is
+    processed, active or not (values of an idle lane are not used). ``ok[lane]`` False where
+    a pivot is zero or not finite. The same operations as :func:`_blk_factor` per lane (same
+    results)."""
     for ln in range(LANES):
         ok[ln] = True
     n = order.shape[0]
@@ -642,39 +644,38 @@ def _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wp, piv, lval, 
         if a != a0:
             continue
         a1 = blast[a] + 1
-        for ln in range(LANES):
-            if not act[ln] or not ok[ln]:
-                continue
-            W = Wp[ln]
-            for r in range(a0, a1):
-                ir = order[r]
-                for c in range(a0, a1):
-                    W[r, c] = -J[ln, ir, order[c]]
-                W[r, r] += inv[ln]
-            for k in range(a0, a1):
+        for r in range(a0, a1):
+            ir = order[r]
+            for c in range(a0, a1):
+                jc = order[c]
+                for ln in range(LANES):
+                    Wp[r, c, ln] = -J[ln, ir, jc]
+            for ln in range(LANES):
+                Wp[r, r, ln] += inv[ln]
+        for k in range(a0, a1):
+            for ln in range(LANES):
                 p = k
-                best = abs(W[k, k])
+                best = abs(Wp[k, k, ln])
                 for i in range(k + 1, a1):
-                    if abs(W[i, k]) > best:
-                        best = abs(W[i, k])
+                    if abs(Wp[i, k, ln]) > best:
+                        best = abs(Wp[i, k, ln])
                         p = i
                 if best == 0.0 or not np.isfinite(best):
-                    ok[ln] = False
-                    break
-                piv[ln, k] = p
+                    ok[ln] = False  # (this lane's values below are not used)
+                piv[k, ln] = p
                 if p != k:
                     for j in range(a0, a1):
-                        tmp = W[k, j]
-                        W[k, j] = W[p, j]
-                        W[p, j] = tmp
-                rinv = 1.0 / W[k, k]
-                dinv[k, ln] = rinv
-                for i in range(k + 1, a1):
-                    f = W[i, k] * rinv
-                    W[i, k] = f
+                        tmp = Wp[k, j, ln]
+                        Wp[k, j, ln] = Wp[p, j, ln]
+                        Wp[p, j, ln] = tmp
+                dinv[k, ln] = 1.0 / Wp[k, k, ln]
+            for i in range(k + 1, a1):
+                for ln in range(LANES):
+                    f = Wp[i, k, ln] * dinv[k, ln]
+                    Wp[i, k, ln] = f
                     if f != 0.0:
                         for j in range(k + 1, a1):
-                            W[i, j] -= f * W[k, j]
+                            Wp[i, j, ln] -= f * Wp[k, j, ln]
     for i in range(nmech, dinv.shape[0]):
         for ln in range(LANES):
             d = inv[ln] - J[ln, i, i]
@@ -691,7 +692,7 @@ def _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wp, piv, lval, 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _blk_solve_lanes(Wp, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval, b, u, acc,
-                     nmech, mptr, mcols, act):
+                     nmech, mptr, mcols):
     """:func:`_blk_solve` for every lane at once, in place on ``b`` (row, lane), with the
     factors of :func:`_blk_factor_lanes`; ``u`` (row, lane) and ``acc`` (lane,) work arrays.
     The same operations in the same order as :func:`_blk_solve` per lane."""
@@ -713,26 +714,29 @@ def _blk_solve_lanes(Wp, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mva
         if a != blast[a]:
             continue
         a1 = a + 1
-        for ln in range(LANES):
-            if not act[ln]:
-                continue
-            W = Wp[ln]
-            for k in range(a0, a1):
-                p = piv[ln, k]
+        for k in range(a0, a1):
+            for ln in range(LANES):
+                p = piv[k, ln]
                 if p != k:
                     tmp = u[k, ln]
                     u[k, ln] = u[p, ln]
                     u[p, ln] = tmp
-            for i in range(a0, a1):
-                s = u[i, ln]
-                for j in range(a0, i):
-                    s -= W[i, j] * u[j, ln]
-                u[i, ln] = s
-            for i in range(a1 - 1, a0 - 1, -1):
-                s = u[i, ln]
-                for j in range(i + 1, a1):
-                    s -= W[i, j] * u[j, ln]
-                u[i, ln] = s * dinv[i, ln]
+        for i in range(a0, a1):
+            for ln in range(LANES):
+                acc[ln] = u[i, ln]
+            for j in range(a0, i):
+                for ln in range(LANES):
+                    acc[ln] -= Wp[i, j, ln] * u[j, ln]
+            for ln in range(LANES):
+                u[i, ln] = acc[ln]
+        for i in range(a1 - 1, a0 - 1, -1):
+            for ln in range(LANES):
+                acc[ln] = u[i, ln]
+            for j in range(i + 1, a1):
+                for ln in range(LANES):
+                    acc[ln] -= Wp[i, j, ln] * u[j, ln]
+            for ln in range(LANES):
+                u[i, ln] = acc[ln] * dinv[i, ln]
     for a in range(nmech):
         ia = order[a]
         for ln in range(LANES):
@@ -800,8 +804,8 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     f0 = np.zeros((NL, ny))
     fj = np.zeros((NL, ny))
     J = np.zeros((NL, ny, ny))
-    Wm = np.zeros((NL, ny, ny))
-    piv = np.zeros((NL, ny), dtype=np.int64)
+    Wm = np.zeros((nmech, nmech, NL))
+    piv = np.zeros((nmech, NL), dtype=np.int64)
     uwork = np.zeros((ny, NL))
     acc_l = np.zeros(NL)
     en_l = np.zeros(NL)
@@ -991,7 +995,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
             hinv[ln] = 1.0 / h[ln]
         # W = I/(hγ) − J of every lane, factored across lanes
         _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wm, piv, lval, dinv,
-                          mval, nmech, mptr, mcols, act, ok)
+                          mval, nmech, mptr, mcols, ok)
         for st in range(ns):
             for ln in range(NL):
                 if not act[ln] or not ok[ln]:
@@ -1024,7 +1028,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                             a += cth[j] * U[j, i, ln]
                         U[st, i, ln] = a
             _blk_solve_lanes(Wm, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval,
-                             U[st], uwork, acc_l, nmech, mptr, mcols, act)
+                             U[st], uwork, acc_l, nmech, mptr, mcols)
         # new states and error norms, across lanes
         for ln in range(NL):
             en_l[ln] = 0.0
