@@ -53,7 +53,17 @@ Design (why it is fast, and why it stays exact where it can):
   effect compartments, the priming trace and consolidation of :mod:`ketasim.mood` are four
   more states (:func:`ketasim._batch_kernels.mood_rhs`), so the scores need outputs only at
   the visits instead of a fine grid.
-* Patients run in parallel (``prange``) on ``numba.get_num_threads()`` threads.
+* **Patients in lock-step lanes** (:data:`KERNEL` = "lanes", two or more patients):
+  :func:`ketasim._batch_kernels._course_lanes` integrates ``LANES`` patients at once, each lane
+  with its own time, step size, events, outputs, kink cuts, accept/reject and Jacobian
+  refresh; the right-hand sides, Jacobians and concentrations are one call per lane, while the
+  factorisation, the block solves, the stage sums and the error norm run with the lane index
+  innermost, so the latency-bound chains of different patients overlap (~1.25× less CPU per
+  course). A finished lane takes the next patient of its queue. Per lane the floating-point
+  operations are those of the one-at-a-time kernel (``kernel="course"``) in the same order:
+  the results are identical.
+* Patients run in parallel (``prange``) on ``numba.get_num_threads()`` threads (lanes: one
+  group of patients per thread).
 
 Readouts, plasma and free-brain outputs are computed from the states with the same functions
 as the reference (:func:`ketasim.mechanism.readouts`).
