@@ -605,3 +605,520 @@ def _run_serial(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0
                 AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
 
 
+
+
+# ------------------------------------------------------------------ lock-step lanes
+#: patients integrated in lock-step by :func:`_course_lanes` (one step attempt per lane per
+#: iteration; the factorisation, block solves, stage sums and error norm run with the lane
+#: index innermost, so the CPU overlaps the independent dependency chains of the lanes)
+LANES = 8
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wp, piv, lval, dinv, mval,
+                      nmech, mptr, mcols, ok):
+    """:func:`_blk_factor` for every lane at once: ``J`` (lane, ny, ny), ``inv`` (lane,);
+    flat lower entries ``lval`` (entry, lane), reciprocal pivots ``dinv`` (row, lane), the mood
+    rows' lower entries ``mval`` (entry, lane); a larger diagonal block is LU-factored with
+    partial pivoting in ``Wp`` (row, column, lane), pivots ``piv`` (row, lane); every lane is
+    processed, active or not (values of an idle lane are not used). ``ok[lane]`` False where
+    a pivot is zero or not finite. The same operations as :func:`_blk_factor` per lane (same
+    results)."""
+    for ln in range(LANES):
+        ok[ln] = True
+    n = order.shape[0]
+    for a in range(n):
+        ia = order[a]
+        for q in range(lptr[a], lptr[a + 1]):
+            jc = order[lcols[q]]
+            for ln in range(LANES):
+                lval[q, ln] = -J[ln, ia, jc]
+        a0 = bfirst[a]
+        if a0 == blast[a]:
+            for ln in range(LANES):
+                d = inv[ln] - J[ln, ia, ia]
+                if d == 0.0 or not np.isfinite(d):
+                    ok[ln] = False
+                dinv[a, ln] = 1.0 / d
+            continue
+        if a != a0:
+            continue
+        a1 = blast[a] + 1
+        for r in range(a0, a1):
+            ir = order[r]
+            for c in range(a0, a1):
+                jc = order[c]
+                for ln in range(LANES):
+                    Wp[r, c, ln] = -J[ln, ir, jc]
+            for ln in range(LANES):
+                Wp[r, r, ln] += inv[ln]
+        for k in range(a0, a1):
+            for ln in range(LANES):
+                p = k
+                best = abs(Wp[k, k, ln])
+                for i in range(k + 1, a1):
+                    if abs(Wp[i, k, ln]) > best:
+                        best = abs(Wp[i, k, ln])
+                        p = i
+                if best == 0.0 or not np.isfinite(best):
+                    ok[ln] = False  # (this lane's values below are not used)
+                piv[k, ln] = p
+                if p != k:
+                    for j in range(a0, a1):
+                        tmp = Wp[k, j, ln]
+                        Wp[k, j, ln] = Wp[p, j, ln]
+                        Wp[p, j, ln] = tmp
+                dinv[k, ln] = 1.0 / Wp[k, k, ln]
+            for i in range(k + 1, a1):
+                for ln in range(LANES):
+                    f = Wp[i, k, ln] * dinv[k, ln]
+                    Wp[i, k, ln] = f
+                    if f != 0.0:
+                        for j in range(k + 1, a1):
+                            Wp[i, j, ln] -= f * Wp[k, j, ln]
+    for i in range(nmech, dinv.shape[0]):
+        for ln in range(LANES):
+            d = inv[ln] - J[ln, i, i]
+            if d == 0.0 or not np.isfinite(d):
+                ok[ln] = False
+            dinv[i, ln] = 1.0 / d
+    for r in range(mptr.shape[0] - 1):
+        i = nmech + r
+        for q in range(mptr[r], mptr[r + 1]):
+            j = mcols[q]
+            for ln in range(LANES):
+                mval[q, ln] = J[ln, i, j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _blk_solve_lanes(Wp, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval, b, u, acc,
+                     nmech, mptr, mcols):
+    """:func:`_blk_solve` for every lane at once, in place on ``b`` (row, lane), with the
+    factors of :func:`_blk_factor_lanes`; ``u`` (row, lane) and ``acc`` (lane,) work arrays.
+    The same operations in the same order as :func:`_blk_solve` per lane."""
+    for a in range(nmech):
+        ia = order[a]
+        for ln in range(LANES):
+            acc[ln] = b[ia, ln]
+        for q in range(lptr[a], lptr[a + 1]):
+            cq = lcols[q]
+            for ln in range(LANES):
+                acc[ln] -= lval[q, ln] * u[cq, ln]
+        a0 = bfirst[a]
+        if a0 == blast[a]:
+            for ln in range(LANES):
+                u[a, ln] = acc[ln] * dinv[a, ln]
+            continue
+        for ln in range(LANES):
+            u[a, ln] = acc[ln]
+        if a != blast[a]:
+            continue
+        a1 = a + 1
+        for k in range(a0, a1):
+            for ln in range(LANES):
+                p = piv[k, ln]
+                if p != k:
+                    tmp = u[k, ln]
+                    u[k, ln] = u[p, ln]
+                    u[p, ln] = tmp
+        for i in range(a0, a1):
+            for ln in range(LANES):
+                acc[ln] = u[i, ln]
+            for j in range(a0, i):
+                for ln in range(LANES):
+                    acc[ln] -= Wp[i, j, ln] * u[j, ln]
+            for ln in range(LANES):
+                u[i, ln] = acc[ln]
+        for i in range(a1 - 1, a0 - 1, -1):
+            for ln in range(LANES):
+                acc[ln] = u[i, ln]
+            for j in range(i + 1, a1):
+                for ln in range(LANES):
+                    acc[ln] -= Wp[i, j, ln] * u[j, ln]
+            for ln in range(LANES):
+                u[i, ln] = acc[ln] * dinv[i, ln]
+    for a in range(nmech):
+        ia = order[a]
+        for ln in range(LANES):
+            b[ia, ln] = u[a, ln]
+    for r in range(mptr.shape[0] - 1):
+        i = nmech + r
+        for ln in range(LANES):
+            acc[ln] = b[i, ln]
+        for q in range(mptr[r], mptr[r + 1]):
+            j = mcols[q]
+            for ln in range(LANES):
+                acc[ln] += mval[q, ln] * b[j, ln]
+        for ln in range(LANES):
+            b[i, ln] = acc[ln] * dinv[i, ln]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
+                  kesc, mgf, P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                  mptr, mcols, AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace,
+                  nmood, mc, mpat):
+    """Patients ``p0 … p1−1`` as :func:`_course` (same arguments and outputs, same algorithm
+    per patient), :data:`LANES` of them in lock-step.
+
+    Each lane holds one patient with its own time, step size, interval, outputs, kink cuts,
+    accept/reject and Jacobian refresh (every scalar of :func:`_course`'s step control is a
+    per-lane array); every iteration makes one step attempt in each active lane. Right-hand
+    sides, Jacobians and concentrations are per-lane calls; the factorisation, the six block
+    solves, the stage sums and the error norm run across lanes with the lane index innermost
+    (layout row × lane), so the latency-bound chains of different patients overlap. A lane
+    whose patient is done takes the next one (a queue), so lanes stay busy until the queue
+    is empty. Per lane the floating-point operations are those of :func:`_course`, in the
+    same order."""
+    NL = LANES
+    s = lam.shape[1]
+    ny = y0.shape[0]
+    nmech = order.shape[0]
+    nf = f_idx.shape[0]
+    nblk = kd0.shape[0]
+    T = t_out.shape[0]
+    nb = bps.shape[0]
+    ns = M.shape[0]
+    gam = meth[0]
+    expo = -1.0 / meth[1]
+    eps_t = 1e-8
+    theta_h = P[THETA_H]
+    # per-lane PK of the current interval
+    x0 = np.zeros((NL, s))
+    rate = np.zeros((NL, s))
+    xss = np.zeros((NL, s))
+    cm = np.zeros((NL, s))
+    tmp = np.zeros(s)
+    xs_f = np.zeros((NL, nf))
+    W_f = np.zeros((NL, nf, s))
+    ework = np.zeros(s)
+    conc = np.zeros((NL, nblk))
+    samp = np.zeros((17, nblk))
+    pk = np.zeros((NL, nblk))
+    # states, stages (U and the factors: row × lane)
+    y = np.zeros((NL, ny))
+    ynew = np.zeros((NL, ny))
+    Ysl = np.zeros((NL, ny))
+    U = np.zeros((ns, ny, NL))
+    ft = np.zeros((NL, ny))
+    f0 = np.zeros((NL, ny))
+    fj = np.zeros((NL, ny))
+    J = np.zeros((NL, ny, ny))
+    Wm = np.zeros((nmech, nmech, NL))
+    piv = np.zeros((nmech, NL), dtype=np.int64)
+    uwork = np.zeros((ny, NL))
+    acc_l = np.zeros(NL)
+    en_l = np.zeros(NL)
+    lval = np.zeros((lcols.shape[0], NL))
+    mval = np.zeros((mcols.shape[0], NL))
+    dinv = np.zeros((ny, NL))
+    bfirst = np.zeros(nmech, dtype=np.int64)
+    blast = np.zeros(nmech, dtype=np.int64)
+    _blk_rows(bptr, bfirst, blast)
+    cth = np.zeros(ns)
+    # per-lane scalars
+    pid = np.zeros(NL, dtype=np.int64)
+    phase = np.full(NL, 2, dtype=np.int64)  # 0 begin interval, 1 stepping, 2 need a patient
+    act = np.zeros(NL, dtype=np.bool_)
+    ok = np.zeros(NL, dtype=np.bool_)
+    kk = np.zeros(NL, dtype=np.int64)
+    k_out = np.zeros(NL, dtype=np.int64)
+    n_acc = np.zeros(NL, dtype=np.int64)
+    n_rej = np.zeros(NL, dtype=np.int64)
+    n_jac = np.zeros(NL, dtype=np.int64)
+    status = np.zeros(NL, dtype=np.int64)
+    since_jac = np.zeros(NL, dtype=np.int64)
+    f0_ok = np.zeros(NL, dtype=np.bool_)
+    cut = np.zeros(NL, dtype=np.bool_)
+    need_jac = np.zeros(NL, dtype=np.bool_)
+    last = np.zeros(NL, dtype=np.bool_)
+    t = np.zeros(NL)
+    h = np.zeros(NL)
+    ta = np.zeros(NL)
+    tb = np.zeros(NL)
+    tw = np.zeros(NL)
+    cc = np.zeros(NL)
+    t_end = np.zeros(NL)
+    h_prop = np.zeros(NL)
+    tau = np.zeros(NL)
+    inv = np.ones(NL)
+    hinv = np.ones(NL)
+    en = np.zeros(NL)
+    nxt = p0
+    while True:
+        # bring every lane to its next step attempt: new patients, events, interval ends
+        nact = 0
+        for ln in range(NL):
+            while True:
+                if phase[ln] == 2:
+                    if nxt >= p1:
+                        act[ln] = False
+                        break
+                    p = nxt
+                    nxt += 1
+                    pid[ln] = p
+                    act[ln] = True
+                    for i in range(s):
+                        x0[ln, i] = 0.0
+                        rate[ln, i] = 0.0
+                    for i in range(ny):
+                        y[ln, i] = y0[i]
+                        for j in range(ny):
+                            J[ln, i, j] = 0.0
+                    for b in range(nblk):
+                        pk[ln, b] = 0.0
+                    n_acc[ln] = 0
+                    n_rej[ln] = 0
+                    n_jac[ln] = 0
+                    status[ln] = 0
+                    k_out[ln] = 0
+                    kk[ln] = 0
+                    h[ln] = 1e-3
+                    phase[ln] = 0
+                p = pid[ln]
+                if phase[ln] == 0:
+                    k = kk[ln]
+                    tak = bps[k]
+                    for i in range(s):
+                        rate[ln, i] += drate[p, k, i]
+                        x0[ln, i] += dbol[p, k, i]
+                    while k_out[ln] < T and t_out[k_out[ln]] <= tak:
+                        for i in range(ny):
+                            ys[p, k_out[ln], i] = y[ln, i]
+                        for i in range(s):
+                            xs[p, k_out[ln], i] = x0[ln, i]
+                        k_out[ln] += 1
+                    if k + 1 >= nb:
+                        status[ln] = 0
+                        phase[ln] = 3  # done
+                    else:
+                        ta[ln] = tak
+                        tb[ln] = bps[k + 1]
+                        tw[ln] = wmid[k]
+                        lp = lam[p]
+                        Vp = V[p]
+                        Vi = Vinv[p]
+                        for j in range(s):
+                            a = 0.0
+                            for i in range(s):
+                                a += Vi[j, i] * rate[ln, i]
+                            tmp[j] = -a / lp[j]
+                        for i in range(s):
+                            a = 0.0
+                            for j in range(s):
+                                a += Vp[i, j] * tmp[j]
+                            xss[ln, i] = a
+                        for j in range(s):
+                            a = 0.0
+                            for i in range(s):
+                                a += Vi[j, i] * (x0[ln, i] - xss[ln, i])
+                            cm[ln, j] = a
+                        for q in range(nf):
+                            xs_f[ln, q] = xss[ln, f_idx[q]]
+                            for j in range(s):
+                                W_f[ln, q, j] = Vp[f_idx[q], j] * cm[ln, j]
+                        t[ln] = tak
+                        cc[ln] = np.nan
+                        f0_ok[ln] = False
+                        cut[ln] = False
+                        need_jac[ln] = True
+                        since_jac[ln] = 0
+                        h[ln] = min(h[ln], H_RESTART)
+                        phase[ln] = 1
+                if phase[ln] == 1:
+                    if status[ln] != 0:
+                        phase[ln] = 3
+                    elif t[ln] < tb[ln]:
+                        break
+                    else:
+                        # interval done: exact peak, PK state advanced exactly to tb
+                        L_ = tb[ln] - ta[ln]
+                        _interval_peak(L_, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p],
+                                       conc[ln], ework, pk[ln], samp)
+                        _pk_at(L_, lam[p], V[p], xss[ln], cm[ln], tmp)
+                        for i in range(s):
+                            x0[ln, i] = tmp[i]
+                        kk[ln] += 1
+                        phase[ln] = 0
+                        continue
+                if phase[ln] == 3:
+                    for b in range(nblk):
+                        peak[p, b] = pk[ln, b]
+                    stats[p, 0] = n_acc[ln]
+                    stats[p, 1] = n_rej[ln]
+                    stats[p, 2] = n_jac[ln]
+                    stats[p, 3] = status[ln]
+                    phase[ln] = 2
+            if act[ln]:
+                nact += 1
+        if nact == 0:
+            break
+        # per lane: step size for this attempt, f(t, y), Jacobian and ∂f/∂t if due
+        for ln in range(NL):
+            if not act[ln]:
+                continue
+            p = pid[ln]
+            te = tb[ln]
+            if k_out[ln] < T and t_out[k_out[ln]] < tb[ln]:
+                te = t_out[k_out[ln]]
+            t_end[ln] = te
+            last[ln] = False
+            h_prop[ln] = h[ln]
+            if t[ln] + (1.0 if cut[ln] else 1.05) * h[ln] >= te:
+                h[ln] = te - t[ln]
+                last[ln] = True
+            tu = t[ln] - ta[ln]
+            tau[ln] = tu
+            if not f0_ok[ln] or need_jac[ln]:
+                if not abs(tu - cc[ln]) <= 1e-14 * (1.0 + tu):
+                    _conc(tu, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln], ework)
+                    cc[ln] = tu
+            if not f0_ok[ln]:
+                _rhs(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, nmech, nmood, mc, mpat[p],
+                     f0[ln])
+                f0_ok[ln] = True
+            if need_jac[ln]:
+                jac_into(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, J[ln])
+                if nmood > 0:
+                    mood_jac(y[ln], nmech, mc, mpat[p], J[ln])
+                _conc(tu + eps_t, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln],
+                      ework)
+                cc[ln] = tu + eps_t
+                _rhs(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, nmech, nmood, mc, mpat[p],
+                     fj[ln])
+                for i in range(ny):
+                    ft[ln, i] = (fj[ln, i] - f0[ln, i]) / eps_t
+                n_jac[ln] += 1
+                need_jac[ln] = False
+                since_jac[ln] = 0
+            inv[ln] = 1.0 / (h[ln] * gam)
+            hinv[ln] = 1.0 / h[ln]
+        # W = I/(hγ) − J of every lane, factored across lanes
+        _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wm, piv, lval, dinv,
+                          mval, nmech, mptr, mcols, ok)
+        for st in range(ns):
+            for ln in range(NL):
+                if not act[ln] or not ok[ln]:
+                    continue
+                p = pid[ln]
+                hl = h[ln]
+                if st == 0:
+                    hg0 = hl * GSUM[0]
+                    for i in range(ny):
+                        U[0, i, ln] = f0[ln, i] + hg0 * ft[ln, i]
+                else:
+                    for i in range(ny):
+                        a = y[ln, i]
+                        for j in range(st):
+                            a += AT[st, j] * U[j, i, ln]
+                        Ysl[ln, i] = a
+                    tq = tau[ln] + ALPHA[st] * hl
+                    if not abs(tq - cc[ln]) <= 1e-14 * (1.0 + tq):
+                        _conc(tq, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln],
+                              ework)
+                        cc[ln] = tq
+                    _rhs(tw[ln], Ysl[ln], conc[ln], kd0, kesc, mgf, P, nmech, nmood, mc,
+                         mpat[p], fj[ln])
+                    hg = hl * GSUM[st]
+                    for j in range(st):
+                        cth[j] = CT[st, j] * hinv[ln]
+                    for i in range(ny):
+                        a = fj[ln, i] + hg * ft[ln, i]
+                        for j in range(st):
+                            a += cth[j] * U[j, i, ln]
+                        U[st, i, ln] = a
+            _blk_solve_lanes(Wm, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval,
+                             U[st], uwork, acc_l, nmech, mptr, mcols)
+        # new states and error norms, across lanes
+        for ln in range(NL):
+            en_l[ln] = 0.0
+        for i in range(ny):
+            ati = atol[i]
+            for ln in range(NL):
+                a = y[ln, i]
+                ea = 0.0
+                for j in range(ns):
+                    a += M[j] * U[j, i, ln]
+                    ea += E[j] * U[j, i, ln]
+                ynew[ln, i] = a
+                sc = ati + rtol * max(abs(y[ln, i]), abs(a))
+                en_l[ln] += (ea / sc) ** 2
+        for ln in range(NL):
+            en[ln] = np.sqrt(en_l[ln] / ny) if ok[ln] else np.inf
+        # per lane: trace, kink cut, accept / reject, outputs, step-size control
+        for ln in range(NL):
+            if not act[ln]:
+                continue
+            p = pid[ln]
+            e = en[ln]
+            nt = n_acc[ln] + n_rej[ln]
+            if p == 0 and nt < trace.shape[0]:
+                trace[nt, 0] = t[ln]
+                trace[nt, 1] = h[ln]
+                trace[nt, 2] = e
+                trace[nt, 3] = float(since_jac[ln])
+            cut[ln] = False
+            if e <= 1.0:
+                fr = _kink_frac(y[ln], ynew[ln], nmech, nmood, nblk, theta_h, mc[9])
+                if fr < 1.0 and fr * h[ln] > 1e-7:
+                    h[ln] = max(fr * h[ln] * (1.0 - 1e-6), 1e-7)
+                    n_rej[ln] += 1
+                    cut[ln] = True
+                    continue
+            if e <= 1.0:
+                n_acc[ln] += 1
+                since_jac[ln] += 1
+                tn = t_end[ln] if last[ln] else t[ln] + h[ln]
+                t[ln] = tn
+                f0_ok[ln] = False
+                for i in range(ny):
+                    y[ln, i] = ynew[ln, i]
+                if since_jac[ln] >= jac_every:
+                    need_jac[ln] = True
+                fac = 5.0 if e == 0.0 else min(5.0, max(0.2, 0.9 * e ** expo))
+                h_next = h[ln] * fac
+                ko = k_out[ln]
+                if last[ln] and ko < T and t_out[ko] == tn and tn < tb[ln]:
+                    for i in range(ny):
+                        ys[p, ko, i] = y[ln, i]
+                    _pk_at(tn - ta[ln], lam[p], V[p], xss[ln], cm[ln], tmp)
+                    for i in range(s):
+                        xs[p, ko, i] = tmp[i]
+                    k_out[ln] = ko + 1
+                h[ln] = max(h_next, h_prop[ln]) if last[ln] else h_next
+            else:
+                n_rej[ln] += 1
+                if since_jac[ln] > 0:
+                    need_jac[ln] = True
+                if not np.isfinite(e):
+                    h[ln] *= 0.25
+                else:
+                    h[ln] *= max(0.2, 0.9 * e ** expo)
+            if h[ln] < 1e-12 or n_acc[ln] + n_rej[ln] > MAX_STEPS:
+                status[ln] = 1
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _run_batch_lanes(ng, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc,
+                     mgf, P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr,
+                     mcols, AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood,
+                     mc, mpat):
+    """:func:`_course_lanes` on ``ng`` contiguous groups of patients in parallel (one group
+    per thread: each its own queue)."""
+    n = lam.shape[0]
+    for g in prange(ng):
+        _course_lanes(g * n // ng, (g + 1) * n // ng, bps, wmid, drate, dbol, lam, V, Vinv,
+                      f_idx, f_blk, f_scale, kd0, kesc, mgf, P, y0, t_out, rtol, atol,
+                      jac_every, order, bptr, lptr, lcols, mptr, mcols, AT, CT, M, E, ALPHA,
+                      GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _run_serial_lanes(bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc,
+                      mgf, P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
+                      mptr, mcols, AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace,
+                      nmood, mc, mpat):
+    _course_lanes(0, lam.shape[0], bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk,
+                  f_scale, kd0, kesc, mgf, P, y0, t_out, rtol, atol, jac_every, order, bptr,
+                  lptr, lcols, mptr, mcols, AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak,
+                  stats, trace, nmood, mc, mpat)
