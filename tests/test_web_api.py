@@ -552,3 +552,84 @@ def test_simulate_json_is_the_documented_response():
     for part in ("time_h", "scores", "plasma_ng_per_ml", "readouts", "summary"):
         assert got[part] == want[part], part
     SimulateResponse.model_validate(got)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_job_loses_no_result_and_reports_the_job_truthfully(tmp_path):
+    """`ketasim serve` in its own process, SIGKILLed while a trial job runs in a worker
+    process: the worker stops with it (no orphan finishing the job behind the next server's
+    back), the finished job's result survives, the row says `running` (what it was), and the
+    restarted server reruns the job to `done` (attempt 2) with the same result as a run that
+    was never interrupted."""
+    import signal
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    import httpx
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def start() -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        code = (f"from ketasim.web.app import Settings, serve; serve(port={port}, settings="
+                f"Settings(data_dir={str(tmp_path)!r}, job_mode='process', warm_up=False))")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                httpx.get(url + "/api/health", timeout=2)
+                return proc, url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.kill()
+        raise AssertionError("server did not start")
+
+    def wait(url: str, jid: str, until, timeout_s: float = 300.0) -> dict:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            j = httpx.get(f"{url}/api/trial/{jid}", timeout=10).json()
+            if until(j):
+                return j
+            time.sleep(0.1)
+        raise AssertionError(f"job {jid}: {j}")
+
+    def progress(jid: str) -> tuple[str, int]:
+        con = sqlite3.connect(str(tmp_path / "jobs.sqlite"))
+        try:
+            return con.execute("SELECT status, done FROM jobs WHERE id = ?", (jid,)).fetchone()
+        finally:
+            con.close()
+
+    big = {**SMALL_TRIAL, "population": {"n": 400, "seed": 5}}
+    proc, url = start()
+    try:
+        done_id = httpx.post(url + "/api/trial", json=SMALL_TRIAL, timeout=30).json()["id"]
+        wait(url, done_id, lambda j: j["status"] in ("done", "failed"))
+        first = httpx.get(f"{url}/api/trial/{done_id}/result", timeout=30).json()
+        jid = httpx.post(url + "/api/trial", json=big, timeout=30).json()["id"]
+        wait(url, jid, lambda j: j["status"] == "running" and j["done"] > 0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(2.0)  # the worker notices its parent is gone
+        before = progress(jid)
+        time.sleep(3.0)
+        assert progress(jid) == before and before[0] == "running", before  # no orphan
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc, url = start()
+    try:
+        assert httpx.get(f"{url}/api/trial/{done_id}/result", timeout=30).json() == first
+        j = wait(url, jid, lambda j: j["status"] in ("done", "failed"))
+        assert j["status"] == "done" and j["attempts"] == 2, j
+        assert httpx.get(f"{url}/api/trial/{jid}/result", timeout=30).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -199,6 +199,30 @@ def run_job(db_path: str, results_dir: str, jid: str, chunk_size: int = 10) -> N
         con.close()
 
 
+def _exit_with_parent() -> None:
+    """In a worker process: exit at once when the server process is gone (killed with
+    SIGKILL, say), so an orphan never keeps running a job that the restarted server will run
+    again, and never marks it done behind the new server's back."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="ketasim-parent-watch").start()
+
+
+def worker_main(db_path: str, results_dir: str, jid: str) -> None:
+    """Entry point of a job's worker process: :func:`run_job`, ended with the server."""
+    _exit_with_parent()
+    run_job(db_path, results_dir, jid)
+
+
 class Dispatcher:
     """Starts queued jobs (at most ``max_concurrent`` running) and watches their workers."""
 
@@ -231,7 +255,7 @@ class Dispatcher:
         else:
             import multiprocessing as mp
 
-            w = mp.get_context("spawn").Process(target=run_job, args=args, daemon=True)
+            w = mp.get_context("spawn").Process(target=worker_main, args=args, daemon=True)
         w.start()
         self.workers[row.id] = w
 
