@@ -174,18 +174,7 @@ def test_suicidality_scores_have_visit_noise():
     assert 0.45 <= d_ket <= 1.5 and d_mid < d_ket
 
 
-def _shared_calibration():
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parents[1]
-    for base in (here / "shared", here.parent / "shared", Path("/work/shared")):
-        p = base / "literature" / "calibration"
-        if p.is_dir():
-            return p
-    return None
-
-
-def test_calibration_targets_are_cited_and_read_values_are_in_their_sources():
+def test_calibration_targets_are_cited_and_read_values_are_in_their_sources(shared_calibration):
     """Every target names a calibration file and an evidence tag; a target tagged `read` has
     its number in that file (as printed, or as a percentage)."""
     import re
@@ -196,7 +185,7 @@ def test_calibration_targets_are_cited_and_read_values_are_in_their_sources():
     entries = list(t["checks"].values()) + t["loss"]
     assert len(t["checks"]) == 13 and len(t["loss"]) >= 30
     assert all(e["evidence"] in ("read", "derived", "assumed") for e in entries)
-    root = _shared_calibration()
+    root = shared_calibration
     if root is None:
         pytest.skip("shared/literature/calibration not found")
     for e in entries:

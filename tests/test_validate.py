@@ -25,23 +25,14 @@ from ketasim.validate import (
 DATA = Path(__file__).parent / "data" / "cases"
 
 
-def _shared_calibration() -> Path | None:
-    here = Path(__file__).resolve().parents[1]
-    for base in (here / "shared", here.parent / "shared", Path("/work/shared")):
-        p = base / "literature" / "calibration"
-        if p.is_dir():
-            return p
-    return None
-
-
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KETASIM_CACHE", str(tmp_path_factory.getbasetemp() / "kcache"))
 
 
 # ---------------------------------------------------------------- shipped cases
-def test_every_calibration_study_file_has_a_case():
-    root = _shared_calibration()
+def test_every_calibration_study_file_has_a_case(shared_calibration):
+    root = shared_calibration
     if root is None:
         pytest.skip("shared/literature/calibration not found")
     studies = {p.stem: p.parent.name for p in root.glob("*/*.yaml")}
