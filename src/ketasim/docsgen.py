@@ -65,6 +65,7 @@ SYMBOLS: dict[str, str] = {
     # interventions
     "rapamycin_inhibition": r"\rho_{rapa}", "anisomycin_inhibition": r"\rho_{aniso}",
     "nbqx_inhibition": r"\rho_{NBQX}", "trkb_inhibition": r"\rho_{TrkB}",
+    "glun2b_deletion_relief": r"\rho_{del}",
     "spine_block_fraction": r"\rho_{spine}", "drug_window_start_h": r"t_{win,0}",
     "drug_window_end_h": r"t_{win,1}",
     # clinic
@@ -370,7 +371,7 @@ $$
 """,
     "b": r"""
 $$
-u_b = w_b\, B_{E2B}\quad(u_b = w_b \text{ after GluN2B deletion})
+u_b = w_b\, B_{E2B}\quad(u_b = w_b\,\rho_{del} \text{ after GluN2B deletion})
 $$
 """,
     "c": r"""

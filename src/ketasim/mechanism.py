@@ -17,7 +17,8 @@ Hypothesis branches, each weighted by ``w_a … w_f`` (:class:`Hypotheses`):
 
 (a) ``dK/dt = (1 − w_a·B_Esyn − K)/τ_K`` (eEF2K activity); ``dpE/dt = k_K·K·(1 − pE) −
     k_PP·pE`` (phospho-eEF2); BDNF translation ``T = 1 + w_a·((1 − pE)/(1 − pE0) − 1)``.
-(b) GluN2B brake relief ``u_b = w_b·B_E2B`` (1 after GluN2B deletion) drives mTORC1.
+(b) GluN2B brake relief ``u_b = w_b·B_E2B`` (``w_b·ρ_del`` after GluN2B deletion, ρ_del the
+calibrated sustained relief on the interventions card) drives mTORC1.
 (c) ``r_I = (1 − B_I)^n_I``; target pyramidal rate ``1 + w_c·[(1 + g_dis(1 − r_I))(1 −
     ζ·B_Esyn)⁺ − 1]``; ``dr_E/dt`` and ``dG/dt`` relax with τ_r, τ_G (glutamate ``G``).
 (d) AMPA drive ``A = (1 + (G − Q) + w_d·E_HNK·C_HNK/(EC50 + C_HNK))·(1 − NBQX)``, where
@@ -132,7 +133,7 @@ def _check_names(names: list[str]) -> None:
 
 
 INTERVENTIONS = {
-    "glun2b-deletion": "cortical GluN2B deletion (tonic brake permanently lifted)",
+    "glun2b-deletion": "cortical GluN2B deletion (tonic brake lifted; sustained relief calibrated)",
     "eef2k-knockout": "eEF2 kinase knockout",
     "bdnf-knockout": "BDNF knockout (no BDNF synthesis)",
     "trkb-block": "TrkB receptor block",
@@ -258,7 +259,7 @@ class MechanismParams:
             **{k: s[k] for k in _SIG_KEYS},
             "w_a": h.a, "w_b": h.b, "w_c": h.c, "w_d": h.d, "w_e": h.e, "w_f": h.f,
             "ko_eef2k": float("eef2k-knockout" in intv),
-            "del_2b": float("glun2b-deletion" in intv),
+            "del_2b": iv["glun2b_deletion_relief"] if "glun2b-deletion" in intv else 0.0,
             "ko_bdnf": float("bdnf-knockout" in intv),
             "trkb": iv["trkb_inhibition"] if "trkb-block" in intv else 0.0,
             "rapa": iv["rapamycin_inhibition"] if "rapamycin" in intv else 0.0,
@@ -418,7 +419,7 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     dpE = kK * K * (1.0 - pE) - k_PP * pE
     T = 1.0 + w_a * ((1.0 - pE) / (1.0 - pE0) - 1.0)
     # (b) GluN2B tonic brake on mTORC1
-    u_b = w_b * (1.0 if del_2b > 0.5 else bE2B)
+    u_b = w_b * (del_2b if del_2b > 0.0 else bE2B)
     # (c) disinhibition → pyramidal firing → glutamate
     r_I = _pow(max(1.0 - bI, 0.0), n_I)
     target = (1.0 + g_dis * (1.0 - r_I)) * max(1.0 - zeta * bEsyn, 0.0)
@@ -542,7 +543,7 @@ def jac_into(t, y, conc, kd0, kesc, mgf, P, J):
     J[iX, iG] = gp * bdp * dA_dG
     J[iX, iQ] = -gp * bdp * dA_dG
     J[iX, iX] = -1.0 / tau_T
-    u_b = w_b * (1.0 if del_2b > 0.5 else bE2B)
+    u_b = w_b * (del_2b if del_2b > 0.0 else bE2B)
     gain = 1.0 + g_b * u_b
     xp = max(X, 0.0)
     D = xp * gain * A

@@ -187,7 +187,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     D(y["p_eef2"], f"kK*{y['eef2k']}*(1 - {y['p_eef2']}) - k_PP*{y['p_eef2']}")
     A("T_bdnf", f"1 + w_a*((1 - {y['p_eef2']})/(1 - pE0) - 1)")
     # (b) GluN2B tonic brake on mTORC1
-    A("u_b", "w_b*piecewise(1, gt(del_2b, 0.5), block_E2B)")
+    A("u_b", "w_b*piecewise(del_2b, gt(del_2b, 0), block_E2B)")
     # (c) disinhibition → pyramidal firing → glutamate
     A("r_I", "kmax(1 - block_I, 0)^n_I")
     A("target_E", "(1 + g_dis*(1 - r_I))*kmax(1 - zeta*block_Esyn, 0)")
