@@ -91,3 +91,61 @@ def test_lanes_equal_course_with_interventions_hypotheses_and_ragged_n():
     assert one.metadata["kernel"] == "course"
     with pytest.raises(KetasimError, match="kernel"):
         batch.simulate_batch([Course("ketamine", reg)], t, covs[0], kernel="simd")
+
+
+@pytest.mark.parametrize("blockers,hyp,intv", [
+    (("ketamine", "norketamine"), None, None),
+    (("ketamine", "norketamine", "hnk"), "d=1", None),
+    (("esketamine", "noresketamine"), "only:a", "eef2k-knockout"),
+    (("ketamine", "norketamine"), None, "rapamycin,glun2b-deletion"),
+    (("ketamine", "norketamine"), None, "bdnf-knockout,nbqx,spine-blockade"),
+])
+def test_rhs_across_lanes_is_rhs_into_bit_for_bit(blockers, hyp, intv):
+    """mechanism.rhs_lanes and the kernel's mood_rhs_lanes (the second, lane-vectorised
+    definition of the equations) give, lane by lane, exactly the values of rhs_into and
+    mood_rhs, on random states that put every max/min on both sides (LHb block above 1,
+    proteins below baseline, Z below its floor, zero concentrations) and on times inside and
+    outside the intervention window."""
+    from ketasim.mechanism import _I, MechanismParams, rhs_into, rhs_lanes
+
+    k = batch._kernels()
+    mp = MechanismParams.from_cards(blockers, Hypotheses.parse(hyp), Interventions.parse(intv))
+    kd0, kesc, mgf = mp.blocker_arrays()
+    mgf = np.ascontiguousarray(mgf)
+    P = mp.packed()
+    y0 = np.concatenate([mp.baseline(), np.zeros(4)])
+    nb, ny = len(blockers), len(y0)
+    nmech = ny - 4
+    mc = np.array([3.0, 2.0, 1.5, 0.4, 0.05, 0.8, 0.01, 0.003, 2.0, 0.3])
+    rng = np.random.default_rng(11)
+    for rep in range(6):
+        L = 8 + rep  # also lane counts that are not a multiple of the vector width
+        Y = np.zeros((ny, L))
+        C = np.zeros((nb, L))
+        mpT = rng.uniform(0.2, 2.0, (3, L))
+        t = rng.uniform(-1.0, 12.0, L)
+        t[0] = P[_I["win_start"]] if P[_I["win_start"]] > -1e29 else 0.0  # window edge
+        for ln in range(L):
+            y = y0 * np.exp(0.3 * rng.standard_normal(ny)) + 0.05 * rng.random(ny)
+            y[:nb] = rng.random(nb) * 0.2 / nb
+            y[nmech:] = rng.uniform(0.0, 0.6, 4)
+            if ln % 4 == 1:
+                y[:nb] = 0.6  # LHb block total above 1 (free fraction clamped)
+            if ln % 4 == 2:
+                y[nb + 7] = 0.9  # synaptic proteins below baseline
+                y[nb + 12] = -1.0  # Z below its floor
+                y[nb + 11] = 1.2  # LHb bursting above 1
+            Y[:, ln] = y
+            C[:, ln] = rng.random(nb) * 2.0 * (ln % 5 != 3)
+        dyL = np.full((ny, L), np.nan)
+        k._rhs_lanes(t, Y, C, kd0, kesc, mgf, P, nmech, 4, mc, mpT, dyL, np.zeros((12, L)))
+        for ln in range(L):
+            d = np.full(ny, np.nan)
+            k._rhs(t[ln], Y[:, ln].copy(), C[:, ln].copy(), kd0, kesc, mgf, P, nmech, 4, mc,
+                   mpT[:, ln].copy(), d)
+            assert np.array_equal(d, dyL[:, ln]), (ln, np.nonzero(d != dyL[:, ln]))
+        d = np.zeros(nmech)
+        rhs_into(t[0], Y[:nmech, 0].copy(), C[:, 0].copy(), kd0, kesc, mgf, P, d)
+        dm = np.zeros((nmech, L))
+        rhs_lanes(t, Y[:nmech].copy(), C, kd0, kesc, mgf, P, dm, np.zeros((12, L)))
+        assert np.array_equal(d, dm[:, 0])

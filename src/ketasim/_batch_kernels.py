@@ -9,7 +9,7 @@ Imports are absolute for that reason.
 import numpy as np
 from numba import njit, prange
 
-from ketasim.mechanism import _I, jac_into, rhs_into
+from ketasim.mechanism import _I, jac_into, rhs_into, rhs_lanes
 
 #: index of θ_H (LHb block at which bursting stops) in the packed mechanism parameters
 THETA_H = _I["theta_H"]
@@ -207,6 +207,31 @@ def mood_rhs(y, nmech, mc, mpat, dy):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def mood_rhs_lanes(y, nmech, mc, mpat, dy):
+    """:func:`mood_rhs` for several lanes at once (``y``, ``dy`` (ny, L), ``mpat`` (3, L)),
+    lane index innermost; per lane the same operations in the same order (pinned bit for bit
+    in the tests)."""
+    nb = nmech - 14
+    for ln in range(y.shape[1]):
+        rb = y[nb + 11, ln]
+        pp = y[nb + 7, ln]
+        sp = y[nb + 10, ln]
+        hf = y[nmech, ln]
+        hs = y[nmech + 1, ln]
+        pr = y[nmech + 2, ln]
+        cn = y[nmech + 3, ln]
+        esk = mpat[2, ln]
+        drive_fast = mc[0] * mpat[0, ln] * max(1.0 - rb, 0.0)
+        drive_slow = mc[1] * max(pp - 1.0, 0.0) + mc[2] * max(sp - 1.0, 0.0)
+        he = esk * (hf + hs)
+        hfe = esk * hf
+        d0 = mpat[1, ln] * he / (mc[5] + he)
+        dy[nmech, ln] = mc[3] * (drive_fast - hf)
+        dy[nmech + 1, ln] = mc[4] * (drive_slow - hs)
+        dy[nmech + 2, ln] = mc[6] * (hfe / (mc[5] + hfe) - pr)
+        dy[nmech + 3, ln] = mc[7] * (mc[8] * d0 * max(pr - mc[9], 0.0) - cn)
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def mood_jac(y, nmech, mc, mpat, J):
     """Analytic Jacobian of :func:`mood_rhs` (rows ``nmech …``: the mood states' dependence on
     LHb bursting R_b, synaptic proteins P, spines S and on each other) into ``J``; pinned to
@@ -246,6 +271,14 @@ def _rhs(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy):
     if nmood > 0:
         mood_rhs(y, nmech, mc, mpat, dy)
 
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rhs_lanes(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy, w):
+    """:func:`_rhs` for every lane at once (``y``, ``dy`` (ny, L), ``conc`` (blockers, L),
+    ``mpat`` (3, L), ``w`` work (12, L))."""
+    rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w)
+    if nmood > 0:
+        mood_rhs_lanes(y, nmech, mc, mpat, dy)
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _kink_frac(y, ynew, nmech, nmood, nblk, theta_h, theta_c):
@@ -798,11 +831,9 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     # states, stages (U and the factors: row × lane)
     y = np.zeros((NL, ny))
     ynew = np.zeros((NL, ny))
-    Ysl = np.zeros((NL, ny))
     U = np.zeros((ns, ny, NL))
     ft = np.zeros((NL, ny))
     f0 = np.zeros((NL, ny))
-    fj = np.zeros((NL, ny))
     J = np.zeros((NL, ny, ny))
     Wm = np.zeros((nmech, nmech, NL))
     piv = np.zeros((nmech, NL), dtype=np.int64)
@@ -816,6 +847,14 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     blast = np.zeros(nmech, dtype=np.int64)
     _blk_rows(bptr, bfirst, blast)
     cth = np.zeros(ns)
+    # the right-hand side across lanes (state × lane)
+    YT = np.zeros((ny, NL))
+    FT = np.zeros((ny, NL))
+    CT_ = np.zeros((nblk, NL))
+    mpT = np.zeros((3, NL))
+    wr = np.zeros((12, NL))
+    need_f0 = np.zeros(NL, dtype=np.bool_)
+    need_ft = np.zeros(NL, dtype=np.bool_)
     # per-lane scalars
     pid = np.zeros(NL, dtype=np.int64)
     phase = np.full(NL, 2, dtype=np.int64)  # 0 begin interval, 1 stepping, 2 need a patient
@@ -858,6 +897,8 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                     nxt += 1
                     pid[ln] = p
                     act[ln] = True
+                    for i in range(3):
+                        mpT[i, ln] = mpat[p, i]
                     for i in range(s):
                         x0[ln, i] = 0.0
                         rate[ln, i] = 0.0
@@ -969,61 +1010,94 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                 last[ln] = True
             tu = t[ln] - ta[ln]
             tau[ln] = tu
+            need_f0[ln] = not f0_ok[ln]
+            need_ft[ln] = need_jac[ln]
             if not f0_ok[ln] or need_jac[ln]:
                 if not abs(tu - cc[ln]) <= 1e-14 * (1.0 + tu):
                     _conc(tu, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln], ework)
                     cc[ln] = tu
-            if not f0_ok[ln]:
-                _rhs(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, nmech, nmood, mc, mpat[p],
-                     f0[ln])
-                f0_ok[ln] = True
             if need_jac[ln]:
                 jac_into(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, J[ln])
                 if nmood > 0:
                     mood_jac(y[ln], nmech, mc, mpat[p], J[ln])
-                _conc(tu + eps_t, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln],
-                      ework)
-                cc[ln] = tu + eps_t
-                _rhs(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, nmech, nmood, mc, mpat[p],
-                     fj[ln])
-                for i in range(ny):
-                    ft[ln, i] = (fj[ln, i] - f0[ln, i]) / eps_t
-                n_jac[ln] += 1
-                need_jac[ln] = False
-                since_jac[ln] = 0
             inv[ln] = 1.0 / (h[ln] * gam)
             hinv[ln] = 1.0 / h[ln]
+        # f(t, y) where due (after an accepted step), across lanes
+        nf0 = 0
+        for ln in range(NL):
+            if act[ln] and need_f0[ln]:
+                nf0 += 1
+                for i in range(ny):
+                    YT[i, ln] = y[ln, i]
+                for b in range(nblk):
+                    CT_[b, ln] = conc[ln, b]
+        if nf0 > 0:
+            _rhs_lanes(tw, YT, CT_, kd0, kesc, mgf, P, nmech, nmood, mc, mpT, FT, wr)
+            for ln in range(NL):
+                if act[ln] and need_f0[ln]:
+                    for i in range(ny):
+                        f0[ln, i] = FT[i, ln]
+                    f0_ok[ln] = True
+        # ∂f/∂t through the exact concentrations where the Jacobian is new, across lanes
+        nft = 0
+        for ln in range(NL):
+            if act[ln] and need_ft[ln]:
+                nft += 1
+                p = pid[ln]
+                tu = tau[ln] + eps_t
+                _conc(tu, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln], ework)
+                cc[ln] = tu
+                for i in range(ny):
+                    YT[i, ln] = y[ln, i]
+                for b in range(nblk):
+                    CT_[b, ln] = conc[ln, b]
+        if nft > 0:
+            _rhs_lanes(tw, YT, CT_, kd0, kesc, mgf, P, nmech, nmood, mc, mpT, FT, wr)
+            for ln in range(NL):
+                if act[ln] and need_ft[ln]:
+                    for i in range(ny):
+                        ft[ln, i] = (FT[i, ln] - f0[ln, i]) / eps_t
+                    n_jac[ln] += 1
+                    need_jac[ln] = False
+                    since_jac[ln] = 0
         # W = I/(hγ) − J of every lane, factored across lanes
         _blk_factor_lanes(J, inv, order, bfirst, blast, lptr, lcols, Wm, piv, lval, dinv,
                           mval, nmech, mptr, mcols, ok)
         for st in range(ns):
-            for ln in range(NL):
-                if not act[ln] or not ok[ln]:
-                    continue
-                p = pid[ln]
-                hl = h[ln]
-                if st == 0:
-                    hg0 = hl * GSUM[0]
+            if st == 0:
+                for ln in range(NL):
+                    if not act[ln] or not ok[ln]:
+                        continue
+                    hg0 = h[ln] * GSUM[0]
                     for i in range(ny):
                         U[0, i, ln] = f0[ln, i] + hg0 * ft[ln, i]
-                else:
+            else:
+                # stage arguments and concentrations per lane, the right-hand sides across lanes
+                for ln in range(NL):
+                    if not act[ln] or not ok[ln]:
+                        continue
+                    p = pid[ln]
                     for i in range(ny):
                         a = y[ln, i]
                         for j in range(st):
                             a += AT[st, j] * U[j, i, ln]
-                        Ysl[ln, i] = a
-                    tq = tau[ln] + ALPHA[st] * hl
+                        YT[i, ln] = a
+                    tq = tau[ln] + ALPHA[st] * h[ln]
                     if not abs(tq - cc[ln]) <= 1e-14 * (1.0 + tq):
                         _conc(tq, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln],
                               ework)
                         cc[ln] = tq
-                    _rhs(tw[ln], Ysl[ln], conc[ln], kd0, kesc, mgf, P, nmech, nmood, mc,
-                         mpat[p], fj[ln])
-                    hg = hl * GSUM[st]
+                    for b in range(nblk):
+                        CT_[b, ln] = conc[ln, b]
+                _rhs_lanes(tw, YT, CT_, kd0, kesc, mgf, P, nmech, nmood, mc, mpT, FT, wr)
+                for ln in range(NL):
+                    if not act[ln] or not ok[ln]:
+                        continue
+                    hg = h[ln] * GSUM[st]
                     for j in range(st):
                         cth[j] = CT[st, j] * hinv[ln]
                     for i in range(ny):
-                        a = fj[ln, i] + hg * ft[ln, i]
+                        a = FT[i, ln] + hg * ft[ln, i]
                         for j in range(st):
                             a += cth[j] * U[j, i, ln]
                         U[st, i, ln] = a

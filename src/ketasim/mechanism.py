@@ -467,6 +467,153 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
 
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _pow_lanes(x, e, out):
+    """``out[ln] = _pow(x[ln], e)`` for every lane (one loop per exponent case, so the common
+    cases compile to vector code)."""
+    n = x.shape[0]
+    if e == 2.0:
+        for ln in range(n):
+            out[ln] = x[ln] * x[ln]
+    elif e == 1.0:
+        for ln in range(n):
+            out[ln] = x[ln]
+    elif e == 0.5:
+        for ln in range(n):
+            out[ln] = np.sqrt(x[ln])
+    else:
+        for ln in range(n):
+            out[ln] = x[ln] ** e
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
+    """:func:`rhs_into` for several patients ("lanes") at once, lane index innermost so the
+    compiler emits vector code: ``t`` (L,), ``y`` (ny, L), ``conc`` (blockers, L), ``dy``
+    (ny, L), ``w`` a work array (≥ 12, L).
+
+    The same equations, and per lane the same floating-point operations in the same order, as
+    :func:`rhs_into` (the tests pin the two bit for bit for every hypothesis and intervention
+    switch): a change to one must be made in the other."""
+    nb = conc.shape[0]
+    L = y.shape[1]
+    kon = P[0]
+    bE2B, bEsyn, bI, BH = w[0], w[1], w[2], w[3]
+    rI, zk, dh, ahnk, Dq, Fq, tmp = w[4], w[5], w[6], w[7], w[8], w[9], w[10]
+    # quasi-steady-state block of the three fast populations (qss_total)
+    for q in range(3):
+        po = P[1 + q]
+        row = w[q]
+        for ln in range(L):
+            row[ln] = 0.0
+        for j in range(nb):
+            off = kon * kd0[j] * po + kesc[j] * (1.0 - po)
+            m = mgf[q, j]
+            for ln in range(L):
+                row[ln] += kon * max(conc[j, ln], 0.0) * po / m / off
+        for ln in range(L):
+            row[ln] = row[ln] / (1.0 + row[ln])
+    # lateral habenula block per blocker
+    for ln in range(L):
+        BH[ln] = 0.0
+    for j in range(nb):
+        for ln in range(L):
+            BH[ln] += y[j, ln]
+    p4, p5, p6 = P[4], P[5], P[6]
+    for j in range(nb):
+        mj = mgf[3, j]
+        kdj = kon * kd0[j]
+        kej = p6 * kesc[j]
+        for ln in range(L):
+            poH = p4 + p5 * max(y[nb + 11, ln], 0.0)
+            free = min(max(1.0 - BH[ln], 0.0), 1.0)
+            dy[j, ln] = (kon * max(conc[j, ln], 0.0) / mj * poH * free
+                         - (kdj * poH + kej * (1.0 - poH)) * y[j, ln])
+    o = 7
+    tau_K, k_PP, pE0, g_b, n_I = P[o], P[o + 1], P[o + 2], P[o + 3], P[o + 4]
+    g_dis, zeta, tau_r, tau_G = P[o + 5], P[o + 6], P[o + 7], P[o + 8]
+    E_HNK, EC50_HNK, k_BDNF, tau_T, K_T = P[o + 9], P[o + 10], P[o + 11], P[o + 12], P[o + 13]
+    k_Moff, M0, h_M, tau_P, k_P = P[o + 14], P[o + 15], P[o + 16], P[o + 17], P[o + 18]
+    tau_mat, beta, tau_S = P[o + 19], P[o + 20], P[o + 21]
+    tau_b, h_H, theta_H = P[o + 23], P[o + 24], P[o + 25]
+    tau_Z, kappa_Z, tau_Q = P[o + 26], P[o + 27], P[o + 28]
+    o = 7 + 29
+    w_a, w_b, w_c, w_d, w_f = P[o], P[o + 1], P[o + 2], P[o + 3], P[o + 5]
+    ko_eef2k, del_2b, ko_bdnf, trkb = P[o + 6], P[o + 7], P[o + 8], P[o + 9]
+    w0, w1 = P[o + 14], P[o + 15]
+    rapa0, aniso0, nbqx0, sblock = P[o + 10], P[o + 11], P[o + 12], P[o + 13]
+    hnk_i = int(P[o + 16])
+    # the powers (card exponents), each as its own loop
+    for ln in range(L):
+        tmp[ln] = max(1.0 - bI[ln], 0.0)
+    _pow_lanes(tmp, n_I, rI)
+    for ln in range(L):
+        tmp[ln] = max(y[nb + 12, ln], 1e-6)
+    _pow_lanes(tmp, kappa_Z, zk)
+    for ln in range(L):
+        tmp[ln] = max(1.0 - min(max(BH[ln], 0.0), 1.0) / theta_H, 0.0)
+    _pow_lanes(tmp, h_H, dh)
+    if hnk_i >= 0:
+        for ln in range(L):
+            c = max(conc[hnk_i, ln], 0.0)
+            ahnk[ln] = E_HNK * c / (EC50_HNK + c)
+    else:
+        for ln in range(L):
+            ahnk[ln] = 0.0
+    ko = ko_eef2k > 0.5
+    kK = 0.0 if ko else k_PP * pE0 / (1.0 - pE0)
+    kM = k_Moff * M0 / (1.0 - M0)
+    has_del = del_2b > 0.0
+    no_bdnf = ko_bdnf > 0.5
+    for ln in range(L):
+        win = 1.0 if (w0 <= t[ln] < w1) else 0.0
+        aniso = aniso0 * win
+        nbqx = nbqx0 * win
+        K, pE, rE, G = y[nb, ln], y[nb + 1, ln], y[nb + 2, ln], y[nb + 3, ln]
+        BD, X, M, Pp = y[nb + 4, ln], y[nb + 5, ln], y[nb + 6, ln], y[nb + 7, ln]
+        N1, N2, S, Rb = y[nb + 8, ln], y[nb + 9, ln], y[nb + 10, ln], y[nb + 11, ln]
+        Z, Qg = y[nb + 12, ln], y[nb + 13, ln]
+        dK = -K / tau_K if ko else (1.0 - w_a * bEsyn[ln] - K) / tau_K
+        dpE = kK * K * (1.0 - pE) - k_PP * pE
+        T = 1.0 + w_a * ((1.0 - pE) / (1.0 - pE0) - 1.0)
+        u_b = w_b * (del_2b if has_del else bE2B[ln])
+        target = (1.0 + g_dis * (1.0 - rI[ln])) * max(1.0 - zeta * bEsyn[ln], 0.0)
+        dr = (1.0 + w_c * (target - 1.0) - rE) / tau_r
+        dG = (rE - G) / tau_G
+        A = max(1.0 + (G - Qg) + w_d * ahnk[ln], 0.0) * (1.0 - nbqx)
+        dQ = (G - Qg) / tau_Q
+        syn = 0.0 if no_bdnf else T * (1.0 - aniso)
+        dBD = k_BDNF * (syn - BD)
+        R = max(BD, 0.0) * A
+        dX = (R * (1.0 + K_T) / (K_T + R) * (1.0 - trkb) - X) / tau_T
+        D = max(X, 0.0) * (1.0 + g_b * u_b) * A
+        Dq[ln] = D / zk[ln]
+        dZ = (M / M0 - Z) / tau_Z
+        dP = ((1.0 + k_P * (M / M0 - 1.0)) * (1.0 - aniso) - Pp) / tau_P
+        dN1 = (beta * w_f * max(Pp - 1.0, 0.0) - N1) / tau_mat
+        dN2 = (N1 - N2) / tau_mat
+        dS = (1.0 + N2 * (1.0 - sblock) - S) / tau_S
+        dRb = (dh[ln] - Rb) / tau_b
+        dy[nb, ln] = dK
+        dy[nb + 1, ln] = dpE
+        dy[nb + 2, ln] = dr
+        dy[nb + 3, ln] = dG
+        dy[nb + 4, ln] = dBD
+        dy[nb + 5, ln] = dX
+        dy[nb + 7, ln] = dP
+        dy[nb + 8, ln] = dN1
+        dy[nb + 9, ln] = dN2
+        dy[nb + 10, ln] = dS
+        dy[nb + 11, ln] = dRb
+        dy[nb + 12, ln] = dZ
+        dy[nb + 13, ln] = dQ
+    _pow_lanes(Dq, h_M, Fq)
+    for ln in range(L):
+        win = 1.0 if (w0 <= t[ln] < w1) else 0.0
+        M = y[nb + 6, ln]
+        dy[nb + 6, ln] = kM * Fq[ln] * (1.0 - rapa0 * win) * (1.0 - M) - k_Moff * M
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def jac_into(t, y, conc, kd0, kesc, mgf, P, J):
     """Analytic Jacobian ``∂f/∂y`` (1/h) of :func:`rhs_into` into the leading block of ``J``.
