@@ -832,7 +832,6 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     y = np.zeros((NL, ny))
     ynew = np.zeros((NL, ny))
     U = np.zeros((ns, ny, NL))
-    ft = np.zeros((NL, ny))
     f0 = np.zeros((NL, ny))
     J = np.zeros((NL, ny, ny))
     Wm = np.zeros((nmech, nmech, NL))
@@ -846,10 +845,13 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     bfirst = np.zeros(nmech, dtype=np.int64)
     blast = np.zeros(nmech, dtype=np.int64)
     _blk_rows(bptr, bfirst, blast)
-    cth = np.zeros(ns)
     # the right-hand side across lanes (state × lane)
     YT = np.zeros((ny, NL))
     FT = np.zeros((ny, NL))
+    EA = np.zeros((ny, NL))
+    ftT = np.zeros((ny, NL))
+    hgl = np.zeros(NL)
+    cthl = np.zeros(NL)
     CT_ = np.zeros((nblk, NL))
     mpT = np.zeros((3, NL))
     wr = np.zeros((12, NL))
@@ -1056,7 +1058,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
             for ln in range(NL):
                 if act[ln] and need_ft[ln]:
                     for i in range(ny):
-                        ft[ln, i] = (FT[i, ln] - f0[ln, i]) / eps_t
+                        ftT[i, ln] = (FT[i, ln] - f0[ln, i]) / eps_t
                     n_jac[ln] += 1
                     need_jac[ln] = False
                     since_jac[ln] = 0
@@ -1070,18 +1072,22 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         continue
                     hg0 = h[ln] * GSUM[0]
                     for i in range(ny):
-                        U[0, i, ln] = f0[ln, i] + hg0 * ft[ln, i]
+                        U[0, i, ln] = f0[ln, i] + hg0 * ftT[i, ln]
             else:
-                # stage arguments and concentrations per lane, the right-hand sides across lanes
+                # stage arguments across lanes (stage sums as for the new state below),
+                # concentrations per lane, the right-hand sides across lanes
+                for i in range(ny):
+                    for ln in range(NL):
+                        YT[i, ln] = y[ln, i]
+                for j in range(st):
+                    aj = AT[st, j]
+                    for i in range(ny):
+                        for ln in range(NL):
+                            YT[i, ln] += aj * U[j, i, ln]
                 for ln in range(NL):
                     if not act[ln] or not ok[ln]:
                         continue
                     p = pid[ln]
-                    for i in range(ny):
-                        a = y[ln, i]
-                        for j in range(st):
-                            a += AT[st, j] * U[j, i, ln]
-                        YT[i, ln] = a
                     tq = tau[ln] + ALPHA[st] * h[ln]
                     if not abs(tq - cc[ln]) <= 1e-14 * (1.0 + tq):
                         _conc(tq, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln],
@@ -1091,32 +1097,43 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         CT_[b, ln] = conc[ln, b]
                 _rhs_lanes(tw, YT, CT_, kd0, kesc, mgf, P, nmech, nmood, mc, mpT, FT, wr)
                 for ln in range(NL):
-                    if not act[ln] or not ok[ln]:
-                        continue
-                    hg = h[ln] * GSUM[st]
-                    for j in range(st):
-                        cth[j] = CT[st, j] * hinv[ln]
+                    hgl[ln] = h[ln] * GSUM[st]
+                for i in range(ny):
+                    for ln in range(NL):
+                        U[st, i, ln] = FT[i, ln] + hgl[ln] * ftT[i, ln]
+                for j in range(st):
+                    cj = CT[st, j]
+                    for ln in range(NL):
+                        cthl[ln] = cj * hinv[ln]
                     for i in range(ny):
-                        a = FT[i, ln] + hg * ft[ln, i]
-                        for j in range(st):
-                            a += cth[j] * U[j, i, ln]
-                        U[st, i, ln] = a
+                        for ln in range(NL):
+                            U[st, i, ln] += cthl[ln] * U[j, i, ln]
             _blk_solve_lanes(Wm, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval,
                              U[st], uwork, acc_l, nmech, mptr, mcols)
         # new states and error norms, across lanes
+        # (sums over the stages with the stage outermost and the lane innermost: the
+        # additions per element keep _course's order, and the lanes' chains run side by side)
         for ln in range(NL):
             en_l[ln] = 0.0
         for i in range(ny):
+            for ln in range(NL):
+                YT[i, ln] = y[ln, i]
+                EA[i, ln] = 0.0
+        for j in range(ns):
+            mj = M[j]
+            ej = E[j]
+            for i in range(ny):
+                for ln in range(NL):
+                    u = U[j, i, ln]
+                    YT[i, ln] += mj * u
+                    EA[i, ln] += ej * u
+        for i in range(ny):
             ati = atol[i]
             for ln in range(NL):
-                a = y[ln, i]
-                ea = 0.0
-                for j in range(ns):
-                    a += M[j] * U[j, i, ln]
-                    ea += E[j] * U[j, i, ln]
+                a = YT[i, ln]
                 ynew[ln, i] = a
                 sc = ati + rtol * max(abs(y[ln, i]), abs(a))
-                en_l[ln] += (ea / sc) ** 2
+                en_l[ln] += (EA[i, ln] / sc) ** 2
         for ln in range(NL):
             en[ln] = np.sqrt(en_l[ln] / ny) if ok[ln] else np.inf
         # per lane: trace, kink cut, accept / reject, outputs, step-size control

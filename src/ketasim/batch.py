@@ -16,7 +16,9 @@ Design (why it is fast, and why it stays exact where it can):
   error accumulates. Compartment matrices have real eigenvalues; a complex or ill-conditioned
   eigenbasis (repeated rates) is detected and reported as an error naming the patient.
 * **Only the nonlinear mechanism is integrated**, with the compiled right-hand side
-  :func:`ketasim.mechanism.rhs_nb` (the single definition of the equations). These states are
+  :func:`ketasim.mechanism.rhs_nb` (the reference definition of the equations; the lanes kernel
+  evaluates them for 8 patients at once with :func:`ketasim.mechanism.rhs_lanes`, pinned to it
+  bit for bit by the tests). These states are
   stiff (LHb channel block relaxes at ``kon·Kd0·Po_H`` ≈ 700–6000 /h while the synaptic states
   move over days), so explicit Runge–Kutta needs ~10⁶ steps per course (measured with SciPy's
   RK45: 1.2 million). The integrator is a linearly implicit (Rosenbrock) method: by default

@@ -374,8 +374,9 @@ def rhs_nb(t, y, conc, kd0, kesc, mgf, P):
 
 @njit(cache=True, error_model="numpy")
 def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
-    """:func:`rhs_nb` writing into ``dy`` (no allocation; the single definition of the
-    equations, used by the LSODA reference and by the batched engine)."""
+    """:func:`rhs_nb` writing into ``dy`` (no allocation; the reference definition of the
+    equations, used by the LSODA reference and by the batched engine; :func:`rhs_lanes` is its
+    lane-vectorised twin, pinned to it bit for bit in tests/test_batch_lanes.py: change both)."""
     nb = conc.shape[0]
     kon = P[0]
     bE2B = qss_total(conc, kd0, kesc, mgf[0], kon, P[1])
