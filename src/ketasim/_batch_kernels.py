@@ -851,6 +851,14 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     EA = np.zeros((ny, NL))
     ftT = np.zeros((ny, NL))
     hgl = np.zeros(NL)
+    # flat views (state × lane as one index) for the stage sums
+    nyl = ny * NL
+    YT1 = YT.reshape(nyl)
+    EA1 = EA.reshape(nyl)
+    U2 = U.reshape((ns, nyl))
+    ACC = np.zeros((ny, NL))
+    ACC1 = ACC.reshape(nyl)
+    cthT = np.zeros(nyl)
     cthl = np.zeros(NL)
     CT_ = np.zeros((nblk, NL))
     mpT = np.zeros((3, NL))
@@ -1081,9 +1089,9 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         YT[i, ln] = y[ln, i]
                 for j in range(st):
                     aj = AT[st, j]
-                    for i in range(ny):
-                        for ln in range(NL):
-                            YT[i, ln] += aj * U[j, i, ln]
+                    uj = U2[j]
+                    for q in range(nyl):
+                        YT1[q] += aj * uj[q]
                 for ln in range(NL):
                     if not act[ln] or not ok[ln]:
                         continue
@@ -1100,14 +1108,19 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                     hgl[ln] = h[ln] * GSUM[st]
                 for i in range(ny):
                     for ln in range(NL):
-                        U[st, i, ln] = FT[i, ln] + hgl[ln] * ftT[i, ln]
+                        ACC[i, ln] = FT[i, ln] + hgl[ln] * ftT[i, ln]
                 for j in range(st):
                     cj = CT[st, j]
                     for ln in range(NL):
                         cthl[ln] = cj * hinv[ln]
-                    for i in range(ny):
-                        for ln in range(NL):
-                            U[st, i, ln] += cthl[ln] * U[j, i, ln]
+                    for q in range(nyl):
+                        cthT[q] = cthl[q % NL]
+                    uj = U2[j]
+                    for q in range(nyl):
+                        ACC1[q] += cthT[q] * uj[q]
+                us = U2[st]
+                for q in range(nyl):
+                    us[q] = ACC1[q]
             _blk_solve_lanes(Wm, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval,
                              U[st], uwork, acc_l, nmech, mptr, mcols)
         # new states and error norms, across lanes
@@ -1122,11 +1135,11 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
         for j in range(ns):
             mj = M[j]
             ej = E[j]
-            for i in range(ny):
-                for ln in range(NL):
-                    u = U[j, i, ln]
-                    YT[i, ln] += mj * u
-                    EA[i, ln] += ej * u
+            uj = U2[j]
+            for q in range(nyl):
+                u = uj[q]
+                YT1[q] += mj * u
+                EA1[q] += ej * u
         for i in range(ny):
             ati = atol[i]
             for ln in range(NL):
