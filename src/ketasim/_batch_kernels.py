@@ -44,6 +44,21 @@ def _conc(tau, lam, xs_f, W_f, f_blk, f_scale, conc, ework):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _conc_lane(tau, lam, p, xs_f, W_f, ln, f_blk, f_scale, conc, ework):
+    """:func:`_conc` for lane ``ln`` (patient ``p``) of the lanes kernel, indexing the 2-D and
+    3-D arrays directly (no per-call array views, whose reference counting is atomic)."""
+    s = lam.shape[1]
+    for j in range(s):
+        ework[j] = np.exp(lam[p, j] * tau)
+    for b in range(conc.shape[1]):
+        conc[ln, b] = 0.0
+    for i in range(f_blk.shape[0]):
+        x = xs_f[ln, i]
+        for j in range(s):
+            x += W_f[ln, i, j] * ework[j]
+        conc[ln, f_blk[i]] += f_scale[p, i] * max(x, 0.0)
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _blk_rows(bptr, bfirst, blast):
     """Per permuted row, the first and last position of its diagonal block (from ``bptr``)."""
     for g in range(bptr.shape[0] - 1):
@@ -281,22 +296,23 @@ def _rhs_lanes(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy, w):
         mood_rhs_lanes(y, nmech, mc, mpat, dy)
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _kink_frac(y, ynew, nmech, nmood, nblk, theta_h, theta_c):
-    """Smallest fraction of a step at which a switching function changes sign (linear
-    interpolation; 2 if none): LHb block total B_H − θ_H, and priming π − θ_c."""
+def _kink_frac(y, ynew, r, nmech, nmood, nblk, theta_h, theta_c):
+    """Smallest fraction of a step from ``y[r]`` to ``ynew[r]`` (rows of 2-D arrays: a lane,
+    or row 0) at which a switching function changes sign (linear interpolation; 2 if none):
+    LHb block total B_H − θ_H, and priming π − θ_c."""
     fr = 2.0
     b0 = 0.0
     b1 = 0.0
     for j in range(nblk):
-        b0 += y[j]
-        b1 += ynew[j]
+        b0 += y[r, j]
+        b1 += ynew[r, j]
     g0 = b0 - theta_h
     g1 = b1 - theta_h
     if g0 * g1 < 0.0:
         fr = min(fr, g0 / (g0 - g1))
     if nmood > 0:
-        g0 = y[nmech + 2] - theta_c
-        g1 = ynew[nmech + 2] - theta_c
+        g0 = y[r, nmech + 2] - theta_c
+        g1 = ynew[r, nmech + 2] - theta_c
         if g0 * g1 < 0.0:
             fr = min(fr, g0 / (g0 - g1))
     return fr
@@ -405,6 +421,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     conc = np.zeros(nblk)
     y = y0.copy()
     ynew = np.zeros(ny)
+    y2 = y.reshape((1, ny))  # row views for _kink_frac
+    ynew2 = ynew.reshape((1, ny))
     Yst = np.zeros(ny)
     ns = M.shape[0]
     gam = meth[0]
@@ -567,7 +585,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 # falls on a step boundary instead of inside a step's error estimate (also for
                 # a step that would end on an output or event time: ``cut`` keeps the shortened
                 # step from being stretched back to that time)
-                fr = _kink_frac(y, ynew, nmech, nmood, nblk, P[THETA_H], mc[9])
+                fr = _kink_frac(y2, ynew2, 0, nmech, nmood, nblk, P[THETA_H], mc[9])
                 if fr < 1.0 and fr * h > 1e-7:
                     h = max(fr * h * (1.0 - 1e-6), 1e-7)
                     n_rej += 1
@@ -859,6 +877,8 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     ACC = np.zeros((ny, NL))
     ACC1 = ACC.reshape(nyl)
     cthT = np.zeros(nyl)
+    cvec = np.zeros(nblk)
+    mpv = np.zeros(3)
     cthl = np.zeros(NL)
     CT_ = np.zeros((nblk, NL))
     mpT = np.zeros((3, NL))
@@ -1024,12 +1044,18 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
             need_ft[ln] = need_jac[ln]
             if not f0_ok[ln] or need_jac[ln]:
                 if not abs(tu - cc[ln]) <= 1e-14 * (1.0 + tu):
-                    _conc(tu, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln], ework)
+                    _conc_lane(tu, lam, p, xs_f, W_f, ln, f_blk, f_scale, conc, ework)
                     cc[ln] = tu
             if need_jac[ln]:
-                jac_into(tw[ln], y[ln], conc[ln], kd0, kesc, mgf, P, J[ln])
+                yl = y[ln]
+                Jl = J[ln]
+                for b in range(nblk):
+                    cvec[b] = conc[ln, b]
+                jac_into(tw[ln], yl, cvec, kd0, kesc, mgf, P, Jl)
                 if nmood > 0:
-                    mood_jac(y[ln], nmech, mc, mpat[p], J[ln])
+                    for i in range(3):
+                        mpv[i] = mpT[i, ln]
+                    mood_jac(yl, nmech, mc, mpv, Jl)
             inv[ln] = 1.0 / (h[ln] * gam)
             hinv[ln] = 1.0 / h[ln]
         # f(t, y) where due (after an accepted step), across lanes
@@ -1055,7 +1081,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                 nft += 1
                 p = pid[ln]
                 tu = tau[ln] + eps_t
-                _conc(tu, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln], ework)
+                _conc_lane(tu, lam, p, xs_f, W_f, ln, f_blk, f_scale, conc, ework)
                 cc[ln] = tu
                 for i in range(ny):
                     YT[i, ln] = y[ln, i]
@@ -1089,17 +1115,15 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         YT[i, ln] = y[ln, i]
                 for j in range(st):
                     aj = AT[st, j]
-                    uj = U2[j]
                     for q in range(nyl):
-                        YT1[q] += aj * uj[q]
+                        YT1[q] += aj * U2[j, q]
                 for ln in range(NL):
                     if not act[ln] or not ok[ln]:
                         continue
                     p = pid[ln]
                     tq = tau[ln] + ALPHA[st] * h[ln]
                     if not abs(tq - cc[ln]) <= 1e-14 * (1.0 + tq):
-                        _conc(tq, lam[p], xs_f[ln], W_f[ln], f_blk, f_scale[p], conc[ln],
-                              ework)
+                        _conc_lane(tq, lam, p, xs_f, W_f, ln, f_blk, f_scale, conc, ework)
                         cc[ln] = tq
                     for b in range(nblk):
                         CT_[b, ln] = conc[ln, b]
@@ -1115,12 +1139,10 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         cthl[ln] = cj * hinv[ln]
                     for q in range(nyl):
                         cthT[q] = cthl[q % NL]
-                    uj = U2[j]
                     for q in range(nyl):
-                        ACC1[q] += cthT[q] * uj[q]
-                us = U2[st]
+                        ACC1[q] += cthT[q] * U2[j, q]
                 for q in range(nyl):
-                    us[q] = ACC1[q]
+                    U2[st, q] = ACC1[q]
             _blk_solve_lanes(Wm, piv, order, bfirst, blast, lptr, lcols, lval, dinv, mval,
                              U[st], uwork, acc_l, nmech, mptr, mcols)
         # new states and error norms, across lanes
@@ -1135,9 +1157,8 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
         for j in range(ns):
             mj = M[j]
             ej = E[j]
-            uj = U2[j]
             for q in range(nyl):
-                u = uj[q]
+                u = U2[j, q]
                 YT1[q] += mj * u
                 EA1[q] += ej * u
         for i in range(ny):
@@ -1163,7 +1184,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                 trace[nt, 3] = float(since_jac[ln])
             cut[ln] = False
             if e <= 1.0:
-                fr = _kink_frac(y[ln], ynew[ln], nmech, nmood, nblk, theta_h, mc[9])
+                fr = _kink_frac(y, ynew, ln, nmech, nmood, nblk, theta_h, mc[9])
                 if fr < 1.0 and fr * h[ln] > 1e-7:
                     h[ln] = max(fr * h[ln] * (1.0 - 1e-6), 1e-7)
                     n_rej[ln] += 1

@@ -469,22 +469,23 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _pow_lanes(x, e, out):
-    """``out[ln] = _pow(x[ln], e)`` for every lane (one loop per exponent case, so the common
-    cases compile to vector code)."""
-    n = x.shape[0]
+def _pow_lanes(w, src, e, dst):
+    """``w[dst, ln] = _pow(w[src, ln], e)`` for every lane (one loop per exponent case, so the
+    common cases compile to vector code; rows indexed, not viewed: a view's reference count is
+    an atomic operation)."""
+    n = w.shape[1]
     if e == 2.0:
         for ln in range(n):
-            out[ln] = x[ln] * x[ln]
+            w[dst, ln] = w[src, ln] * w[src, ln]
     elif e == 1.0:
         for ln in range(n):
-            out[ln] = x[ln]
+            w[dst, ln] = w[src, ln]
     elif e == 0.5:
         for ln in range(n):
-            out[ln] = np.sqrt(x[ln])
+            w[dst, ln] = np.sqrt(w[src, ln])
     else:
         for ln in range(n):
-            out[ln] = x[ln] ** e
+            w[dst, ln] = w[src, ln] ** e
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -499,27 +500,26 @@ def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
     nb = conc.shape[0]
     L = y.shape[1]
     kon = P[0]
-    bE2B, bEsyn, bI, BH = w[0], w[1], w[2], w[3]
-    rI, zk, dh, ahnk, Dq, Fq, tmp = w[4], w[5], w[6], w[7], w[8], w[9], w[10]
+    # rows of w: 0–2 block of E2B, Esyn, I; 3 B_H; 4 r_I; 5 Z^κ; 6 LHb drive^h_H; 7 HNK drive;
+    # 8 D/Z^κ; 9 its power; 10 scratch
     # quasi-steady-state block of the three fast populations (qss_total)
     for q in range(3):
         po = P[1 + q]
-        row = w[q]
         for ln in range(L):
-            row[ln] = 0.0
+            w[q, ln] = 0.0
         for j in range(nb):
             off = kon * kd0[j] * po + kesc[j] * (1.0 - po)
             m = mgf[q, j]
             for ln in range(L):
-                row[ln] += kon * max(conc[j, ln], 0.0) * po / m / off
+                w[q, ln] += kon * max(conc[j, ln], 0.0) * po / m / off
         for ln in range(L):
-            row[ln] = row[ln] / (1.0 + row[ln])
+            w[q, ln] = w[q, ln] / (1.0 + w[q, ln])
     # lateral habenula block per blocker
     for ln in range(L):
-        BH[ln] = 0.0
+        w[3, ln] = 0.0
     for j in range(nb):
         for ln in range(L):
-            BH[ln] += y[j, ln]
+            w[3, ln] += y[j, ln]
     p4, p5, p6 = P[4], P[5], P[6]
     for j in range(nb):
         mj = mgf[3, j]
@@ -527,7 +527,7 @@ def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
         kej = p6 * kesc[j]
         for ln in range(L):
             poH = p4 + p5 * max(y[nb + 11, ln], 0.0)
-            free = min(max(1.0 - BH[ln], 0.0), 1.0)
+            free = min(max(1.0 - w[3, ln], 0.0), 1.0)
             dy[j, ln] = (kon * max(conc[j, ln], 0.0) / mj * poH * free
                          - (kdj * poH + kej * (1.0 - poH)) * y[j, ln])
     o = 7
@@ -546,21 +546,21 @@ def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
     hnk_i = int(P[o + 16])
     # the powers (card exponents), each as its own loop
     for ln in range(L):
-        tmp[ln] = max(1.0 - bI[ln], 0.0)
-    _pow_lanes(tmp, n_I, rI)
+        w[10, ln] = max(1.0 - w[2, ln], 0.0)
+    _pow_lanes(w, 10, n_I, 4)
     for ln in range(L):
-        tmp[ln] = max(y[nb + 12, ln], 1e-6)
-    _pow_lanes(tmp, kappa_Z, zk)
+        w[10, ln] = max(y[nb + 12, ln], 1e-6)
+    _pow_lanes(w, 10, kappa_Z, 5)
     for ln in range(L):
-        tmp[ln] = max(1.0 - min(max(BH[ln], 0.0), 1.0) / theta_H, 0.0)
-    _pow_lanes(tmp, h_H, dh)
+        w[10, ln] = max(1.0 - min(max(w[3, ln], 0.0), 1.0) / theta_H, 0.0)
+    _pow_lanes(w, 10, h_H, 6)
     if hnk_i >= 0:
         for ln in range(L):
             c = max(conc[hnk_i, ln], 0.0)
-            ahnk[ln] = E_HNK * c / (EC50_HNK + c)
+            w[7, ln] = E_HNK * c / (EC50_HNK + c)
     else:
         for ln in range(L):
-            ahnk[ln] = 0.0
+            w[7, ln] = 0.0
     ko = ko_eef2k > 0.5
     kK = 0.0 if ko else k_PP * pE0 / (1.0 - pE0)
     kM = k_Moff * M0 / (1.0 - M0)
@@ -570,31 +570,32 @@ def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
         win = 1.0 if (w0 <= t[ln] < w1) else 0.0
         aniso = aniso0 * win
         nbqx = nbqx0 * win
+        bE2B, bEsyn = w[0, ln], w[1, ln]
         K, pE, rE, G = y[nb, ln], y[nb + 1, ln], y[nb + 2, ln], y[nb + 3, ln]
         BD, X, M, Pp = y[nb + 4, ln], y[nb + 5, ln], y[nb + 6, ln], y[nb + 7, ln]
         N1, N2, S, Rb = y[nb + 8, ln], y[nb + 9, ln], y[nb + 10, ln], y[nb + 11, ln]
         Z, Qg = y[nb + 12, ln], y[nb + 13, ln]
-        dK = -K / tau_K if ko else (1.0 - w_a * bEsyn[ln] - K) / tau_K
+        dK = -K / tau_K if ko else (1.0 - w_a * bEsyn - K) / tau_K
         dpE = kK * K * (1.0 - pE) - k_PP * pE
         T = 1.0 + w_a * ((1.0 - pE) / (1.0 - pE0) - 1.0)
-        u_b = w_b * (del_2b if has_del else bE2B[ln])
-        target = (1.0 + g_dis * (1.0 - rI[ln])) * max(1.0 - zeta * bEsyn[ln], 0.0)
+        u_b = w_b * (del_2b if has_del else bE2B)
+        target = (1.0 + g_dis * (1.0 - w[4, ln])) * max(1.0 - zeta * bEsyn, 0.0)
         dr = (1.0 + w_c * (target - 1.0) - rE) / tau_r
         dG = (rE - G) / tau_G
-        A = max(1.0 + (G - Qg) + w_d * ahnk[ln], 0.0) * (1.0 - nbqx)
+        A = max(1.0 + (G - Qg) + w_d * w[7, ln], 0.0) * (1.0 - nbqx)
         dQ = (G - Qg) / tau_Q
         syn = 0.0 if no_bdnf else T * (1.0 - aniso)
         dBD = k_BDNF * (syn - BD)
         R = max(BD, 0.0) * A
         dX = (R * (1.0 + K_T) / (K_T + R) * (1.0 - trkb) - X) / tau_T
         D = max(X, 0.0) * (1.0 + g_b * u_b) * A
-        Dq[ln] = D / zk[ln]
+        w[8, ln] = D / w[5, ln]
         dZ = (M / M0 - Z) / tau_Z
         dP = ((1.0 + k_P * (M / M0 - 1.0)) * (1.0 - aniso) - Pp) / tau_P
         dN1 = (beta * w_f * max(Pp - 1.0, 0.0) - N1) / tau_mat
         dN2 = (N1 - N2) / tau_mat
         dS = (1.0 + N2 * (1.0 - sblock) - S) / tau_S
-        dRb = (dh[ln] - Rb) / tau_b
+        dRb = (w[6, ln] - Rb) / tau_b
         dy[nb, ln] = dK
         dy[nb + 1, ln] = dpE
         dy[nb + 2, ln] = dr
@@ -608,12 +609,11 @@ def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
         dy[nb + 11, ln] = dRb
         dy[nb + 12, ln] = dZ
         dy[nb + 13, ln] = dQ
-    _pow_lanes(Dq, h_M, Fq)
+    _pow_lanes(w, 8, h_M, 9)
     for ln in range(L):
         win = 1.0 if (w0 <= t[ln] < w1) else 0.0
         M = y[nb + 6, ln]
-        dy[nb + 6, ln] = kM * Fq[ln] * (1.0 - rapa0 * win) * (1.0 - M) - k_Moff * M
-
+        dy[nb + 6, ln] = kM * w[9, ln] * (1.0 - rapa0 * win) * (1.0 - M) - k_Moff * M
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def jac_into(t, y, conc, kd0, kesc, mgf, P, J):
