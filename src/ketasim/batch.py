@@ -233,10 +233,19 @@ class BatchResult:
     mood_states: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class _CovariateGroups:
+    """Patients already grouped by sex, race and species: (batched Covariates, indices)."""
+
+    groups: tuple[tuple[Covariates, np.ndarray], ...]
+
+
 def _per_patient_covariates(covariates, n: int | None) -> list[tuple[Covariates, np.ndarray]]:
     """Groups of patients sharing sex, race and species: (batched Covariates, indices)."""
     if covariates is None:
         covariates = Covariates()
+    if isinstance(covariates, _CovariateGroups):
+        return list(covariates.groups)
     if isinstance(covariates, Covariates):
         w = np.atleast_1d(covariates.weight_kg)
         a = np.atleast_1d(covariates.age_years)
@@ -781,16 +790,15 @@ def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
     return mood.visit_scores(arm, patients, visits_h, d, ce, peak, c), res
 
 
-def _patient_covariates(patients: Sequence) -> list[Covariates] | Covariates:
-    """Covariates of the patients (one batched object when they share sex and race)."""
-    sexes = {p.sex for p in patients}
-    races = {p.race for p in patients}
-    if len(sexes) == 1 and len(races) == 1:
-        return Covariates(weight_kg=np.array([p.weight_kg for p in patients]),
-                          age_years=np.array([p.age_years for p in patients]),
-                          sex=patients[0].sex, race=patients[0].race)
-    return [Covariates(weight_kg=p.weight_kg, age_years=p.age_years, sex=p.sex, race=p.race)
-            for p in patients]
+def _patient_covariates(patients: Sequence) -> _CovariateGroups:
+    """Covariates of the patients, one batched object per (sex, race) group."""
+    idx: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(patients):
+        idx.setdefault((p.sex, p.race), []).append(i)
+    return _CovariateGroups(tuple(
+        (Covariates(weight_kg=np.array([patients[i].weight_kg for i in ii]),
+                    age_years=np.array([patients[i].age_years for i in ii]), sex=sex, race=race),
+         np.asarray(ii)) for (sex, race), ii in idx.items()))
 
 
 def scores_at_visits(arm, patients: Sequence, visits_h, hypotheses: Hypotheses | None = None,

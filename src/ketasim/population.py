@@ -42,20 +42,33 @@ def patient_rng(seed: int, arm_index: int, patient_index: int) -> np.random.Gene
     return np.random.default_rng(np.random.SeedSequence([seed, arm_index, patient_index]))
 
 
-def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int = 64) -> Patient:
-    """Draw patient ``i`` of an arm; the same call always gives the same patient."""
+def _clip(x: float, lo: float, hi: float) -> float:
+    """``np.clip`` of one finite float (the same value, without numpy's per-call overhead)."""
+    return float(min(max(x, lo), hi))
+
+
+def _arm_constants(spec: PopulationSpec) -> tuple[float, float, float]:
+    """Baseline MADRS mean and SD and the log-scale SD of the PK factors (card values unless
+    the population overrides them)."""
     c = load_param_card("clinic")
-    rng = patient_rng(spec.seed, arm_index, i)
-    w = float(np.clip(rng.normal(spec.weight_kg_mean, spec.weight_kg_sd), 40.0, 200.0))
-    age = float(np.clip(rng.normal(spec.age_mean, spec.age_sd), 18.0, 90.0))
-    sex = "female" if rng.random() < spec.female_fraction else "male"
     mean = spec.baseline_madrs_mean or c.value(f"madrs_baseline_{spec.disorder}")
     sd = spec.baseline_madrs_sd if spec.baseline_madrs_sd is not None else c.value(
         "madrs_baseline_sd")
-    base = float(np.clip(rng.normal(mean, sd), 20.0, 60.0))
+    return mean, sd, np.sqrt(np.log(1.0 + c.value("pk_iiv_cv") ** 2))
+
+
+def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int = 64,
+                   constants: tuple[float, float, float] | None = None) -> Patient:
+    """Draw patient ``i`` of an arm; the same call always gives the same patient.
+    ``constants``: :func:`_arm_constants` of ``spec`` (computed here if not given)."""
+    mean, sd, s = constants if constants is not None else _arm_constants(spec)
+    rng = patient_rng(spec.seed, arm_index, i)
+    w = _clip(rng.normal(spec.weight_kg_mean, spec.weight_kg_sd), 40.0, 200.0)
+    age = _clip(rng.normal(spec.age_mean, spec.age_sd), 18.0, 90.0)
+    sex = "female" if rng.random() < spec.female_fraction else "male"
+    base = _clip(rng.normal(mean, sd), 20.0, 60.0)
     eta_p = float(rng.standard_normal())
     eta_e = float(rng.standard_normal())
-    s = np.sqrt(np.log(1.0 + c.value("pk_iiv_cv") ** 2))
     f_cl = float(np.exp(rng.normal(0.0, s)))
     f_v = float(np.exp(rng.normal(0.0, s)))
     resid = rng.standard_normal(n_visits)
@@ -68,4 +81,5 @@ def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int =
 def sample_arm(spec: PopulationSpec, arm_index: int, n: int, n_visits: int = 64,
                start: int = 0) -> list[Patient]:
     """Patients ``start … start+n−1`` of an arm."""
-    return [sample_patient(spec, arm_index, i, n_visits) for i in range(start, start + n)]
+    k = _arm_constants(spec)
+    return [sample_patient(spec, arm_index, i, n_visits, k) for i in range(start, start + n)]
