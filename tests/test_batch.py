@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _mech_cases import MECHANISM_CASES
 from ketasim.batch import (
     ATOL,
     RTOL,
@@ -274,13 +275,7 @@ def _fd_jacobian(f, y, eps=1e-7):
     return out
 
 
-@pytest.mark.parametrize("blockers,hyp,intv", [
-    (("ketamine", "norketamine"), None, None),
-    (("ketamine", "norketamine", "hnk"), "d=1", None),
-    (("esketamine", "noresketamine"), "only:a", "eef2k-knockout"),
-    (("ketamine", "norketamine"), None, "rapamycin,glun2b-deletion"),
-    (("ketamine", "norketamine"), None, "bdnf-knockout,nbqx,spine-blockade"),
-])
+@pytest.mark.parametrize("blockers,hyp,intv", MECHANISM_CASES)
 def test_analytic_jacobian_matches_finite_differences(blockers, hyp, intv):
     """mechanism.jac_into (used by the batched engine) equals central differences of rhs_nb at
     random states, and writes nothing outside the sparsity pattern the block solve relies on."""

@@ -8,6 +8,7 @@ import numba
 import numpy as np
 import pytest
 
+from _mech_cases import MECHANISM_CASES
 from ketasim import batch
 from ketasim.bench_sbml import bench_arm, bench_patients, visits_h
 from ketasim.engine import Course
@@ -93,13 +94,7 @@ def test_lanes_equal_course_with_interventions_hypotheses_and_ragged_n():
         batch.simulate_batch([Course("ketamine", reg)], t, covs[0], kernel="simd")
 
 
-@pytest.mark.parametrize("blockers,hyp,intv", [
-    (("ketamine", "norketamine"), None, None),
-    (("ketamine", "norketamine", "hnk"), "d=1", None),
-    (("esketamine", "noresketamine"), "only:a", "eef2k-knockout"),
-    (("ketamine", "norketamine"), None, "rapamycin,glun2b-deletion"),
-    (("ketamine", "norketamine"), None, "bdnf-knockout,nbqx,spine-blockade"),
-])
+@pytest.mark.parametrize("blockers,hyp,intv", MECHANISM_CASES)
 def test_rhs_across_lanes_is_rhs_into_bit_for_bit(blockers, hyp, intv):
     """mechanism.rhs_lanes and the kernel's mood_rhs_lanes (the second, lane-vectorised
     definition of the equations) give, lane by lane, exactly the values of rhs_into and

@@ -59,6 +59,15 @@ def _conc_lane(tau, lam, p, xs_f, W_f, ln, f_blk, f_scale, conc, ework):
         conc[ln, f_blk[i]] += f_scale[p, i] * max(x, 0.0)
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gather_lane(y, conc, ln, YT, C):
+    """Lane ``ln``'s state (row of ``y``) and concentrations (row of ``conc``) into column
+    ``ln`` of the across-lanes arrays ``YT`` (ny, L) and ``C`` (blockers, L)."""
+    for i in range(y.shape[1]):
+        YT[i, ln] = y[ln, i]
+    for b in range(conc.shape[1]):
+        C[b, ln] = conc[ln, b]
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _blk_rows(bptr, bfirst, blast):
     """Per permuted row, the first and last position of its diagonal block (from ``bptr``)."""
     for g in range(bptr.shape[0] - 1):
@@ -1063,10 +1072,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
         for ln in range(NL):
             if act[ln] and need_f0[ln]:
                 nf0 += 1
-                for i in range(ny):
-                    YT[i, ln] = y[ln, i]
-                for b in range(nblk):
-                    CT_[b, ln] = conc[ln, b]
+                _gather_lane(y, conc, ln, YT, CT_)
         if nf0 > 0:
             _rhs_lanes(tw, YT, CT_, kd0, kesc, mgf, P, nmech, nmood, mc, mpT, FT, wr)
             for ln in range(NL):
@@ -1083,10 +1089,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                 tu = tau[ln] + eps_t
                 _conc_lane(tu, lam, p, xs_f, W_f, ln, f_blk, f_scale, conc, ework)
                 cc[ln] = tu
-                for i in range(ny):
-                    YT[i, ln] = y[ln, i]
-                for b in range(nblk):
-                    CT_[b, ln] = conc[ln, b]
+                _gather_lane(y, conc, ln, YT, CT_)
         if nft > 0:
             _rhs_lanes(tw, YT, CT_, kd0, kesc, mgf, P, nmech, nmood, mc, mpT, FT, wr)
             for ln in range(NL):
