@@ -61,7 +61,11 @@ def main() -> None:
         x = np.array(r)
         print(f"{k} ({a.rev if k == 'old' else 'working tree'}): CPU µs per course min "
               f"{x[:, 0].min():.0f} median {np.median(x[:, 0]):.0f}; wall min {x[:, 1].min():.0f} "
-              f"median {np.median(x[:, 1]):.0f}")
+              f"median {np.median(x[:, 1]):.0f}; CPU 10th percentile "
+              f"{np.percentile(x[:, 0], 10):.0f}")
+    ratio = np.array(res["new"])[:, 0] / np.array(res["old"])[:, 0]
+    print(f"new/old CPU per repetition (paired, alternating): median {np.median(ratio):.3f}, "
+          f"quartiles {np.percentile(ratio, 25):.3f}–{np.percentile(ratio, 75):.3f}")
     print("MADRS identical:", bool(np.array_equal(out["old"], out["new"])))
     print("load average at end", os.getloadavg())
 

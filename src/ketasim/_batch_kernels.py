@@ -836,8 +836,13 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     nmech = order.shape[0]
     nf = f_idx.shape[0]
     nblk = kd0.shape[0]
+    T = t_out.shape[0]
+    nb = bps.shape[0]
     ns = M.shape[0]
-    # work arrays (all allocated here: :func:`_lanes_core` runs without reference counting)
+    gam = meth[0]
+    expo = -1.0 / meth[1]
+    eps_t = 1e-8
+    theta_h = P[THETA_H]
     # per-lane PK of the current interval
     x0 = np.zeros((NL, s))
     rate = np.zeros((NL, s))
@@ -917,49 +922,6 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     inv = np.ones(NL)
     hinv = np.ones(NL)
     en = np.zeros(NL)
-    return _lanes_core(
-        p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P,
-        y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols, mptr, mcols, AT, CT, M, E,
-        ALPHA, GSUM, meth, ys, xs, peak, stats, trace, nmood, mc, mpat,
-        (tmp, ework, cvec, mpv, cthT, YT1, EA1, ACC1, acc_l, en_l, hgl, cthl, t, h, ta, tb, tw,
-         cc, t_end, h_prop, tau, inv, hinv, en),
-        (x0, rate, xss, cm, xs_f, conc, samp, pk, y, ynew, f0, uwork, lval, mval, dinv, YT, FT,
-         EA, ftT, ACC, CT_, mpT, wr, U2),
-        (W_f, U, J, Wm),
-        (bfirst, blast, pid, phase, kk, k_out, n_acc, n_rej, n_jac, status, since_jac),
-        piv, (need_f0, need_ft, act, ok, f0_ok, cut, need_jac, last))
-
-
-@njit(cache=True, nogil=True, error_model="numpy", _nrt=False)
-def _lanes_core(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
-                kesc, mgf, P, y0, t_out, rtol, atol, jac_every, order, bptr, lptr, lcols,
-                mptr, mcols, AT, CT, M, E, ALPHA, GSUM, meth, ys, xs, peak, stats, trace,
-                nmood, mc, mpat, F1, F2, F3, I1, piv, B1):
-    """The body of :func:`_course_lanes` on work arrays it allocated (compiled without
-    reference counting: every array lives in the caller for the whole call, so the
-    atomic reference-count updates of the array views made in the step loop are
-    skipped)."""
-    NL = LANES
-    s = lam.shape[1]
-    ny = y0.shape[0]
-    nmech = order.shape[0]
-    nf = f_idx.shape[0]
-    nblk = kd0.shape[0]
-    T = t_out.shape[0]
-    nb = bps.shape[0]
-    ns = M.shape[0]
-    gam = meth[0]
-    expo = -1.0 / meth[1]
-    eps_t = 1e-8
-    theta_h = P[THETA_H]
-    (tmp, ework, cvec, mpv, cthT, YT1, EA1, ACC1, acc_l, en_l, hgl, cthl, t, h, ta, tb, tw, cc,
-     t_end, h_prop, tau, inv, hinv, en) = F1
-    (x0, rate, xss, cm, xs_f, conc, samp, pk, y, ynew, f0, uwork, lval, mval, dinv, YT, FT, EA,
-     ftT, ACC, CT_, mpT, wr, U2) = F2
-    (W_f, U, J, Wm) = F3
-    (bfirst, blast, pid, phase, kk, k_out, n_acc, n_rej, n_jac, status, since_jac) = I1
-    (need_f0, need_ft, act, ok, f0_ok, cut, need_jac, last) = B1
-    nyl = ny * NL
     nxt = p0
     while True:
         # bring every lane to its next step attempt: new patients, events, interval ends
