@@ -245,7 +245,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
 
 
 def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: str):
-    from .trial import RichProgress, run_trial
+    from .progress import RichProgress
+    from .trial import run_trial
 
     if workers is not None and not 1 <= workers <= 256:
         raise KetasimError("workers", f"must be 1..256, got {workers}")
@@ -367,7 +368,8 @@ def trial(
             t.add_row(r["name"], r["title"])
         out.print(t)
         return
-    from .trial import RichProgress, run_trial
+    from .progress import RichProgress
+    from .trial import run_trial
 
     sc = with_overrides(resolve_scenario(scenario), n=n, seed=seed)
     if executor is None:
@@ -1053,10 +1055,16 @@ def sensitivity(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Global sensitivity (SALib) of one endpoint to clinic and mechanism card parameters."""
+    from .progress import RichProgress
     from .sensitivity import plot_indices, run_sensitivity
 
-    r = run_sensitivity(endpoint, method=method, samples=samples, n=n, seed=seed,
-                        spread=spread, params=params.split(",") if params else None)
+    bar = RichProgress("model evaluations")
+    try:
+        r = run_sensitivity(endpoint, method=method, samples=samples, n=n, seed=seed,
+                            spread=spread, params=params.split(",") if params else None,
+                            progress=bar)
+    finally:
+        bar.close()
     if plot:
         _write_bytes(plot, plot_indices(r), "plot")
         r["plot"] = plot
@@ -1142,9 +1150,15 @@ def fit(
     """Fit a PK model to data: typical values, IIV and residual error (FOCE-I), or MAP."""
     from .cards import card_versions
     from .fit import fit_population
+    from .progress import RichStatus
 
-    problem, res = fit_population(data, model, _names(estimate, "estimate"), error,
-                                  _names(iiv, "iiv") if iiv else None, method)
+    status = RichStatus(f"fitting {model}")
+    try:
+        problem, res = fit_population(data, model, _names(estimate, "estimate"), error,
+                                      _names(iiv, "iiv") if iiv else None, method,
+                                      progress=status)
+    finally:
+        status.close()
     d = res.to_dict()
     d["metadata"] = {"ketasim_version": __version__, "model": model, "seed": seed,
                      "data": data, "card_versions": {k: v for k, v in card_versions().items()
@@ -1201,9 +1215,15 @@ def forecast(
         raise KetasimError("drug", f"unknown drug {drug!r}", "ketamine, esketamine")
     if not 100 <= steps <= 100_000:
         raise KetasimError("steps", f"must be 100–100000, got {steps}")
-    fc = forecast_patient(patient, horizon_days=days, threshold=threshold,
-                          probability=probability, drug=drug, model=model, seed=seed,
-                          n_steps=steps)
+    from .progress import RichProgress
+
+    bar = RichProgress("MCMC steps")
+    try:
+        fc = forecast_patient(patient, horizon_days=days, threshold=threshold,
+                              probability=probability, drug=drug, model=model, seed=seed,
+                              n_steps=steps, progress=bar)
+    finally:
+        bar.close()
     d = fc.to_dict()
     if as_json:
         print(json.dumps(_jsonable(d)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -181,10 +182,22 @@ class EndpointModel:
         return float((s_k["madrs"][:, 0] - base).mean() - (s_m["madrs"][:, 0] - base_m).mean())
 
 
+def _evaluate(model, X: np.ndarray, progress: Callable[[int, int], None] | None) -> np.ndarray:
+    """The endpoint at every row of the design ``X``, reporting progress."""
+    Y = np.empty(len(X))
+    for i, x in enumerate(X):
+        Y[i] = model(x)
+        if progress is not None:
+            progress(i + 1, len(X))
+    return Y
+
+
 def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
                     samples: int | None = None, n: int = 100, seed: int = 0,
-                    spread: float = 0.5, params: list[str] | None = None) -> dict:
-    """Sobol (first-order and total indices with 95 % CIs) or Morris (mu*, sigma)."""
+                    spread: float = 0.5, params: list[str] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """Sobol (first-order and total indices with 95 % CIs) or Morris (mu*, sigma).
+    ``progress(done, total)``: optional, called after each model evaluation of the design."""
     from SALib.analyze import morris as morris_analyze
     from SALib.analyze import sobol as sobol_analyze
     from SALib.sample import morris as morris_sample
@@ -211,7 +224,7 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
         if samples < 8 or samples & (samples - 1):
             raise KetasimError("samples", "Sobol needs a power of two ≥ 8")
         X = sobol_sample.sample(problem, samples, calc_second_order=False, seed=seed)
-        Y = np.array([model(x) for x in X])
+        Y = _evaluate(model, X, progress)
         res = sobol_analyze.analyze(problem, Y, calc_second_order=False, seed=seed)
         out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
                   "S1": float(res["S1"][i]), "S1_conf": float(res["S1_conf"][i]),
@@ -225,7 +238,7 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
         if not 2 <= samples <= 1000:
             raise KetasimError("samples", "Morris needs 2..1000 trajectories")
         X = morris_sample.sample(problem, samples, num_levels=4, seed=seed)
-        Y = np.array([model(x) for x in X])
+        Y = _evaluate(model, X, progress)
         res = morris_analyze.analyze(problem, X, Y, num_levels=4, seed=seed)
         out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
                   "mu_star": float(res["mu_star"][i]),

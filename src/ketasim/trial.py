@@ -53,6 +53,7 @@ import pandas as pd
 
 from . import __version__, shards, stats
 from .errors import KetasimError
+from .progress import RichProgress  # noqa: F401  (re-exported: trial.RichProgress)
 from .scenario import ArmSpec, Scenario, load_scenario, parse_scenario
 from .shards import Chunk
 from .units import parse_duration
@@ -76,65 +77,6 @@ BASELINE = "baseline"
 RESPONDER_DELAY_H = 24.0
 
 Progress = Callable[[int, int], None]
-
-
-class RichProgress:
-    """A rich progress bar of patients done / total on stderr, shown once a run has lasted
-    ``delay_s`` (1 s) and only on a terminal, and a final line
-    ``N patients in T s (X patients/s)`` from :meth:`finish` (always printed)."""
-
-    def __init__(self, label: str = "patients", console=None, delay_s: float = 1.0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        from rich.console import Console
-
-        self.label = label
-        self.console = console if console is not None else Console(stderr=True)
-        self.delay_s = delay_s
-        self.clock = clock
-        self.t0 = clock()
-        self.first_done: int | None = None
-        self.done = 0
-        self.bar = None
-        self.task = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.first_done is None:
-            self.first_done = done  # patients resumed from shards, not simulated now
-        self.done = done
-        if self.bar is None:
-            if not self.console.is_terminal or self.clock() - self.t0 < self.delay_s:
-                return
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(),
-                                TimeRemainingColumn(), console=self.console, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total)
-        self.bar.update(self.task, completed=done)
-
-    def close(self) -> None:
-        """Stop and remove the progress bar."""
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-    def finish(self) -> str:
-        """Stop the bar and print (and return) the final line."""
-        self.close()
-        dt = max(self.clock() - self.t0, 1e-9)
-        n = self.done - (self.first_done or 0)
-        line = f"{n:,} patients in {dt:.1f} s ({n / dt:,.1f} patients/s)"
-        if self.first_done:
-            line += f"; {self.first_done:,} resumed from shards"
-        self.console.print(line, highlight=False, markup=False)
-        return line
 
 
 # --------------------------------------------------------------------------- examples

@@ -8,6 +8,8 @@
 * :mod:`.report` — HTML diagnostics (GOF, individual fits, VPC).
 """
 
+from collections.abc import Callable
+
 from .data import Dataset, Subject, read_dataset
 from .estimators import FitResult, IndividualMAP, IndividualMCMC, PopulationFOCEI
 from .problem import ErrorModel, PKProblem, simulate_dataset
@@ -18,8 +20,10 @@ __all__ = ["Dataset", "Subject", "read_dataset", "PKProblem", "ErrorModel", "sim
 
 def fit_population(data: str | Dataset, model: str, estimate: list[str],
                    error: str = "proportional", iiv: list[str] | None = None,
-                   method: str = "foce") -> tuple[PKProblem, FitResult]:
+                   method: str = "foce", progress: Callable[[str], None] | None = None
+                   ) -> tuple[PKProblem, FitResult]:
     """One call: read ``data``, build the problem and run the estimator (``foce`` or ``map``).
+    ``progress``: optional callable given one-line messages while the estimator runs.
 
     The single routing point for heavy fitting work (swap the estimator or executor here).
     """
@@ -28,7 +32,7 @@ def fit_population(data: str | Dataset, model: str, estimate: list[str],
     ds = read_dataset(data) if isinstance(data, str) else data
     problem = PKProblem(model, ds, estimate, error, iiv)
     if method == "foce":
-        return problem, PopulationFOCEI(problem).run()
+        return problem, PopulationFOCEI(problem, progress=progress).run()
     if method == "map":
-        return problem, IndividualMAP(problem).run()
+        return problem, IndividualMAP(problem, progress=progress).run()
     raise KetasimError("method", f"unknown method {method!r}", "foce, map")

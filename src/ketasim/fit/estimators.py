@@ -61,6 +61,7 @@ else Wald intervals (the 200-subject, four-parameter fit: 129600, keeps its time
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -251,12 +252,19 @@ def _cv(sd: float) -> float:
 class PopulationFOCEI:
     """Population estimation of typical values, IIV (diagonal Ω, log-normal) and residual
     error by FOCE-I, refined on the adaptive-quadrature likelihood (``quadrature=True``, see
-    the module docstring). ``run()`` returns a :class:`FitResult`."""
+    the module docstring). ``run()`` returns a :class:`FitResult`.
+
+    ``progress``: optional callable given a one-line message at every objective evaluation
+    and stage (FOCE-I, quadrature refinement, covariance step, each profile), e.g. the command
+    line's spinner; it does not change the fit."""
 
     def __init__(self, problem: PKProblem, theta0: dict[str, float] | None = None,
                  omega0: float = 0.3, max_iter: int = 200, covariance: bool = True,
-                 quadrature: bool = True, profile: bool | None = None) -> None:
+                 quadrature: bool = True, profile: bool | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.problem = problem
+        self.progress = progress
+        self._stage = "FOCE-I"
         self.quadrature = quadrature
         self.profile = profile  # None: where affordable (PROFILE_AUTO_WORK)
         self.theta0 = {**problem.theta0(), **(theta0 or {})}
@@ -280,6 +288,8 @@ class PopulationFOCEI:
         """Each subject's contribution to the FOCE-I −2 log-likelihood at packed
         log-parameters ``x`` ((n,); they sum to :meth:`ofv`), or None where not finite."""
         self.n_eval += 1
+        if self.progress is not None:
+            self.progress(f"{self._stage}, objective evaluation {self.n_eval}")
         pr = self.problem
         theta, om, sig = self._split(x)
         c = conditional_modes(pr, theta, om, sig, self._eta, self._tol, self._max_iter)
@@ -372,6 +382,7 @@ class PopulationFOCEI:
         """Run the FOCE-I population fit, refine it on the quadrature likelihood (unless
         ``quadrature=False``) and return estimates with SEs (2·H⁻¹) and diagnostics."""
         t0 = time.perf_counter()
+        self._stage = "FOCE-I"
         pr = self.problem
         y = pr.y[pr.mask]
         x0 = np.concatenate([np.log([self.theta0[k] for k in pr.estimate]),
@@ -413,6 +424,7 @@ class PopulationFOCEI:
             focei_ofv, x_focei = self.ofv(x), x.copy()
             H_focei = self._hessian(x, accurate=False)[0]  # Newton metric of the refinement
             self.set_quadrature(q)
+            self._stage = f"refinement on the quadrature likelihood (AGQ {q}^{d})"
             x, n_ref, free_grad = self._refine(x, at_bound, bounds, gtol, H_focei)
             converged = bool(free_grad < gtol)
             method = f"FOCE-I + AGQ({q}^{d})"
@@ -423,6 +435,7 @@ class PopulationFOCEI:
         f_best = self.ofv(x)
         cov = None
         if self.covariance:
+            self._stage = "covariance step"
             cov = self._covariance(x, at_bound)
             f_best = self.ofv(x)
         theta, om, sig = self._split(x)
@@ -432,6 +445,8 @@ class PopulationFOCEI:
             t_p = time.perf_counter()
             names = self._names()
             for i in range(p + d):  # typical values and IIV SDs
+                what = names[i].replace("theta_", "").replace("omega_", "IIV of ")
+                self._stage = f"profile-likelihood interval {i + 1}/{p + d} ({what})"
                 if not at_bound[i] and np.isfinite(se_log[i]):
                     profiles[names[i]] = self._profile_interval(x, f_best, i, ~at_bound,
                                                                 bounds, se_log[i])
@@ -715,12 +730,15 @@ class IndividualMAP:
 
     The prior is ``θ`` (typical values; default the card) and ``Ω`` (default
     :func:`prior_omega`); the residual error is estimated pooled over the subjects (a 1-D/2-D
-    outer minimisation of the joint MAP objective) unless ``sigma`` is given.
+    outer minimisation of the joint MAP objective) unless ``sigma`` is given. ``progress``:
+    optional callable given a one-line message per evaluation of that objective.
     """
 
     def __init__(self, problem: PKProblem, theta: dict[str, float] | None = None,
-                 omega_sd: np.ndarray | None = None, sigma: dict[str, float] | None = None):
+                 omega_sd: np.ndarray | None = None, sigma: dict[str, float] | None = None,
+                 progress: Callable[[str], None] | None = None):
         self.problem = problem
+        self.progress = progress
         self.theta = {**problem.theta0(), **(theta or {})}
         self.omega_sd = prior_omega(problem) if omega_sd is None else np.asarray(omega_sd)
         self.sigma = sigma
@@ -734,9 +752,13 @@ class IndividualMAP:
         if sig is None:
             y = pr.y[pr.mask]
             s0 = np.log(list(pr.error.initial(y).values()))
-            state = {"eta": None}
+            state = {"eta": None, "n": 0}
 
             def f(ls):
+                state["n"] += 1
+                if self.progress is not None:
+                    self.progress(f"MAP with the residual error, objective evaluation "
+                                  f"{state['n']}")
                 c = conditional_modes(pr, self.theta, self.omega_sd, _sig(pr, ls), state["eta"])
                 state["eta"] = c.eta
                 return float(c.obj.sum())
@@ -786,8 +808,11 @@ def gelman_rubin(chains: np.ndarray) -> np.ndarray:
 
 def sample_posterior(log_prob, x0: np.ndarray, seed: int, n_walkers: int = 24,
                      n_steps: int = 2000, burn: int | None = None, scale: float = 0.1,
-                     vectorize: bool = True) -> dict:
+                     vectorize: bool = True,
+                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Ensemble MCMC (emcee) of a vectorised log-density; returns draws and diagnostics.
+    ``progress(done, total)``: optional, called every 10 steps and at the end (the same
+    draws with or without it).
 
     Diagnostics: mean acceptance fraction, integrated autocorrelation time per dimension
     (``tau``; emcee's estimator, ``tau_reliable`` False when the chain is shorter than 50 τ),
@@ -800,7 +825,9 @@ def sample_posterior(log_prob, x0: np.ndarray, seed: int, n_walkers: int = 24,
     p0 = x0 + scale * rng.standard_normal((n_walkers, d))
     sampler = emcee.EnsembleSampler(n_walkers, d, log_prob, vectorize=vectorize)
     sampler.random_state = np.random.RandomState(seed).get_state()  # reproducible moves
-    sampler.run_mcmc(p0, n_steps, progress=False)
+    for k, _ in enumerate(sampler.sample(p0, iterations=n_steps)):  # = run_mcmc
+        if progress is not None and ((k + 1) % 10 == 0 or k + 1 == n_steps):
+            progress(k + 1, n_steps)
     burn = n_steps // 2 if burn is None else burn
     chain = sampler.get_chain(discard=burn)  # (steps, walkers, d)
     try:

@@ -25,6 +25,7 @@ the next dose that keeps the underlying score below a threshold with a chosen pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,8 +145,10 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
                      threshold: float | None = None, probability: float = 0.8,
                      response_fraction: float | None = None, drug: str = "ketamine",
                      model: str | None = None, seed: int = 1, n_walkers: int = 32,
-                     n_steps: int = 1500, comedication: tuple[str, ...] = ()) -> Forecast:
+                     n_steps: int = 1500, comedication: tuple[str, ...] = (),
+                     progress: Callable[[int, int], None] | None = None) -> Forecast:
     """Posterior forecast of one patient's MADRS (see the module docstring).
+    ``progress(done, total)``: optional, MCMC steps done (the same forecast with or without).
 
     ``threshold`` (MADRS points) for the next-dose day; default: the patient's response level
     ``(1 − response_fraction)·B``. ``probability``: required probability of staying below it.
@@ -203,7 +206,8 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
     if 0.0 in np.round(t_obs, 9):
         x0[0] = float(y_obs[np.argmin(t_obs)])
     r = minimize(lambda x: -float(log_prob(x[None, :])[0]), x0, method="Nelder-Mead")
-    mc = sample_posterior(log_prob, r.x, seed, n_walkers, n_steps, scale=0.1)
+    mc = sample_posterior(log_prob, r.x, seed, n_walkers, n_steps, scale=0.1,
+                          progress=progress)
     draws = mc["draws"]
     rng = np.random.default_rng(seed)
     latent = em.latent(draws[:, 0], draws[:, 1], draws[:, 2])
