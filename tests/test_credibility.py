@@ -18,6 +18,7 @@ DATA = Path(__file__).parent / "data" / "cases"
 SECTIONS = ("context", "diagram", "verification", "parameters", "calibration", "scorecard",
             "sensitivity", "limitations")
 CHROMIUM = "/usr/bin/chromium"
+MESSAGES: list[str] = []  # progress messages of the fixture's report
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,12 @@ def html(tmp_path_factory) -> str:
                         only=["example_single_iv", "example_pk", "example_bipolar_suicidality"])
     sens = run_sensitivity("madrs_change@24h", method="morris", samples=3, n=20, seed=0,
                            params=["drug_emax", "placebo_active", "drive50"])
-    return build_report(scorecard=sc, sensitivity=sens)
+    return build_report(scorecard=sc, sensitivity=sens, progress=MESSAGES.append)
+
+
+def test_progress_messages_name_the_work_done_now(html):
+    # scorecard and sensitivity were given, so only the verification checks run here
+    assert MESSAGES == ["verification checks"]
 
 
 def test_verification_numbers_are_computed_now():

@@ -1116,9 +1116,15 @@ def report_credibility(
 
     if no_shipped and cases is None:
         raise KetasimError("no-shipped", "needs --cases FOLDER")
-    html = build_report(n=n, seed=seed, replicates=replicates, cases_dir=cases,
-                        sensitivity_samples=sensitivity_samples,
-                        include_shipped=not no_shipped)
+    from .progress import RichStatus
+
+    status = RichStatus("credibility report")
+    try:
+        html = build_report(n=n, seed=seed, replicates=replicates, cases_dir=cases,
+                            sensitivity_samples=sensitivity_samples,
+                            include_shipped=not no_shipped, progress=status)
+    finally:
+        status.close()
     _write(out_path, html, "out")
     out.print(f"wrote {out_path}")
 

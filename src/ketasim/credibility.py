@@ -15,6 +15,7 @@ import functools
 import importlib
 import math
 import time
+from collections.abc import Callable
 from html import escape
 
 import numpy as np
@@ -379,18 +380,24 @@ def _parameters_html() -> tuple[str, list[dict]]:
 def build_report(n: int = 100, seed: int = 0, replicates: int = 100,
                  cases_dir: str | None = None, sensitivity_samples: int = 8,
                  scorecard: dict | None = None, sensitivity: dict | None = None,
-                 include_shipped: bool = True) -> str:
-    """The credibility report as one HTML string (runs scorecard and Morris unless given)."""
+                 include_shipped: bool = True,
+                 progress: Callable[[str], None] | None = None) -> str:
+    """The credibility report as one HTML string (runs scorecard and Morris unless given).
+    ``progress``: optional callable given a one-line message per case, model evaluation and
+    section."""
     from .cards import card_versions
     from .sensitivity import plot_indices, run_sensitivity
     from .validate import run_validation
 
+    say = progress or (lambda message: None)
     t0 = time.perf_counter()
-    sc = scorecard or run_validation(cases_dir, n=n, seed=seed, replicates=replicates,
-                                     include_shipped=include_shipped)
-    sens = sensitivity or run_sensitivity("madrs_change@24h", method="morris",
-                                          samples=sensitivity_samples, n=min(n, 100),
-                                          seed=seed)
+    sc = scorecard or run_validation(
+        cases_dir, n=n, seed=seed, replicates=replicates, include_shipped=include_shipped,
+        progress=lambda i, total, cid: say(f"scorecard, case {i + 1}/{total} ({cid})"))
+    sens = sensitivity or run_sensitivity(
+        "madrs_change@24h", method="morris", samples=sensitivity_samples, n=min(n, 100),
+        seed=seed, progress=lambda d, total: say(f"sensitivity, evaluation {d}/{total}"))
+    say("verification checks")
     ver = verification_checks()
     p_html, prows = _parameters_html()
     assumed = [r for r in prows if r["evidence"] == "assumed"]
