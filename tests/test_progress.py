@@ -106,3 +106,27 @@ def test_cli_fit_json_stays_clean_with_progress(capsys):
     assert rc == 0, out.err
     assert json.loads(out.out)["n_subjects"] > 0
     assert "objective evaluation" not in out.out + out.err  # not a terminal: no spinner
+
+
+def test_mechanism_calibration_search_reports_each_evaluation():
+    from ketasim.calibration import fit
+
+    calls: list[tuple[int, int]] = []
+    r = fit(3, progress=lambda d, t: calls.append((d, t)))
+    assert r["evaluations"] == 3
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_clinic_calibration_search_reports_each_evaluation(monkeypatch):
+    import ketasim.clinic_calibration as cc
+
+    # a cheap stand-in for the 30-s loss (the search, not the model, is under test here)
+    monkeypatch.setattr(cc, "loss", lambda c: sum((v - 0.5) ** 2 for v in c.values()
+                                                  if isinstance(v, float)))
+    monkeypatch.setattr(cc, "metrics", lambda c: {})
+    monkeypatch.setattr(cc, "evaluate", lambda c=None: {})
+    calls: list[tuple[int, int]] = []
+    r = cc.fit_clinic(7, progress=lambda d, t: calls.append((d, t)))
+    assert r["evaluations"] == len(calls) <= 8
+    assert calls[:3] == [(1, 7), (2, 7), (3, 7)] and calls[-1][1] == 7
+    assert all(d <= 7 for d, _ in calls)

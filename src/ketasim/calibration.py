@@ -21,6 +21,8 @@ and prints the values to write into the cards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .engine import Course, simulate
@@ -211,8 +213,10 @@ def _margins(overrides: dict) -> np.ndarray:
         ex.simulate = orig
 
 
-def fit(max_evaluations: int = 200, margin: float = 0.02) -> dict:
+def fit(max_evaluations: int = 200, margin: float = 0.02,
+        progress: Callable[[int, int], None] | None = None) -> dict:
     """Nelder–Mead on log-parameters minimising Σ max(0, margin − m_i)² over all targets.
+    ``progress(done, max_evaluations)``: optional, after each evaluation of the search.
 
     Starts from the card values; returns the best values, the penalty and the margins. The
     cards are not edited: write the printed values into ``cards/mechanism/*.yaml`` (tag
@@ -231,6 +235,15 @@ def fit(max_evaluations: int = 200, margin: float = 0.02) -> dict:
     names = list(start)
     x0 = np.log(np.array([start[n] for n in names]))
 
+    n_eval = [0]
+
+    def counted(x):
+        v = penalty(x)
+        n_eval[0] += 1
+        if progress is not None:
+            progress(min(n_eval[0], max_evaluations), max_evaluations)
+        return v
+
     def penalty(x):
         ov = dict(zip(names, np.exp(x), strict=True))
         if ov.get("kappa_Z", 0.5) >= 1.0 or ov.get("theta_H", 0.2) >= 1.0:
@@ -239,7 +252,7 @@ def fit(max_evaluations: int = 200, margin: float = 0.02) -> dict:
         return float(np.sum(np.maximum(0.0, margin - m) ** 2))
 
     p0 = penalty(x0)
-    res = minimize(penalty, x0, method="Nelder-Mead",
+    res = minimize(counted, x0, method="Nelder-Mead",
                    options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-10})
     best = dict(zip(names, np.exp(res.x).tolist(), strict=True))
     return {"start": start, "best": best, "penalty_start": p0, "penalty_best": float(res.fun),

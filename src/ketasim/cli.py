@@ -644,7 +644,13 @@ def calibrate_mechanism(
     if do_fit:
         if not 1 <= max_evaluations <= 5000:
             raise KetasimError("max-evaluations", "must be 1..5000")
-        f = fit(max_evaluations)
+        from .progress import RichProgress
+
+        bar = RichProgress("objective evaluations")
+        try:
+            f = fit(max_evaluations, progress=bar)
+        finally:
+            bar.close()
         if as_json:
             print(json.dumps(_jsonable(f)))
             return
@@ -690,7 +696,13 @@ def calibrate_clinic(
     if do_fit:
         if not 1 <= max_evaluations <= 20000:
             raise KetasimError("max-evaluations", "must be 1..20000")
-        f = fit_clinic(max_evaluations)
+        from .progress import RichProgress
+
+        bar = RichProgress("loss evaluations")
+        try:
+            f = fit_clinic(max_evaluations, progress=bar)
+        finally:
+            bar.close()
         if as_json:
             print(json.dumps(_jsonable(f)))
             return

@@ -30,6 +30,7 @@ parameters are then evaluated cheaply (:func:`evaluate`).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -350,8 +351,10 @@ FIT = {  # name: transform
 }
 
 
-def fit_clinic(max_evaluations: int = 600, start: dict | None = None) -> dict:
-    """Nelder–Mead on transformed parameters minimising :func:`loss`."""
+def fit_clinic(max_evaluations: int = 600, start: dict | None = None,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Nelder–Mead on transformed parameters minimising :func:`loss`. ``progress(done,
+    max_evaluations)``: optional, after each evaluation of the search."""
     from scipy.optimize import minimize
 
     base = {k: v.value for k, v in load_param_card("clinic").parameters.items()}
@@ -375,7 +378,16 @@ def fit_clinic(max_evaluations: int = 600, start: dict | None = None) -> dict:
 
     x0 = to_x(base)
     l0 = bounded_loss(base)
-    res = minimize(lambda x: bounded_loss(to_c(x)), x0, method="Nelder-Mead",
+    n_eval = [0]
+
+    def counted(x):
+        v = bounded_loss(to_c(x))
+        n_eval[0] += 1
+        if progress is not None:
+            progress(min(n_eval[0], max_evaluations), max_evaluations)
+        return v
+
+    res = minimize(counted, x0, method="Nelder-Mead",
                    options={"maxfev": max_evaluations, "adaptive": True})
     best = to_c(res.x)
     return {"loss_start": l0, "loss_best": float(res.fun), "evaluations": int(res.nfev),
