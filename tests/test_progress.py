@@ -60,12 +60,19 @@ def _stages(messages: list[str]) -> list[str]:
     return out
 
 
-def test_population_fit_reports_its_stages_and_the_same_result():
+def _fit_twice(estimator):
+    """The CL fit of the small data set with and without a progress callback: (results,
+    messages)."""
     ds = read_dataset(str(DATA / "pk_small.csv"))
     msgs: list[str] = []
-    with_cb = PopulationFOCEI(PKProblem("kamp2020", ds, ["CL"]), progress=msgs.append).run()
-    plain = PopulationFOCEI(PKProblem("kamp2020", ds, ["CL"])).run()
+    with_cb = estimator(PKProblem("kamp2020", ds, ["CL"]), progress=msgs.append).run()
+    plain = estimator(PKProblem("kamp2020", ds, ["CL"])).run()
     assert with_cb.objective == plain.objective
+    return with_cb, plain, msgs
+
+
+def test_population_fit_reports_its_stages_and_the_same_result():
+    with_cb, plain, msgs = _fit_twice(PopulationFOCEI)
     assert with_cb.estimates["CL"].ci95 == plain.estimates["CL"].ci95
     assert msgs[0] == "FOCE-I, objective evaluation 1"
     stages = _stages(msgs)
@@ -77,11 +84,7 @@ def test_population_fit_reports_its_stages_and_the_same_result():
 
 
 def test_map_fit_reports_progress_and_the_same_result():
-    ds = read_dataset(str(DATA / "pk_small.csv"))
-    msgs: list[str] = []
-    a = IndividualMAP(PKProblem("kamp2020", ds, ["CL"]), progress=msgs.append).run()
-    b = IndividualMAP(PKProblem("kamp2020", ds, ["CL"])).run()
-    assert a.objective == b.objective
+    _, _, msgs = _fit_twice(IndividualMAP)
     assert msgs and all(m.startswith("MAP with the residual error, objective evaluation ")
                         for m in msgs)
     assert msgs[-1].endswith(str(len(msgs)))
