@@ -148,12 +148,32 @@ def test_processes_give_up_after_retries(small, tmp_path, monkeypatch):
 
 def test_dask_killed_worker_mid_run_loses_nothing(small, reference, cluster, tmp_path):
     """SIGKILL one worker process as soon as a chunk comes back while a worker holds running
-    chunks: the scheduler reruns its tasks; every patient is present and every result
-    identical to serial."""
+    chunks (each chunk is slowed by 0.5 s on the workers, so one always does; without that,
+    1-patient chunks could all finish between two results): the scheduler reruns its tasks;
+    every patient is present and every result identical to serial."""
     from distributed import Client
+
+    def slow_chunks(seconds: float) -> None:
+        """On a worker: every chunk first sleeps ``seconds`` (results unchanged), so a chunk
+        is always running when a result comes back; ``0`` restores the real function."""
+        import time
+
+        import ketasim.trial as t
+
+        real = t.__dict__.setdefault("_unslowed_run_chunk", t._run_chunk)
+        if seconds <= 0:
+            t._run_chunk = real
+            return
+
+        def run_chunk(*args):
+            time.sleep(seconds)
+            return real(*args)
+
+        t._run_chunk = run_chunk
 
     with Client(cluster) as client:
         pids = client.run(os.getpid)
+        client.run(slow_chunks, 0.5)
         killed: dict = {}
 
         def kill_one(done: int, total: int) -> None:
@@ -168,11 +188,14 @@ def test_dask_killed_worker_mid_run_loses_nothing(small, reference, cluster, tmp
             killed.update(addr=addr, pid=pids[addr], processing=busy[addr])
             os.kill(pids[addr], signal.SIGKILL)
 
-        res = run_trial(small, chunk_size=1, executor="dask",
-                        scheduler=cluster.scheduler_address, progress=kill_one,
-                        out=str(tmp_path / "o"))
+        try:
+            res = run_trial(small, chunk_size=1, executor="dask",
+                            scheduler=cluster.scheduler_address, progress=kill_one,
+                            out=str(tmp_path / "o"))
+        finally:
+            client.wait_for_workers(2, timeout=60)
+            client.run(slow_chunks, 0)  # the cluster is shared with later tests
         assert killed and killed["processing"] >= 1  # killed while it held running chunks
-        client.wait_for_workers(2, timeout=60)
         assert killed["pid"] not in client.run(os.getpid).values()  # really gone
     assert res.meta["chunks"]["run"] == 12
     assert sorted(res.patients()["patient"]) == sorted([*range(6)] * 2)
