@@ -79,6 +79,20 @@ def test_alternative_integrator_ros34pw2():
         simulate_batch([Course("ketamine", reg)], t, method="euler")
 
 
+def test_alternative_integrator_rodas5p():
+    """Rodas5P (8 stages, order 5) meets the reference criterion, in fewer steps than RODAS4
+    at the same tolerances (a wrong coefficient costs its order: more steps, or a miss)."""
+    reg = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min")
+    t = _course_grid(72.0)
+    tol = {"rtol": 1e-6, "atol": 1e-10}
+    b = simulate_batch([Course("ketamine", reg)], t, method="rodas5p", **tol)
+    r = simulate([Course("ketamine", reg)], t, Covariates(weight_kg=70.0), **REF_TOL)
+    _assert_close(b, 0, r)
+    assert "RODAS5P" in b.metadata["solver"]
+    b4 = simulate_batch([Course("ketamine", reg)], t, method="rodas4", **tol)
+    assert b.stats[0, 0] < 0.8 * b4.stats[0, 0]
+
+
 def test_eight_infusions_over_28_days():
     reg = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min", schedule="twice weekly for 4 weeks")
     t = np.arange(0.0, 673.0, 1.0)
