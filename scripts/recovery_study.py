@@ -152,6 +152,8 @@ def main() -> None:
                     help="only summarise the replicates saved in this JSON file")
     ap.add_argument("--timing", type=int, default=0,
                     help="instead: time one population fit of this many subjects")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="with --timing: worker processes of that one fit")
     ap.add_argument("--forecast", type=int, default=0,
                     help="instead: forecast-band calibration on this many simulated patients")
     a = ap.parse_args()
@@ -174,8 +176,9 @@ def main() -> None:
                               sigma={"sigma_prop": a.sigma_prop}, seed=a.seed)
         w0, c0 = time.perf_counter(), time.process_time()
         pr = PKProblem(a.model, read_dataset(df), est_t)
-        res = PopulationFOCEI(pr).run()
-        print(f"{a.timing} subjects, estimate {a.estimate}: wall {time.perf_counter() - w0:.0f} s,"
+        res = PopulationFOCEI(pr, workers=a.workers).run()
+        print(f"{a.timing} subjects, estimate {a.estimate}, {a.workers} worker(s): "
+              f"wall {time.perf_counter() - w0:.0f} s,"
               f" CPU {time.process_time() - c0:.0f} s, converged {res.converged}, "
               f"{res.diagnostics}")
         for k in est_t:

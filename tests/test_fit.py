@@ -355,6 +355,32 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     assert "Visual predictive check" in html
 
 
+def test_parallel_fit_is_identical_to_serial():
+    """workers=2 farms out the independent objective evaluations (gradients, the Hessian,
+    profiles): every reported number is the same as in one process, bit for bit."""
+    df = simulate_dataset("kamp2020", 10, IV, T_RICH[::2], {"CL": 84 * 1.15, "V1": 20.0},
+                          {"CL": 0.3, "V1": 0.3}, sigma={"sigma_prop": 0.15}, seed=3)
+    pr = PKProblem("kamp2020", read_dataset(df), ["CL", "V1"], iiv=["CL", "V1"])
+    one, two = PopulationFOCEI(pr).run(), PopulationFOCEI(pr, workers=2).run()
+    assert one.diagnostics.pop("workers") == 1 and two.diagnostics.pop("workers") == 2
+    assert two.objective == one.objective and np.array_equal(two.eta, one.eta)
+    assert json.dumps(two.to_dict()["estimates"]) == json.dumps(one.to_dict()["estimates"])
+    assert two.estimates["V1"].ci95_method == "profile-likelihood"  # the profiles ran too
+    for d in (one.diagnostics, two.diagnostics):
+        d["profile"].pop("seconds")
+    for k in ("objective_evaluations", "iterations", "se_log_sandwich", "profile"):
+        assert two.diagnostics[k] == one.diagnostics[k], k
+    with pytest.raises(KetasimError, match="workers"):
+        PopulationFOCEI(pr, workers=0)
+
+
+def test_cli_fit_workers_must_be_positive(capsys):
+    rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
+               "--workers", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "workers" in err and len(err.splitlines()) == 1
+
+
 def test_cli_map_lists_individuals(capsys):
     rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
                "--method", "map", "--json"])

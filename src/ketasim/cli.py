@@ -1163,6 +1163,9 @@ def fit(
     report: Annotated[str | None, typer.Option(help="write an HTML report (GOF, individual "
                                                     "fits, VPC) to this file")] = None,
     seed: Annotated[int, typer.Option(help="seed for the VPC simulations")] = 1,
+    workers: Annotated[int, typer.Option(help="worker processes for the population fit's "
+                                              "objective evaluations (foce; the same results "
+                                              "as 1)")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Fit a PK model to data: typical values, IIV and residual error (FOCE-I), or MAP."""
@@ -1174,7 +1177,7 @@ def fit(
     try:
         problem, res = fit_population(data, model, _names(estimate, "estimate"), error,
                                       _names(iiv, "iiv") if iiv else None, method,
-                                      progress=status)
+                                      progress=status, workers=workers)
     finally:
         status.close()
     d = res.to_dict()

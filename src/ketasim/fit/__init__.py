@@ -20,19 +20,23 @@ __all__ = ["Dataset", "Subject", "read_dataset", "PKProblem", "ErrorModel", "sim
 
 def fit_population(data: str | Dataset, model: str, estimate: list[str],
                    error: str = "proportional", iiv: list[str] | None = None,
-                   method: str = "foce", progress: Callable[[str], None] | None = None
-                   ) -> tuple[PKProblem, FitResult]:
+                   method: str = "foce", progress: Callable[[str], None] | None = None,
+                   workers: int = 1) -> tuple[PKProblem, FitResult]:
     """One call: read ``data``, build the problem and run the estimator (``foce`` or ``map``).
     ``progress``: optional callable given one-line messages while the estimator runs.
+    ``workers``: processes for the population fit's independent objective evaluations
+    (gradients, Hessian, profiles; :class:`PopulationFOCEI`), identical results to 1.
 
     The single routing point for heavy fitting work (swap the estimator or executor here).
     """
     from ..errors import KetasimError
 
+    if int(workers) < 1:
+        raise KetasimError("workers", f"need at least 1 worker process, got {workers}")
     ds = read_dataset(data) if isinstance(data, str) else data
     problem = PKProblem(model, ds, estimate, error, iiv)
     if method == "foce":
-        return problem, PopulationFOCEI(problem, progress=progress).run()
+        return problem, PopulationFOCEI(problem, progress=progress, workers=workers).run()
     if method == "map":
         return problem, IndividualMAP(problem, progress=progress).run()
     raise KetasimError("method", f"unknown method {method!r}", "foce, map")

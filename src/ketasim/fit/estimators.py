@@ -261,9 +261,13 @@ class PopulationFOCEI:
     def __init__(self, problem: PKProblem, theta0: dict[str, float] | None = None,
                  omega0: float = 0.3, max_iter: int = 200, covariance: bool = True,
                  quadrature: bool = True, profile: bool | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, workers: int = 1) -> None:
+        if int(workers) < 1:
+            raise KetasimError("workers", f"need at least 1 worker process, got {workers}")
         self.problem = problem
         self.progress = progress
+        self.workers = int(workers)
+        self._pool = None  # the worker processes while run() uses them
         self._stage = "FOCE-I"
         self.quadrature = quadrature
         self.profile = profile  # None: where affordable (PROFILE_AUTO_WORK)
@@ -350,37 +354,95 @@ class PopulationFOCEI:
         terms = self.ofv_terms(x)
         return 1e300 if terms is None else float(terms.sum())
 
+    def _terms_at(self, points: list[np.ndarray], eta0: np.ndarray | None,
+                  max_iter: int) -> list[np.ndarray | None]:
+        """:meth:`ofv_terms` at each of ``points``, every one with the conditional modes
+        starting from ``eta0`` (the current inner tolerance, ``max_iter`` inner steps).
+        Independent evaluations: on the worker processes when ``workers`` > 1, in the same
+        order and with the same floating-point operations as one after another here, so the
+        results are identical either way. Leaves the modes at ``eta0``."""
+        if self._pool is None or len(points) < 2:
+            out = []
+            for xp in points:
+                self._eta = eta0
+                self._max_iter = max_iter
+                out.append(self.ofv_terms(xp))
+        else:
+            self.n_eval += len(points)
+            if self.progress is not None:
+                self.progress(f"{self._stage}, objective evaluation {self.n_eval}")
+            tasks = [(xp, eta0, self._tol, max_iter, self._nodes) for xp in points]
+            out = list(self._pool.map(_worker_terms, tasks))
+        self._eta = eta0
+        self._max_iter = INNER_MAX_ITER
+        return out
+
+    def _grads(self, xs: list[np.ndarray], full: bool = False,
+               which: np.ndarray | None = None) -> list[np.ndarray]:
+        """Central differences at each of ``xs`` ((n, m) per-subject gradients each), all
+        from the modes at the current point: at each shifted point the conditional modes take
+        ``GRAD_INNER_STEPS`` damped Newton steps from there (their shift is O(h), so the
+        objective error is O(h⁴) and the gradient error O(h)); ``full``: converge them (for
+        the covariance step). ``which``: only these components (the others are 0). All
+        2·m·len(xs) evaluations are independent (one batch for the worker processes)."""
+        n = self.problem.n
+        eta = None if self._eta is None else self._eta.copy()
+        ks = list(range(len(xs[0])) if which is None else which)
+        points = []
+        for x in xs:
+            for k in ks:
+                e = np.zeros_like(x)
+                e[k] = OUTER_STEP
+                points += [x + e, x - e]
+        res = iter(self._terms_at(points, eta, INNER_MAX_ITER if full else GRAD_INNER_STEPS))
+        out = []
+        for x in xs:
+            G = np.zeros((n, len(x)))
+            for k in ks:
+                tp, tm = next(res), next(res)
+                if tp is None or tm is None:  # a diverging trial point: the sum is huge
+                    G[:, k] = (1e300 if tp is None else 0.0) - (1e300 if tm is None else 0.0)
+                    G[:, k] /= 2 * OUTER_STEP * n
+                else:
+                    G[:, k] = (tp - tm) / (2 * OUTER_STEP)
+            out.append(G)
+        return out
+
     def _grad(self, x: np.ndarray, full: bool = False, per_subject: bool = False,
               which: np.ndarray | None = None) -> np.ndarray:
-        """Central differences; at each shifted point the conditional modes take
-        ``GRAD_INNER_STEPS`` damped Newton steps from the modes at ``x`` (their shift is O(h),
-        so the objective error is O(h⁴) and the gradient error O(h)); ``full``: converge
-        them (for the covariance step). ``per_subject``: the (n, m) gradients of each
-        subject's term (the scores of the sandwich covariance) instead of their sum.
-        ``which``: only these components (the others are 0)."""
-        n = self.problem.n
-        G = np.zeros((n, len(x)))
-        self._max_iter = INNER_MAX_ITER if full else GRAD_INNER_STEPS
-        eta = None if self._eta is None else self._eta.copy()
-        for k in (range(len(x)) if which is None else which):
-            e = np.zeros_like(x)
-            e[k] = OUTER_STEP
-            self._eta = eta
-            tp = self.ofv_terms(x + e)
-            self._eta = eta
-            tm = self.ofv_terms(x - e)
-            if tp is None or tm is None:  # a diverging trial point: the sum is huge
-                G[:, k] = (1e300 if tp is None else 0.0) - (1e300 if tm is None else 0.0)
-                G[:, k] /= 2 * OUTER_STEP * n
-            else:
-                G[:, k] = (tp - tm) / (2 * OUTER_STEP)
-        self._eta = eta
-        self._max_iter = INNER_MAX_ITER
+        """Central-difference gradient at ``x`` (see :meth:`_grads`); ``per_subject``: the
+        (n, m) gradients of each subject's term (the scores of the sandwich covariance)
+        instead of their sum."""
+        G = self._grads([x], full, which)[0]
         return G if per_subject else G.sum(axis=0)
 
     def run(self) -> FitResult:
         """Run the FOCE-I population fit, refine it on the quadrature likelihood (unless
-        ``quadrature=False``) and return estimates with SEs (2·H⁻¹) and diagnostics."""
+        ``quadrature=False``) and return estimates with SEs (2·H⁻¹) and diagnostics.
+
+        With ``workers`` > 1 the independent objective evaluations of each gradient, Hessian
+        and profile step run on that many forked worker processes (the results are identical
+        to ``workers=1``); where the platform cannot fork, the fit runs in this process."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self.workers < 2 or "fork" not in mp.get_all_start_methods():
+            res = self._run()
+            res.diagnostics["workers"] = 1
+            return res
+        global _WORKER_EST
+        _WORKER_EST = self  # inherited by the forked workers (nothing pickled but tasks)
+        try:
+            with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork")) as pool:
+                self._pool = pool
+                res = self._run()
+        finally:
+            self._pool = None
+            _WORKER_EST = None
+        res.diagnostics["workers"] = self.workers
+        return res
+
+    def _run(self) -> FitResult:
         t0 = time.perf_counter()
         self._stage = "FOCE-I"
         pr = self.problem
@@ -529,13 +591,12 @@ class PopulationFOCEI:
         self._tol = INNER_TOL_COV if accurate else INNER_TOL
         self.ofv(x)
         eta = self._eta.copy()
-        G0 = self._grad(x, full=accurate, per_subject=True)
+        shifted = [x + HESS_STEP * np.eye(m)[k] for k in range(m)]
+        Gs = self._grads([x, *shifted], full=accurate)  # one batch, all from the modes at x
+        G0 = Gs[0]
         g0 = G0.sum(axis=0)
         for k in range(m):
-            e = np.zeros(m)
-            e[k] = HESS_STEP
-            self._eta = eta
-            H[:, k] = (self._grad(x + e, full=accurate) - g0) / HESS_STEP
+            H[:, k] = (Gs[k + 1].sum(axis=0) - g0) / HESS_STEP
         self._eta = eta
         self._tol = INNER_TOL
         return 0.5 * (H + H.T), G0
@@ -696,6 +757,21 @@ class PopulationFOCEI:
             if not moved:
                 break
         return x, n_it, gmax
+
+
+#: the estimator a forked worker process evaluates objectives for (set before the fork)
+_WORKER_EST: PopulationFOCEI | None = None
+
+
+def _worker_terms(task: tuple) -> np.ndarray | None:
+    """In a worker process: the estimator's :meth:`PopulationFOCEI.ofv_terms` at ``x`` with
+    the modes starting from ``eta0``, inner tolerance ``tol``, ``max_iter`` inner steps and
+    quadrature ``nodes`` (None: Laplace), as the parent would compute it."""
+    x, eta0, tol, max_iter, nodes = task
+    est = _WORKER_EST
+    est.progress = None
+    est._eta, est._tol, est._max_iter, est._nodes = eta0, tol, max_iter, nodes
+    return est.ofv_terms(x)
 
 
 def gauss_hermite_nodes(per_dim: int, d: int) -> tuple[np.ndarray, np.ndarray]:
