@@ -255,7 +255,8 @@ def test_bench_json_keys(capfd):
     d = json.loads(out)
     assert set(d) == {"ketasim_us_per_patient", "roadrunner_us_per_patient",
                       "scipy_us_per_patient", "max_rel_diff_vs_roadrunner",
-                      "max_rel_diff_vs_scipy", "n_patients", "machine"}
+                      "max_rel_diff_vs_scipy", "n_patients", "machine",
+                      "scipy_refined_us_per_patient", "max_rel_diff_vs_scipy_refined"}
     assert d["n_patients"] == 3
     for k in ("ketasim_us_per_patient", "roadrunner_us_per_patient", "scipy_us_per_patient"):
         assert d[k] > 0
@@ -263,6 +264,8 @@ def test_bench_json_keys(capfd):
     # where a patient's MADRS falls below 1 point late in the course (docs/benchmarks.md)
     assert 0 < d["max_rel_diff_vs_roadrunner"] < 5e-3
     assert 0 <= d["max_rel_diff_vs_scipy"] < 1e-3
+    # the reference on the refined mood grid meets the bar the engine is held to
+    assert d["scipy_refined_us_per_patient"] > 0 and d["max_rel_diff_vs_scipy_refined"] < 1e-4
     assert "libroadrunner" in d["machine"] and "cores" in d["machine"]
 
 

@@ -787,6 +787,10 @@ def bench_side_by_side(
               f"{r['max_rel_diff_vs_roadrunner']:.1e}")
     t.add_row(f"SciPy reference ({d['n_scipy']})", f"{r['scipy_us_per_patient']:,.0f}",
               f"{r['scipy_us_per_patient'] / k:.2f}", f"{r['max_rel_diff_vs_scipy']:.1e}")
+    t.add_row(f"SciPy, refined mood grid ({d['n_scipy']})",
+              f"{r['scipy_refined_us_per_patient']:,.0f}",
+              f"{r['scipy_refined_us_per_patient'] / k:.2f}",
+              f"{r['max_rel_diff_vs_scipy_refined']:.1e}")
     out.print(t)
     for key in ("ketasim_path", "roadrunner", "roadrunner_load_s", "sbml_export_s",
                 "roadrunner_param_prep_us_per_patient", "diff_vs_roadrunner", "diff_vs_scipy",
