@@ -374,6 +374,26 @@ def test_parallel_fit_is_identical_to_serial():
         PopulationFOCEI(pr, workers=0)
 
 
+def _die_in_worker(task):
+    """Stands in for the fit's worker function: the worker process exits at once."""
+    import os
+
+    os._exit(3)
+
+
+def test_parallel_fit_lost_worker_is_one_error(monkeypatch):
+    """A worker process that dies mid-fit ends the fit with one KetasimError naming
+    ``workers`` (the CLI's one-line exit 2), not a traceback from the pool."""
+    import ketasim.fit.estimators as est_mod
+
+    df = simulate_dataset("kamp2020", 4, IV, T_RICH[::2], {"CL": 84.0}, {"CL": 0.3},
+                          sigma={"sigma_prop": 0.15}, seed=4)
+    pr = PKProblem("kamp2020", read_dataset(df), ["CL"])
+    monkeypatch.setattr(est_mod, "_worker_terms", _die_in_worker)
+    with pytest.raises(KetasimError, match="workers.*died"):
+        PopulationFOCEI(pr, workers=2).run()
+
+
 def test_cli_fit_workers_must_be_positive(capsys):
     rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
                "--workers", "0"])

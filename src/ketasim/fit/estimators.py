@@ -371,8 +371,14 @@ class PopulationFOCEI:
             self.n_eval += len(points)
             if self.progress is not None:
                 self.progress(f"{self._stage}, objective evaluation {self.n_eval}")
+            from concurrent.futures.process import BrokenProcessPool
+
             tasks = [(xp, eta0, self._tol, max_iter, self._nodes) for xp in points]
-            out = list(self._pool.map(_worker_terms, tasks))
+            try:
+                out = list(self._pool.map(_worker_terms, tasks))
+            except BrokenProcessPool as exc:
+                raise KetasimError("workers", "a worker process of the fit died (out of "
+                                   "memory?); rerun with fewer workers") from exc
         self._eta = eta0
         self._max_iter = INNER_MAX_ITER
         return out
