@@ -15,6 +15,10 @@ from ketasim.mechanism import _I, jac_into, rhs_into, rhs_lanes
 THETA_H = _I["theta_H"]
 MAX_STEPS = 2_000_000  # per patient-course, a guard against runaway step-size collapse
 H_RESTART = 1e-2  # h, largest first step after a dose event
+#: h, a step may end up to this far past a kink of the right-hand side (a cut aims at half of
+#: it); measured on the fast path (200 bench patients): 1e-2 / 1e-3 / 1e-4 h took 463 / 466 /
+#: 471 attempts per course, MADRS within 2.1e-5 / 1.5e-5 / 1.5e-5 of the tight solution
+KINK_TAIL = 1e-3
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -305,25 +309,53 @@ def _rhs_lanes(t, y, conc, kd0, kesc, mgf, P, nmech, nmood, mc, mpat, dy, w):
         mood_rhs_lanes(y, nmech, mc, mpat, dy)
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _kink_frac(y, ynew, r, nmech, nmood, nblk, theta_h, theta_c):
-    """Smallest fraction of a step from ``y[r]`` to ``ynew[r]`` (rows of 2-D arrays: a lane,
-    or row 0) at which a switching function changes sign (linear interpolation; 2 if none):
-    LHb block total B_H − θ_H, and priming π − θ_c."""
+def _cross_frac(g0, a, g1):
+    """Where in a step (fraction 0–1) the switching function g crosses zero, given its values
+    g0 ≠ 0 at the start and g1 (opposite sign) at the end and a = h·g′(0): the root of the
+    quadratic through these three conditions (the linear interpolation where it has none in
+    (0, 1))."""
+    lin = g0 / (g0 - g1)
+    b = g1 - g0 - a
+    disc = a * a - 4.0 * b * g0
+    if b == 0.0 or disc < 0.0:
+        return lin
+    q = -0.5 * (a + (np.sqrt(disc) if a >= 0.0 else -np.sqrt(disc)))
+    fr = 2.0
+    if q != 0.0:
+        r1 = q / b
+        r2 = g0 / q
+        if 0.0 < r1 < 1.0:
+            fr = r1
+        if 0.0 < r2 < 1.0 and r2 < fr:
+            fr = r2
+    return fr if fr < 1.0 else lin
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _kink_frac(y, ynew, f0, h, r, nmech, nmood, nblk, theta_h, theta_c):
+    """Smallest fraction of a step of size ``h`` from ``y[r]`` to ``ynew[r]`` (rows of 2-D
+    arrays: a lane, or row 0; ``f0[r]`` = f at the step's start) at which a switching
+    function changes sign (2 if none): LHb block total B_H − θ_H, and priming π − θ_c. The
+    crossing is located on the quadratic through the start value, start slope and end value
+    (:func:`_cross_frac`), so a cut lands close to the kink in one try where the switching
+    function is curved."""
     fr = 2.0
     b0 = 0.0
     b1 = 0.0
+    d0 = 0.0
     for j in range(nblk):
         b0 += y[r, j]
         b1 += ynew[r, j]
+        d0 += f0[r, j]
     g0 = b0 - theta_h
     g1 = b1 - theta_h
     if g0 * g1 < 0.0:
-        fr = min(fr, g0 / (g0 - g1))
+        fr = min(fr, _cross_frac(g0, h * d0, g1))
     if nmood > 0:
         g0 = y[r, nmech + 2] - theta_c
         g1 = ynew[r, nmech + 2] - theta_c
         if g0 * g1 < 0.0:
-            fr = min(fr, g0 / (g0 - g1))
+            fr = min(fr, _cross_frac(g0, h * f0[r, nmech + 2], g1))
     return fr
 
 
@@ -439,6 +471,7 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
     U = np.zeros((ns, ny))
     ft = np.zeros(ny)
     f0 = np.zeros(ny)
+    f02 = f0.reshape((1, ny))
     fj = np.zeros(ny)
     J = np.zeros((ny, ny))
     Wm = np.zeros((ny, ny))
@@ -499,7 +532,8 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
         t = ta
         cc = np.nan  # τ at which ``conc`` holds the concentrations (none yet)
         f0_ok = False  # f0 = f(t, y) still valid (after a rejected step)
-        cut = False  # the step was just shortened to end before a kink
+        cut = False  # the step was just shortened to end just past a kink
+        h_kink = 0.0  # step size that first met the pending kink (0: none pending)
         need_jac = True
         since_jac = 0
         h = min(h, H_RESTART)
@@ -587,16 +621,24 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                 trace[nt, 2] = en
                 trace[nt, 3] = float(since_jac)
             cut = False
-            if en <= 1.0:
+            if np.isfinite(en):
                 # kinks of the right-hand side (max(π − θ_c, 0) of the mood layer,
-                # (1 − B_H/θ_H)⁺ of LHb bursting): a step that crosses one is shortened to end
-                # just before it (linear interpolation of the switching function), so the kink
-                # falls on a step boundary instead of inside a step's error estimate (also for
-                # a step that would end on an output or event time: ``cut`` keeps the shortened
-                # step from being stretched back to that time)
-                fr = _kink_frac(y2, ynew2, 0, nmech, nmood, nblk, P[THETA_H], mc[9])
-                if fr < 1.0 and fr * h > 1e-7:
-                    h = max(fr * h * (1.0 - 1e-6), 1e-7)
+                # (1 − B_H/θ_H)⁺ of LHb bursting): a step that crosses one more than
+                # KINK_TAIL before its end is shortened to end KINK_TAIL/2 past it (crossing
+                # located on a quadratic, :func:`_kink_frac`), so no step's error estimate
+                # spans more than a sliver of the far side, and the next step starts there with
+                # the far side's Jacobian (``cut`` keeps the shortened step from being
+                # stretched to a nearby output or event time). Also when the error test failed:
+                # that error is mostly the kink's, so cutting beats shrinking blindly. Once past
+                # the kink, the step size that first met it applies again (``h_kink``). Before
+                # (steps ended 1e-6 before the kink, crossed it in a ~1e-7 h step and grew back
+                # ×5 per step) a kink took ~24 attempts; now ~3 (docs/benchmarks.md, "Ninth
+                # pass").
+                fr = _kink_frac(y2, ynew2, f02, h, 0, nmech, nmood, nblk, P[THETA_H], mc[9])
+                if fr < 1.0 and (1.0 - fr) * h > KINK_TAIL:
+                    if h_kink == 0.0:
+                        h_kink = h
+                    h = fr * h + 0.5 * KINK_TAIL
                     n_rej += 1
                     cut = True
                     continue
@@ -619,6 +661,10 @@ def _course(p, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0,
                         xs[p, k_out, i] = tmp[i]
                     k_out += 1
                 h = max(h_next, h_prop) if last else h_next
+                if h_kink > 0.0:
+                    # past the kink (or a cut that did not reach it): the step size before it
+                    h = max(h, h_kink)
+                    h_kink = 0.0
             else:
                 n_rej += 1
                 if since_jac > 0:
@@ -918,6 +964,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
     cc = np.zeros(NL)
     t_end = np.zeros(NL)
     h_prop = np.zeros(NL)
+    h_kink = np.zeros(NL)
     tau = np.zeros(NL)
     inv = np.ones(NL)
     hinv = np.ones(NL)
@@ -1001,6 +1048,7 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         cc[ln] = np.nan
                         f0_ok[ln] = False
                         cut[ln] = False
+                        h_kink[ln] = 0.0
                         need_jac[ln] = True
                         since_jac[ln] = 0
                         h[ln] = min(h[ln], H_RESTART)
@@ -1186,10 +1234,12 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                 trace[nt, 2] = e
                 trace[nt, 3] = float(since_jac[ln])
             cut[ln] = False
-            if e <= 1.0:
-                fr = _kink_frac(y, ynew, ln, nmech, nmood, nblk, theta_h, mc[9])
-                if fr < 1.0 and fr * h[ln] > 1e-7:
-                    h[ln] = max(fr * h[ln] * (1.0 - 1e-6), 1e-7)
+            if np.isfinite(e):
+                fr = _kink_frac(y, ynew, f0, h[ln], ln, nmech, nmood, nblk, theta_h, mc[9])
+                if fr < 1.0 and (1.0 - fr) * h[ln] > KINK_TAIL:
+                    if h_kink[ln] == 0.0:
+                        h_kink[ln] = h[ln]
+                    h[ln] = fr * h[ln] + 0.5 * KINK_TAIL
                     n_rej[ln] += 1
                     cut[ln] = True
                     continue
@@ -1214,6 +1264,9 @@ def _course_lanes(p0, p1, bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_
                         xs[p, ko, i] = tmp[i]
                     k_out[ln] = ko + 1
                 h[ln] = max(h_next, h_prop[ln]) if last[ln] else h_next
+                if h_kink[ln] > 0.0:
+                    h[ln] = max(h[ln], h_kink[ln])
+                    h_kink[ln] = 0.0
             else:
                 n_rej[ln] += 1
                 if since_jac[ln] > 0:

@@ -49,8 +49,13 @@ Design (why it is fast, and why it stays exact where it can):
   output time; the intervention window is evaluated on the open interval so a stage at the
   window's end does not see the next regime. A step that would cross a kink of the
   right-hand side (LHb block total = θ_H, where bursting switches off; with the mood states,
-  priming = θ_c, where consolidation switches on) is shortened to end just before it (linear
-  interpolation of the switching function), so no step's error estimate straddles a kink.
+  priming = θ_c, where consolidation switches on) more than ``KINK_TAIL`` (1e-3 h) before its
+  end is shortened to end half that past it (the crossing located on the quadratic through
+  the switching function's start value, start slope and end value), also when its error test
+  failed; the next step starts on the far side with that side's Jacobian, and the step size
+  that first met the kink applies again. So no step's error estimate spans more than a sliver
+  across a kink, and a kink costs ~3 attempts (it cost ~24 when steps ended just before it
+  and grew back from ~1e-7 h; docs/benchmarks.md, "Ninth pass").
 * **Mood layer as ODE states** (optional, ``mood=``; :func:`scores_at_visits`): the two
   effect compartments, the priming trace and consolidation of :mod:`ketasim.mood` are four
   more states (:func:`ketasim._batch_kernels.mood_rhs`), so the scores need outputs only at
@@ -106,21 +111,25 @@ ATOL = 1e-8
 BLOCK_ATOL_FACTOR = 1e-3
 #: tolerances of the fast clinic path (:func:`scores_at_visits`), whose outputs are the
 #: scores (MADRS etc.) and exact concentrations, not the tiny LHb block fractions. Measured on
-#: the 28-day course (200 patients of ``ketasim bench``): MADRS within 6.9e-5 relative of
-#: libRoadRunner (CVODE rtol 1e-8) at every visit (1e-4 MADRS points) with 583 steps per course
-#: (1,234 at the engine defaults); rtol 1e-4 with atol 1e-5 / 1e-6 (423 / 531 steps) reached
-#: 2.4e-4 / 1.9e-4 on a few of the 200. Steps never straddle the right-hand side's kinks (see
-#: the kernel's ``_kink_frac``); without that, the error was ~2e-4 and not monotone in rtol.
+#: the 28-day course (200 patients of ``ketasim bench``; MADRS against a tight solution, rtol
+#: 1e-10): rtol 5e-5 / 7e-5 / 1e-4 / 1.5e-4 (atol 1e-6) took 466 / 447 / 428 / 406 attempts
+#: per course with MADRS within 1.5e-5 / 1.8e-5 / 3.0e-5 / 6.0e-5; rtol 1e-4 with atol 2e-6,
+#: 398 attempts and 4.2e-5. Before the kink handling of the ninth pass (docs/benchmarks.md)
+#: the error was not monotone in rtol (5e-5: 4.5e-5, 1e-4: 1.2e-4) and 5e-5 was the default
+#: (562 attempts); 1e-4 is now as accurate as that was, on 400 patients of a trial population
+#: too (largest MADRS difference 9.8e-5 points, against 1.07e-4 before). Steps never straddle
+#: the right-hand side's kinks by more than ``KINK_TAIL`` (the kernel's ``_kink_frac``).
 #: Pinned in the tests against libRoadRunner and the refined-grid reference.
-FAST_RTOL = 5e-5
+FAST_RTOL = 1e-4
 FAST_ATOL = 1e-6
 #: per-state absolute tolerances of the fast path, relative to ``FAST_ATOL``, set by what the
 #: reported scores need (goal-oriented; docs/benchmarks.md, "Eighth pass"): the LHb block
 #: fractions and LHb bursting (both 0–1) to 1e-4 absolute, every other state to 1e-6. With
 #: 1e-6 on all, steps went into resolving block and bursting values of 1e-6–1e-4 that the
-#: scores do not see: 10% fewer step attempts (624 → 562 per course), MADRS within 4.5e-5 of
-#: a tight solution on 200 bench patients (3.6e-5 before). The fast mood compartment stays at
-#: 1e-6: 1e-5 saved another 11% but moved a near-zero MADRS (0.62 points) by 1.0e-4.
+#: scores do not see: 10% fewer step attempts (624 → 562 per course at rtol 5e-5, before the
+#: ninth pass), MADRS within 4.5e-5 of a tight solution on 200 bench patients (3.6e-5
+#: before). The fast mood compartment stays at 1e-6: 1e-5 saved another 11% but moved a
+#: near-zero MADRS (0.62 points) by 1.0e-4.
 FAST_BLOCK_ATOL_FACTOR = 100.0
 FAST_STATE_ATOL_FACTOR = {"lhb_burst": 100.0}
 #: names of the four mood states of the kernel (after the mechanism states)
