@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ketasim.errors import KetasimError
 from ketasim.units import (
+    MAX_DOSE_MG,
+    MAX_DOSE_MG_PER_KG,
+    MAX_DURATION_H,
     DoseAmount,
     convert_concentration,
     parse_dose,
@@ -299,6 +302,10 @@ _values = st.floats(min_value=1e-4, max_value=1e5, allow_nan=False, allow_infini
 @given(value=_values, unit=st.sampled_from(sorted(_MASS_FACTORS)), per_kg=st.booleans())
 def test_dose_round_trip(value, unit, per_kg):
     text = f"{value!r} {unit}" + ("/kg" if per_kg else "")
+    if value * _MASS_FACTORS[unit] > (MAX_DOSE_MG_PER_KG if per_kg else MAX_DOSE_MG):
+        with pytest.raises(KetasimError, match=r"^dose: .*above the largest dose"):
+            parse_dose(text)
+        return
     d = parse_dose(text)
     assert d.per_kg is per_kg
     assert d.value == pytest.approx(value * _MASS_FACTORS[unit], rel=1e-12)
@@ -312,12 +319,17 @@ def test_dose_round_trip(value, unit, per_kg):
 @given(value=_values, unit=st.sampled_from(sorted(_MASS_FACTORS)))
 def test_hcl_is_proportional(value, unit):
     text = f"{value!r} {unit}"
+    assume(value * _MASS_FACTORS[unit] <= MAX_DOSE_MG)
     assert parse_dose(text, salt="hcl").value == pytest.approx(
         HCL_BASE_FRACTION * parse_dose(text).value, rel=1e-12)
 
 
 @given(value=_values, unit=st.sampled_from(sorted(_TIME_FACTORS)))
 def test_durations_positive_and_scaled(value, unit):
+    if value * _TIME_FACTORS[unit] > MAX_DURATION_H:
+        with pytest.raises(KetasimError, match="longer than 10 years"):
+            parse_duration(f"{value!r} {unit}")
+        return
     hours = parse_duration(f"{value!r} {unit}")
     assert hours > 0
     assert math.isfinite(hours)
@@ -340,3 +352,28 @@ def test_concentration_conversions_consistent(mg_per_l, mm):
     nm = convert_concentration(mg_per_l, "nM", mm)
     assert ng == pytest.approx(um * mm, rel=1e-12)
     assert nm == pytest.approx(1000.0 * um, rel=1e-12)
+
+
+def test_hostile_quantity_strings_fail_fast_and_short():
+    """A long run of spaces inside a quantity once made the number/unit regex backtrack for
+    tens of seconds (a web request could freeze the server); the error echoes a short form."""
+    import time
+
+    for field, fn in (("dose", parse_dose), ("duration", parse_duration)):
+        t0 = time.perf_counter()
+        with pytest.raises(KetasimError, match=rf"^{field}: .*too long") as e:
+            fn("1 m" + " " * 60_000 + "x")
+        assert time.perf_counter() - t0 < 0.5
+        assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("text, match", [
+    ("1e300 mg/kg", "above the largest dose"),
+    ("250 mg/kg", "above the largest dose"),
+    ("21 g", "above the largest dose"),
+    ("1 2 mg", "cannot read"),
+])
+def test_dose_bounds_and_garbage(text, match):
+    with pytest.raises(KetasimError, match=match):
+        parse_dose(text)
+    assert parse_dose("200 mg/kg").value == 200.0 and parse_dose("20 g").value == 20000.0

@@ -258,6 +258,19 @@ def test_rounding_keeps_non_finite_and_relative_precision():
     ({"arm": KET, "extra": 1}, "extra", "not permitted"),
     ({"arm": {"name": "A", "drug": "ketamine"}}, "arm", "needs 'route'"),
     ({}, "arm", "required"),
+    # found by a hostile-input audit (2026-11-27): these were 500s, or simulated nonsense
+    ({"arm": {**KET, "dose": []}}, "arm", "at least one entry"),
+    ({"arm": {**KET, "dose": ["0.5 mg/kg", "1 mg"]}}, "arm", "one per dose"),
+    ({"arm": {**KET, "schedule": []}}, "arm", "at least one time"),
+    ({"arm": {**KET, "schedule": "every 1 d x " + "9" * 5000}}, "arm", "too long"),
+    ({"arm": {**KET, "schedule": "every 1 d x " + "9" * 3000}}, "arm", "1..10000"),
+    ({"arm": {**KET, "schedule": "\u00b2 daily x 2"}}, "arm", "ASCII"),
+    ({"arm": {**KET, "schedule": "at 0, 1000000 d"}}, "arm", "10 years"),
+    ({"arm": {**KET, "dose": "1000000 mg/kg"}}, "arm", "largest dose"),
+    ({"arm": {**KET, "duration": "1e9 h"}}, "arm", "10 years"),
+    ({"arm": KET, "days": "14"}, "days", "valid number"),
+    ({"arm": KET, "days": True}, "days", "valid number"),
+    ({"arm": KET, "patient": {"weight_kg": "70"}}, "weight_kg", "valid number"),
 ])
 def test_simulate_rejects_bad_input_naming_the_field(client, body, loc_has, msg_has):
     r = client.post("/api/simulate", json=body)
@@ -265,6 +278,28 @@ def test_simulate_rejects_bad_input_naming_the_field(client, body, loc_has, msg_
     err = r.json()["detail"][0]
     assert loc_has in err["loc"], err
     assert msg_has in err["msg"], err
+    assert len(r.content) < 2000  # the error does not echo a huge input back
+
+
+@pytest.mark.parametrize("field", ["dose", "duration"])
+def test_long_quantity_string_is_refused_at_once(client, field):
+    """A 60-KB quantity with a long run of spaces froze the server for ~20 s per request
+    (regex backtracking in the number/unit split); now refused by length first."""
+    import time
+
+    t0 = time.perf_counter()
+    r = client.post("/api/simulate", json={"arm": {**KET, field: "1 m" + " " * 60_000 + "x"}})
+    assert r.status_code == 422 and "too long" in r.json()["detail"][0]["msg"]
+    assert time.perf_counter() - t0 < 2.0
+    assert len(r.content) < 2000
+
+
+@pytest.mark.parametrize("content", [b"hello world", b'{"arm": {"name": "A"', b"\xff\xfe"])
+def test_a_body_that_is_not_json_gets_400(client, content):
+    r = client.post("/api/simulate", content=content,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"][0]["msg"] == "the body is not valid JSON"
 
 
 def test_body_size_limit(tmp_path):
@@ -332,6 +367,13 @@ def test_trial_job_runs_with_progress_and_downloads(tmp_path):
     ({"arm": [{"name": "k", "drug": "ketamine", "route": "iv", "dose": "1 mg/kg"},
               {"name": "k", "control": "saline"}]}, "arm"),
     ({"population": {"n": 1}}, "n"),
+    ({"population": {"n": "10"}}, "n"),
+    ({"endpoints": {"at": ["1 d", "7 d"], "relapse_followup": "forever"}},
+     "relapse_followup"),
+    ({"endpoints": {"at": ["1 d", "7 d"], "relapse_followup": "-3 d"}}, "relapse_followup"),
+    ({"arm": [{"name": "k", "drug": "ketamine", "route": "iv", "dose": "1e300 mg/kg"}]},
+     "dose"),
+    ({"title": "x" * 60_000}, "title"),
 ])
 def test_trial_rejects_bad_scenarios(client, patch, loc_has):
     r = client.post("/api/trial", json={**SMALL_TRIAL, **patch})
@@ -440,6 +482,25 @@ def test_validate_runs_once_in_background_and_is_cached(tmp_path):
         assert v["met"] == 1 and v["total"] == 2 and v["card_hashes"]
     with _client(tmp_path, validate_fn=_fake_targets) as c:  # kept across a restart
         assert c.get("/api/validate").json()["status"] == "done"
+
+
+def test_validation_worker_ends_with_the_server(tmp_path):
+    """The calibration check runs in a child process; shutting the server down ends it (an
+    audit found it still running at 92% CPU after a clean SIGTERM of `ketasim serve`)."""
+    with _client(tmp_path) as c:
+        assert c.post("/api/validate").status_code == 202
+        v = c.app.state.validation
+        deadline = time.time() + 60
+        while not (v._proc is not None and v._proc.is_alive()) and time.time() < deadline:
+            time.sleep(0.05)
+        proc = v._proc
+        assert proc is not None and proc.is_alive()
+    proc.join(10)
+    assert not proc.is_alive()
+    deadline = time.time() + 10
+    while v.view()["status"] == "running" and time.time() < deadline:
+        time.sleep(0.05)
+    assert v.view()["status"] == "failed"  # not left "running"
 
 
 # --------------------------------------------------------------------------- CLI

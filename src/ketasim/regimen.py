@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import KetasimError
-from .units import DoseAmount, parse_dose, parse_duration
+from .units import DoseAmount, parse_dose, parse_duration, shorten
 
 #: Routes ketasim knows. A PK model card lists the subset it supports.
 ROUTES: tuple[str, ...] = (
@@ -266,6 +266,8 @@ def _compress(rows: list[dict]) -> list[dict]:
 _WORD_NUM = {"once": 1, "twice": 2, "thrice": 3, "one": 1, "two": 2, "three": 3, "four": 4,
              "five": 5, "six": 6, "seven": 7}
 _PER = {"daily": 24.0, "day": 24.0, "weekly": 168.0, "week": 168.0}
+#: longest schedule string read (``"at 0, 3.5 d, 7 d, …"`` for a few hundred doses fits)
+MAX_SCHEDULE_CHARS = 4000
 _SCHEDULE_HELP = ("'once', 'every 3.5 d x 8', 'every 24 h for 5 d', 'twice weekly for 4 weeks', "
                   "'daily x 7', 'at 0, 3.5 d, 7 d'")
 
@@ -279,8 +281,14 @@ def parse_schedule(text: str | None) -> list[float]:
     """
     if text is None or not str(text).strip() or str(text).strip().lower() in ("once", "single"):
         return [0.0]
+    if len(str(text)) > MAX_SCHEDULE_CHARS:
+        raise KetasimError("schedule", f"{shorten(str(text))} is too long ({len(str(text))} "
+                           f"characters, at most {MAX_SCHEDULE_CHARS})", _SCHEDULE_HELP)
     s = str(text).strip().lower().replace("×", "x")
     s = re.sub(r"\s+", " ", s)
+    if not s.isascii():
+        raise KetasimError("schedule", f"cannot read {shorten(str(text))}: only plain (ASCII) "
+                           "letters and digits are understood", _SCHEDULE_HELP)
     m = re.fullmatch(r"at (.+)", s)
     if m:
         times = [parse_duration(p, field="schedule", allow_zero=True)
@@ -297,18 +305,18 @@ def parse_schedule(text: str | None) -> list[float]:
         word = m.group(1) or "once"
         per_n = _WORD_NUM.get(word) or (int(word) if word.isdigit() else None)
         if not per_n:
-            raise KetasimError("schedule", f"cannot read {text!r}", _SCHEDULE_HELP)
+            raise KetasimError("schedule", f"cannot read {shorten(str(text))}", _SCHEDULE_HELP)
         interval = _PER[m.group(2)] / per_n
         if m.group(3) is None and m.group(4) is None:
-            raise KetasimError("schedule", f"{text!r} needs 'x N' or 'for <duration>'",
+            raise KetasimError("schedule", f"{shorten(str(text))} needs 'x N' or 'for <duration>'",
                                _SCHEDULE_HELP)
         return _repeat(interval, m.group(3), m.group(4))
-    raise KetasimError("schedule", f"cannot read {text!r}", _SCHEDULE_HELP)
+    raise KetasimError("schedule", f"cannot read {shorten(str(text))}", _SCHEDULE_HELP)
 
 
 def _repeat(interval_h: float, count: str | None, span: str | None) -> list[float]:
     if count is not None:
-        n = int(count)
+        n = int(count) if len(count) <= 6 else 10**6
     else:
         total = parse_duration(span, field="schedule duration")
         n = int(np.floor(total / interval_h + 1e-9))

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import re
 import tomllib
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import KetasimError
+from .regimen import parse_schedule
 from .units import parse_dose, parse_duration
 
+#: a list of doses or dose times (one per dose; as many as a schedule may have)
+_DoseList = Annotated[list[str], Field(max_length=10_000)]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+\-]{0,39}$")
 
 
 class PopulationSpec(BaseModel):
     """Who is enrolled: disorder, size, seed and covariate distributions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     disorder: Literal["mdd", "trd", "bipolar"] = "trd"
     n: int = Field(100, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0, le=2**63 - 1)
@@ -40,13 +43,13 @@ class PopulationSpec(BaseModel):
 class ArmSpec(BaseModel):
     """One arm: a drug regimen or a control, optionally on an oral antidepressant background."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     name: str
     drug: Literal["ketamine", "esketamine"] | None = None
     route: str | None = None
-    dose: str | list[str] | None = None
+    dose: str | _DoseList | None = None
     duration: str | None = None
-    schedule: str | list[str] | None = None
+    schedule: str | _DoseList | None = None
     model: str | None = None
     salt: Literal["base", "hcl"] | None = None
     control: Literal["saline", "active-placebo"] | None = None
@@ -69,13 +72,24 @@ class ArmSpec(BaseModel):
                 if getattr(self, key) is None:
                     raise ValueError(f"a drug arm needs '{key}' (or set 'control')")
             doses = [self.dose] if isinstance(self.dose, str) else list(self.dose)
+            if not doses:
+                raise ValueError("'dose' as a list needs at least one entry")
             for d in doses:
                 parse_dose(d, field="dose")
             if isinstance(self.schedule, list):
-                for t in self.schedule:
-                    parse_duration(t, field="schedule", allow_zero=True)
+                if not self.schedule:
+                    raise ValueError("'schedule' as a list needs at least one time")
+                times = [parse_duration(t, field="schedule", allow_zero=True)
+                         for t in self.schedule]
+                if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+                    raise ValueError("'schedule' times must increase")
                 if isinstance(self.dose, list) and len(self.dose) != len(self.schedule):
                     raise ValueError("'dose' as a list needs one entry per 'schedule' time")
+            else:
+                if len(doses) > 1:
+                    raise ValueError("several doses in 'dose' need 'schedule' as a list of "
+                                     "times, one per dose")
+                parse_schedule(self.schedule)
             if self.duration is not None:
                 parse_duration(self.duration, field="duration")
         elif self.drug is not None:
@@ -86,13 +100,20 @@ class ArmSpec(BaseModel):
 class EndpointsSpec(BaseModel):
     """Visits and scale; response = ≥ response_fraction fall; remission = score ≤ threshold."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     scale: Literal["madrs", "hamd17", "hamd6"] = "madrs"
     at: list[str] = Field(default_factory=lambda: ["40 min", "4 h", "24 h", "3 d", "7 d",
                                                    "14 d"], min_length=1, max_length=60)
     response_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     remission_threshold: float | None = Field(None, ge=0.0, le=60.0)
     relapse_followup: str | None = None
+
+    @field_validator("relapse_followup")
+    @classmethod
+    def _followup(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v, field="endpoints.relapse_followup")
+        return v
 
     @field_validator("at")
     @classmethod
@@ -108,8 +129,8 @@ class EndpointsSpec(BaseModel):
 class Scenario(BaseModel):
     """A virtual trial: population, arms, endpoints."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    title: str = ""
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+    title: str = Field("", max_length=200)
     population: PopulationSpec = Field(default_factory=PopulationSpec)
     arms: list[ArmSpec] = Field(alias="arm", min_length=1, max_length=8)
     endpoints: EndpointsSpec = Field(default_factory=EndpointsSpec)

@@ -65,16 +65,40 @@ class DoseAmount:
         return f"{self.value:g} mg/kg" if self.per_kg else f"{self.value:g} mg"
 
 
-_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_NUM = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+#: longest quantity string read ("0.5 mg/kg", "3.5 d"); longer input is refused before any
+#: parsing, so a hostile string cannot make the parser work for long
+MAX_QUANTITY_CHARS = 64
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """``repr(text)``, cut to about ``limit`` characters (for error messages that echo input)."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 5] + "…" + r[-4:]
 
 
 def _split_number_unit(text: str, field: str, allowed: str) -> tuple[float, str]:
-    m = re.fullmatch(rf"\s*({_NUM})\s*([^\d\s].*?)?\s*", _normalise(text))
-    if not m:
-        raise KetasimError(field, f"cannot read {text!r} as a number with a unit", allowed)
-    value = float(m.group(1))
-    unit = (m.group(2) or "").strip()
-    return value, unit
+    """Split ``"0.5 mg/kg"`` into ``(0.5, "mg/kg")`` in linear time (one anchored number
+    match, then the rest), refusing strings over :data:`MAX_QUANTITY_CHARS` first."""
+    s = _normalise(text)
+    if len(s) > MAX_QUANTITY_CHARS:
+        raise KetasimError(field, f"{shorten(text)} is too long for a number with a unit "
+                           f"({len(s)} characters, at most {MAX_QUANTITY_CHARS})", allowed)
+    m = _NUM.match(s)
+    unit = s[m.end():].strip() if m else ""
+    if not m or unit[:1].isdigit():
+        raise KetasimError(field, f"cannot read {shorten(text)} as a number with a unit",
+                           allowed)
+    return float(m.group(0)), unit
+
+
+#: input sanity bounds (not model parameters): twice the ~100 mg/kg anaesthetic doses used in
+#: rodents, and that per-kg bound for a 100-kg subject. Larger numbers are typing errors or
+#: hostile input, and would only make the integrator work for nothing.
+MAX_DOSE_MG_PER_KG = 200.0
+MAX_DOSE_MG = 20_000.0
+#: the longest time or duration accepted anywhere (10 years, in h)
+MAX_DURATION_H = 24.0 * 3650.0
 
 
 def parse_dose(text: str | float, salt: str | None = None, field: str = "dose") -> DoseAmount:
@@ -100,6 +124,11 @@ def parse_dose(text: str | float, salt: str | None = None, field: str = "dose") 
     if u not in _MASS_UNITS:
         raise KetasimError(field, f"unknown unit {unit!r}", DOSE_UNITS_ALLOWED)
     mg = value * _factor(u, "mg")
+    limit = MAX_DOSE_MG_PER_KG if per_kg else MAX_DOSE_MG
+    if mg > limit:
+        raise KetasimError(field, f"{shorten(str(text))} is above the largest dose ketasim "
+                           f"accepts ({limit:g} mg{'/kg' if per_kg else ''})",
+                           f"≤ {MAX_DOSE_MG_PER_KG:g} mg/kg or ≤ {MAX_DOSE_MG:g} mg")
     factor = salt_factor(salt)
     return DoseAmount(value=float(mg) * factor, per_kg=per_kg)
 
@@ -130,10 +159,13 @@ def parse_duration(text: str | float, field: str = "duration", allow_zero: bool 
         raise KetasimError(field, f"unknown time unit {unit!r}", TIME_UNITS_ALLOWED)
     hours = value * _factor(_TIME_ALIASES[key], "hour")
     if not math.isfinite(hours):
-        raise KetasimError(field, f"must be finite, got {text!r}", "a finite time")
+        raise KetasimError(field, f"must be finite, got {shorten(str(text))}", "a finite time")
     if hours < 0 or (hours == 0 and not allow_zero):
-        raise KetasimError(field, f"must be {'≥' if allow_zero else '>'} 0, got {text!r}",
-                           ">= 0" if allow_zero else "> 0")
+        raise KetasimError(field, f"must be {'≥' if allow_zero else '>'} 0, got "
+                           f"{shorten(str(text))}", ">= 0" if allow_zero else "> 0")
+    if hours > MAX_DURATION_H:
+        raise KetasimError(field, f"{shorten(str(text))} is longer than 10 years",
+                           f"≤ {MAX_DURATION_H:g} h")
     return float(hours)
 
 

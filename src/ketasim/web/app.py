@@ -332,6 +332,28 @@ _CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsaf
 
 
 # --------------------------------------------------------------------------- validation job
+def _validate_child(conn, parent_pid: int) -> None:
+    """Body of the calibration worker process: run the check, send ``("ok", result)`` or
+    ``("error", message)``; exit at once if the server process is gone (its parent changes)."""
+    import time
+
+    def _watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=_watch, daemon=True).start()
+    try:
+        from ..clinic_calibration import evaluate
+
+        conn.send(("ok", evaluate()))
+    except Exception as exc:  # noqa: BLE001 - reported through the endpoint
+        conn.send(("error", f"{exc.__class__.__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
 class Validation:
     """The calibration-target check, run once per card version in the background."""
 
@@ -341,6 +363,8 @@ class Validation:
         self.state: dict[str, Any] = {"status": "idle", "error": None, "result": None}
         self.path = os.path.join(settings.data_dir, "validate.json")
         self.hashes = {k: v for k, v in _card_versions().items() if "clinic" in k}
+        self._proc: Any = None
+        self._stopped = False
         try:
             with open(self.path) as fh:
                 cached = json.load(fh)
@@ -361,13 +385,7 @@ class Validation:
         try:
             fn = self.settings.validate_fn
             if self.settings.validate_mode == "process" and fn is None:
-                import multiprocessing as mp
-                from concurrent.futures import ProcessPoolExecutor
-
-                from ..clinic_calibration import evaluate
-
-                with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-                    res = pool.submit(evaluate).result()
+                res = self._run_in_process()
             else:
                 if fn is None:
                     from ..clinic_calibration import evaluate as fn
@@ -382,6 +400,45 @@ class Validation:
             self.state.update(status="done", result=targets)
         except Exception as exc:  # noqa: BLE001 - reported through the endpoint
             self.state.update(status="failed", error=f"{exc.__class__.__name__}: {exc}")
+
+    def _run_in_process(self) -> dict:
+        """``clinic_calibration.evaluate`` in a spawned child that :meth:`stop` can end (and
+        that ends itself if this server process goes away)."""
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_validate_child, args=(send, os.getpid()), daemon=True,
+                           name="ketasim-validate")
+        with self.lock:
+            if self._stopped:
+                raise RuntimeError("server shutting down")
+            self._proc = proc
+            proc.start()
+        send.close()
+        try:
+            kind, payload = recv.recv()
+        except EOFError:
+            raise RuntimeError(f"calibration worker ended (exit code {proc.exitcode})") from None
+        finally:
+            proc.join(5)
+            with self.lock:
+                self._proc = None
+        if kind != "ok":
+            raise RuntimeError(payload)
+        return payload
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End a running calibration worker (server shutdown); the next start runs it again."""
+        with self.lock:
+            self._stopped = True
+            proc = self._proc
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(timeout)
+            if proc.is_alive():  # pragma: no cover - SIGTERM ignored
+                proc.kill()
+                proc.join(timeout)
 
     def view(self) -> dict:
         """The current state of the calibration-target run (status and, when done, results)."""
@@ -409,7 +466,12 @@ def _ketasim_error(exc: KetasimError) -> JSONResponse:
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     items = []
-    for e in exc.errors():
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        # a body that is not JSON at all is a bad request, not a bad value (docs/web.md)
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": "the body is not valid JSON",
+                                         "type": "json_invalid"}]}, status_code=400)
+    for e in errors:
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         items.append({"loc": [x if isinstance(x, int) else str(x) for x in e.get("loc", [])],
                       "msg": msg, "type": str(e.get("type", "value_error"))})
@@ -449,6 +511,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             warm.set()
         yield
+        validation.stop()
         dispatcher.stop()
 
     app = FastAPI(title="ketasim", version=__version__, lifespan=lifespan, docs_url=None,

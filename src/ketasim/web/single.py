@@ -43,7 +43,7 @@ SIG_DIGITS = 7
 class PatientSpec(BaseModel):
     """One typical virtual patient (no random effects): covariates and disorder."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     weight_kg: float = Field(70.0, ge=40.0, le=200.0, description="body weight, kg")
     age_years: float = Field(40.0, ge=18.0, le=90.0, description="age, years")
     sex: Literal["male", "female"] = "male"
@@ -56,7 +56,7 @@ class PatientSpec(BaseModel):
 class SimulateRequest(BaseModel):
     """One arm (the scenario file's ``[[arm]]`` table) given to one patient for ``days``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     arm: ArmSpec
     patient: PatientSpec = Field(default_factory=PatientSpec)
     days: float = Field(14.0, ge=1.0, le=MAX_DAYS, description="simulated days after the first "
