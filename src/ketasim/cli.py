@@ -18,6 +18,8 @@ from .errors import KetasimError
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 DISCLAIMER = "ketasim is a research tool, not medical advice."
+#: most output times a one-subject command returns (a guard against a tiny step)
+MAX_OUTPUT_TIMES = 200_000
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=f"Simulate ketamine for depression, from dose to mood. {DISCLAIMER}")
@@ -41,15 +43,22 @@ def _jsonable(v):
 
 
 def _parse_times(text: str, field: str) -> np.ndarray:
+    from .units import shorten
+
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise KetasimError(field, f"cannot read {text!r} as comma-separated numbers") from exc
+        raise KetasimError(field, f"cannot read {shorten(text)} as comma-separated numbers") \
+            from exc
     t = np.asarray(vals, dtype=float)
     if t.size == 0:
         raise KetasimError(field, "need at least one time")
+    if t.size > MAX_OUTPUT_TIMES:
+        raise KetasimError(field, f"{t.size} times; at most {MAX_OUTPUT_TIMES}")
     if not np.all(np.isfinite(t)) or np.any(t < 0):
         raise KetasimError(field, "times must be finite and ≥ 0")
+    if t.max() > 24 * 3650 * (60 if field.endswith("min") else 1):
+        raise KetasimError(field, "times must lie within 10 years")
     if np.any(np.diff(t) <= 0):
         raise KetasimError(field, "times must be strictly increasing")
     return t
@@ -96,6 +105,9 @@ def pk(
     """Plasma, metabolite and effect-site concentrations for one patient and one regimen."""
     from .pk import Covariates, resolve_model, simulate_pk
     from .regimen import Regimen, normalise_route
+
+    for path, fld in ((event_table, "event-table"), (plot, "plot"), (csv, "csv")):
+        _out_file(path, fld)
 
     if regimen_csv:
         regimen = Regimen.from_event_table(_read_csv(regimen_csv, "regimen-csv"))
@@ -193,23 +205,67 @@ def _read_csv(path: str, field: str):
         raise KetasimError(field, f"cannot read {path} as CSV: {exc.__class__.__name__}") from exc
 
 
-def _write(path: str, text: str, field: str) -> None:
+def _out_file(path: str | None, field: str) -> None:
+    """Refuse an output file that cannot be written *before* any work is done, so a command
+    never fails half-way with some outputs new and others old."""
+    import os
+
+    if not path:
+        return
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise KetasimError(field, f"{path} is a folder, not a file")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise KetasimError(field, f"folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(target)
+                                                    and not os.access(target, os.W_OK)):
+        raise KetasimError(field, f"cannot write {path}: permission denied")
+
+
+def _out_dir(path: str | None, field: str, names: tuple[str, ...] = ()) -> None:
+    """As :func:`_out_file` for an output folder (created later if missing) and the files
+    ``names`` that will be written into it."""
+    import os
+
+    if not path:
+        return
+    target = os.path.abspath(path)
+    if os.path.exists(target):
+        if not os.path.isdir(target):
+            raise KetasimError(field, f"{path} exists and is not a folder")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise KetasimError(field, f"cannot write in {path}: permission denied")
+        for name in names:
+            _out_file(os.path.join(path, name), field)
+    else:
+        parent = os.path.dirname(target)
+        if not os.path.isdir(parent):
+            raise KetasimError(field, f"folder does not exist: {parent}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise KetasimError(field, f"cannot create {path}: permission denied")
+
+
+def _write(path: str, text: str | bytes, field: str) -> None:
     """Write atomically: a failed write leaves any existing file untouched."""
     import os
     import tempfile
 
+    _out_file(path, field)
     target = os.path.abspath(path)
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
-        raise KetasimError(field, f"folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ketasim-")
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as fh:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, target)
     except OSError as exc:
-        os.unlink(tmp) if os.path.exists(tmp) else None
-        raise KetasimError(field, f"cannot write {path}: {exc.strerror}") from exc
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 @app.command()
@@ -320,6 +376,9 @@ def _print_trial(s: dict) -> None:
         out.print(t)
 
 
+_TRIAL_FILES = ("results.parquet", "summary.json", "report.html")
+
+
 @app.command()
 def trial(
     scenario: Annotated[str | None, typer.Argument(help="scenario TOML file, or the name of a "
@@ -337,7 +396,7 @@ def trial(
                                                      "LocalCluster); >1 alone: processes")]
     = None,
     n: Annotated[int | None, typer.Option("--n", help="override population.n")] = None,
-    seed: Annotated[int | None, typer.Option(help="override population.seed")] = None,
+    seed: Annotated[int | None, typer.Option(help="override population.seed", min=0)] = None,
     executor: Annotated[str | None, typer.Option(help="serial | processes | dask")] = None,
     scheduler: Annotated[str | None, typer.Option(help="dask scheduler tcp://HOST:PORT (an "
                                                        "existing cluster; implies dask)")]
@@ -371,6 +430,7 @@ def trial(
     from .progress import RichProgress
     from .trial import run_trial
 
+    _out_dir(out_dir, "out", _TRIAL_FILES)
     sc = with_overrides(resolve_scenario(scenario), n=n, seed=seed)
     if executor is None:
         executor = ("dask" if scheduler else
@@ -405,7 +465,7 @@ def run(
     = "ketasim-out",
     n: Annotated[int | None, typer.Option("--n", help="virtual patients (default 500)")]
     = None,
-    seed: Annotated[int | None, typer.Option(help="random seed (default 0)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (default 0)", min=0)] = None,
     workers: Annotated[int, typer.Option(help="worker processes (1 = serial)")] = 2,
 ) -> None:
     """The main job: ketamine 0.5 mg/kg IV over 40 min vs midazolam in 500 virtual TRD patients,
@@ -415,6 +475,7 @@ def run(
     from .report import write_trial_outputs
     from .trial import resolve_scenario, with_overrides
 
+    _out_dir(out_dir, "out", (*_TRIAL_FILES, "scores.png", "response.png"))
     t0 = time.perf_counter()
     sc = with_overrides(resolve_scenario("default"), n=n, seed=seed)
     res = _run_scenario(sc, None, workers, "virtual patients")
@@ -490,6 +551,12 @@ def simulate(
     plot: Annotated[str | None, typer.Option(help="save a figure of every stage (PNG)")] = None,
 ) -> None:
     """One subject end to end: plasma → brain → receptor block → signalling → synapses."""
+    import math
+
+    _out_dir(out_dir, "out", ("timecourse.csv", "timecourse.parquet", "metadata.json"))
+    _out_file(plot, "plot")
+    if not (math.isfinite(days) and days >= 0):
+        raise KetasimError("days", f"must be a finite number ≥ 0 (0: the default), got {days:g}")
     from .engine import Course
     from .engine import simulate as run_sim
     from .mechanism import Hypotheses, Interventions
@@ -509,6 +576,9 @@ def simulate(
     horizon = days * 24.0 if days > 0 else max(regimen.end_h + 7 * 24.0, 14 * 24.0)
     if horizon > 24 * 365:
         raise KetasimError("days", "at most 365 days")
+    if horizon / step_h + 1 > MAX_OUTPUT_TIMES:
+        raise KetasimError("step-h", f"{horizon / step_h + 1:.0f} output times; at most "
+                           f"{MAX_OUTPUT_TIMES} (a larger step or fewer days)")
     t = np.unique(np.concatenate([np.arange(0.0, horizon + 1e-9, step_h),
                                   np.array([d.time_h + x for d in regimen
                                             for x in (0.25, 0.5, 0.75)])]))
@@ -527,12 +597,15 @@ def simulate(
                                         "schedule": schedule, "salt": salt},
             "disclaimer": DISCLAIMER}
     if out_dir:
+        import io
         import os
 
         if not os.path.isdir(out_dir):
             os.makedirs(out_dir, exist_ok=True)
         _write(os.path.join(out_dir, "timecourse.csv"), df.to_csv(index=False), "out")
-        df.to_parquet(os.path.join(out_dir, "timecourse.parquet"), index=False)
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        _write(os.path.join(out_dir, "timecourse.parquet"), buf.getvalue(), "out")
         _write(os.path.join(out_dir, "metadata.json"), json.dumps(_jsonable(meta), indent=1),
                "out")
     if plot:
@@ -639,6 +712,7 @@ def calibrate_mechanism(
     """Check every mechanism timing target and experiment criterion; print values and misses.
 
     With --fit, search the calibrated constants from the card values and print the best set."""
+    _out_file(write, "write")
     from .calibration import fit, report
 
     if do_fit:
@@ -691,6 +765,7 @@ def calibrate_clinic(
 
     With --fit, search the clinical constants from the card values and print the best set
     (write them into cards/mechanism/clinic.yaml, tagged calibrated)."""
+    _out_file(write, "write")
     from .clinic_calibration import evaluate, fit_clinic, metrics
 
     if do_fit:
@@ -738,7 +813,7 @@ def calibrate_clinic(
 @bench_app.command("pk")
 def bench_pk(
     n: Annotated[int, typer.Option(help="number of virtual patients")] = 100_000,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """µs per patient for N virtual patients on a 28-day, 8-dose IV regimen."""
@@ -759,7 +834,7 @@ def bench_side_by_side(
     ctx: typer.Context,
     n: Annotated[int, typer.Option(help="virtual patients (ketasim and libRoadRunner)")] = 100,
     n_scipy: Annotated[int, typer.Option(help="patients for the SciPy reference")] = 5,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """28-day twice-weekly IV course: µs per patient-course for ketasim, libRoadRunner on the
@@ -811,6 +886,7 @@ def export_sbml(
 ) -> None:
     """Write one typical patient's model of an arm (PK, mechanism, mood; doses as events) as
     SBML for libRoadRunner, COPASI or tellurium."""
+    _out_file(out_path, "out")
     from .sbml import export_arm, pick_arm, typical_patient
     from .trial import resolve_scenario
 
@@ -842,6 +918,7 @@ def serve(
                                                                "default)")] = None,
 ) -> None:
     """Serve the web page and JSON API (FastAPI + uvicorn; OpenAPI docs at /docs)."""
+    _out_dir(data_dir, "data-dir")
     from .web.app import Settings
     from .web.app import serve as run_server
 
@@ -878,6 +955,10 @@ def docs_model(
                                         "--out is stale")] = False,
 ) -> None:
     """Model page (every equation and card parameter with its source) from the cards and code."""
+    import os
+
+    if os.path.isdir(out_path):
+        raise KetasimError("out", f"{out_path} is a folder, not a file")
     from .docsgen import model_page_is_stale, write_model_page
 
     if check:
@@ -895,6 +976,7 @@ def docs_cli(
     = None,
 ) -> None:
     """Command-line reference (Markdown) generated from this typer app."""
+    _out_file(out_path, "out")
     from .docsgen import cli_reference
 
     text = cli_reference()
@@ -912,7 +994,7 @@ def bench_engine(
     courses: Annotated[int, typer.Option(
         help="also run this many patient-courses in chunks, summaries only (e.g. 1000000)")] = 0,
     chunk: Annotated[int, typer.Option(help="patients per chunk for --courses")] = 5000,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """µs per patient-course of the batched engine vs the SciPy reference (28 days, 8 doses)."""
@@ -982,7 +1064,7 @@ def validate(
     strict: Annotated[bool, typer.Option(help="exit 1 when an endpoint is outside its "
                                               "tolerance")] = False,
     n: Annotated[int, typer.Option(help="virtual patients per arm")] = 100,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     replicates: Annotated[int, typer.Option(help="virtual-trial replicates for the 90% "
                                                  "prediction intervals")] = 100,
     case: Annotated[list[str] | None, typer.Option("--case", help="run only this case id "
@@ -999,6 +1081,7 @@ def validate(
     write: Annotated[str | None, typer.Option(help="also save the JSON to this file")] = None,
 ) -> None:
     """Run the literature cases and print the scorecard (observed, predicted, 90% PI, within)."""
+    _out_file(write, "write")
     from .validate import compare_hypotheses as compare
     from .validate import run_validation
 
@@ -1063,7 +1146,7 @@ def sensitivity(
     samples: Annotated[int | None, typer.Option(
         help="Sobol: base samples N (power of 2); Morris: trajectories")] = None,
     n: Annotated[int, typer.Option(help="virtual patients")] = 100,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     spread: Annotated[float, typer.Option(help="bounds: card value × (1 ± spread)")] = 0.5,
     params: Annotated[str | None, typer.Option(
         help="comma-separated parameter names (default: the documented subset)")] = None,
@@ -1071,6 +1154,7 @@ def sensitivity(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Global sensitivity (SALib) of one endpoint to clinic and mechanism card parameters."""
+    _out_file(plot, "plot")
     from .progress import RichProgress
     from .sensitivity import plot_indices, run_sensitivity
 
@@ -1107,18 +1191,14 @@ def sensitivity(
 
 
 def _write_bytes(path: str, data: bytes, field: str) -> None:
-    try:
-        with open(path, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise KetasimError(field, f"cannot write {path}: {exc.strerror or exc}") from exc
+    _write(path, data, field)
 
 
 @report_app.command("credibility")
 def report_credibility(
     out_path: Annotated[str, typer.Option("--out", help="HTML file to write")] = "report.html",
     n: Annotated[int, typer.Option(help="virtual patients per arm for the scorecard")] = 100,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     replicates: Annotated[int, typer.Option(help="replicates for prediction intervals")] = 100,
     cases: Annotated[str | None, typer.Option("--cases", help="extra case folder")] = None,
     sensitivity_samples: Annotated[int, typer.Option(
@@ -1128,6 +1208,7 @@ def report_credibility(
 ) -> None:
     """Write the credibility report: context of use, diagram, verification, parameters,
     calibration fits, scorecard, sensitivity and limitations (one self-contained HTML file)."""
+    _out_file(out_path, "out")
     from .credibility import build_report
 
     if no_shipped and cases is None:
@@ -1166,13 +1247,16 @@ def fit(
                                              "card prior)")] = "foce",
     report: Annotated[str | None, typer.Option(help="write an HTML report (GOF, individual "
                                                     "fits, VPC) to this file")] = None,
-    seed: Annotated[int, typer.Option(help="seed for the VPC simulations")] = 1,
+    seed: Annotated[int, typer.Option(help="seed for the VPC simulations", min=0)] = 1,
     workers: Annotated[int, typer.Option(help="worker processes for the population fit's "
                                               "objective evaluations (foce; the same results "
                                               "as 1)")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Fit a PK model to data: typical values, IIV and residual error (FOCE-I), or MAP."""
+    _out_file(report, "report")
+    if not 1 <= workers <= 256:
+        raise KetasimError("workers", f"must be 1..256, got {workers}")
     from .cards import card_versions
     from .fit import fit_population
     from .progress import RichStatus
@@ -1229,7 +1313,7 @@ def forecast(
                                                     "the threshold")] = 0.8,
     drug: Annotated[str, typer.Option(help="ketamine | esketamine")] = "ketamine",
     model: Annotated[str | None, typer.Option(help="PK model id")] = None,
-    seed: Annotated[int, typer.Option(help="MCMC seed")] = 1,
+    seed: Annotated[int, typer.Option(help="MCMC seed", min=0)] = 1,
     steps: Annotated[int, typer.Option(help="MCMC steps per walker")] = 1500,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -1293,6 +1377,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (BrokenPipeError, KeyboardInterrupt):
         return 2
+    except OSError as exc:  # a path that cannot be read or written
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: this request needs more memory than the machine has (fewer output "
+              "times, patients or days)", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line, not a traceback (KETASIM_DEBUG=1 shows it)
+        import os
+
+        if os.environ.get("KETASIM_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: unexpected {exc.__class__.__name__}: {msg[:300]} (a ketasim bug: please "
+              "report it; KETASIM_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

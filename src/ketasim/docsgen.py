@@ -611,14 +611,16 @@ def write_model_page(path: str | Path) -> Path:
     """Write :func:`model_page` to ``path`` (parent folders created); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(model_page(), encoding="utf-8")
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(model_page(), encoding="utf-8")
+    tmp.replace(p)  # atomic: a failed write leaves the old page
     return p
 
 
 def model_page_is_stale(path: str | Path) -> bool:
     """True when the committed page at ``path`` differs from a fresh :func:`model_page`."""
     p = Path(path)
-    return not p.is_file() or p.read_text(encoding="utf-8") != model_page()
+    return not p.is_file() or p.read_text(encoding="utf-8", errors="replace") != model_page()
 
 
 def parameters_without_source() -> list[str]:

@@ -9,6 +9,7 @@ table can be read back without the model.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import KetasimError
-from .units import DoseAmount, parse_dose, parse_duration, shorten
+from .units import (
+    MAX_DOSE_MG,
+    MAX_DURATION_H,
+    DoseAmount,
+    parse_dose,
+    parse_duration,
+    shorten,
+)
 
 #: Routes ketasim knows. A PK model card lists the subset it supports.
 ROUTES: tuple[str, ...] = (
@@ -197,13 +205,30 @@ class Regimen:
             df = df[df["ID"] == subject_id]
         if "EVID" in df.columns:
             df = df[df["EVID"].isin([1, 4])]
+        for col in ("TIME", "AMT", "RATE", "CMT", "II", "ADDL"):
+            if col in df.columns:
+                vals = pd.to_numeric(df[col], errors="coerce")
+                bad = vals.isna() & df[col].notna()
+                if bad.any():
+                    r = bad.to_numpy().argmax()
+                    raise KetasimError(f"event table row {df.index[r] + 1} {col}",
+                                       f"not a number: {shorten(str(df[col].iloc[r]))}")
+                df[col] = vals
         doses: list[Administration] = []
-        for i, row in enumerate(df.itertuples(index=False)):
+        for i, row in zip(df.index, df.itertuples(index=False), strict=True):
             rec = row._asdict()
             amt = float(rec["AMT"])
-            if not amt > 0:
-                raise KetasimError(f"event table row {i + 1} AMT", "a dose needs an amount > 0")
+            t0 = float(rec["TIME"])
+            if not (math.isfinite(t0) and 0 <= t0 <= MAX_DURATION_H):
+                raise KetasimError(f"event table row {i + 1} TIME",
+                                   f"must be within 0–{MAX_DURATION_H:g} h, got {t0:g}")
+            if not (math.isfinite(amt) and 0 < amt <= MAX_DOSE_MG):
+                raise KetasimError(f"event table row {i + 1} AMT",
+                                   f"a dose needs an amount > 0 and ≤ {MAX_DOSE_MG:g} mg, got "
+                                   f"{amt:g}")
             rate = _cell(rec, "RATE", 0.0)
+            if not math.isfinite(rate):
+                raise KetasimError(f"event table row {i + 1} RATE", "not finite")
             if rate < 0:
                 raise KetasimError(f"event table row {i + 1} RATE",
                                    "modelled rate/duration (RATE < 0) is not supported",
@@ -221,13 +246,25 @@ class Regimen:
             n_addl = int(addl)
             if n_addl > 0 and not ii > 0:
                 raise KetasimError(f"event table row {i + 1} II", "ADDL > 0 needs II > 0")
+            try:
+                route = normalise_route(route)
+            except KetasimError as exc:
+                raise KetasimError(f"event table row {i + 1} ROUTE", exc.problem,
+                                   exc.allowed) from exc
+            if rate <= 0 and route == "iv-infusion":
+                raise KetasimError(f"event table row {i + 1} RATE",
+                                   "an IV infusion record needs RATE > 0 mg/h")
             for k in range(n_addl + 1):
-                t = float(rec["TIME"]) + k * ii
+                t = t0 + k * ii
                 a = DoseAmount(amt, per_kg=False)
-                if rate > 0:
-                    doses.append(Infusion(t, a, amt / rate, route=route))
-                else:
-                    doses.append(Dose(t, a, route=route))
+                try:
+                    if rate > 0:
+                        doses.append(Infusion(t, a, amt / rate, route=route))
+                    else:
+                        doses.append(Dose(t, a, route=route))
+                except KetasimError as exc:
+                    raise KetasimError(f"event table row {i + 1} {exc.field.upper()}",
+                                       exc.problem, exc.allowed) from exc
         if not doses:
             raise KetasimError("event table", "no dosing records (EVID 1)")
         return cls(tuple(doses))

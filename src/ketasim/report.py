@@ -360,6 +360,12 @@ def write_trial_outputs(result, folder: str, figures: bool = False,
         raise KetasimError(field, f"cannot create folder {folder}: {exc.strerror}") from exc
     if not os.path.isdir(folder):
         raise KetasimError(field, f"not a folder: {folder}")
+    names = ["results.parquet", "summary.json", "report.html"]
+    if figures:
+        names += ["scores.png", "response.png"]
+    for name in names:  # checked before anything is written: all files are new, or none
+        if os.path.isdir(os.path.join(folder, name)):
+            raise KetasimError(field, f"{os.path.join(folder, name)} is a folder, not a file")
     files: dict[str, bytes] = {}
     buf = io.BytesIO()
     result.data.to_parquet(buf, index=False)

@@ -93,10 +93,10 @@ def _split_number_unit(text: str, field: str, allowed: str) -> tuple[float, str]
 
 
 #: input sanity bounds (not model parameters): twice the ~100 mg/kg anaesthetic doses used in
-#: rodents, and that per-kg bound for a 100-kg subject. Larger numbers are typing errors or
-#: hostile input, and would only make the integrator work for nothing.
+#: rodents, and that per-kg bound for the heaviest subject accepted (300 kg). Larger numbers
+#: are typing errors or hostile input, and would only make the integrator work for nothing.
 MAX_DOSE_MG_PER_KG = 200.0
-MAX_DOSE_MG = 20_000.0
+MAX_DOSE_MG = 60_000.0
 #: the longest time or duration accepted anywhere (10 years, in h)
 MAX_DURATION_H = 24.0 * 3650.0
 

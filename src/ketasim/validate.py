@@ -94,7 +94,7 @@ DISSOCIATION_CADSS = 4.0
 class Tolerance(BaseModel):
     """How far a prediction may lie from the observation (rules in the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     rule: Literal["se", "ci95", "binomial", "range", "rel", "sd", "abs"]
     floor: float = Field(0.0, ge=0.0)
     rel: float | None = Field(None, gt=0.0)
@@ -104,7 +104,7 @@ class Tolerance(BaseModel):
 class Endpoint(BaseModel):
     """One observed number or finding and how the model computes it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str = Field(min_length=1, max_length=120)
     metric: str
     arm: str | None = None
@@ -151,7 +151,7 @@ class Endpoint(BaseModel):
 
 class Skipped(BaseModel):
     """A literature observation the case does not check, with the reason."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     observation: str
     reason: str
 
@@ -159,7 +159,7 @@ class Skipped(BaseModel):
 class Case(BaseModel):
     """A study as a runnable case (see docs/validation.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,79}$")
     set: Literal["calibration", "validation"]
     source: str = ""
@@ -212,12 +212,28 @@ def _case_error(path: str, exc: ValidationError) -> KetasimError:
                         err["msg"].removeprefix("Value error, "))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML itself keeps
+    the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_case(path: str | Path) -> Case:
     """Read and validate one case file (clear one-line errors naming file and field)."""
     path = str(path)
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError as exc:
         raise KetasimError("cases", f"file not found: {path}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KetasimError
+from ..pk.model import Covariates
 from ..regimen import Dose, Infusion, Regimen, normalise_route
+from ..units import MAX_DOSE_MG, MAX_DURATION_H
 
 QUANTITIES: tuple[str, ...] = ("plasma", "metabolite", "madrs", "ssi", "cadss")
 QUANTITY_ALIASES = {"conc": "plasma", "concentration": "plasma", "parent": "plasma",
@@ -33,6 +35,8 @@ REQUIRED = ("ID", "TIME", "EVID", "AMT", "DV")
 #: score bounds (scale points) for censoring at the limits
 SCORE_BOUNDS = {"madrs": (0.0, 60.0), "ssi": (0.0, 38.0), "cadss": (0.0, 92.0)}
 _WEIGHT_COLS = ("WT", "WEIGHT", "WEIGHT_KG", "BW")
+#: most additional doses one record may expand to (as ``Regimen.from_event_table``)
+MAX_ADDL = 9999
 
 
 @dataclass
@@ -114,6 +118,13 @@ def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset
         df.attrs = {}
         source = source or "<table>"
     df.columns = [str(c).strip().upper() for c in df.columns]
+    for c in df.columns:  # pandas renames a repeated header "DV" to "DV.1"
+        base, dot, k = c.rpartition(".")
+        if dot and k.isdigit() and base in df.columns:
+            raise _err(source, None, base, "appears more than once in the header")
+    if len(set(df.columns)) != len(df.columns):
+        dup = next(c for c in df.columns if list(df.columns).count(c) > 1)
+        raise _err(source, None, dup, "appears more than once in the header")
     df = df.replace({"": np.nan, ".": np.nan, "nan": np.nan, "NaN": np.nan})
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -134,6 +145,18 @@ def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset
         bad = ~np.isfinite(arr)
         if bad.any():
             raise _err(source, int(np.argmax(bad)) + 1, col, "missing or not finite")
+    for col, arr, hi, unit in (("TIME", time, MAX_DURATION_H, "h"), ("AMT", amt, MAX_DOSE_MG, "mg"),
+                               ("RATE", rate, None, "mg/h"), ("II", ii, MAX_DURATION_H, "h"),
+                               ("ADDL", addl, MAX_ADDL, ""), ("DV", dv, None, "")):
+        bad = np.isinf(arr) | ((arr > hi) if hi is not None else False)
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise _err(source, r + 1, col, f"{arr[r]:g} is not finite or above {hi:g} {unit}"
+                       if hi is not None else f"{arr[r]:g} is not finite")
+    frac = ids != np.round(ids)
+    if frac.any():
+        r = int(np.argmax(frac))
+        raise _err(source, r + 1, "ID", f"must be a whole number, got {ids[r]:g}")
     for r in range(len(df)):
         row = r + 1
         if evid[r] not in (0, 1, 2, 3, 4):
@@ -167,10 +190,20 @@ def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset
             if evid[r] != 0 or mdv[r] == 1 or (isinstance(v, float) and np.isnan(v)):
                 continue
             quantity[r] = _quantity(str(v), source, r + 1, qcol)
+    for r in range(len(df)):
+        if evid[r] != 0 or mdv[r] == 1 or not np.isfinite(dv[r]):
+            continue
+        lo, hi = SCORE_BOUNDS.get(quantity[r], (0.0, np.inf))
+        if not lo <= dv[r] <= hi:
+            raise _err(source, r + 1, "DV", f"{quantity[r]} value {dv[r]:g} is outside "
+                       f"{lo:g}–{hi:g}")
     route_col = df["ROUTE"] if "ROUTE" in df.columns else None
     wcol = next((c for c in _WEIGHT_COLS if c in df.columns), None)
     weight = _num(df, wcol, source) if wcol else np.full(len(df), np.nan)
     age = _num(df, "AGE", source) if "AGE" in df.columns else np.full(len(df), np.nan)
+    for col, arr in ((wcol, weight), ("AGE", age)):
+        if np.isinf(arr).any():
+            raise _err(source, int(np.argmax(np.isinf(arr))) + 1, col, "not finite")
     subjects = []
     for sid in pd.unique(ids):
         idx = np.nonzero(ids == sid)[0]
@@ -204,14 +237,21 @@ def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset
         if w is not None and not 0.5 <= w <= 300:
             r = int(idx[np.nonzero(weight[idx] == w)[0][0]]) + 1
             raise _err(source, r, wcol or "WT", f"weight must be 0.5–300 kg, got {w:g}")
+        sex = _text_cov(df, "SEX", idx, {"0": "male", "1": "female", "m": "male",
+                                         "f": "female"}, "male")
+        race = _text_cov(df, "RACE", idx, {}, "caucasian")
+        w_, age_ = 70.0 if w is None else w, 40.0 if a_ is None else a_
+        try:  # the PK layer's own covariate checks, reported at the subject's first row
+            Covariates(weight_kg=w_, age_years=age_, sex=sex, race=race)
+        except KetasimError as exc:
+            col = {"weight": wcol or "WT", "age": "AGE", "sex": "SEX", "race": "RACE"}.get(
+                exc.field, exc.field.upper())
+            raise _err(source, int(idx[0]) + 1, col, exc.problem, exc.allowed) from exc
         subjects.append(Subject(
             id=int(sid), regimen=Regimen(tuple(doses)),
             obs_time_h=time[obs].astype(float), obs_value=dv[obs].astype(float),
             obs_quantity=np.array([quantity[r] for r in obs], dtype="<U12"),
-            weight_kg=70.0 if w is None else w, age_years=40.0 if a_ is None else a_,
-            sex=_text_cov(df, "SEX", idx, {"0": "male", "1": "female", "m": "male",
-                                           "f": "female"}, "male"),
-            race=_text_cov(df, "RACE", idx, {}, "caucasian"),
+            weight_kg=w_, age_years=age_, sex=sex, race=race,
             disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
             rows=np.asarray(obs, dtype=int) + 1))
     return Dataset(df, subjects, source)

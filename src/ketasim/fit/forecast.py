@@ -141,6 +141,9 @@ class Forecast:
                 "metadata": self.metadata}
 
 
+#: longest forecast horizon (days from the first dose)
+MAX_FORECAST_DAYS = 365
+
 def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
                      threshold: float | None = None, probability: float = 0.8,
                      response_fraction: float | None = None, drug: str = "ketamine",
@@ -163,8 +166,12 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
         subject = ds.subjects[0]
     if not 0.0 < probability < 1.0:
         raise KetasimError("probability", f"must be between 0 and 1, got {probability:g}")
-    if not horizon_days > 0:
-        raise KetasimError("days", f"must be > 0, got {horizon_days:g}")
+    if not 0 < horizon_days <= MAX_FORECAST_DAYS:
+        raise KetasimError("days", f"must be within (0, {MAX_FORECAST_DAYS}] days, got "
+                           f"{horizon_days:g}")
+    if threshold is not None and not 0 < threshold < SCORE_BOUNDS["madrs"][1]:
+        raise KetasimError("threshold", f"must be a MADRS score within (0, 60), got "
+                           f"{threshold:g}")
     if response_fraction is None:
         from ..scenario import EndpointsSpec
 
@@ -183,6 +190,9 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
     b_sd = c.value("madrs_baseline_sd")
     lo, hi = SCORE_BOUNDS["madrs"]
     t_now = float(t_obs.max())
+    if t_now > MAX_FORECAST_DAYS * 24.0:
+        raise KetasimError("data", f"the last MADRS score is {t_now / 24:g} days after the first "
+                           f"dose; a forecast covers at most {MAX_FORECAST_DAYS} days")
     horizon_h = max(horizon_days * 24.0, t_now + 24.0)
     grid = np.arange(0.0, horizon_h + 1e-9, FORECAST_STEP_H)
     visits = np.unique(np.round(np.concatenate([grid, t_obs]), 9))

@@ -114,19 +114,20 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         s = sims[:, m][:, sel]
         sq = np.quantile(s, [0.05, 0.5, 0.95], axis=1)  # (3, rep)
         sim_q.append(np.quantile(sq, [0.05, 0.5, 0.95], axis=1))  # (3 bands, 3 pct)
-    mids = np.array(mids)
-    obs_q = np.array(obs_q)
-    sim_q = np.array(sim_q)
-    fig, a = plt.subplots(figsize=(8, 5))
-    a.semilogy(t, np.maximum(y, 1e-3), ".", color="0.7", ms=3)
-    for j, col in zip(range(3), ("C0", "C3", "C0"), strict=True):
-        a.fill_between(mids, sim_q[:, 0, j], sim_q[:, 2, j], color=col, alpha=0.2)
-        a.plot(mids, obs_q[:, j], color=col, lw=1.5)
-    a.set_xlabel("time (h)")
-    a.set_ylabel("concentration (ng/mL)")
-    a.set_title(f"VPC: observed 5/50/95th percentiles (lines), 90% bands of {n_rep} "
-                "simulations")
-    figs["Visual predictive check"] = _png(fig)
+    if mids:  # a VPC needs at least one time bin with ≥ 3 observations
+        mids = np.array(mids)
+        obs_q = np.array(obs_q)
+        sim_q = np.array(sim_q)
+        fig, a = plt.subplots(figsize=(8, 5))
+        a.semilogy(t, np.maximum(y, 1e-3), ".", color="0.7", ms=3)
+        for j, col in zip(range(3), ("C0", "C3", "C0"), strict=True):
+            a.fill_between(mids, sim_q[:, 0, j], sim_q[:, 2, j], color=col, alpha=0.2)
+            a.plot(mids, obs_q[:, j], color=col, lw=1.5)
+        a.set_xlabel("time (h)")
+        a.set_ylabel("concentration (ng/mL)")
+        a.set_title(f"VPC: observed 5/50/95th percentiles (lines), 90% bands of {n_rep} "
+                    "simulations")
+        figs["Visual predictive check"] = _png(fig)
     plt.close("all")
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{e.value:.4g}</td><td>{e.se:.3g}</td>"
