@@ -694,3 +694,14 @@ def test_server_killed_mid_job_loses_no_result_and_reports_the_job_truthfully(tm
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_error_locations_follow_the_request_body(client):
+    """Fields checked after validation are located like pydantic's own errors: in the arm for
+    /api/simulate, and without a "scenario" prefix for /api/trial (whose body is the scenario)."""
+    r = client.post("/api/simulate", json={"arm": {**KET, "route": "nose"}})
+    assert r.json()["detail"][0]["loc"] == ["body", "arm", "route"]
+    r = client.post("/api/trial", json={**SMALL_TRIAL, "arm": [{**KET, "name": "k",
+                                                                 "route": "nose"}]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "arm", 0, "route"]

@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..errors import KetasimError
-from ..scenario import Scenario
+from ..scenario import ArmSpec, Scenario
 from .jobs import Dispatcher, JobStore
 from .single import (
     DISCLAIMER,
@@ -457,8 +457,14 @@ def _card_versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- app
-def _ketasim_error(exc: KetasimError) -> JSONResponse:
-    loc = ["body", *[p for p in exc.field.replace("[", ".").replace("]", "").split(".") if p]]
+def _ketasim_error(exc: KetasimError, path: str = "") -> JSONResponse:
+    # the trial body *is* the scenario: "scenario.arm[0].route" is at ["body", "arm", 0, ...]
+    field = exc.field.removeprefix("scenario.").removeprefix("scenario ")
+    field = field.replace("[", ".").replace("]", "")
+    parts = [p for p in field.replace(" ", ".").split(".") if p]
+    if path == "/api/simulate" and parts and parts[0] in ArmSpec.model_fields:
+        parts = ["arm", *parts]  # an arm field checked after validation (route, model, ...)
+    loc = ["body", *(int(p) if p.isdigit() else p for p in parts)]
     msg = exc.problem + (f" (allowed: {exc.allowed})" if exc.allowed else "")
     return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]},
                         status_code=422)
@@ -536,7 +542,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.simulate_cache = sim_cache
     app.state.simulate_runner = sim_runner
 
-    app.add_exception_handler(KetasimError, lambda r, e: _ketasim_error(e))
+    app.add_exception_handler(KetasimError, lambda r, e: _ketasim_error(e, r.url.path))
     app.add_exception_handler(RequestValidationError, lambda r, e: _validation_error(e))
     if s.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
