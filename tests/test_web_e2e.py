@@ -314,3 +314,39 @@ def test_artifacts_folder_is_ignored():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, ".gitignore")) as fh:
         assert "test-artifacts/" in fh.read()
+
+
+def test_page_audit_fixes_share_button_bad_link_and_unreadable_numbers(server, browser):
+    """From a browser audit (2026-11-27): no Plotly "Share chart" button (it opened
+    cloud.plotly.com with the data); a link holding an invalid value starts, shows the error
+    and recovers once the value is fixed (it stopped at "Could not start: $(...).on is not a
+    function"); a number the browser cannot read is an error, not 0 or the default."""
+    page, errors = _page(browser, server)
+    try:
+        assert page.locator(".modebar-btn[data-title*='Share']").count() == 0
+        assert page.locator(".modebar-btn[data-title*='Chart Studio']").count() == 0
+        page.fill("#f-dose", "bogus")
+        _until(page, "document.getElementById('error').textContent.includes('dose')")
+        link = page.url
+    finally:
+        page.close()
+    page, errors = _page(browser, link)  # waits for data-ready: the start did not fail
+    try:
+        err = page.locator("#error").text_content()
+        assert "Could not start" not in err and "dose" in err, err
+        n = page.evaluate("window.ketasim.updates")
+        page.fill("#f-dose", "0.5 mg/kg")
+        _wait_updates(page, n + 1)
+        assert page.locator("#error").text_content() == ""
+        # the plots drawn after the fix are linked: zooming one zooms the others
+        page.evaluate("Plotly.relayout('plot-madrs', {'xaxis.range[0]': 1, "
+                      "'xaxis.range[1]': 2})")  # what a drag-zoom emits
+        _until(page, "JSON.stringify(document.getElementById('plot-plasma')"
+                     "._fullLayout.xaxis.range) === JSON.stringify(document.getElementById("
+                     "'plot-madrs')._fullLayout.xaxis.range)")
+        page.fill("#f-weight", "1e400")
+        _until(page, "document.getElementById('error').textContent.includes("
+                     "'Weight: enter a number')")
+        assert not [e for e in errors if "Could not start" in e or "on is not" in e]
+    finally:
+        page.close()

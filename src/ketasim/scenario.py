@@ -94,6 +94,8 @@ class ArmSpec(BaseModel):
                 parse_duration(self.duration, field="duration")
         elif self.drug is not None:
             raise ValueError("a control arm has no 'drug'")
+        elif self.duration is not None:  # an active placebo's (midazolam) infusion
+            parse_duration(self.duration, field="duration")
         return self
 
 

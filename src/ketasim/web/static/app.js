@@ -61,9 +61,25 @@ function hypothesesString(sc) {
   return parts.length ? parts.join(",") : "default";
 }
 
+/* A number field's value as a finite number, or an Error naming the field: a number input
+   the browser cannot read ("1e400", "e") has an empty value and `validity.badInput`, which
+   readForm stores as "NaN", so it is not taken for 0 or for "empty = default". */
+function num(v, label) {
+  const x = String(v ?? "").trim() === "" ? NaN : Number(v);
+  if (!Number.isFinite(x)) throw new Error(`${label}: enter a number`);
+  return x;
+}
+
+function fieldValue(id) {
+  const el = $(id);
+  return el.validity && el.validity.badInput ? "NaN" : el.value;
+}
+
 function interventionsString(sc) {
   const items = [...(sc.interventions || [])];
-  if (sc.mg !== "" && sc.mg !== null && sc.mg !== undefined) items.push(`mg=${sc.mg}`);
+  if (sc.mg !== "" && sc.mg !== null && sc.mg !== undefined) {
+    items.push(`mg=${num(sc.mg, "Extracellular Mg²⁺")}`);
+  }
   return items.join(",");
 }
 
@@ -71,6 +87,8 @@ function armOf(sc, name) {
   const arm = {name: name};
   if (sc.kind !== "drug") {
     arm.control = sc.kind;
+    // the midazolam infusion of an active placebo has a duration too (sedation time course)
+    if (sc.kind === "active-placebo" && sc.duration.trim()) arm.duration = sc.duration.trim();
   } else {
     arm.drug = sc.drug;
     arm.route = sc.route;
@@ -86,9 +104,9 @@ function armOf(sc, name) {
 
 function simulateRequest(sc, i) {
   return {arm: armOf(sc, LABELS[i]),
-    patient: {weight_kg: Number(sc.weight), age_years: Number(sc.age), sex: sc.sex,
-      disorder: sc.disorder},
-    days: Number(sc.days)};
+    patient: {weight_kg: num(sc.weight, "Weight"), age_years: num(sc.age, "Age"),
+      sex: sc.sex, disorder: sc.disorder},
+    days: num(sc.days, "Days simulated")};
 }
 
 function errorText(body) {
@@ -202,9 +220,9 @@ function readForm() {
   sc.duration = $("f-duration").value;
   sc.schedule = $("f-schedule").value;
   sc.model = sc.drug === prevDrug ? $("f-model").value : "";
-  sc.days = $("f-days").value;
-  sc.weight = $("f-weight").value;
-  sc.age = $("f-age").value;
+  sc.days = fieldValue("f-days");
+  sc.weight = fieldValue("f-weight");
+  sc.age = fieldValue("f-age");
   sc.sex = $("f-sex").value;
   sc.disorder = $("f-disorder").value;
   const hyp = {};
@@ -213,10 +231,10 @@ function readForm() {
   sc.hyp = Object.keys(d).every((k) => hyp[k] === (d[k] > 0)) ? null : hyp;
   sc.interventions = [...document.querySelectorAll("[data-intervention]")]
     .filter((cb) => cb.checked).map((cb) => cb.dataset.intervention);
-  sc.mg = $("f-mg").value;
+  sc.mg = fieldValue("f-mg");
   const t = ks.state.trial;
-  t.n = $("t-n").value;
-  t.seed = $("t-seed").value;
+  t.n = fieldValue("t-n");
+  t.seed = fieldValue("t-seed");
   t.control = $("t-control").value;
   t.at = $("t-at").value;
   if (sc.drug !== prevDrug) writeForm();
@@ -346,8 +364,9 @@ function seriesTraces(results, xs, plotId, pick) {
   return [traces, names];
 }
 
-const PLOT_CONFIG = {responsive: true, displaylogo: false,
-  modeBarButtonsToRemove: ["lasso2d", "select2d"]};
+// showSendToCloud: false: no "Share chart" button (it would open cloud.plotly.com with the data)
+const PLOT_CONFIG = {responsive: true, displaylogo: false, showSendToCloud: false,
+  showEditInChartStudio: false, modeBarButtonsToRemove: ["lasso2d", "select2d", "sendDataToCloud"]};
 
 // Plotly's dash patterns for a 1.8-px line (Drawing.dashStyle), for the HTML legends
 const DASH_ARRAY = {solid: "", dash: "9,9", dot: "3,3", dashdot: "9,3,3,3", longdash: "15,15"};
@@ -638,11 +657,16 @@ function renderSummary() {
   });
 }
 
+/* Idempotent: attaches the handler to each plot once it exists (a page opened from a link
+   with an invalid value has no plots until the value is fixed). */
+let linkBusy = false;
+const linked = new Set();
 function linkAxes() {
-  let busy = false;
   for (const id of PLOT_IDS) {
+    if (linked.has(id) || typeof $(id).on !== "function") continue;
+    linked.add(id);
     $(id).on("plotly_relayout", (ev) => {
-      if (busy) return;
+      if (linkBusy) return;
       const upd = {};
       if ("xaxis.range[0]" in ev) {
         upd["xaxis.range"] = [ev["xaxis.range[0]"], ev["xaxis.range[1]"]];
@@ -651,9 +675,10 @@ function linkAxes() {
       } else {
         return;
       }
-      busy = true;
-      Promise.all(PLOT_IDS.filter((o) => o !== id).map((o) => Plotly.relayout(o, upd)))
-        .finally(() => { busy = false; });
+      linkBusy = true;
+      Promise.all(PLOT_IDS.filter((o) => o !== id && linked.has(o))
+        .map((o) => Plotly.relayout(o, upd)))
+        .finally(() => { linkBusy = false; });
     });
   }
 }
@@ -688,6 +713,7 @@ async function update() {
     const t1 = performance.now();
     ks.results = res;
     await renderPlots();
+    linkAxes();
     if (seq !== ks.seq) return;
     ks.drawn = drawn;
     const t2 = performance.now();
@@ -719,7 +745,7 @@ function trialScenario() {
     .filter((arm) => arm.control === undefined);
   if (t.control) arms.push({name: "placebo", control: t.control});
   return {title: "ketasim web trial",
-    population: {disorder: a.disorder, n: Number(t.n), seed: Number(t.seed)},
+    population: {disorder: a.disorder, n: num(t.n, "Patients"), seed: num(t.seed, "Seed")},
     arm: arms,
     endpoints: {at: t.at.split(",").map((v) => v.trim()).filter(Boolean)}};
 }
