@@ -92,8 +92,16 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     w = float(np.atleast_1d(cov.weight_kg)[0])
     systems, schedules, frees, plasma_idx = [], [], [], []
     offset = 0
+    if not courses:
+        raise KetasimError("courses", "need at least one drug course")
     for c in courses:
+        if not isinstance(c, Course):
+            raise KetasimError("courses", f"must be Course objects, got {type(c).__name__}")
+        if not isinstance(c.regimen, Regimen) or len(c.regimen) == 0:
+            raise KetasimError("regimen", f"the {c.drug} course has no doses")
         card = resolve_model(c.drug, c.model, c.regimen.routes, cov.species)
+        # a virtual patient's factors cover the parameters of several models: only those of
+        # this course's model apply (as in the batched engine)
         iiv = {k: np.array([v]) for k, v in (c.iiv or {}).items() if k in card.parameters}
         system = assemble(card, cov, routes=c.regimen.routes, n=1, iiv=iiv or None)
         sched = compile_schedule(system, c.regimen, np.array([w]))

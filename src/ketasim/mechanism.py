@@ -43,6 +43,7 @@ synaptic strength, glutamate, LHb burst rate, and forced-swim immobility (rodent
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -86,6 +87,14 @@ class Hypotheses:
     d: float = 0.0
     e: float = 1.0
     f: float = 1.0
+
+    def __post_init__(self) -> None:
+        for h in HYPOTHESES:
+            w = getattr(self, h)
+            if isinstance(w, bool) or not isinstance(w, int | float | np.number) \
+                    or not 0.0 <= w <= 10.0:
+                raise KetasimError("hypotheses", f"weight of {h} must be a number 0..10, got "
+                                   f"{w!r}")
 
     @classmethod
     def default(cls) -> Hypotheses:
@@ -151,6 +160,17 @@ class Interventions:
 
     names: tuple[str, ...] = ()
     mg_mM: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.names, str) or not all(isinstance(n, str) for n in self.names):
+            raise KetasimError("interventions", "names must be a tuple of strings")
+        for n in self.names:
+            if n not in INTERVENTIONS or n == "mg":
+                raise KetasimError("interventions", f"unknown intervention {n!r}",
+                                   ", ".join(INTERVENTIONS))
+        if self.mg_mM is not None and not (isinstance(self.mg_mM, int | float)
+                                           and 0.0 <= self.mg_mM <= 20.0):
+            raise KetasimError("interventions", "mg must be within 0–20 mM")
 
     @classmethod
     def parse(cls, items: str | list[str] | tuple[str, ...] | None) -> Interventions:
@@ -219,12 +239,18 @@ class MechanismParams:
         s = {k: v.value for k, v in load_param_card("signalling").parameters.items()}
         iv = {k: v.value for k, v in load_param_card("interventions").parameters.items()}
         for k, v in (overrides or {}).items():
-            if k in r:
-                r[k] = v
-            elif k in s:
-                s[k] = v
-            else:
+            if k not in r and k not in s:
                 raise KetasimError("parameter", f"unknown mechanism parameter {k!r}")
+            card_value = r[k] if k in r else s[k]
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise KetasimError("overrides", f"{k}: must be a number, got {v!r}") from None
+            if not math.isfinite(v) or (card_value >= 0 > v):
+                raise KetasimError("overrides", f"{k}: must be finite"
+                                   + (" and ≥ 0 (the card value is)" if card_value >= 0 else "")
+                                   + f", got {v!r}")
+            (r if k in r else s)[k] = v
         return cls(r, s, iv, hyp or Hypotheses.default(), intv or Interventions(), blockers)
 
     # ------------------------------------------------------------------ derived constants

@@ -20,6 +20,7 @@ import pandas as pd
 from .errors import KetasimError
 from .units import (
     MAX_DOSE_MG,
+    MAX_DOSE_MG_PER_KG,
     MAX_DURATION_H,
     DoseAmount,
     parse_dose,
@@ -96,13 +97,22 @@ Administration = Dose | Infusion
 
 
 def _check_time(t: float) -> None:
-    if not np.isfinite(t) or t < 0:
-        raise KetasimError("time", f"must be a finite time ≥ 0 h, got {t!r}", ">= 0")
+    if isinstance(t, bool) or not isinstance(t, int | float | np.number):
+        raise KetasimError("time", f"must be a number of hours, got {type(t).__name__}")
+    if not np.isfinite(t) or t < 0 or t > MAX_DURATION_H:
+        raise KetasimError("time", f"must be a finite time within 0–{MAX_DURATION_H:g} h, got "
+                           f"{t!r}", ">= 0")
 
 
 def _check_amount(a: DoseAmount) -> None:
+    if not isinstance(a, DoseAmount):
+        raise KetasimError("dose", f"must be a DoseAmount, got {type(a).__name__}")
     if not np.isfinite(a.value) or a.value <= 0:
         raise KetasimError("dose", f"must be greater than zero, got {a.value:g}", "> 0")
+    limit = MAX_DOSE_MG_PER_KG if a.per_kg else MAX_DOSE_MG
+    if a.value > limit:
+        raise KetasimError("dose", f"{a.value:g} mg{'/kg' if a.per_kg else ''} is above the "
+                           f"largest dose ketasim accepts ({limit:g})")
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,19 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
     if not 0 < horizon_days <= MAX_FORECAST_DAYS:
         raise KetasimError("days", f"must be within (0, {MAX_FORECAST_DAYS}] days, got "
                            f"{horizon_days:g}")
+    for name, v, lo, hi in (("n_walkers", n_walkers, 6, 1000), ("n_steps", n_steps, 10, 100_000),
+                            ("seed", seed, 0, 2**63 - 1)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not lo <= v <= hi:
+            raise KetasimError(name, f"must be a whole number {lo}..{hi}, got {v!r}")
+    if response_fraction is not None and not 0 < response_fraction < 1:
+        raise KetasimError("response_fraction", f"must be between 0 and 1, got "
+                           f"{response_fraction!r}")
+    if isinstance(comedication, str):
+        comedication = (comedication,)
+    allowed = ("lithium", "valproate", "oral-antidepressant")
+    for cm in comedication:
+        if cm not in allowed:
+            raise KetasimError("comedication", f"unknown {cm!r}", ", ".join(allowed))
     if threshold is not None and not 0 < threshold < SCORE_BOUNDS["madrs"][1]:
         raise KetasimError("threshold", f"must be a MADRS score within (0, 60), got "
                            f"{threshold:g}")

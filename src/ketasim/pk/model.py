@@ -131,7 +131,15 @@ def resolve_parameters(card: PKCard, cov: Covariates, n: int,
     for name, factor in (iiv or {}).items():
         if name not in out:
             raise KetasimError("iiv", f"unknown parameter {name!r} for model {card.id}")
-        out[name] = out[name] * np.broadcast_to(factor, (n,))
+        try:
+            f = np.asarray(factor, dtype=float)
+        except (TypeError, ValueError):
+            raise KetasimError("iiv", f"{name}: factors must be numbers") from None
+        if f.ndim > 1 or (f.ndim == 1 and f.size not in (1, n)):
+            raise KetasimError("iiv", f"{name}: {f.size} factors for {n} patients")
+        if not (np.all(np.isfinite(f)) and np.all(f > 0)):
+            raise KetasimError("iiv", f"{name}: factors must be finite and > 0", "> 0")
+        out[name] = out[name] * np.broadcast_to(f, (n,))
     for name, arr in out.items():
         if not np.all(np.isfinite(arr)):
             raise KetasimError(f"parameter {name}", "is not finite for these covariates")

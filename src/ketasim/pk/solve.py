@@ -17,6 +17,7 @@ from scipy.linalg import expm
 
 from ..errors import KetasimError
 from ..regimen import Infusion, Regimen
+from ..units import MAX_DURATION_H
 from .model import PKSystem, factor, nasal_fraction
 
 _TIME_DECIMALS = 9  # break points are rounded to 1e-9 h (3.6 µs) to merge coincident events
@@ -194,13 +195,21 @@ def solve(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
     return Solution(system, schedule, t_out, xs[:, :, :s], xs[:, :, s:])
 
 
+#: most output times one simulation returns (memory guard; the CLI's limit too)
+MAX_OUTPUT_TIMES = 200_000
+
+
 def check_times(t: np.ndarray, field: str = "times") -> None:
     """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0 and
     strictly increasing."""
     if t.ndim != 1 or t.size == 0:
         raise KetasimError(field, "need at least one time")
+    if t.size > MAX_OUTPUT_TIMES:
+        raise KetasimError(field, f"{t.size} times; at most {MAX_OUTPUT_TIMES}")
     if not np.all(np.isfinite(t)) or np.any(t < 0):
         raise KetasimError(field, "must be finite and ≥ 0")
+    if np.any(t > MAX_DURATION_H):
+        raise KetasimError(field, f"must lie within 10 years ({MAX_DURATION_H:g} h)")
     if np.any(np.diff(t) <= 0):
         raise KetasimError(field, "must be strictly increasing")
 
