@@ -11,7 +11,10 @@ from ketasim import simulate_pk
 from ketasim.engine import Course, simulate
 from ketasim.errors import KetasimError
 from ketasim.mechanism import Hypotheses, Interventions
-from ketasim.regimen import Dose, Regimen
+from ketasim.pk import Covariates
+from ketasim.regimen import Dose, Infusion, Regimen
+from ketasim.scenario import load_scenario
+from ketasim.trial import run_trial
 from ketasim.units import DoseAmount
 
 
@@ -37,6 +40,31 @@ def _reg() -> Regimen:
     (lambda: Hypotheses(a=-5), "hypotheses"),
     (lambda: Interventions(("magic",)), "interventions"),
     (lambda: Dose(1e9, DoseAmount(1.0, False)), "time"),
+    # wrong Python types: KetasimError naming the argument, not AttributeError/TypeError
+    (lambda: Covariates(weight_kg=[60, 70, 80], age_years=[30, 40]), "age"),
+    (lambda: Covariates(weight_kg=[]), "weight"),
+    (lambda: Covariates(weight_kg="seventy"), "weight"),
+    (lambda: Covariates(race=None), "race"),
+    (lambda: simulate([Course("ketamine", _reg())], [1],
+                      covariates=Covariates(weight_kg=[60.0, 90.0])), "covariates"),
+    (lambda: simulate_pk(_reg(), ["a", "b"]), "times"),
+    (lambda: simulate_pk(None, [1]), "regimen"),
+    (lambda: simulate_pk(_reg(), [1], drug=["ketamine"]), "drug"),
+    (lambda: simulate(None, [1]), "courses"),
+    (lambda: simulate([Course("ketamine", _reg())], [1, 2], rtol=-1.0), "rtol"),
+    (lambda: Regimen.build(None, "5 mg"), "route"),
+    (lambda: Regimen.build("oral", "50 mg", salt=1), "salt"),
+    (lambda: Regimen.build("iv-bolus", True), "dose"),
+    (lambda: Dose("1", DoseAmount(5.0, False)), "time"),
+    (lambda: Dose(0.0, 5.0), "dose"),
+    (lambda: Infusion(0.0, DoseAmount(5.0, False), "40 min"), "duration"),
+    (lambda: Infusion(0.0, DoseAmount(5.0, False), float("inf")), "duration"),
+    (lambda: Regimen(("5 mg",)), "regimen"),
+    (lambda: Hypotheses.parse(5), "hypotheses"),
+    (lambda: Interventions.parse([1, 2]), "interventions"),
+    (lambda: load_scenario("/"), "scenario"),
+    (lambda: load_scenario(None), "scenario"),
+    (lambda: run_trial({"arm": []}), "scenario"),
 ])
 def test_bad_library_input_raises_ketasim_error(call, field):
     with pytest.raises(KetasimError) as e:
@@ -52,6 +80,8 @@ def test_bad_library_input_raises_ketasim_error(call, field):
     ({"n_walkers": 2}, "n_walkers"),
     ({"n_steps": 10**12}, "n_steps"),
     ({"seed": -1}, "seed"),
+    ({"drug": "cocaine"}, "drug"),
+    ({"horizon_days": "14"}, "horizon_days"),
 ])
 def test_forecast_arguments_are_checked(kw, field):
     from pathlib import Path
@@ -60,5 +90,5 @@ def test_forecast_arguments_are_checked(kw, field):
 
     data = Path(__file__).parent / "data" / "fit" / "patient.csv"
     with pytest.raises(KetasimError) as e:
-        forecast_patient(str(data), horizon_days=7, **kw)
+        forecast_patient(str(data), **{"horizon_days": 7, **kw})
     assert e.value.field == field

@@ -21,7 +21,7 @@ from .errors import KetasimError
 from .mechanism import Hypotheses, Interventions, MechanismParams, combined_rhs, readouts
 from .pk import Covariates, resolve_model
 from .pk.model import PKSystem, assemble
-from .pk.solve import _TIME_DECIMALS, check_times, compile_schedule
+from .pk.solve import _TIME_DECIMALS, as_times, compile_schedule
 from .regimen import Regimen
 
 #: PK species → (blocker name, free-fraction parameter in the brain card, drug card for M)
@@ -87,13 +87,19 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     """
     t0 = time.perf_counter()
     cov = covariates or Covariates()
-    t_out = np.asarray(times_h, dtype=float)
-    check_times(t_out)
+    t_out = as_times(times_h)
+    if np.atleast_1d(cov.weight_kg).size != 1 or np.atleast_1d(cov.age_years).size != 1:
+        raise KetasimError("covariates", "simulate takes one subject (one weight and age); "
+                           "use ketasim.batch for many")
+    if not (isinstance(rtol, int | float) and 0 < rtol < 1 and isinstance(atol, int | float)
+            and 0 < atol < 1):
+        raise KetasimError("rtol", f"rtol and atol must be within (0, 1), got {rtol!r}, "
+                           f"{atol!r}")
     w = float(np.atleast_1d(cov.weight_kg)[0])
     systems, schedules, frees, plasma_idx = [], [], [], []
     offset = 0
-    if not courses:
-        raise KetasimError("courses", "need at least one drug course")
+    if not isinstance(courses, list | tuple) or not courses:
+        raise KetasimError("courses", "need a list of one or more Course objects")
     for c in courses:
         if not isinstance(c, Course):
             raise KetasimError("courses", f"must be Course objects, got {type(c).__name__}")

@@ -106,6 +106,8 @@ class Hypotheses:
     def parse(cls, text: str | None) -> Hypotheses:
         """``"default"``, ``"a,b,f"`` (only these on), ``"only:c"``, or ``"a=0.5,d=1"``
         (changes to the default)."""
+        if text is not None and not isinstance(text, str):
+            raise KetasimError("hypotheses", f"must be text such as 'a,b,f', got {text!r}")
         if text is None or text.strip() in ("", "default"):
             return cls.default()
         t = text.strip().replace(" ", "")
@@ -182,6 +184,9 @@ class Interventions:
             items = [x for x in items.replace(" ", "").split(",") if x]
         names, mg = [], None
         for it in items:
+            if not isinstance(it, str):
+                raise KetasimError("interventions", f"must be names, got {it!r}",
+                                   ", ".join(INTERVENTIONS))
             if it.startswith("mg="):
                 try:
                     mg = float(it[3:])

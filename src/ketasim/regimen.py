@@ -41,6 +41,8 @@ ROUTE_ALIASES = {
 
 def normalise_route(route: str) -> str:
     """Canonical route name, or a :class:`KetasimError` naming the allowed routes."""
+    if not isinstance(route, str):
+        raise KetasimError("route", f"must be a route name, got {route!r}", ", ".join(ROUTES))
     r = route.strip().lower().replace("_", "-")
     r = ROUTE_ALIASES.get(r, r)
     if r not in ROUTES:
@@ -85,8 +87,11 @@ class Infusion:
         object.__setattr__(self, "route", normalise_route(self.route))
         _check_time(self.time_h)
         _check_amount(self.amount)
-        if not self.duration_h > 0:
-            raise KetasimError("duration", f"must be > 0, got {self.duration_h:g} h", "> 0")
+        d = self.duration_h
+        if isinstance(d, bool) or not isinstance(d, int | float | np.number):
+            raise KetasimError("duration", f"must be a number of hours, got {type(d).__name__}")
+        if not (np.isfinite(d) and 0 < d <= MAX_DURATION_H):
+            raise KetasimError("duration", f"must be finite and > 0, got {d!r} h", "> 0")
 
     def rate_mg_per_h(self, weight_kg: float) -> float:
         """Infusion rate (mg/h) for a patient of ``weight_kg`` (kg)."""
@@ -122,6 +127,9 @@ class Regimen:
     doses: tuple[Administration, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if isinstance(self.doses, str) or not all(isinstance(d, Dose | Infusion)
+                                                  for d in self.doses):
+            raise KetasimError("regimen", "doses must be Dose or Infusion objects")
         ordered = tuple(sorted(self.doses, key=lambda d: (d.time_h, d.route)))
         object.__setattr__(self, "doses", ordered)
 

@@ -6,6 +6,7 @@ one line naming the key (:func:`load_scenario` raises :class:`KetasimError`).
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from typing import Annotated, Literal
@@ -169,11 +170,16 @@ def parse_scenario(data: dict) -> Scenario:
 
 def load_scenario(path: str) -> Scenario:
     """Read and validate a TOML scenario file."""
+    if not isinstance(path, str | os.PathLike):
+        raise KetasimError("scenario", f"must be a path to a TOML file, got {path!r}")
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise KetasimError("scenario", f"file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise KetasimError("scenario", f"not valid TOML: {exc}") from exc
+    except IsADirectoryError as exc:
+        raise KetasimError("scenario", f"{path} is a folder, not a TOML file") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise KetasimError("scenario", f"not valid TOML: {first}") from exc
     return parse_scenario(data)

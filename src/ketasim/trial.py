@@ -635,6 +635,12 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
 
     if executor not in EXECUTORS:
         raise KetasimError("executor", f"unknown executor {executor!r}", ", ".join(EXECUTORS))
+    if not isinstance(scenario, Scenario):
+        raise KetasimError("scenario", f"must be a Scenario (ketasim.scenario.parse_scenario or "
+                           f"load_scenario), got {type(scenario).__name__}")
+    for name, v in (("chunk-size", chunk_size), ("workers", workers)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise KetasimError(name, f"must be a whole number, got {v!r}")
     if chunk_size is not None and not 1 <= chunk_size <= 1_000_000:
         raise KetasimError("chunk-size", f"must be 1..1,000,000, got {chunk_size}")
     if not 1 <= workers <= 256:

@@ -107,6 +107,9 @@ def parse_dose(text: str | float, salt: str | None = None, field: str = "dose") 
     Returns the amount in mg (or mg/kg) of drug **base**. ``salt="hcl"`` converts from the
     hydrochloride salt with the factor in the ketamine drug card (0.867).
     """
+    if isinstance(text, bool):
+        raise KetasimError(field, f"must be an amount with a unit, got {text!r}",
+                           DOSE_UNITS_ALLOWED)
     if isinstance(text, int | float):
         value, unit = float(text), "mg"
     else:
@@ -135,6 +138,8 @@ def parse_dose(text: str | float, salt: str | None = None, field: str = "dose") 
 
 def salt_factor(salt: str | None) -> float:
     """mg base per mg of the stated form: 1 for base, 0.867 for the hydrochloride."""
+    if salt is not None and not isinstance(salt, str):
+        raise KetasimError("salt", f"unknown salt {salt!r}", "base, hcl")
     if salt is None or salt.lower() in ("", "base", "none"):
         return 1.0
     if salt.lower() == "hcl":

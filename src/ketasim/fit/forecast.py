@@ -164,6 +164,11 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
             raise KetasimError("data", f"a forecast needs one patient, found "
                                f"{len(ds.subjects)} IDs")
         subject = ds.subjects[0]
+    if drug not in ("ketamine", "esketamine"):
+        raise KetasimError("drug", f"unknown drug {drug!r}", "ketamine, esketamine")
+    for name, v in (("horizon_days", horizon_days), ("probability", probability)):
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number):
+            raise KetasimError(name, f"must be a number, got {v!r}")
     if not 0.0 < probability < 1.0:
         raise KetasimError("probability", f"must be between 0 and 1, got {probability:g}")
     if not 0 < horizon_days <= MAX_FORECAST_DAYS:

@@ -18,7 +18,7 @@ from ..cards import PKCard, card_versions, default_pk_model, load_drug, load_pk_
 from ..errors import KetasimError, StudiedRangeWarning
 from ..regimen import Regimen
 from .model import Covariates, PKSystem, assemble, check_studied_range
-from .solve import Solution, check_times, solve, solve_reference
+from .solve import Solution, as_times, solve, solve_reference
 
 __all__ = ["Covariates", "PKResult", "simulate_pk", "solve", "solve_reference", "assemble",
            "resolve_model"]
@@ -110,8 +110,11 @@ def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | 
     ``auc_0_last`` (to the last output time), ``t_half_terminal`` (slowest mode of the parent).
     """
     cov = covariates or Covariates()
-    t_out = np.asarray(times_h, dtype=float)
-    check_times(t_out)
+    if not isinstance(regimen, Regimen):
+        raise KetasimError("regimen", f"must be a Regimen, got {type(regimen).__name__}")
+    if not isinstance(drug, str):
+        raise KetasimError("drug", f"must be a drug name, got {drug!r}")
+    t_out = as_times(times_h)
     if len(regimen) == 0:
         raise KetasimError("regimen", "has no doses")
     card = resolve_model(drug, model, regimen.routes, cov.species)

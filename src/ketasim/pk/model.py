@@ -44,8 +44,23 @@ class Covariates:
     species: str = "human"
 
     def __post_init__(self) -> None:
-        w = np.atleast_1d(np.asarray(self.weight_kg, dtype=float))
-        a = np.atleast_1d(np.asarray(self.age_years, dtype=float))
+        try:
+            w = np.atleast_1d(np.asarray(self.weight_kg, dtype=float))
+        except (TypeError, ValueError):
+            raise KetasimError("weight", f"must be a number (kg), got {self.weight_kg!r}") \
+                from None
+        try:
+            a = np.atleast_1d(np.asarray(self.age_years, dtype=float))
+        except (TypeError, ValueError):
+            raise KetasimError("age", f"must be a number (years), got {self.age_years!r}") \
+                from None
+        if w.ndim != 1 or w.size == 0:
+            raise KetasimError("weight", "need one value, or one per patient")
+        if a.ndim != 1 or a.size == 0 or (a.size != 1 and w.size != 1 and a.size != w.size):
+            raise KetasimError("age", f"{a.size} ages for {w.size} weights")
+        for name in ("race", "sex", "species"):
+            if not isinstance(getattr(self, name), str):
+                raise KetasimError(name, f"must be a name, got {getattr(self, name)!r}")
         if self.species not in SPECIES_WEIGHT_KG:
             raise KetasimError("species", f"unknown species {self.species!r}",
                                ", ".join(SPECIES_WEIGHT_KG))

@@ -199,6 +199,16 @@ def solve(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
 MAX_OUTPUT_TIMES = 200_000
 
 
+def as_times(times_h, field: str = "times") -> np.ndarray:
+    """``times_h`` as a float array checked by :func:`check_times` (numbers, not text)."""
+    try:
+        t = np.asarray(times_h, dtype=float)
+    except (TypeError, ValueError):
+        raise KetasimError(field, "must be numbers (h)") from None
+    check_times(t, field)
+    return t
+
+
 def check_times(t: np.ndarray, field: str = "times") -> None:
     """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0 and
     strictly increasing."""
