@@ -495,8 +495,12 @@ def test_validation_worker_ends_with_the_server(tmp_path):
             time.sleep(0.05)
         proc = v._proc
         assert proc is not None and proc.is_alive()
-    proc.join(10)
-    assert not proc.is_alive()
+    # the server's threads join (reap) the child too, so poll its exit code rather than
+    # join here: a second join can miss a child another thread already reaped
+    deadline = time.time() + 15
+    while proc.exitcode is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.exitcode is not None  # ended (by SIGTERM), not left running
     deadline = time.time() + 10
     while v.view()["status"] == "running" and time.time() < deadline:
         time.sleep(0.05)
