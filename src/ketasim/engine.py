@@ -76,6 +76,24 @@ def _free_map(system: PKSystem, offset: int):
     return out
 
 
+_ARG_TYPES: dict[str, tuple[type, str]] = {
+    "covariates": (Covariates, "a Covariates"),
+    "hypotheses": (Hypotheses, "a Hypotheses (Hypotheses.parse(text))"),
+    "interventions": (Interventions, "an Interventions (Interventions.parse(text))"),
+    "overrides": (dict, "a dict of parameter name → value"),
+    "iiv": (dict, "a dict of parameter name → factor(s)"),
+}
+
+
+def check_types(**args: object) -> None:
+    """:class:`KetasimError` naming the first argument (of ``covariates``, ``hypotheses``,
+    ``interventions``, ``overrides``, ``iiv``) that is neither ``None`` nor of its type."""
+    for name, value in args.items():
+        cls, what = _ARG_TYPES[name]
+        if value is not None and not isinstance(value, cls):
+            raise KetasimError(name, f"must be {what} or None, got {type(value).__name__}")
+
+
 def simulate(courses: list[Course], times_h, covariates: Covariates | None = None,
              hypotheses: Hypotheses | None = None, interventions: Interventions | None = None,
              overrides: dict[str, float] | None = None, rtol: float = 1e-5,
@@ -86,6 +104,8 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     ``times_h``: output times (h after the first dose, increasing, ≥ 0).
     """
     t0 = time.perf_counter()
+    check_types(covariates=covariates, hypotheses=hypotheses, interventions=interventions,
+                overrides=overrides)
     cov = covariates or Covariates()
     t_out = as_times(times_h)
     if np.atleast_1d(cov.weight_kg).size != 1 or np.atleast_1d(cov.age_years).size != 1:
@@ -105,6 +125,7 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
             raise KetasimError("courses", f"must be Course objects, got {type(c).__name__}")
         if not isinstance(c.regimen, Regimen) or len(c.regimen) == 0:
             raise KetasimError("regimen", f"the {c.drug} course has no doses")
+        check_types(iiv=c.iiv)
         card = resolve_model(c.drug, c.model, c.regimen.routes, cov.species)
         # a virtual patient's factors cover the parameters of several models: only those of
         # this course's model apply (as in the batched engine)

@@ -26,3 +26,25 @@ class CardError(KetasimError):
 
 class StudiedRangeWarning(UserWarning):
     """A covariate lies outside the population a PK model was estimated in."""
+
+
+#: the largest seed anywhere (a scenario's ``population.seed``, CLI ``--seed``)
+MAX_SEED = 2**63 - 1
+
+
+def check_int(field: str, value: object, lo: int, hi: int) -> int:
+    """``value`` as an ``int`` if it is a whole number (not a bool) in ``lo..hi``; otherwise
+    :class:`KetasimError` naming ``field``. Accepts Python and NumPy integers."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not lo <= value <= hi:
+        raise KetasimError(field, f"must be a whole number {lo}..{hi}, got {value!r}")
+    return int(value)
+
+
+def check_callable(field: str, value: object) -> None:
+    """:class:`KetasimError` naming ``field`` unless ``value`` is ``None`` or callable (a
+    progress callback)."""
+    if value is not None and not callable(value):
+        raise KetasimError(field, f"must be a function or None, got {type(value).__name__}")

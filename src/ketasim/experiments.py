@@ -182,10 +182,15 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 
 
 def run_experiment(name: str) -> dict:
-    """Run a named experiment; returns the JSON-ready result."""
+    """Run a named experiment; returns the JSON-ready result.
+
+    Raises :class:`KetasimError` naming ``name`` (with the known names) for anything but the
+    name of an experiment in :data:`EXPERIMENTS`."""
+    if not isinstance(name, str):
+        raise KetasimError("name", f"must be an experiment name (a string), got "
+                           f"{type(name).__name__}", ", ".join(EXPERIMENTS))
     if name not in EXPERIMENTS:
-        raise KetasimError("experiment", f"unknown experiment {name!r}",
-                           ", ".join(EXPERIMENTS))
+        raise KetasimError("name", f"unknown experiment {name!r}", ", ".join(EXPERIMENTS))
     e = EXPERIMENTS[name]
     out = {"name": e.name, "species": e.species, "finding": e.finding}
     out.update(e.run())

@@ -36,7 +36,7 @@ import numpy as np
 from . import __version__
 from .cards import card_versions, load_drug, load_param_card
 from .engine import SPECIES_BLOCKER, _free_map
-from .errors import KetasimError
+from .errors import MAX_SEED, KetasimError, check_int
 from .mechanism import _PACK, POPULATIONS, STATE_NAMES, Hypotheses, Interventions, MechanismParams
 from .pk import Covariates, resolve_model
 from .pk.model import PKSystem, assemble
@@ -496,7 +496,20 @@ def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
     """Assemble and export one patient's course of ``arm``.
 
     Acute interventions whose drug window opens before the first dose are refused: the engine
-    then starts integrating before t = 0, the export at t = 0."""
+    then starts integrating before t = 0, the export at t = 0. ``seed`` (recorded in the
+    model's metadata) is ``None`` or a whole number ≥ 0, as everywhere else; wrong types raise
+    :class:`KetasimError` naming the argument."""
+    if not isinstance(arm, ArmSpec):
+        raise KetasimError("arm", f"must be an ArmSpec (e.g. pick_arm(scenario, name)), got "
+                           f"{type(arm).__name__}")
+    if not isinstance(patient, Patient):
+        raise KetasimError("patient", f"must be a Patient (e.g. typical_patient(scenario)), "
+                           f"got {type(patient).__name__}")
+    if seed is not None:
+        seed = check_int("seed", seed, 0, MAX_SEED)
+    if hypotheses is not None and not isinstance(hypotheses, Hypotheses):
+        raise KetasimError("hypotheses", f"must be a Hypotheses (Hypotheses.parse(text)) or "
+                           f"None, got {type(hypotheses).__name__}")
     setup = course_setup(arm, patient, hypotheses)
     acute = [n for n in ("rapamycin", "anisomycin", "nbqx") if n in setup.mech.intv]
     start = setup.mech.iv["drug_window_start_h"]
@@ -509,6 +522,8 @@ def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
 
 def pick_arm(scenario: Scenario, name: str | None) -> ArmSpec:
     """The arm called ``name``, or the scenario's first drug arm."""
+    if not isinstance(scenario, Scenario):
+        raise KetasimError("scenario", f"must be a Scenario, got {type(scenario).__name__}")
     if name is not None:
         for a in scenario.arms:
             if a.name == name:

@@ -21,6 +21,7 @@ evaluation (nominal included), so indices compare like with like.
 
 from __future__ import annotations
 
+import numbers
 import re
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import __version__
-from .errors import KetasimError
+from .errors import MAX_SEED, KetasimError, check_callable, check_int
 
 #: (card, parameter): clinic constants acting on a ketamine arm, then mechanism constants
 DEFAULT_PARAMETERS: tuple[tuple[str, str], ...] = (
@@ -42,6 +43,8 @@ DEFAULT_PARAMETERS: tuple[tuple[str, str], ...] = (
 )
 MECHANISM_CARDS = ("receptor", "signalling")
 METHODS = ("sobol", "morris")
+#: the largest Sobol base sample (N·(D + 2) model evaluations: ~20 million for 17 parameters)
+MAX_SOBOL_SAMPLES = 2**20
 ENDPOINT_METRICS = ("madrs_change", "madrs_difference", "response_rate", "remission_rate",
                     "item10_change", "ssi_change")
 _FRACTIONS = {"drug_emax", "placebo_active", "placebo_saline", "consolidation_threshold",
@@ -50,6 +53,9 @@ _FRACTIONS = {"drug_emax", "placebo_active", "placebo_saline", "consolidation_th
 
 def parse_endpoint(text: str) -> tuple[str, str]:
     """``madrs_change@24h`` → ("madrs_change", "24 h")."""
+    if text is not None and not isinstance(text, str):
+        raise KetasimError("endpoint", f"must be text METRIC@TIME, got {type(text).__name__}",
+                           "e.g. madrs_change@24h")
     m = re.fullmatch(r"\s*([a-z0-9_]+)\s*@\s*([0-9.]+)\s*([a-z]+)\s*", text or "")
     if not m or m.group(1) not in ENDPOINT_METRICS:
         raise KetasimError("endpoint", f"cannot read {text!r}",
@@ -81,12 +87,17 @@ def _bounds(card: str, name: str, spread: float) -> tuple[float, float, float]:
 
 def resolve_parameters(names: list[str] | None) -> list[tuple[str, str]]:
     """(card, name) for the given names (clinic, receptor or signalling cards)."""
+    if names is not None and not isinstance(names, list | tuple):
+        raise KetasimError("params", f"must be a list of parameter names, got "
+                           f"{type(names).__name__}", "e.g. ['drug_emax', 'theta_H']")
     if not names:
         return list(DEFAULT_PARAMETERS)
     from .cards import load_param_card
 
     out = []
     for raw in names:
+        if not isinstance(raw, str):
+            raise KetasimError("params", f"must be parameter names (strings), got {raw!r}")
         name = raw.strip()
         card = next((c for c in ("clinic", *MECHANISM_CARDS)
                      if name in load_param_card(c).parameters), None)
@@ -197,32 +208,42 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
                     spread: float = 0.5, params: list[str] | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Sobol (first-order and total indices with 95 % CIs) or Morris (mu*, sigma).
-    ``progress(done, total)``: optional, called after each model evaluation of the design."""
+    ``progress(done, total)``: optional, called after each model evaluation of the design.
+
+    Every argument is checked before any work starts: ``n`` 5..5000, ``seed`` 0..2⁶³ − 1,
+    ``samples`` a power of two 8..2²⁰ (Sobol) or 2..1000 trajectories (Morris), ``spread``
+    in (0, 1); a wrong type or value raises :class:`KetasimError` naming the argument."""
     from SALib.analyze import morris as morris_analyze
     from SALib.analyze import sobol as sobol_analyze
     from SALib.sample import morris as morris_sample
     from SALib.sample import sobol as sobol_sample
 
-    if method not in METHODS:
+    # every argument is checked before any work starts (KetasimError naming the argument)
+    if not isinstance(method, str) or method not in METHODS:
         raise KetasimError("method", f"unknown method {method!r}", ", ".join(METHODS))
-    if not 0.0 < spread < 1.0:
-        raise KetasimError("spread", f"must be between 0 and 1, got {spread}")
-    if not 5 <= n <= 5000:
-        raise KetasimError("n", f"must be 5..5000, got {n}")
-    if seed < 0:
-        raise KetasimError("seed", "must be ≥ 0")
+    parse_endpoint(endpoint)
+    if isinstance(spread, bool) or not isinstance(spread, numbers.Real) \
+            or not 0.0 < spread < 1.0:
+        raise KetasimError("spread", f"must be a number between 0 and 1, got {spread!r}")
+    n = check_int("n", n, 5, 5000)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    if samples is None:
+        samples = 128 if method == "sobol" else 10
+    if method == "sobol":
+        samples = check_int("samples", samples, 8, MAX_SOBOL_SAMPLES)
+        if samples & (samples - 1):
+            raise KetasimError("samples", "Sobol needs a power of two ≥ 8")
+    else:
+        samples = check_int("samples", samples, 2, 1000)
+    check_callable("progress", progress)
     plist = resolve_parameters(params)
     rows = [(card, name, *_bounds(card, name, spread)) for card, name in plist]
     problem = {"num_vars": len(rows), "names": [r[1] for r in rows],
                "bounds": [[r[3], r[4]] for r in rows]}
-    if samples is None:
-        samples = 128 if method == "sobol" else 10
     t0 = time.perf_counter()
     model = EndpointModel(endpoint, plist, n, seed)
     nominal = model(np.array([r[2] for r in rows]))
     if method == "sobol":
-        if samples < 8 or samples & (samples - 1):
-            raise KetasimError("samples", "Sobol needs a power of two ≥ 8")
         X = sobol_sample.sample(problem, samples, calc_second_order=False, seed=seed)
         Y = _evaluate(model, X, progress)
         res = sobol_analyze.analyze(problem, Y, calc_second_order=False, seed=seed)
@@ -235,8 +256,6 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
                  "sum_S1_conf": float(np.sqrt(np.sum(np.square(res["S1_conf"]))))}
         out_p.sort(key=lambda p: -p["ST"])
     else:
-        if not 2 <= samples <= 1000:
-            raise KetasimError("samples", "Morris needs 2..1000 trajectories")
         X = morris_sample.sample(problem, samples, num_levels=4, seed=seed)
         Y = _evaluate(model, X, progress)
         res = morris_analyze.analyze(problem, X, Y, num_levels=4, seed=seed)

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, shards, stats
-from .errors import KetasimError
+from .errors import KetasimError, check_callable
 from .progress import RichProgress  # noqa: F401  (re-exported: trial.RichProgress)
 from .scenario import ArmSpec, Scenario, load_scenario, parse_scenario
 from .shards import Chunk
@@ -577,6 +577,31 @@ def _default_chunk_size(total: int, executor: str, workers: int) -> int:
     return int(min(1000, max(1, math.ceil(total / (workers * 8)))))
 
 
+def _check_out(out: object) -> str:
+    """``out`` as a path string, checked before any work starts (as the CLI's ``--out``): a
+    folder that exists, or one that can be created in an existing folder. A missing parent
+    folder is refused (it is not created: a mistyped path must not start a long run in a new
+    tree of folders); an existing folder's run files are only touched by
+    :func:`_prepare_folder`, after every other check passed."""
+    if isinstance(out, os.PathLike):
+        out = os.fspath(out)
+    if not isinstance(out, str) or not out:
+        raise KetasimError("out", f"must be a folder path, got {out!r}")
+    target = os.path.abspath(out)
+    if os.path.exists(target):
+        if not os.path.isdir(target):
+            raise KetasimError("out", f"not a folder: {out}")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise KetasimError("out", f"cannot write in {out}: permission denied")
+        return out
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise KetasimError("out", f"folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise KetasimError("out", f"cannot create {out}: permission denied")
+    return out
+
+
 def _prepare_folder(out: str, resume: bool, sc_hash: str, version: str, cards: dict,
                     chunk_size: int | None, trajectories: int | None
                     ) -> tuple[bool, int | None, int | None]:
@@ -625,6 +650,8 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
     * ``out``: write each chunk's per-patient summaries as a Parquet shard under
       ``out/shards`` and a manifest; with ``resume`` a rerun of the same scenario computes
       only the chunks whose shards are missing or invalid (a different scenario is refused).
+      ``out`` itself is created if missing, but its parent folder must exist (checked, as
+      the CLI's ``--out``, before any work starts; a missing parent is a KetasimError).
       Without ``out``, small runs keep the shards in memory and large ones in a temporary
       folder.
     * ``trajectories``: patients per arm (the first ones) whose visit-by-visit long table is
@@ -638,9 +665,14 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
     if not isinstance(scenario, Scenario):
         raise KetasimError("scenario", f"must be a Scenario (ketasim.scenario.parse_scenario or "
                            f"load_scenario), got {type(scenario).__name__}")
-    for name, v in (("chunk-size", chunk_size), ("workers", workers)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+    for name, v in (("chunk-size", chunk_size), ("workers", workers),
+                    ("trajectories", trajectories), ("retries", retries)):
+        if (v is not None or name in ("workers", "retries")) \
+                and (isinstance(v, bool) or not isinstance(v, int)):
             raise KetasimError(name, f"must be a whole number, got {v!r}")
+    if not isinstance(resume, bool):
+        raise KetasimError("resume", f"must be True or False, got {resume!r}")
+    check_callable("progress", progress)
     if chunk_size is not None and not 1 <= chunk_size <= 1_000_000:
         raise KetasimError("chunk-size", f"must be 1..1,000,000, got {chunk_size}")
     if not 1 <= workers <= 256:
@@ -652,9 +684,11 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
     if scheduler is not None:
         if executor != "dask":
             raise KetasimError("scheduler", "needs the dask executor", "--executor dask")
-        if not _SCHEDULER.match(scheduler):
+        if not isinstance(scheduler, str) or not _SCHEDULER.match(scheduler):
             raise KetasimError("scheduler", f"not a scheduler address: {scheduler!r}",
                                "tcp://HOST:PORT")
+    if out is not None:
+        out = _check_out(out)
     t0 = time.perf_counter()
     sizes = arm_sizes(scenario)
     labels, visits_h = visit_schedule(scenario)

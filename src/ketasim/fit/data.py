@@ -16,6 +16,7 @@ more because of the header) and the column.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,8 +103,26 @@ def _num(df: pd.DataFrame, col: str, source: str, default: float | None = None) 
     return vals
 
 
-def read_dataset(data: str | pd.DataFrame, source: str | None = None) -> Dataset:
+def as_dataset(data: str | os.PathLike | pd.DataFrame | Dataset, field: str = "data"
+               ) -> Dataset:
+    """``data`` as a :class:`Dataset`: a Dataset as is; a CSV path (``str`` or path object)
+    or a pandas DataFrame read and validated by :func:`read_dataset`. Anything else:
+    :class:`KetasimError` naming ``field``."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str | os.PathLike | pd.DataFrame):
+        return read_dataset(data)
+    raise KetasimError(field, f"must be a CSV path, a pandas DataFrame or a Dataset, got "
+                       f"{type(data).__name__}")
+
+
+def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = None) -> Dataset:
     """Read and validate a NONMEM-style CSV (path) or DataFrame into a :class:`Dataset`."""
+    if isinstance(data, os.PathLike):
+        data = os.fspath(data)
+    if not isinstance(data, str | pd.DataFrame):
+        raise KetasimError("data", f"must be a CSV path or a pandas DataFrame, got "
+                           f"{type(data).__name__}")
     if isinstance(data, str):
         source = source or data
         try:

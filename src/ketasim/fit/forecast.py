@@ -25,16 +25,18 @@ the next dose that keeps the underlying score below a threshold with a chosen pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from scipy.special import log_ndtr
 
 from .. import __version__
 from ..cards import card_versions, load_param_card
 from ..errors import KetasimError
-from .data import SCORE_BOUNDS, Dataset, Subject, read_dataset
+from .data import SCORE_BOUNDS, Dataset, Subject, as_dataset, read_dataset
 from .estimators import sample_posterior
 
 ETA_GRID = np.linspace(-6.0, 6.0, 241)  # η grid for the interpolated score model (settings)
@@ -144,7 +146,8 @@ class Forecast:
 #: longest forecast horizon (days from the first dose)
 MAX_FORECAST_DAYS = 365
 
-def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
+def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
+                     horizon_days: float = 28.0,
                      threshold: float | None = None, probability: float = 0.8,
                      response_fraction: float | None = None, drug: str = "ketamine",
                      model: str | None = None, seed: int = 1, n_walkers: int = 32,
@@ -159,7 +162,7 @@ def forecast_patient(data: Dataset | str | Subject, horizon_days: float = 28.0,
     if isinstance(data, Subject):
         subject = data
     else:
-        ds = read_dataset(data) if isinstance(data, str) else data
+        ds = as_dataset(data)
         if len(ds.subjects) != 1:
             raise KetasimError("data", f"a forecast needs one patient, found "
                                f"{len(ds.subjects)} IDs")
@@ -292,7 +295,6 @@ def calibration_study(n_patients: int, seed: int = 11, observed_days: tuple = (0
     infusion of ``dose``, simulated with :func:`ketasim.mood.simulate_patient`; the scores
     at ``observed_days`` are given to :func:`forecast_patient` and the later ones are held out.
     Returns the fraction of held-out scores inside the 80% band."""
-    import pandas as pd
 
     from ..mood import simulate_patient
     from ..population import sample_patient

@@ -109,6 +109,12 @@ def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | 
     plus event and output times), ``auc_0_inf`` (exact, all doses), ``auc_0_24``,
     ``auc_0_last`` (to the last output time), ``t_half_terminal`` (slowest mode of the parent).
     """
+    if covariates is not None and not isinstance(covariates, Covariates):
+        raise KetasimError("covariates", f"must be a Covariates or None, got "
+                           f"{type(covariates).__name__}")
+    if iiv is not None and not isinstance(iiv, dict):
+        raise KetasimError("iiv", f"must be a dict of parameter name → factor(s) or None, got "
+                           f"{type(iiv).__name__}")
     cov = covariates or Covariates()
     if not isinstance(regimen, Regimen):
         raise KetasimError("regimen", f"must be a Regimen, got {type(regimen).__name__}")

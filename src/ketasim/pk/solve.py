@@ -212,7 +212,10 @@ def as_times(times_h, field: str = "times") -> np.ndarray:
 def check_times(t: np.ndarray, field: str = "times") -> None:
     """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0 and
     strictly increasing."""
-    if t.ndim != 1 or t.size == 0:
+    if t.ndim != 1:
+        raise KetasimError(field, "must be a list of times (h), got " + (
+            "a single value" if t.ndim == 0 else f"a {t.ndim}-D array"))
+    if t.size == 0:
         raise KetasimError(field, "need at least one time")
     if t.size > MAX_OUTPUT_TIMES:
         raise KetasimError(field, f"{t.size} times; at most {MAX_OUTPUT_TIMES}")
