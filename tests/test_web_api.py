@@ -465,6 +465,22 @@ def test_models_experiments_options_examples(client):
     assert all("arm" in e["scenario"] for e in exs)
 
 
+def test_options_grammar_is_what_the_parsers_accept(client):
+    """The page's input checks (app.js ``inputProblem``) use these tables: every unit listed
+    parses, with the hours given; tests/test_web_e2e.py checks the checks against the parsers."""
+    from ketasim.regimen import parse_schedule
+    from ketasim.units import parse_dose, parse_duration
+
+    g = client.get("/api/options").json()["grammar"]
+    for u in g["dose_units"]:
+        assert parse_dose(f"0.1 {u}").value > 0 and parse_dose(f"0.1 {u}/kg").per_kg
+    for u, h in g["time_units_h"].items():
+        assert parse_duration(f"2 {u}") == pytest.approx(2 * h)
+    assert g["time_units_h"]["week"] == 168.0 and g["schedule_per_h"]["daily"] == 24.0
+    for word, n in g["schedule_counts"].items():
+        assert len(parse_schedule(f"{word} weekly x 3")) == 3 and n >= 1
+
+
 def _fake_targets() -> dict:
     # stands in for clinic_calibration.evaluate (90 s); the endpoint's plumbing is under test
     return {"target one (x)": (1.5, True), "target two (y)": (0.2, False)}

@@ -6,6 +6,7 @@ Skipped when Playwright or /usr/bin/chromium is missing (``.ci/run`` installs ch
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -69,12 +70,13 @@ def browser():
         b.close()
 
 
-def _page(browser, url: str):
+def _page(browser, url: str, strict: bool = False):
+    """A page and the console errors it logs; unless ``strict``, the browser's own "status of
+    422" lines (the server's answers to invalid values entered on purpose) are left out."""
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     errors: list[str] = []
-    # 422s are the answers to the invalid inputs typed on purpose (and half-typed doses)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error"
-            and "status of 422" not in m.text else None)
+            and (strict or "status of 422" not in m.text) else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
     page.wait_for_selector("body[data-ready='1']", timeout=60_000)
@@ -174,7 +176,7 @@ def test_page_dose_change_moves_madrs_and_compare_and_reload(server, browser):
 
     # a bad dose names the field
     page.fill("#f-dose", "0.1 mg/xx")
-    _until(page, "document.getElementById('error').textContent.includes('dose')")
+    _until(page, "document.getElementById('error').textContent.includes('Dose: ')")
     page.fill("#f-dose", "0.1 mg/kg")
     _until(page, "document.getElementById('error').textContent === ''")
 
@@ -326,14 +328,14 @@ def test_page_audit_fixes_share_button_bad_link_and_unreadable_numbers(server, b
         assert page.locator(".modebar-btn[data-title*='Share']").count() == 0
         assert page.locator(".modebar-btn[data-title*='Chart Studio']").count() == 0
         page.fill("#f-dose", "bogus")
-        _until(page, "document.getElementById('error').textContent.includes('dose')")
+        _until(page, "document.getElementById('error').textContent.includes('Dose: ')")
         link = page.url
     finally:
         page.close()
     page, errors = _page(browser, link)  # waits for data-ready: the start did not fail
     try:
         err = page.locator("#error").text_content()
-        assert "Could not start" not in err and "dose" in err, err
+        assert "Could not start" not in err and "Dose: " in err, err
         n = page.evaluate("window.ketasim.updates")
         page.fill("#f-dose", "0.5 mg/kg")
         _wait_updates(page, n + 1)
@@ -348,5 +350,198 @@ def test_page_audit_fixes_share_button_bad_link_and_unreadable_numbers(server, b
         _until(page, "document.getElementById('error').textContent.includes("
                      "'Weight: enter a number')")
         assert not [e for e in errors if "Could not start" in e or "on is not" in e]
+    finally:
+        page.close()
+
+
+def test_page_tab_click_right_after_editing_a_field_lands(server, browser):
+    """Audit finding: the first click on a scenario tab after editing a field was lost (the
+    field's `change` on blur rebuilt the tab bar between mousedown and click)."""
+    page, errors = _page(browser, server)
+    try:
+        n = page.evaluate("window.ketasim.updates")
+        page.click("#add-scenario")
+        _wait_updates(page, n + 1)
+        page.click("#tab-A")
+        assert page.evaluate("window.ketasim.state.active") == 0
+        page.focus("#f-weight")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("72")
+        page.click("#tab-B")  # blurs the weight field first: `change`
+        assert page.evaluate("window.ketasim.state.active") == 1
+        assert page.locator("#tab-B").get_attribute("aria-pressed") == "true"
+        assert page.locator("#tab-A").get_attribute("aria-pressed") == "false"
+        assert page.evaluate("window.ketasim.state.scenarios.map(s => String(s.weight))") == \
+            ["72", "70"]
+        assert page.locator("#f-weight").input_value() == "70"  # the form shows B
+        assert errors == [], errors
+    finally:
+        page.close()
+
+
+def test_page_typing_sends_only_readable_values(server, browser):
+    """Audit finding: typing sent a request per keystroke, and every half-typed value ("0.5
+    mg/", a weight of "8" on the way to 85, "-") was an HTTP 422 that the browser logs as a
+    console error. Values the server would refuse are no longer sent (the error line names the
+    field meanwhile); every value that reads is still sent at once, and the last one is drawn."""
+    page, errors = _page(browser, server, strict=True)  # a logged 422 counts
+    statuses: list[int] = []
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.post_data_json)
+            if r.url.endswith("/api/simulate") else None)
+    page.on("response", lambda r: statuses.append(r.status)
+            if r.url.endswith("/api/simulate") else None)
+    try:
+        hints = []
+        for sel, value in (("#f-weight", "85"), ("#f-age", "-"), ("#f-age", "33"),
+                           ("#f-mg", "0.8"), ("#f-dose", "0.25 mg/kg"),
+                           ("#f-duration", "45 min"), ("#f-schedule", "twice weekly for 2 weeks")):
+            page.focus(sel)
+            page.keyboard.press("Control+A")
+            page.keyboard.press("Delete")
+            for ch in value:
+                page.keyboard.type(ch)
+                hints.append(page.locator("#error").text_content())
+        page.keyboard.press("Tab")
+        want = {"weight_kg": 85.0, "age_years": 33.0}
+        _until(page, "document.getElementById('error').textContent === '' && "
+                     "window.ketasim.results.length === 1 && "
+                     "window.ketasim.results[0].metadata.courses[0].n_doses === 4")
+        page.wait_for_timeout(300)
+        last = sent[-1]
+        assert {k: last["patient"][k] for k in want} == want
+        assert last["arm"]["dose"] == "0.25 mg/kg" and last["arm"]["duration"] == "45 min"
+        assert last["arm"]["schedule"] == "twice weekly for 2 weeks"
+        assert last["arm"]["interventions"] == "mg=0.8"
+        assert _madrs(page)[0] == page.evaluate("window.ketasim.results[0].scores.madrs")
+        assert statuses and set(statuses) == {200}, statuses
+        # while a value did not read, the error line said which field
+        assert any(h.startswith("Scenario A: Weight: at least 40") for h in hints), hints
+        assert any(h.startswith("Scenario A: Dose: ") for h in hints), hints
+        assert any(h.startswith("Scenario A: Schedule: ") for h in hints), hints
+        assert errors == [], errors
+    finally:
+        page.close()
+
+
+_TYPED = {"dose": ["0.5 mg/kg", "56 mg", "250 µg/kg", " 1e-1 MG / KG ", "2 g", "0 mg",
+                   "-1 mg", ".5 ug", "5 mcg/kg", "3 milligram", "1 mg/xx", "x", "1 2 mg"],
+          "duration": ["40 min", "2 h", "3.5 d", "1 week", "90", "0 min", "-2 h", "1 mi n",
+                       "10 secs", "2 wk", "5 hours", "3 zz"],
+          "schedule": ["", "once", "Single", "twice weekly for 4 weeks", "every 3.5 d x 8",
+                       "every 24 h for 5 d", "daily x 7", "at 0, 3.5 d, 7 d", "at 0, 1 d,",
+                       "thrice weekly x 6", "2 times daily for 3 d", "every 2 d × 3",
+                       "weekly for 3 weeks", "daily", "every 0 h x 2", "daily x 0",
+                       "twice weekly for 4", "five daily x2", "0 daily x 2", "at 7 d, 1 d",
+                       "every 1 h for 20000 h", "seven weekly for 1 wk", "at 1 zz"]}
+
+
+def test_page_input_checks_agree_with_the_parsers(server, browser):
+    """The page's checks (app.js ``inputProblem``) never hold back a value the library reads:
+    on every prefix of many values, a value with a problem is one the parser refuses."""
+    from ketasim.errors import KetasimError
+    from ketasim.regimen import parse_schedule
+    from ketasim.units import parse_dose, parse_duration
+
+    parse = {"dose": parse_dose, "duration": parse_duration, "schedule": parse_schedule}
+    cases = sorted({(kind, v[:i]) for kind, values in _TYPED.items() for v in values
+                    for i in range(len(v) + 1)})
+    page, errors = _page(browser, server)
+    try:
+        got = page.evaluate("(cases) => cases.map(([k, t]) => window.ketasim.inputProblem(k, t))",
+                            [list(c) for c in cases])
+    finally:
+        page.close()
+    held = 0
+    for (kind, text), problem in zip(cases, got, strict=True):
+        if problem:
+            held += 1
+            with pytest.raises(KetasimError):
+                parse[kind](text)
+        elif kind in ("dose", "duration") and text in _TYPED[kind]:
+            parse[kind](text)  # in full, read by both (the checks leave dose limits out)
+    assert held > len(cases) // 2  # most half-typed values are held back
+    assert errors == [], errors
+
+
+def test_page_errors_name_fields_as_on_screen(server, browser):
+    """Audit finding: errors named API fields ("arm: dose: …", "patient.weight_kg: …"); they
+    name the field as labelled on screen and keep the server's reason."""
+    page, errors = _page(browser, server)
+    try:
+        page.fill("#f-dose", "300 mg/kg")  # reads, but above the largest dose: the server says
+        _until(page, "document.getElementById('error').textContent.includes('above')")
+        err = page.locator("#error").text_content()
+        assert err.startswith("Scenario A: Dose: '300 mg/kg' is above the largest dose"), err
+        assert page.locator("#f-dose").get_attribute("aria-invalid") == "true"
+        text = "window.ketasim.errorText({detail: [{loc: %s, msg: %s}]}, ['A', 'placebo'])"
+        for loc, msg, want in [
+            (["body", "patient", "weight_kg"], "Input should be greater than or equal to 40",
+             "Weight: Input should be greater than or equal to 40"),
+            (["body", "days"], "Input should be a valid number", "Days simulated: Input should "
+             "be a valid number"),
+            (["body", "arm"], "schedule duration: unknown time unit 'we'",
+             "Schedule (duration): unknown time unit 'we'"),
+            (["body", "arm", "interventions"], "mg must be within 0–20 mM",
+             "Interventions: mg must be within 0–20 mM"),
+            (["body", "arm", 0], "dose: unknown unit 'mg/xx'", "arm A: Dose: unknown unit 'mg/xx'"),
+            (["body", "endpoints", "at"], "endpoints.at: unknown time unit 'zz'",
+             "Visits: unknown time unit 'zz'"),
+            (["body", "population", "n"], "Input should be greater than or equal to 1",
+             "Patients: Input should be greater than or equal to 1"),
+        ]:
+            assert page.evaluate(text % (json.dumps(loc), json.dumps(msg))) == want
+        # a trial error from the server, end to end
+        page.fill("#f-dose", "0.5 mg/kg")
+        page.fill("#t-at", "1 d, 7 zz")
+        page.dispatch_event("#t-at", "change")
+        page.click("#run-trial")
+        _until(page, "document.getElementById('trial-error').textContent !== ''")
+        assert page.locator("#trial-error").text_content() == \
+            "Trial: Visits: unknown time unit 'zz' (allowed: s, min, h, d, week)"
+        assert errors == [], errors
+    finally:
+        page.close()
+
+
+_FOCUS = "document.activeElement && document.activeElement.id"
+
+
+def test_page_keyboard_reaches_the_trial_in_few_tabs(server, browser):
+    """Audit finding: ~100 Tab presses from the form to the trial (Plotly's mode-bar buttons
+    were in the tab order). The mode bars are out of it (still there for the mouse); each
+    plot legend is one Tab stop whose entries the arrow keys move between."""
+    page, errors = _page(browser, server)
+    try:
+        assert page.locator(".modebar-btn").count() >= 9  # the mouse still has them
+        page.focus("#f-mg")
+        presses = 0
+        while page.evaluate(_FOCUS) != "t-n" and presses < 40:
+            page.keyboard.press("Tab")
+            presses += 1
+        print(f"Tab presses from the last form field to the trial: {presses}")
+        assert presses <= 12, presses  # the time axis, nine legends, then the trial
+        # a legend: Tab lands on its first entry, the arrow keys move, Enter toggles and keeps
+        # the focus where it was
+        page.focus("#f-mg")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        first = "document.querySelector('#plot-plasma-legend button')"
+        assert page.evaluate(f"document.activeElement === {first}")
+        page.keyboard.press("ArrowRight")
+        second = "document.querySelectorAll('#plot-plasma-legend button')[1]"
+        assert page.evaluate(f"document.activeElement === {second}")
+        page.keyboard.press("Enter")
+        _until(page, "document.getElementById('plot-plasma').data[1].visible === false")
+        assert page.evaluate(f"document.activeElement === {second}")
+        assert page.evaluate(f"{second}.getAttribute('aria-pressed')") == "false"
+        # after a zoom (Plotly redraws), the mode bars stay out of the tab order
+        page.evaluate("Plotly.relayout('plot-madrs', {'xaxis.range[0]': 0, "
+                      "'xaxis.range[1]': 2})")
+        page.wait_for_timeout(300)
+        assert page.evaluate("[...document.querySelectorAll('.modebar-btn')]"
+                             ".every(b => b.tabIndex === -1)")
+        assert page.locator("#disclaimer").is_visible()
+        assert errors == [], errors
     finally:
         page.close()

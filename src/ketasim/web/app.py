@@ -171,6 +171,21 @@ class ValidateStatus(BaseModel):
     card_hashes: dict[str, str]
 
 
+class InputGrammar(BaseModel):
+    """The unit and word tables of the dose, duration and schedule parsers, so that the page
+    can tell a value that the server would refuse (e.g. half-typed) without sending it."""
+
+    dose_units: list[str] = Field(description="mass units of a dose (lower case, 'u' for µ); "
+                                  "each may end in '/kg'")
+    dose_allowed: str
+    time_units_h: dict[str, float] = Field(description="time unit (lower case) → hours")
+    time_allowed: str
+    max_quantity_chars: int
+    schedule_counts: dict[str, int] = Field(description="'twice' in 'twice weekly', ...")
+    schedule_per_h: dict[str, float] = Field(description="'weekly' → 168 h, ...")
+    schedule_help: str
+
+
 class Options(BaseModel):
     """Choices the page offers (from the library and the cards)."""
 
@@ -184,6 +199,7 @@ class Options(BaseModel):
     controls: list[str]
     bands_ng_per_ml: dict[str, float]
     max_days: float
+    grammar: InputGrammar
     disclaimer: str
 
 
@@ -704,7 +720,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         interventions and exposure bands: what the page's scenario builder offers."""
         from ..cards import load_drug, load_pk_cards
         from ..mechanism import HYPOTHESES, INTERVENTIONS, Hypotheses
-        from ..regimen import ROUTES
+        from ..regimen import _PER, _SCHEDULE_HELP, _WORD_NUM, ROUTES
+        from ..units import (
+            _MASS_UNITS,
+            _TIME_ALIASES,
+            DOSE_UNITS_ALLOWED,
+            MAX_QUANTITY_CHARS,
+            TIME_UNITS_ALLOWED,
+            to_hours,
+        )
 
         models: dict[str, list[str]] = {}
         for c in load_pk_cards().values():
@@ -719,7 +743,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "controls": ["saline", "active-placebo"],
                 "bands_ng_per_ml": {k: float(v.value) for k, v in
                                     load_drug("ketamine").bands.items()},
-                "max_days": min(s.max_days, 120.0), "disclaimer": DISCLAIMER}
+                "max_days": min(s.max_days, 120.0),
+                "grammar": {"dose_units": sorted(_MASS_UNITS), "dose_allowed": DOSE_UNITS_ALLOWED,
+                            "time_units_h": {u: to_hours(1.0, u) for u in _TIME_ALIASES},
+                            "time_allowed": TIME_UNITS_ALLOWED,
+                            "max_quantity_chars": MAX_QUANTITY_CHARS,
+                            "schedule_counts": dict(_WORD_NUM), "schedule_per_h": dict(_PER),
+                            "schedule_help": _SCHEDULE_HELP},
+                "disclaimer": DISCLAIMER}
 
     @app.get("/api/examples", response_model=list[Example], tags=["library"])
     def examples() -> list[dict]:

@@ -61,12 +61,32 @@ function hypothesesString(sc) {
   return parts.length ? parts.join(",") : "default";
 }
 
-/* A number field's value as a finite number, or an Error naming the field: a number input
-   the browser cannot read ("1e400", "e") has an empty value and `validity.badInput`, which
-   readForm stores as "NaN", so it is not taken for 0 or for "empty = default". */
-function num(v, label) {
+/* The on-screen name of a field (its label, or its fieldset's legend), without the
+   parenthesised unit or hint: "Weight (kg)" → "Weight". Errors name fields this way. */
+function fieldLabel(id) {
+  const el = $(id);
+  const lab = el.labels && el.labels.length ? el.labels[0] : el.querySelector("legend");
+  return (lab ? lab.textContent : id).replace(/\s+/g, " ").replace(/\s*\(.*\)\s*$/, "").trim();
+}
+
+/* A problem the page can tell without the server, naming the field; `field` is its id. */
+class FieldError extends Error {
+  constructor(field, problem) {
+    super(`${fieldLabel(field)}: ${problem}`);
+    this.field = field;
+  }
+}
+
+/* A number field's value as a finite number within the field's min and max (the server's
+   limits), or a FieldError: a number input the browser cannot read ("1e400", "-", "0." while
+   typing) has an empty value and `validity.badInput`, which readForm stores as "NaN", so it
+   is not taken for 0 or for "empty = default". */
+function num(v, id) {
+  const el = $(id);
   const x = String(v ?? "").trim() === "" ? NaN : Number(v);
-  if (!Number.isFinite(x)) throw new Error(`${label}: enter a number`);
+  if (!Number.isFinite(x)) throw new FieldError(id, "enter a number");
+  if (el.min !== "" && x < Number(el.min)) throw new FieldError(id, `at least ${el.min}`);
+  if (el.max !== "" && x > Number(el.max)) throw new FieldError(id, `at most ${el.max}`);
   return x;
 }
 
@@ -75,10 +95,114 @@ function fieldValue(id) {
   return el.validity && el.validity.badInput ? "NaN" : el.value;
 }
 
+/* Checks of the text fields that mirror the library's parsers (ketasim.units.parse_dose and
+   parse_duration, ketasim.regimen.parse_schedule) with the unit and word tables the server
+   sends in /api/options (`grammar`). Each returns null or the problem; a value with a problem
+   is one the server refuses too (tests/test_web_e2e.py checks this on every prefix of typed
+   values), so it is not sent: typing "0.5 mg/kg" passes through "0.5 mg/", which would be an
+   HTTP 422 (logged by the browser) per keystroke. Limits that need the model (largest dose,
+   PK model per route) stay with the server. */
+const NUM_RE = /^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?/;
+
+function quantity(text, allowed) {
+  const g = ks.options.grammar;
+  const s = text.trim().replace(/μ/g, "µ").replace(/µ/g, "u");
+  if (s.length > g.max_quantity_chars) {
+    return {problem: `too long (at most ${g.max_quantity_chars} characters)`};
+  }
+  const m = s.match(NUM_RE);
+  const unit = m ? s.slice(m[0].length).trim() : "";
+  if (!m || /^[0-9]/.test(unit)) return {problem: `enter a number with a unit (${allowed})`};
+  return {value: Number(m[0]), unit: unit};
+}
+
+function doseProblem(text) {
+  const g = ks.options.grammar;
+  const q = quantity(text, g.dose_allowed);
+  if (q.problem) return q.problem;
+  if (!q.unit) return `add a unit (${g.dose_allowed})`;
+  if (!(Number.isFinite(q.value) && q.value > 0)) return "must be greater than zero";
+  let u = q.unit.replace(/ /g, "").toLowerCase();
+  if (u.endsWith("/kg")) u = u.slice(0, -3);
+  if (!g.dose_units.includes(u)) return `unknown unit '${q.unit}' (allowed: ${g.dose_allowed})`;
+  return null;
+}
+
+/* [hours, null] or [null, problem], as parse_duration (a bare number is hours). */
+function hours(text, allowZero) {
+  const g = ks.options.grammar;
+  const q = quantity(text, g.time_allowed);
+  if (q.problem) return [null, q.problem];
+  const f = g.time_units_h[(q.unit || "h").toLowerCase()];
+  if (f === undefined) return [null, `unknown time unit '${q.unit}' (allowed: ${g.time_allowed})`];
+  const h = q.value * f;
+  if (!Number.isFinite(h) || h < 0 || (h === 0 && !allowZero)) {
+    return [null, `must be ${allowZero ? "≥" : ">"} 0`];
+  }
+  return [h, null];
+}
+
+function repeatProblem(intervalH, count, span) {
+  let n;
+  if (count !== undefined) {
+    n = count.length <= 6 ? Number(count) : 1e6;
+  } else {
+    const [total, problem] = hours(span, false);
+    if (problem) return `duration: ${problem}`;
+    n = Math.floor(total / intervalH + 1e-9);
+  }
+  return n < 1 || n > 10000 ? `number of doses must be 1..10000, got ${n}` : null;
+}
+
+function scheduleProblem(text) {
+  const g = ks.options.grammar;
+  const t = text.trim();
+  if (!t || ["once", "single"].includes(t.toLowerCase())) return null;
+  const s = t.toLowerCase().replace(/×/g, "x").replace(/\s+/g, " ");
+  const help = `e.g. ${g.schedule_help}`;
+  if (!/^[\x00-\x7f]*$/.test(s)) return "only plain (ASCII) letters and digits are understood";
+  let m = s.match(/^at (.+)$/);
+  if (m) {
+    for (const part of m[1].split(",")) {
+      const [, problem] = hours(part, true);
+      if (problem) return problem;
+    }
+    return null;
+  }
+  m = s.match(/^every (.+?) (?:x ?(\d+)|for (.+))$/);
+  if (m) {
+    const [interval, problem] = hours(m[1], false);
+    return problem ? `interval: ${problem}` : repeatProblem(interval, m[2], m[3]);
+  }
+  m = s.match(/^(?:(\w+) (?:times )?)?(daily|weekly)(?: (?:x ?(\d+)|for (.+)))?$/);
+  if (m) {
+    const word = m[1] || "once";
+    const perN = g.schedule_counts[word] || (/^[0-9]+$/.test(word) ? Number(word) : 0);
+    if (!perN) return `cannot read '${t}' (${help})`;
+    if (m[3] === undefined && m[4] === undefined) return `'${t}' needs 'x N' or 'for <duration>'`;
+    return repeatProblem(g.schedule_per_h[m[2]] / perN, m[3], m[4]);
+  }
+  return `cannot read '${t}' (${help})`;
+}
+
+/* The problem with a text field's value ("dose", "duration", "schedule"), or null. */
+function inputProblem(kind, text) {
+  if (kind === "dose") return doseProblem(text);
+  if (kind === "duration") return hours(text, false)[1];
+  return scheduleProblem(text);
+}
+ks.inputProblem = inputProblem;
+
+function checked(id, kind, text) {
+  const problem = inputProblem(kind, text);
+  if (problem) throw new FieldError(id, problem);
+  return text;
+}
+
 function interventionsString(sc) {
   const items = [...(sc.interventions || [])];
   if (sc.mg !== "" && sc.mg !== null && sc.mg !== undefined) {
-    items.push(`mg=${num(sc.mg, "Extracellular Mg²⁺")}`);
+    items.push(`mg=${num(sc.mg, "f-mg")}`);
   }
   return items.join(",");
 }
@@ -88,13 +212,17 @@ function armOf(sc, name) {
   if (sc.kind !== "drug") {
     arm.control = sc.kind;
     // the midazolam infusion of an active placebo has a duration too (sedation time course)
-    if (sc.kind === "active-placebo" && sc.duration.trim()) arm.duration = sc.duration.trim();
+    if (sc.kind === "active-placebo" && sc.duration.trim()) {
+      arm.duration = checked("f-duration", "duration", sc.duration.trim());
+    }
   } else {
     arm.drug = sc.drug;
     arm.route = sc.route;
-    arm.dose = sc.dose.trim();
-    if (sc.route === "iv-infusion" && sc.duration.trim()) arm.duration = sc.duration.trim();
-    if (sc.schedule.trim()) arm.schedule = sc.schedule.trim();
+    arm.dose = checked("f-dose", "dose", sc.dose.trim());
+    if (sc.route === "iv-infusion" && sc.duration.trim()) {
+      arm.duration = checked("f-duration", "duration", sc.duration.trim());
+    }
+    if (sc.schedule.trim()) arm.schedule = checked("f-schedule", "schedule", sc.schedule.trim());
     if (sc.model) arm.model = sc.model;
   }
   arm.hypotheses = hypothesesString(sc);
@@ -104,24 +232,69 @@ function armOf(sc, name) {
 
 function simulateRequest(sc, i) {
   return {arm: armOf(sc, LABELS[i]),
-    patient: {weight_kg: num(sc.weight, "Weight"), age_years: num(sc.age, "Age"),
+    patient: {weight_kg: num(sc.weight, "f-weight"), age_years: num(sc.age, "f-age"),
       sex: sc.sex, disorder: sc.disorder},
-    days: num(sc.days, "Days simulated")};
+    days: num(sc.days, "f-days")};
 }
 
-function errorText(body) {
+/* The field (element id) of each place in a request body that the page fills in. */
+const FIELD_IDS = {
+  "arm.control": "f-kind", "arm.drug": "f-drug", "arm.route": "f-route", "arm.dose": "f-dose",
+  "arm.duration": "f-duration", "arm.schedule": "f-schedule", "arm.model": "f-model",
+  "arm.hypotheses": "hyp-set", "arm.interventions": "int-set", "days": "f-days",
+  "patient.weight_kg": "f-weight", "patient.age_years": "f-age", "patient.sex": "f-sex",
+  "patient.disorder": "f-disorder", "population.disorder": "f-disorder",
+  "population.n": "t-n", "population.seed": "t-seed", "endpoints.at": "t-at",
+};
+
+/* One item of a 422's `detail` as [text, field id or null], the field named as on screen: the
+   API's `loc` (["body", "patient", "weight_kg"]) becomes the field's label ("Weight"), and a
+   field the library names at the start of the reason ("dose: unknown unit …" at
+   ["body", "arm"]) too; the server's reason is kept. `arms` names a trial's arms by index. */
+function errorItem(d, arms) {
+  let path = (d.loc || []).filter((x) => x !== "body");
+  let msg = String(d.msg || "invalid");
+  let where = "";
+  if (path[0] === "arm" && Number.isInteger(path[1])) {
+    where = `arm ${arms && arms[path[1]] ? arms[path[1]] : path[1] + 1}: `;
+    path = ["arm", ...path.slice(2)];
+  }
+  let qualifier = "";
+  const m = msg.match(/^([\w.]+)((?: \w+)*): (.*)$/s);
+  if (m) {
+    const key = [[...path, m[1]].join("."), m[1]].find((k) => k in FIELD_IDS);
+    if (key) {
+      path = key.split(".");
+      qualifier = m[2].trim() ? ` (${m[2].trim()})` : "";
+      msg = m[3];
+    }
+  }
+  const id = FIELD_IDS[path.join(".")] || null;
+  const name = id ? fieldLabel(id) : path.join(".");
+  return [`${where}${name ? name + qualifier + ": " : ""}${msg}`, id];
+}
+
+function errorText(body, arms) {
   if (body && Array.isArray(body.detail)) {
-    return body.detail.map((d) => `${(d.loc || []).filter((x) => x !== "body").join(".")}: ${d.msg}`)
-      .join("; ");
+    return body.detail.map((d) => errorItem(d, arms)[0]).join("; ");
   }
   return body && body.detail ? String(body.detail) : "request failed";
 }
+ks.errorText = errorText;
 
-async function postJSON(url, payload) {
+class RequestError extends Error {
+  constructor(body, arms) {
+    super(errorText(body, arms));
+    const first = body && Array.isArray(body.detail) && body.detail[0];
+    this.field = first ? errorItem(first, arms)[1] : null;
+  }
+}
+
+async function postJSON(url, payload, arms) {
   const r = await fetch(url, {method: "POST", headers: {"content-type": "application/json"},
     body: JSON.stringify(payload)});
   const body = await r.json().catch(() => null);
-  if (!r.ok) throw new Error(errorText(body));
+  if (!r.ok) throw new RequestError(body, arms);
   return body;
 }
 
@@ -241,14 +414,17 @@ function readForm() {
   syncEnabled();
 }
 
+/* The tab buttons are kept and updated, not rebuilt: a click on a tab right after editing a
+   field first fires the field's `change` (on blur, at mousedown), and a tab bar rebuilt then
+   would take the button away from under the mouse and lose the click. */
 function renderTabs() {
   const box = $("tabs");
-  box.innerHTML = "";
-  ks.state.scenarios.forEach((sc, i) => {
+  const n = ks.state.scenarios.length;
+  while (box.children.length > n) box.lastElementChild.remove();
+  for (let i = box.children.length; i < n; i++) {
     const b = document.createElement("button");
     b.type = "button";
     b.id = `tab-${LABELS[i]}`;
-    b.setAttribute("aria-pressed", String(i === ks.state.active));
     b.setAttribute("aria-label", `Edit scenario ${LABELS[i]}`);
     const sw = document.createElement("span");
     sw.className = "swatch";
@@ -256,9 +432,10 @@ function renderTabs() {
     b.append(sw, document.createTextNode(LABELS[i]));
     b.addEventListener("click", () => { ks.state.active = i; writeForm(); encodeState(); });
     box.appendChild(b);
-  });
-  $("add-scenario").disabled = ks.state.scenarios.length >= 4;
-  $("remove-scenario").disabled = ks.state.scenarios.length <= 1;
+  }
+  [...box.children].forEach((b, i) => b.setAttribute("aria-pressed", String(i === ks.state.active)));
+  $("add-scenario").disabled = n >= 4;
+  $("remove-scenario").disabled = n <= 1;
 }
 
 // ------------------------------------------------------------------ plots
@@ -377,6 +554,7 @@ function renderPlotLegend(id, names) {
   const key = JSON.stringify(names) + [...hidden].join();
   if (box.dataset.key === key) return;
   box.dataset.key = key;
+  const focused = [...box.children].indexOf(document.activeElement);
   box.textContent = "";
   for (const [name, j] of names) {
     const b = document.createElement("button");
@@ -402,6 +580,32 @@ function renderPlotLegend(id, names) {
     });
     box.appendChild(b);
   }
+  const stop = Math.max(0, Math.min(focused, box.children.length - 1));
+  [...box.children].forEach((b, i) => { b.tabIndex = i === stop ? 0 : -1; });
+  if (focused >= 0 && box.children[stop]) box.children[stop].focus();
+}
+
+/* Each plot legend is a toolbar: one Tab stop (its last used entry); the arrow keys, Home
+   and End move between its entries. */
+function legendKeys(ev) {
+  const items = [...ev.currentTarget.querySelectorAll("button")];
+  const at = items.indexOf(document.activeElement);
+  if (at < 0) return;
+  const to = {ArrowRight: at + 1, ArrowDown: at + 1, ArrowLeft: at - 1, ArrowUp: at - 1,
+    Home: 0, End: items.length - 1}[ev.key];
+  if (to === undefined) return;
+  ev.preventDefault();
+  const next = items[(to + items.length) % items.length];
+  items.forEach((b) => { b.tabIndex = b === next ? 0 : -1; });
+  next.focus();
+}
+
+/* Plotly's mode bar (zoom, pan, reset, download) is for the mouse; its buttons were ~70 Tab
+   stops between the form and the trial. They leave the tab order after each draw (Plotly may
+   rebuild them then: Plotly.react here, relayout in linkAxes); the mouse uses them as before. */
+function modebarOutOfTabOrder(gd) {
+  for (const b of gd.querySelectorAll(".modebar a, .modebar button")) b.tabIndex = -1;
+  return gd;
 }
 
 /* Every panel's traces and layout from ks.results. */
@@ -593,7 +797,7 @@ function renderPlots(only) {
       drawn = Plotly.animate(gd, {data: traces.map((t) => ({x: t.x, y: t.y})),
         traces: traces.map((_, i) => i)}, ANIMATE);
     } else {
-      drawn = Plotly.react(gd, traces, layout, PLOT_CONFIG);
+      drawn = Plotly.react(gd, traces, layout, PLOT_CONFIG).then(modebarOutOfTabOrder);
       drawnKey.set(id, key);
       ks.lastFullRedraws += 1;
       ks.lastFullIds.push(id);
@@ -665,6 +869,7 @@ function linkAxes() {
   for (const id of PLOT_IDS) {
     if (linked.has(id) || typeof $(id).on !== "function") continue;
     linked.add(id);
+    $(id).on("plotly_afterplot", () => modebarOutOfTabOrder($(id)));
     $(id).on("plotly_relayout", (ev) => {
       if (linkBusy) return;
       const upd = {};
@@ -685,31 +890,34 @@ function linkAxes() {
 
 // ------------------------------------------------------------------ simulate
 /* Every change asks the server at once (no debounce: a request takes a few ms, and a newer
-   change simply supersedes an older one: its answer is dropped). Answers are cached per
-   request, and a change that leaves every request as it was (e.g. the `change` event after
-   `input`) draws nothing. */
+   change simply supersedes an older one: its answer is dropped), unless the page can tell
+   that the server would refuse a value (a number out of its field's range, a dose without a
+   unit yet while typing: `num`, `inputProblem`): then the error line names the field and
+   nothing is sent. Answers are cached per request, and a change that leaves every request as
+   it was (e.g. the `change` event after `input`) draws nothing. */
 async function update() {
   const seq = ++ks.seq;
   const t0 = performance.now();
   ks.updateStart = t0;
+  let at = ks.state.active;  // the scenario an error belongs to
   try {
-    const reqs = ks.state.scenarios.map(simulateRequest);
+    const reqs = ks.state.scenarios.map((sc, i) => { at = i; return simulateRequest(sc, i); });
     const keys = reqs.map((rq) => JSON.stringify(rq));
     const drawn = JSON.stringify([keys, logAxis()]);
     if (drawn === ks.drawn) {
-      $("error").textContent = "";
+      showError(null);
       return;
     }
     const res = await Promise.all(reqs.map(async (rq, i) => {
       const key = keys[i];
       if (ks.cache.has(key)) return ks.cache.get(key);
-      const body = await postJSON("/api/simulate", rq);
+      const body = await postJSON("/api/simulate", rq).catch((e) => { e.scenario = i; throw e; });
       if (ks.cache.size > 64) ks.cache.clear();
       ks.cache.set(key, body);
       return body;
     }));
     if (seq !== ks.seq) return;  // a newer change is on its way
-    $("error").textContent = "";
+    showError(null);
     const t1 = performance.now();
     ks.results = res;
     await renderPlots();
@@ -726,14 +934,23 @@ async function update() {
     document.body.dataset.updates = String(ks.updates);
   } catch (e) {
     if (seq !== ks.seq) return;
-    $("error").textContent = `Scenario ${LABELS[ks.state.active]}: ${e.message}`;
+    showError(e, e.scenario ?? at);
+  }
+}
+
+/* The error line under the form (null clears it). The field at fault, if the form shows its
+   scenario, is marked aria-invalid (and outlined). */
+function showError(e, scenario) {
+  for (const el of $("form").querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  $("error").textContent = e ? `Scenario ${LABELS[scenario]}: ${e.message}` : "";
+  if (e && e.field && scenario === ks.state.active && $(e.field)) {
+    $(e.field).setAttribute("aria-invalid", "true");
   }
 }
 
 function changed() {
   readForm();
   encodeState();
-  renderTabs();
   update();
 }
 
@@ -745,7 +962,7 @@ function trialScenario() {
     .filter((arm) => arm.control === undefined);
   if (t.control) arms.push({name: "placebo", control: t.control});
   return {title: "ketasim web trial",
-    population: {disorder: a.disorder, n: num(t.n, "Patients"), seed: num(t.seed, "Seed")},
+    population: {disorder: a.disorder, n: num(t.n, "t-n"), seed: num(t.seed, "t-seed")},
     arm: arms,
     endpoints: {at: t.at.split(",").map((v) => v.trim()).filter(Boolean)}};
 }
@@ -757,7 +974,8 @@ async function runTrial(ev) {
   $("trial-results").innerHTML = "";
   $("trial-downloads").innerHTML = "";
   try {
-    const job = await postJSON("/api/trial", trialScenario());
+    const scenario = trialScenario();
+    const job = await postJSON("/api/trial", scenario, scenario.arm.map((a) => a.name));
     ks.state.trial.job = job.id;
     encodeState();
     poll(job.id);
@@ -885,6 +1103,7 @@ async function start() {
     el.addEventListener("change", () => { readForm(); encodeState(); });
   }
   $("form").addEventListener("submit", (e) => e.preventDefault());
+  for (const id of PLOT_IDS) $(`${id}-legend`).addEventListener("keydown", legendKeys);
   $("x-axis").value = logAxis() ? "log" : "linear";
   $("x-axis").addEventListener("change", () => {
     ks.state.axis = $("x-axis").value;
