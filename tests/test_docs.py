@@ -293,3 +293,12 @@ def test_built_site_renders_offline_in_chromium() -> None:
         assert "ketasim trial" in page.content()
         browser.close()
     assert external == []
+
+
+def test_doi_links_end_at_the_doi() -> None:
+    """Punctuation after a DOI (``):``, ``).``, ``;``) is not part of the link target."""
+    for text, doi in (("Malinovsky (doi 10.1093/bja/77.2.203): nasal F", "10.1093/bja/77.2.203"),
+                      ("see doi:10.1007/BF00607095).", "10.1007/BF00607095"),
+                      ("(DOI 10.2147/DDDT.S224553; READ)", "10.2147/DDDT.S224553")):
+        out = docsgen._linkify(text)
+        assert f"(https://doi.org/{doi})" in out, out

@@ -32,6 +32,22 @@ def experiments():
     return experiment_checks()
 
 
+def test_every_timing_target_says_what_it_rests_on(timing):
+    """Each timing target is labelled data (a READ time course) or assumed; the human-course
+    ones are all assumptions, and Li 2010's UNCONFIRMED times are never labelled data."""
+    from ketasim.calibration import TIMING_BASIS, timing_basis
+
+    for k in timing:
+        assert k.partition(": ")[2] in TIMING_BASIS, k
+        basis = timing_basis(k)
+        assert basis.startswith(("data:", "assumed:")), k
+        if k.startswith("human"):
+            assert basis.startswith("assumed:"), k
+        if "mTORC1" in k or "synaptic proteins" in k:
+            assert basis.startswith("assumed:"), k
+    assert any(timing_basis(k).startswith("data:") for k in timing)
+
+
 def test_timing_targets_met(timing):
     missed = [k for k, ok in timing.items() if not ok]
     assert not missed, missed

@@ -14,7 +14,8 @@ def _summary(route: str, model: str | None = None) -> dict:
     return {k: v[0] for k, v in res.summary.items()}
 
 
-# reported ranges (shared/literature/calibration/pk/routes.yaml; Rolan 2014 for sublingual)
+# reported ranges (shared/literature/calibration/pk/routes.yaml; sublingual: Rolan 2014, 15–60 min,
+# not in the calibration set and not fitted to — an out-of-sample check of the assumed ka_sl)
 @pytest.mark.parametrize("route, lo_min, hi_min", [
     ("im", 5, 15), ("sc", 5, 15), ("intranasal", 10, 21), ("oral", 20, 40),
     ("rectal", 35, 50), ("sublingual", 15, 60),

@@ -745,7 +745,8 @@ def calibrate_mechanism(
         print(json.dumps(_jsonable(r)))
         return
     for k, ok in r["timing"].items():
-        out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + k)
+        basis = r["timing_basis"][k].split(":")[0]
+        out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + k + f" [dim]({basis})[/]")
     for k, v in r["experiments"].items():
         out.print(("[green]met[/]  " if v["met"] else "[red]MISS[/] ") + f"{k}: {v['value']:.3g}")
     out.print(f"[bold]{r['met']} / {r['total']} targets met[/]")

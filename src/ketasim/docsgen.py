@@ -138,8 +138,8 @@ def _linkify(text: str) -> str:
                            f"{m.group(2)}/)", out)
 
     def doi(m: re.Match) -> str:
-        raw = m.group(2).replace("\\", "").rstrip(".,;)")
-        tail = m.group(2)[len(m.group(2).rstrip(".,;)")):]
+        raw = m.group(2).replace("\\", "").rstrip(".,;:)")
+        tail = m.group(2)[len(m.group(2).rstrip(".,;:)")):]
         return f"[{m.group(1)}{_md_escape(raw)}](https://doi.org/{raw}){tail}"
 
     return re.sub(r"(doi:?\s*)(10\.\d{4,9}/[^\s\]]+)", doi, out, flags=re.IGNORECASE)
@@ -762,8 +762,11 @@ def validation_page(docs_dir: str | Path = "docs") -> str:
     d = Path(docs_dir)
     lines = ["# Validation results\n",
              "<!-- GENERATED at docs build time from docs/calibration-*.json. -->\n",
-             "Every target below comes from `shared/literature/calibration/` (timings, "
-             "experiment findings, clinical summary statistics). Targets used to *calibrate* "
+             "The targets below come from `shared/literature/calibration/` (timings, "
+             "experiment findings, clinical summary statistics), except the mechanism timings "
+             "marked *assumed*: the project's own choices where the literature time is "
+             "UNCONFIRMED, and every human-course timing (rodent timing carried over). Targets "
+             "used to *calibrate* "
              "parameters are not independent validation; the literature scorecard with "
              "held-out cases and the credibility report are produced by `ketasim validate` and "
              "`ketasim report credibility` (see the [how-to](guides/validation-case.md)).\n",
@@ -787,7 +790,11 @@ def validation_page(docs_dir: str | Path = "docs") -> str:
             if not isinstance(block, dict):
                 continue
             lines.append(f"### {section.capitalize()}\n")
-            lines.append("| target | value | met |\n|---|---|---|")
+            basis = data.get(f"{section}_basis") if section == "timing" else None
+            if isinstance(basis, dict):
+                lines.append("| target | value | met | rests on |\n|---|---|---|---|")
+            else:
+                lines.append("| target | value | met |\n|---|---|---|")
             for k, v in block.items():
                 if isinstance(v, dict):
                     val, ok = v.get("value"), v.get("met")
@@ -795,6 +802,9 @@ def validation_page(docs_dir: str | Path = "docs") -> str:
                     val, ok = None, v
                 vtxt = f"{val:.3g}" if isinstance(val, int | float) else ""
                 mark = "yes" if ok else "**no**"
-                lines.append(f"| {_md_escape(k)} | {vtxt} | {mark} |")
+                row = f"| {_md_escape(k)} | {vtxt} | {mark} |"
+                if isinstance(basis, dict):
+                    row += f" {_md_escape(str(basis.get(k, '')))} |"
+                lines.append(row)
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
