@@ -329,17 +329,26 @@ def test_event_table_reader_filters_and_lowercase(tmp_path):
         ({"TIME": [0.0], "AMT": [float("nan")]}, "AMT"),
         ({"TIME": [0.0], "AMT": [10.0], "RATE": [-2.0]}, "RATE"),
         ({"TIME": [0.0], "AMT": [10.0], "EVID": [0]}, "event table"),
-        ({"TIME": [-1.0], "AMT": [10.0]}, "row 1 TIME"),
-        ({"TIME": [0.0], "AMT": [10.0], "ROUTE": ["inhaled"]}, "row 1 ROUTE"),
-        ({"TIME": [0.0], "AMT": ["abc"]}, "row 1 AMT"),
-        ({"TIME": [0.0], "AMT": [70000.0]}, "row 1 AMT"),
-        ({"TIME": [0.0], "AMT": [10.0], "RATE": [0.0], "ROUTE": ["iv-infusion"]}, "row 1 RATE"),
+        ({"TIME": [-1.0], "AMT": [10.0]}, "row 1 column TIME"),
+        ({"TIME": [0.0], "AMT": [10.0], "ROUTE": ["inhaled"]}, "row 1 column ROUTE"),
+        ({"TIME": [0.0], "AMT": ["abc"]}, "row 1 column AMT"),
+        ({"TIME": [0.0], "AMT": [70000.0]}, "row 1 column AMT"),
+        ({"TIME": [0.0], "AMT": [10.0], "RATE": [0.0], "ROUTE": ["iv-infusion"]}, "row 1 column RATE"),
     ],
 )
 def test_bad_event_tables(table, field):
     with pytest.raises(KetasimError) as exc:
         Regimen.from_event_table(pd.DataFrame(table))
     assert field in exc.value.field
+
+
+def test_event_table_errors_name_the_file_row_and_column(tmp_path):
+    """A CSV read by path is named in the error like the fit data's: FILE row N column COL."""
+    p = tmp_path / "doses.csv"
+    p.write_text("ID,TIME,EVID,AMT\n1,0,1,10\n1,24,1,abc\n", encoding="utf-8")
+    with pytest.raises(KetasimError) as exc:
+        Regimen.from_event_table(str(p))
+    assert exc.value.field == f"{p} row 2 column AMT"
 
 
 def test_event_table_empty_cells_mean_defaults(tmp_path):

@@ -110,7 +110,8 @@ def pk(
         _out_file(path, fld)
 
     if regimen_csv:
-        regimen = Regimen.from_event_table(_read_csv(regimen_csv, "regimen-csv"))
+        regimen = Regimen.from_event_table(_read_csv(regimen_csv, "regimen-csv"),
+                                           source=regimen_csv)
     else:
         r = normalise_route(route)
         if r == "iv-infusion" and duration is None:

@@ -755,12 +755,13 @@ def api_index() -> str:
 
 # ----------------------------------------------------------------------------- validation
 def validation_page(docs_dir: str | Path = "docs") -> str:
-    """Validation results page from the committed calibration reports in ``docs_dir``
+    """Calibration results page (``validation-results.md`` on the site) from the committed
+    calibration reports in ``docs_dir``
     (``calibration-*.json``, written by ``ketasim calibrate ... --write``)."""
     import json
 
     d = Path(docs_dir)
-    lines = ["# Validation results\n",
+    lines = ["# Calibration results\n",
              "<!-- GENERATED at docs build time from docs/calibration-*.json. -->\n",
              "The targets below come from `shared/literature/calibration/` (timings, "
              "experiment findings, clinical summary statistics), except the mechanism timings "

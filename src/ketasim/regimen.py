@@ -206,18 +206,23 @@ class Regimen:
 
     @classmethod
     def from_event_table(cls, table: pd.DataFrame | str, subject_id: int | None = None,
-                         route_of_cmt: dict[int, str] | None = None) -> Regimen:
+                         route_of_cmt: dict[int, str] | None = None,
+                         source: str | None = None) -> Regimen:
         """Read a regimen back from an event table (a DataFrame or a CSV path).
 
         Only dosing records (EVID 1 or 4) are used; ADDL/II are expanded. The route comes from
         a ``ROUTE`` column, else from ``route_of_cmt``, else RATE > 0 means IV infusion and
-        RATE = 0 means IV bolus. AMT is mg base (absolute, not per kg).
+        RATE = 0 means IV bolus. AMT is mg base (absolute, not per kg). Errors name
+        ``source`` (default: the CSV path, or "event table"), the 1-based data row and the
+        column, as the fit data's do: ``data.csv row 7 column AMT: …``.
         """
+        if source is None:
+            source = table if isinstance(table, str) else "event table"
         df = pd.read_csv(table) if isinstance(table, str) else table.copy()
         df.columns = [c.upper() for c in df.columns]
         missing = {"TIME", "AMT"} - set(df.columns)
         if missing:
-            raise KetasimError("event table", f"missing columns {sorted(missing)}",
+            raise KetasimError(source, f"missing columns {sorted(missing)}",
                                "ID, TIME, EVID, AMT, RATE, CMT, II, ADDL")
         if subject_id is not None and "ID" in df.columns:
             df = df[df["ID"] == subject_id]
@@ -229,7 +234,7 @@ class Regimen:
                 bad = vals.isna() & df[col].notna()
                 if bad.any():
                     r = bad.to_numpy().argmax()
-                    raise KetasimError(f"event table row {df.index[r] + 1} {col}",
+                    raise KetasimError(f"{source} row {df.index[r] + 1} column {col}",
                                        f"not a number: {shorten(str(df[col].iloc[r]))}")
                 df[col] = vals
         doses: list[Administration] = []
@@ -238,17 +243,17 @@ class Regimen:
             amt = float(rec["AMT"])
             t0 = float(rec["TIME"])
             if not (math.isfinite(t0) and 0 <= t0 <= MAX_DURATION_H):
-                raise KetasimError(f"event table row {i + 1} TIME",
+                raise KetasimError(f"{source} row {i + 1} column TIME",
                                    f"must be within 0–{MAX_DURATION_H:g} h, got {t0:g}")
             if not (math.isfinite(amt) and 0 < amt <= MAX_DOSE_MG):
-                raise KetasimError(f"event table row {i + 1} AMT",
+                raise KetasimError(f"{source} row {i + 1} column AMT",
                                    f"a dose needs an amount > 0 and ≤ {MAX_DOSE_MG:g} mg, got "
                                    f"{amt:g}")
             rate = _cell(rec, "RATE", 0.0)
             if not math.isfinite(rate):
-                raise KetasimError(f"event table row {i + 1} RATE", "not finite")
+                raise KetasimError(f"{source} row {i + 1} column RATE", "not finite")
             if rate < 0:
-                raise KetasimError(f"event table row {i + 1} RATE",
+                raise KetasimError(f"{source} row {i + 1} column RATE",
                                    "modelled rate/duration (RATE < 0) is not supported",
                                    "0 (bolus or absorption) or > 0 mg/h (infusion)")
             route = rec.get("ROUTE")
@@ -259,18 +264,18 @@ class Regimen:
             addl = _cell(rec, "ADDL", 0.0)
             ii = _cell(rec, "II", 0.0)
             if not (0 <= addl < 10000 and addl == int(addl)):
-                raise KetasimError(f"event table row {i + 1} ADDL",
+                raise KetasimError(f"{source} row {i + 1} column ADDL",
                                    f"must be a whole number 0..9999, got {addl:g}", "0..9999")
             n_addl = int(addl)
             if n_addl > 0 and not ii > 0:
-                raise KetasimError(f"event table row {i + 1} II", "ADDL > 0 needs II > 0")
+                raise KetasimError(f"{source} row {i + 1} column II", "ADDL > 0 needs II > 0")
             try:
                 route = normalise_route(route)
             except KetasimError as exc:
-                raise KetasimError(f"event table row {i + 1} ROUTE", exc.problem,
+                raise KetasimError(f"{source} row {i + 1} column ROUTE", exc.problem,
                                    exc.allowed) from exc
             if rate <= 0 and route == "iv-infusion":
-                raise KetasimError(f"event table row {i + 1} RATE",
+                raise KetasimError(f"{source} row {i + 1} column RATE",
                                    "an IV infusion record needs RATE > 0 mg/h")
             for k in range(n_addl + 1):
                 t = t0 + k * ii
@@ -281,10 +286,10 @@ class Regimen:
                     else:
                         doses.append(Dose(t, a, route=route))
                 except KetasimError as exc:
-                    raise KetasimError(f"event table row {i + 1} {exc.field.upper()}",
+                    raise KetasimError(f"{source} row {i + 1} column {exc.field.upper()}",
                                        exc.problem, exc.allowed) from exc
         if not doses:
-            raise KetasimError("event table", "no dosing records (EVID 1)")
+            raise KetasimError(source, "no dosing records (EVID 1)")
         return cls(tuple(doses))
 
 
