@@ -283,3 +283,37 @@ def test_table_output_names_sets_and_summary(capsys):
     assert "example_pk" in text and "(validation)" in text
     assert "validation: " in text and "endpoints within tolerance" in text
     assert "not medical advice" in text
+
+
+def test_validation_statistics_follow_their_textbook_definitions():
+    """Pooled SD weighted by degrees of freedom; crude odds ratio (Haldane only for an empty
+    cell); significance as a t test at the study's n; lower median; PIs with 'not reached';
+    a relative tolerance around a negative observation; no ±1e12 for zero spread."""
+    import math
+
+    from ketasim import validate as v
+
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    b = np.array([2.0, 4.0])
+    want = math.sqrt((7 * np.var(a, ddof=1) + 1 * np.var(b, ddof=1)) / 8)
+    assert v._pooled_sd(a, b) == pytest.approx(want)
+    assert v._pooled_sd(a, b) != pytest.approx(math.sqrt((np.var(a, ddof=1)
+                                                          + np.var(b, ddof=1)) / 2))
+    assert v._odds_ratio(6, 7, 1, 7) == pytest.approx(36.0)  # crude (6·6)/(1·1)
+    assert v._odds_ratio(7, 7, 1, 7) == pytest.approx((7.5 / 0.5) / (1.5 / 6.5))
+    # t with 12 df at −2.1 is not significant at 5% two-sided (z-equivalent above −1.96) …
+    assert -1.96 < v._z_equivalent(-2.1, 12) < -1.85
+    # … and a large study behaves as a z test
+    assert v._z_equivalent(-2.1, 1e6) == pytest.approx(-2.1, abs=1e-4)
+    assert v._z_equivalent(2.5, 20) == pytest.approx(-v._z_equivalent(-2.5, 20))
+    assert v._lower_median([14.0, 16.0, 18.0, 20.0]) == 16.0
+    assert v._lower_median([3.0, math.inf, math.inf]) == math.inf
+    assert math.isnan(v._lower_median([]))
+    # 22 values without the NaN: the 5th percentile is the 2nd smallest (no interpolation)
+    assert v._percentiles([1.0, 2.0, math.nan] + [math.inf] * 20) == [2.0, None]
+    assert v._percentiles([float(i) for i in range(101)]) == [5.0, 95.0]
+    assert math.isnan(v._ratio(1.0, 0.0))
+    e = v.Endpoint(name="x", metric="mean_change", arm="k", at="24 h", scale="madrs",
+                   observed=-10.0, tolerance=v.Tolerance(rule="rel", rel=0.2))
+    assert v.tolerance_interval(e) == (-12.0, -8.0)
+    assert v.judge(e, -10.5)

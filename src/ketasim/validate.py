@@ -10,7 +10,10 @@ simulated patients, card values), a 90 % prediction interval and whether the pre
 inside the tolerance. The prediction interval comes from virtual-trial replicates of the
 study's own size: each replicate draws the calibrated clinic constants from their uncertainty
 distribution (card ``uncertainty``) and resamples the study's number of patients per arm from
-the simulated population, so it holds parameter uncertainty and between-patient variability.
+the simulated population, so it holds parameter uncertainty and between-patient variability,
+conditional on that simulated pool of ``n`` patients per arm: the point prediction's own
+Monte Carlo error at ``n`` is not in it (at ``--n 100`` the number of endpoints within tolerance
+moves by a few between seeds; docs/validation.md).
 
 Tolerance rules (the numbers are the case file's; the defaults and their reasons are in
 ``docs/validation.md``):
@@ -20,7 +23,7 @@ Tolerance rules (the numbers are the case file's; the defaults and their reasons
 * ``binomial``: the Wilson 95 % interval of the observed proportion at the study's n, widened to
   at least ± floor;
 * ``range``: the interval given, widened by floor on each side;
-* ``rel``: observed × (1 ± rel);
+* ``rel``: observed × (1 ± rel) (ordered, also for a negative observation);
 * ``sd``: observed ± max(SD, floor) (a spread of individuals, when n is not reported);
 * qualitative (``expect``): a stated direction or significance check, see :data:`METRICS`.
 
@@ -62,10 +65,13 @@ METRICS = {
     "difference": "mean change ARM minus mean change VS",
     "cohens_d": "(mean change ARM − mean change VS) / pooled SD (negative favours ARM)",
     "rate_difference": "response (or remission, with of: remission) rate ARM minus VS",
-    "odds_ratio": "odds ratio of response (or remission) ARM vs VS",
-    "separation_z": "Welch z of the change difference at the study's n (qualitative)",
+    "odds_ratio": "crude odds ratio of response (or remission) ARM vs VS (0.5 added to each "
+                  "cell only when a cell is empty)",
+    "separation_z": "Welch t of the change difference at the study's n, as its z-equivalent "
+                    "(qualitative)",
     "response_separation_z": "two-proportion z of response (of: remission) at the study's n",
-    "change_significant_z": "one-sample z of the change in ARM at the study's n",
+    "change_significant_z": "one-sample t of the change in ARM at the study's n, as its "
+                            "z-equivalent",
     "dissociation_present": "mean CADSS in ARM ≥ 4 at the visit (qualitative)",
     "peak_mean": "mean over patients of the scale's peak column (e.g. peak SBP change)",
     "peak_incidence": "fraction of patients whose peak CADSS ≥ threshold",
@@ -493,6 +499,36 @@ def _sd(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
 
 
+def _pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
+    """Pooled SD of two samples, each variance weighted by its degrees of freedom."""
+    na, nb = len(a), len(b)
+    return math.sqrt(((na - 1) * _sd(a) ** 2 + (nb - 1) * _sd(b) ** 2) / max(na + nb - 2, 1))
+
+
+def _odds_ratio(xa: int, na: int, xb: int, nb: int) -> float:
+    """Crude odds ratio of ``xa/na`` against ``xb/nb``; 0.5 is added to every cell only when
+    a cell is empty (Haldane–Anscombe), so that a zero or full rate gives a finite ratio."""
+    k = 0.5 if min(xa, na - xa, xb, nb - xb) == 0 else 0.0
+    return float(((xa + k) / (na - xa + k)) / ((xb + k) / (nb - xb + k)))
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den``, NaN where the denominator is 0 (identical scores, one patient): a
+    standardised statistic is then undefined, not ±10¹²."""
+    return num / den if den > 0.0 else float("nan")
+
+
+def _z_equivalent(t: float, df: float) -> float:
+    """The standard-normal quantile with the same one-sided p-value as Student's ``t`` with
+    ``df`` degrees of freedom, so a "z ≤ −1.96" check is a two-sided 5% t test at small n."""
+    from scipy.stats import norm
+    from scipy.stats import t as student
+
+    if not math.isfinite(t) or not df > 0:
+        return t
+    return float(norm.ppf(student.cdf(t, df)) if t < 0 else -norm.ppf(student.cdf(-t, df)))
+
+
 def _stat(e: Endpoint, sims: dict[str, ArmSim], S: dict[str, dict], idx: dict[str, np.ndarray],
           n_study: dict[str, int]) -> float:
     """The endpoint's statistic on the patients ``idx`` of each arm."""
@@ -514,7 +550,7 @@ def _stat(e: Endpoint, sims: dict[str, ArmSim], S: dict[str, dict], idx: dict[st
                      - 1.0)
     if m == "improvement_d":
         ch = _change(Sa, e.scale, j, ia)
-        return float(-ch.mean() / max(_sd(ch), 1e-12))
+        return float(_ratio(-ch.mean(), _sd(ch)))
     if m in ("response_rate", "remission_rate"):
         return float(_flags(e, Sa, j, ia, "remission" if m == "remission_rate" else "response"
                             ).mean())
@@ -534,9 +570,10 @@ def _stat(e: Endpoint, sims: dict[str, ArmSim], S: dict[str, dict], idx: dict[st
     if m == "dissociation_present":
         return float(Sa["cadss"][ia, j].mean())
     if m == "change_significant_z":
+        # one-sample t at the study's n, as its z-equivalent (df = n − 1)
         ch = _change(Sa, e.scale, j, ia)
-        se = max(_sd(ch), 1e-12) / math.sqrt(n_study[a])
-        return float(ch.mean() / se)
+        t = _ratio(float(ch.mean()), _sd(ch) / math.sqrt(n_study[a]))
+        return _z_equivalent(t, n_study[a] - 1)
     if m == "relapse_median_days":
         return _relapse_median(e, sim, Sa, ia, j)
     # two-arm metrics
@@ -552,19 +589,21 @@ def _stat(e: Endpoint, sims: dict[str, ArmSim], S: dict[str, dict], idx: dict[st
         if m == "difference":
             return diff
         if m == "cohens_d":
-            sp = math.sqrt((_sd(ca) ** 2 + _sd(cb) ** 2) / 2.0)
-            return diff / max(sp, 1e-12)
-        se = math.sqrt(_sd(ca) ** 2 / n_study[a] + _sd(cb) ** 2 / n_study[b])
-        return diff / max(se, 1e-12)
+            return _ratio(diff, _pooled_sd(ca, cb))
+        # Welch's t at the study's n, as its z-equivalent (Welch–Satterthwaite df)
+        va, vb = _sd(ca) ** 2 / n_study[a], _sd(cb) ** 2 / n_study[b]
+        t = _ratio(diff, math.sqrt(va + vb))
+        dfd = (va * va / max(n_study[a] - 1, 1) + vb * vb / max(n_study[b] - 1, 1))
+        return _z_equivalent(t, (va + vb) ** 2 / dfd if dfd > 0 else float("nan"))
     fa = _flags(e, Sa, j, ia).mean()
     fb = _flags(e, Sb, jb, ib).mean()
     if m == "rate_difference":
         return float(fa - fb)
     if m == "odds_ratio":
-        # 0.5 added to every cell (Haldane) so that a zero rate gives a finite ratio
+        # crude odds ratio; 0.5 is added to every cell only when a cell is empty
+        # (Haldane–Anscombe), so that a zero rate gives a finite ratio
         na, nb = len(ia), len(ib)
-        xa, xb = fa * na, fb * nb
-        return float(((xa + 0.5) / (na - xa + 0.5)) / ((xb + 0.5) / (nb - xb + 0.5)))
+        return _odds_ratio(round(fa * na), na, round(fb * nb), nb)
     if m == "response_separation_z":
         na, nb = n_study[a], n_study[b]
         p = (fa * na + fb * nb) / (na + nb)
@@ -584,7 +623,16 @@ def _relapse_median(e: Endpoint, sim: ArmSim, Sa: dict, ia: np.ndarray, j: int) 
     for k in np.nonzero(ok[:, j])[0]:
         lost = np.nonzero(~ok[k, j + 1:])[0]
         times.append((sim.visits_h[j + 1 + lost[0]] - last) / 24.0 if lost.size else math.inf)
-    return float(np.median(times)) if times else float("nan")
+    return _lower_median(times)
+
+
+def _lower_median(times: list[float]) -> float:
+    """The lower median (a value that occurs, e.g. a visit time, as the trial summary's
+    Kaplan–Meier median; not the mean of the two middle values): +inf when half or more are
+    +inf ("not reached"), NaN for no values."""
+    if not times:
+        return float("nan")
+    return float(np.sort(np.asarray(times, dtype=float))[math.ceil(len(times) / 2) - 1])
 
 
 # --------------------------------------------------------------------------- tolerance
@@ -627,7 +675,8 @@ def tolerance_interval(e: Endpoint) -> tuple[float, float] | None:
         lo, hi = _wilson(obs, e.n)
         return min(lo, obs - f), max(hi, obs + f)
     if t.rule == "rel":
-        return obs * (1 - t.rel), obs * (1 + t.rel)
+        lo, hi = sorted((obs * (1 - t.rel), obs * (1 + t.rel)))  # also for a negative observed
+        return lo, hi
     if t.rule == "sd":
         h = max(e.sd or 0.0, f)
         return obs - h, obs + h
@@ -670,11 +719,20 @@ def _case_seed(seed: int, case_id: str) -> np.random.Generator:
 
 
 def _percentiles(x: list[float]) -> list[float | None]:
-    a = np.asarray([v for v in x if math.isfinite(v)], dtype=float)
+    """5th and 95th percentiles of the replicates (the 90% prediction interval). NaN
+    replicates (undefined: no responders) are left out; +inf ones ("not reached") count as the
+    largest values, and a percentile that falls on them is None (unbounded)."""
+    a = np.sort(np.asarray([v for v in x if not math.isnan(v)], dtype=float))
     if not a.size:
         return [None, None]
-    lo, hi = np.percentile(a, [5.0, 95.0])
-    return [float(lo), float(hi)]
+    if np.isfinite(a).all():
+        lo, hi = np.percentile(a, [5.0, 95.0])
+        return [float(lo), float(hi)]
+    out: list[float | None] = []
+    for q in (5.0, 95.0):  # no interpolation towards +inf
+        v = float(np.percentile(a, q, method="inverted_cdf"))
+        out.append(v if math.isfinite(v) else None)
+    return out
 
 
 def run_trial_case(case: Case, n: int, seed: int, replicates: int,
