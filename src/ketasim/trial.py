@@ -55,7 +55,7 @@ from . import __version__, shards, stats
 from .errors import KetasimError, check_callable
 from .progress import RichProgress  # noqa: F401  (re-exported: trial.RichProgress)
 from .scenario import ArmSpec, Scenario, load_scenario, parse_scenario
-from .shards import Chunk
+from .shards import Chunk, load_patients  # noqa: F401  (load_patients: trial.load_patients)
 from .units import parse_duration
 
 DISCLAIMER = "ketasim is a research tool, not medical advice."
@@ -735,7 +735,7 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
     traj: dict[str, pd.DataFrame] = {}
     for ch in resumed:
         if ch.start < trajectories:
-            traj[ch.key] = pd.read_parquet(shards.shard_path(out, ch, "trajectories"))
+            traj[ch.key] = shards.read_frame(shards.shard_path(out, ch, "trajectories"))
     done = sum(ch.size for ch in resumed)
     if progress is not None:
         progress(done, total)
@@ -911,7 +911,9 @@ class TrialResult:
 
     def patients(self, arm: str | None = None) -> pd.DataFrame:
         """Per-patient summaries (one row per patient; every endpoint at every visit as
-        ``<column>@<visit>``) of one arm or all: the whole table, so for small runs."""
+        ``<column>@<visit>``) of one arm or all: the whole table, so for small runs. For a
+        run written with ``out``, :func:`load_patients` (``ketasim.trial.load_patients``)
+        reads the same table back later from the folder."""
         return self.store.table(None if arm is None else self._arm_index(arm))
 
     def arm_arrays(self, name: str) -> ArmArrays:
