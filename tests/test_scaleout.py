@@ -226,6 +226,60 @@ def test_shards_manifest_and_atomic_files(small, reference, tmp_path):
     assert leftovers == []
 
 
+def test_shards_read_back_with_pandas(small, reference, tmp_path):
+    """A plain ``pandas.read_parquet(OUT/"shards")`` reads every per-patient summary (the
+    ``arm=`` folders and the ``arm`` column agree in type), and ``load_patients`` gives the
+    table of ``TrialResult.patients()`` in patient order."""
+    out = tmp_path / "o"
+    res = run_trial(small, chunk_size=4, out=str(out), trajectories=3)
+    ref = reference.patients()
+    got = pd.read_parquet(out / "shards")
+    assert len(got) == len(ref) and set(got.columns) == set(ref.columns)
+    got = (got.assign(arm=got["arm"].astype(str))
+           .sort_values(["arm_index", "patient"]).reset_index(drop=True)[list(ref.columns)])
+    pd.testing.assert_frame_equal(got, ref, check_exact=True, check_dtype=False)
+    traj = pd.read_parquet(out / "trajectories")
+    assert len(traj) == len(res.data) and set(traj["arm"].astype(str)) == {"ketamine", "saline"}
+    pd.testing.assert_frame_equal(trial.load_patients(out), ref, check_exact=True)
+    pd.testing.assert_frame_equal(trial.load_patients(str(out), arm="saline"),
+                                  reference.patients("saline"), check_exact=True)
+    with pytest.raises(KetasimError, match="no arm named"):
+        trial.load_patients(out, arm="placebo")
+    (out / "shards" / "arm=saline" / "chunk-4.parquet").unlink()
+    with pytest.raises(KetasimError, match="1 of 4 shards missing"):
+        trial.load_patients(out)
+    with pytest.raises(KetasimError, match="no manifest.json"):
+        trial.load_patients(tmp_path)
+
+
+def test_runs_with_plain_arm_column_still_resume_and_load(small, reference, tmp_path,
+                                                          monkeypatch):
+    """Shards written before the ``arm`` column was dictionary-encoded (a plain string column,
+    which clashes with the ``arm=`` folders for ``pandas.read_parquet``) still resume without
+    recomputing and read back with ``load_patients``."""
+    from ketasim import shards
+
+    out = tmp_path / "o"
+    with monkeypatch.context() as m:
+        m.setattr(shards, "_encode_partition_columns", lambda table: table)
+        run_trial(small, chunk_size=4, out=str(out), trajectories=3)
+    with pytest.raises(Exception, match="incompatible types"):
+        pd.read_parquet(out / "shards")
+    pd.testing.assert_frame_equal(trial.load_patients(out), reference.patients(),
+                                  check_exact=True)
+    calls = []
+    real = trial._run_chunk
+
+    def spy(scenario, chunk, *args):
+        calls.append(chunk.key)
+        return real(scenario, chunk, *args)
+
+    monkeypatch.setattr(trial, "_run_chunk", spy)
+    res = run_trial(small, out=str(out))
+    assert calls == [] and res.meta["chunks"]["resumed"] == 4
+    assert_same(res, reference)
+
+
 def test_resume_recomputes_only_missing_chunks(small, reference, tmp_path, monkeypatch):
     out = tmp_path / "o"
     run_trial(small, chunk_size=2, out=str(out))

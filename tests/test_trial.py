@@ -174,6 +174,110 @@ def test_relapse_after_repeated_infusions():
     assert all(0 < t <= 84 * 24.0 for t in r["relapse_times_h"])
 
 
+def test_newcombe_interval_known_values():
+    """Newcombe's hybrid score interval (method 10): Newcombe 1998 Table II and the audit's
+    cases; first proportion minus second, as the trial's ARM1 minus ARM2."""
+    cases = {(56, 70, 48, 80): (0.0524, 0.3339), (9, 10, 3, 10): (0.1705, 0.8090),
+             (5, 56, 0, 29): (-0.0381, 0.1926), (0, 10, 0, 20): (-0.1611, 0.2775),
+             (0, 10, 0, 10): (-0.2775, 0.2775), (10, 10, 0, 20): (0.6791, 1.0),
+             (0, 25, 0, 47): (-0.0756, 0.1332), (25, 25, 20, 47): (0.3800, 0.7049)}
+    for (k1, n1, k2, n2), ci in cases.items():
+        r = stats.newcombe_diff(k1, n1, k2, n2)
+        assert r["difference"] == pytest.approx(k1 / n1 - k2 / n2)
+        assert r["ci95"] == pytest.approx(ci, abs=6e-5), (k1, n1, k2, n2)
+    # the sign follows the order of the arms
+    lo, hi = stats.newcombe_diff(20, 47, 25, 25)["ci95"]
+    assert (lo, hi) == pytest.approx((-0.7049, -0.3800), abs=6e-5)
+    assert stats.wilson(0, 25) == pytest.approx((0.0, 0.1332), abs=6e-5)
+    assert all(math.isnan(x) for x in stats.newcombe_diff(0, 0, 1, 2)["ci95"])
+
+
+def test_rate_differences_use_newcombe(reference):
+    """Response and remission differences carry Newcombe intervals (the Wald interval has
+    zero width at 0/n vs 0/n and at 100% vs 100%)."""
+    s = reference.to_dict()
+    for v, d in s["differences"]["ketamine-midazolam"].items():
+        a, b = s["arms"]["ketamine"][v], s["arms"]["midazolam"][v]
+        for rate, k in (("response_rate", "n_responders"), ("remission_rate", "n_remitters")):
+            ref = stats.newcombe_diff(a[k], a["n"], b[k], b["n"])
+            assert d[f"{rate}_difference"] == pytest.approx(ref["difference"])
+            assert d[f"{rate}_difference_ci95"] == pytest.approx(list(ref["ci95"]))
+            lo, hi = d[f"{rate}_difference_ci95"]
+            assert hi - lo > 0
+    assert "Newcombe" in s["meta"]["definitions"]["response_rate_difference"]
+    assert "Wald" not in json.dumps(s["meta"]["definitions"])
+
+
+def test_welch_without_spread_is_undefined():
+    """No spread in either group: SE 0, so no t statistic; CI and p are NaN (JSON null), not a
+    zero-width CI with p = 0."""
+    w = stats.welch([1.0, 1.0, 1.0], [2.0, 2.0])
+    assert w["difference"] == -1.0 and w["se"] == 0.0
+    assert all(math.isnan(x) for x in (*w["ci95"], w["p_value"], w["df"]))
+    w = stats.welch([3.0, 3.0], [3.0, 3.0])
+    assert w["difference"] == 0.0 and math.isnan(w["p_value"])
+    # one patient in a group: only the difference is defined (unchanged)
+    w = stats.welch([1.0], [2.0, 3.0])
+    assert w["difference"] == -1.5
+    assert all(math.isnan(x) for x in (*w["ci95"], w["se"], w["df"], w["p_value"]))
+
+
+def test_lower_median_is_a_visit_time():
+    assert stats.lower_median([24.0, 4.0]) == 4.0  # np.median: 14 h, not a visit
+    assert stats.lower_median([1.0, 4.0, 24.0]) == 4.0
+    assert stats.lower_median([]) is None
+    assert stats.lower_median([4.0, 24.0]) == stats.event_median([4.0, 24.0], [True, True])
+    # a trial arm with 8 responders: 4 at 40 min, 3 at 24 h, 1 at 7 d
+    sc = parse_scenario({**SMALL, "population": {"disorder": "trd", "n": 20, "seed": 1}})
+    res = run_trial(sc)
+    p = res.patients("ketamine")
+    ttr = np.sort(p.loc[p["responded"], "time_to_response_h"].to_numpy())
+    assert ttr.size % 2 == 0
+    tt = res.to_dict()["arm_summary"]["ketamine"]["time_to_response"]
+    assert tt["median_among_responders_h"] == ttr[ttr.size // 2 - 1]
+    assert tt["median_among_responders_h"] in res.meta["visits_h"]
+
+
+def test_relapse_with_followup(reference):
+    """A visit after the responder visit: counts, fraction and median as before."""
+    for r in (b["relapse"] for b in reference.to_dict()["arm_summary"].values()):
+        assert r["assessable"] is True and r["note"] is None
+        assert r["responder_visit"] == "24 h"
+        assert isinstance(r["n_at_risk"], int) and r["n_at_risk"] > 0
+        assert r["n_relapsed"] + r["n_censored"] == r["n_at_risk"]
+        assert r["relapse_fraction"] == pytest.approx(r["n_relapsed"] / r["n_at_risk"])
+
+
+NO_FOLLOWUP = ('title = "no follow-up"\n[population]\nn = 8\nseed = 5\n'
+               '[[arm]]\nname = "ketamine"\ndrug = "ketamine"\nroute = "iv-infusion"\n'
+               'dose = "0.5 mg/kg"\nduration = "40 min"\n'
+               '[[arm]]\nname = "saline"\ncontrol = "saline"\n'
+               '[endpoints]\nat = ["40 min", "24 h"]\n')
+
+
+def test_relapse_not_assessable_without_followup(capsys, tmp_path):
+    """The responder visit is the last visit: relapse is not assessable (null), not "0 of N
+    relapsed, N censored"."""
+    path = tmp_path / "s.toml"
+    path.write_text(NO_FOLLOWUP)
+    rc, out, err = run(capsys, ["trial", str(path), "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    for r in (b["relapse"] for b in d["arm_summary"].values()):
+        assert r["responder_visit"] == "24 h" and r["assessable"] is False
+        assert r["note"] == "no follow-up after the responder visit"
+        for key in ("relapse_fraction", "n_at_risk", "n_relapsed", "n_censored", "median_d"):
+            assert r[key] is None, key
+    rc, out, err = run(capsys, ["trial", str(path), "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    lines = [x for x in out.splitlines() if "relapse:" in x]
+    assert len(lines) == 2
+    assert all("no follow-up after the responder visit" in x and "censored" not in x
+               for x in lines)
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert html.count("not assessable: no follow-up after the responder visit") == 2
+
+
 # ------------------------------------------------------------------ CLI contracts
 def test_trial_json_contract(capsys, tmp_path):
     path = tmp_path / "s.toml"

@@ -330,6 +330,15 @@ def _fmt(v, nd: int = 1, pct: bool = False) -> str:
     return f"{100 * v:.{nd}f}%" if pct else f"{v:.{nd}f}"
 
 
+def _relapse_text(rl: dict) -> str:
+    """The relapse part of an arm's line: counts and median, or why it is not assessable."""
+    if rl["n_relapsed"] is None:  # responder visit is the last visit: nothing to count
+        return f"not assessable at {rl['responder_visit'] or '–'} ({rl['note']})"
+    return (f"{rl['n_relapsed']}/{rl['n_at_risk']} responders at "
+            f"{rl['responder_visit'] or '–'} relapsed, median "
+            f"{_fmt(rl['median_d'])} d ({rl['n_censored']} censored)")
+
+
 def _print_trial(s: dict) -> None:
     meta = s["meta"]
     scale = {"madrs": "MADRS", "hamd17": "HAM-D17", "hamd6": "HAM-D6"}[meta["scale"]]
@@ -359,9 +368,7 @@ def _print_trial(s: dict) -> None:
         tt, rl = b["time_to_response"], b["relapse"]
         out.print(f"  time to response: median {_fmt(tt['median_h'])} h "
                   f"({tt['n_responded']}/{tt['n']} ever responded); relapse: "
-                  f"{rl['n_relapsed']}/{rl['n_at_risk']} responders at "
-                  f"{rl['responder_visit'] or '–'} relapsed, median "
-                  f"{_fmt(rl['median_d'])} d ({rl['n_censored']} censored)")
+                  + _relapse_text(rl))
     for key, rows in s["differences"].items():
         t = Table(title=f"{key}: difference in mean {scale} change (negative favours "
                         f"{key.split('-')[0] if rows else ''})")

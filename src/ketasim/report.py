@@ -259,7 +259,8 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
             f"{name} — baseline {scale} {_f(b['baseline_mean'])} ({_f(b['baseline_sd'])})"))
     parts.append("<h2>Differences between arms</h2>")
     parts.append("<p class='muted'>ARM1 minus ARM2 in mean change from baseline (negative "
-                 "favours ARM1), Welch 95% CI; response-rate difference with Wald 95% CI; "
+                 "favours ARM1), Welch 95% CI; response-rate difference with Newcombe's "
+                 "hybrid score 95% CI (Wilson-based); "
                  "Cohen's d of the change.</p>")
     drows = []
     for key, rows in s["differences"].items():
@@ -296,10 +297,13 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
     trows = []
     for n, b in s["arm_summary"].items():
         t, r = b["time_to_response"], b["relapse"]
-        trows.append([n, f"{t['n_responded']} / {t['n']}", _f(t["median_h"]),
-                      _f(t["median_among_responders_h"]), r["responder_visit"] or "–",
-                      str(r["n_at_risk"]), str(r["n_relapsed"]), str(r["n_censored"]),
-                      _f(r["median_d"])])
+        head = [n, f"{t['n_responded']} / {t['n']}", _f(t["median_h"]),
+                _f(t["median_among_responders_h"]), r["responder_visit"] or "–"]
+        if r["n_relapsed"] is None:  # no visit after the responder visit
+            trows.append([*head, f"not assessable: {r['note']}", "–", "–", "–"])
+        else:
+            trows.append([*head, str(r["n_at_risk"]), str(r["n_relapsed"]),
+                          str(r["n_censored"]), _f(r["median_d"])])
     parts.append(_html_table(
         ["arm", "ever responded", "median time to response (h)", "… among responders (h)",
          "responder visit", "responders", "relapsed", "censored",

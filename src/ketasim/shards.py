@@ -9,6 +9,13 @@ The few patients whose visit-by-visit long table is kept ("trajectories") go to
 scenario hash, seed, ketasim version and card versions; a rerun with the same scenario
 resumes from the shards that are present and valid.
 
+The folders are Hive-style partitions (``arm=<name>``) and each file also holds the ``arm``
+column, written dictionary-encoded (the type a Hive partition key is read as), so a plain
+``pandas.read_parquet(DIR / "shards")`` (or ``"trajectories"``) reads every file of the run
+(rows in file order, not patient order; ``arm`` comes back categorical). Runs written by
+ketasim before this had ``arm`` as a plain string column, which clashes with the partition
+key; :func:`load_patients` reads either kind, in patient order.
+
 Stores give the statistics code columns, never the whole table: :class:`MemoryStore` keeps
 small runs' shards as DataFrames, :class:`DirStore` reads the requested columns from the
 Parquet shards, one arm at a time.
@@ -76,16 +83,55 @@ def shard_path(folder: str, chunk: Chunk, kind: str = "shards") -> str:
     return os.path.join(folder, kind, f"arm={chunk.arm}", f"chunk-{chunk.start}.parquet")
 
 
+#: columns stored dictionary-encoded: the Hive partition key of the shard folders
+PARTITION_COLUMNS = ("arm",)
+
+
+def _encode_partition_columns(table):
+    """``table`` with the partition-key columns dictionary-encoded (int32 indices, string
+    values), matching the type a reader infers for the ``arm=<name>`` folder key."""
+    import pyarrow as pa
+
+    for name in PARTITION_COLUMNS:
+        i = table.schema.get_field_index(name)
+        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
+            col = table.column(i).cast(pa.string()).dictionary_encode()
+            table = table.set_column(i, pa.field(name, col.type), col)
+    return table
+
+
+def _decode_dictionaries(table):
+    """``table`` with dictionary-encoded columns turned back into plain ones, so a shard reads
+    into the same DataFrame as the in-memory store holds (``arm`` as strings, not
+    categorical)."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            col = table.column(i).cast(f.type.value_type)
+            table = table.set_column(i, pa.field(f.name, col.type), col)
+    return table
+
+
+def read_frame(path: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One shard (or trajectory file) as a DataFrame, partition columns decoded to plain
+    strings (the same table as was written)."""
+    import pyarrow.parquet as pq
+
+    return _decode_dictionaries(pq.read_table(path, columns=columns)).to_pandas()
+
+
 def write_parquet_atomic(df: pd.DataFrame, path: str, metadata: dict[str, str] | None = None,
                          field: str = "out") -> None:
-    """Write ``df`` to ``path`` via a temporary file in the same folder and a rename."""
+    """Write ``df`` to ``path`` via a temporary file in the same folder and a rename (the
+    ``arm`` column dictionary-encoded, see :data:`PARTITION_COLUMNS`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        table = _encode_partition_columns(pa.Table.from_pandas(df, preserve_index=False))
         if metadata:
             meta = dict(table.schema.metadata or {})
             meta.update({k.encode(): v.encode() for k, v in metadata.items()})
@@ -222,9 +268,7 @@ class DirStore(Store):
 
     def frame(self, chunk: Chunk, columns: list[str] | None = None) -> pd.DataFrame:
         """One chunk's per-patient table read from its Parquet shard."""
-        import pyarrow.parquet as pq
-
-        return pq.read_table(shard_path(self.folder, chunk), columns=columns).to_pandas()
+        return read_frame(shard_path(self.folder, chunk), columns)
 
     def columns(self, arm_index: int, names: list[str]) -> dict[str, np.ndarray]:
         """The named columns of one arm, in patient order, read straight from the shards'
@@ -237,7 +281,40 @@ class DirStore(Store):
         for ch in self.plan:
             if ch.arm_index != arm_index:
                 continue
-            tbl = pq.ParquetFile(shard_path(self.folder, ch)).read(columns=names)
+            tbl = _decode_dictionaries(pq.ParquetFile(shard_path(self.folder, ch))
+                                       .read(columns=names))
             for n in names:
                 parts[n].append(tbl.column(n).to_numpy())
         return {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in parts.items()}
+
+
+def run_plan(folder: str) -> list[Chunk]:
+    """The chunk plan of the run in ``folder``, from its manifest."""
+    man = read_manifest(folder)
+    if man is None:
+        raise KetasimError("out", f"no {MANIFEST} in {folder}", "a folder written by "
+                           "ketasim trial --out or run_trial(out=...)")
+    names = [a["name"] for a in man["scenario"]["arm"]]
+    sizes = [int(man["n_per_arm"][n]) for n in names]
+    return plan_chunks(names, sizes, int(man["chunk_size"]))
+
+
+def load_patients(folder: str | os.PathLike, arm: str | None = None) -> pd.DataFrame:
+    """Every per-patient summary of the run in ``folder`` (one row per patient, arms in
+    scenario order, patients in order; ``arm`` as plain strings), read shard by shard, so it
+    also reads runs written before the ``arm`` column was dictionary-encoded. The same table
+    as :meth:`ketasim.trial.TrialResult.patients`. Refuses an incomplete run (a missing
+    shard); ``arm`` selects one arm."""
+    folder = os.fspath(folder)
+    plan = run_plan(folder)
+    if arm is not None:
+        if arm not in {ch.arm for ch in plan}:
+            raise KetasimError("arm", f"no arm named {arm!r}",
+                               ", ".join(dict.fromkeys(ch.arm for ch in plan)))
+        plan = [ch for ch in plan if ch.arm == arm]
+    missing = [ch for ch in plan if not os.path.exists(shard_path(folder, ch))]
+    if missing:
+        raise KetasimError("out", f"{len(missing)} of {len(plan)} shards missing in {folder} "
+                           f"(first: {shard_path(folder, missing[0])})",
+                           "rerun the same scenario with the same --out to complete it")
+    return DirStore(folder, plan).table()

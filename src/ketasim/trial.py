@@ -18,15 +18,22 @@ Endpoint definitions (on the scale named in ``endpoints.scale``; baseline = the 
   HAM-D17 7, HAM-D6 4 unless ``endpoints.remission_threshold``);
 * dissociation incidence: CADSS ≥ 4 at the visit (and, per arm, at the patient's peak);
 * time to response: first visit meeting response; median over all patients with those never
-  responding censored at the last visit (``None`` = not reached), and median among responders;
+  responding censored at the last visit (``None`` = not reached), and median among responders
+  (both lower medians, so always a visit time);
 * relapse: patients responding at the first visit ≥ 24 h after the start of the last dose (the
   usual post-treatment responder visit; else the first visit after the dose ends) are followed
   to ``endpoints.relapse_followup`` after the last dose (else to the last visit); the event is
   the first later visit with score > (1 − response_fraction) × baseline, timed from the start
   of the last dose. Patients who keep their response are censored at the end of follow-up;
-  since all censoring is at the end, the Kaplan–Meier median equals the simple one.
+  since all censoring is at the end, the Kaplan–Meier median equals the simple one (the lower
+  median). A single later visit without response counts as relapse (no confirmation at a
+  second visit: a simplification). When no visit follows the responder visit within
+  follow-up (e.g. the responder visit is the last visit), relapse is not assessable: the
+  fraction and counts are ``None`` rather than "0 of N relapsed".
 * differences "A-B" (every pair, A listed before B): mean change in A minus B with a Welch 95 %
-  CI, response and remission rate differences with Wald CIs, and Cohen's d of the change.
+  CI (``None`` CI and p when neither arm has any spread), response and remission rate
+  differences with Newcombe hybrid score 95 % CIs (Wilson-based, method 10 of Newcombe 1998),
+  and Cohen's d of the change.
 
 Control arms carry the drug arms' schedule for the relapse clock (blinded matched infusions).
 """
@@ -55,7 +62,7 @@ from . import __version__, shards, stats
 from .errors import KetasimError, check_callable
 from .progress import RichProgress  # noqa: F401  (re-exported: trial.RichProgress)
 from .scenario import ArmSpec, Scenario, load_scenario, parse_scenario
-from .shards import Chunk
+from .shards import Chunk, load_patients  # noqa: F401  (load_patients: trial.load_patients)
 from .units import parse_duration
 
 DISCLAIMER = "ketasim is a research tool, not medical advice."
@@ -735,7 +742,7 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
     traj: dict[str, pd.DataFrame] = {}
     for ch in resumed:
         if ch.start < trajectories:
-            traj[ch.key] = pd.read_parquet(shards.shard_path(out, ch, "trajectories"))
+            traj[ch.key] = shards.read_frame(shards.shard_path(out, ch, "trajectories"))
     done = sum(ch.size for ch in resumed)
     if progress is not None:
         progress(done, total)
@@ -911,7 +918,9 @@ class TrialResult:
 
     def patients(self, arm: str | None = None) -> pd.DataFrame:
         """Per-patient summaries (one row per patient; every endpoint at every visit as
-        ``<column>@<visit>``) of one arm or all: the whole table, so for small runs."""
+        ``<column>@<visit>``) of one arm or all: the whole table, so for small runs. For a
+        run written with ``out``, :func:`load_patients` (``ketasim.trial.load_patients``)
+        reads the same table back later from the folder."""
         return self.store.table(None if arm is None else self._arm_index(arm))
 
     def arm_arrays(self, name: str) -> ArmArrays:
@@ -997,10 +1006,10 @@ def summarise(result: TrialResult) -> dict:
             pa, pb = per_patient[a], per_patient[b]
             w = stats.welch(pa["change"], pb["change"])
             na, nb = pa["change"].shape[0], pb["change"].shape[0]
-            r = stats.wald_diff(int(pa["responding"].sum()), na,
-                                int(pb["responding"].sum()), nb)
-            q = stats.wald_diff(int(pa["remitting"].sum()), na,
-                                int(pb["remitting"].sum()), nb)
+            r = stats.newcombe_diff(int(pa["responding"].sum()), na,
+                                    int(pb["responding"].sum()), nb)
+            q = stats.newcombe_diff(int(pa["remitting"].sum()), na,
+                                    int(pb["remitting"].sum()), nb)
             lo, hi = w["ci95"]
             sig = bool(np.isfinite(lo) and (hi < 0 or lo > 0))
             differences[key][v] = {
@@ -1035,15 +1044,26 @@ _DEFINITIONS = {
     "response": "score ≤ (1 − response_fraction) × baseline",
     "remission": "score ≤ remission_threshold",
     "dissociation_incidence": "fraction with CADSS ≥ 4 (at the visit; peak_… at the peak)",
-    "difference": "ARM1 minus ARM2 in mean change; Welch 95% CI; negative favours ARM1",
-    "response_rate_difference": "ARM1 minus ARM2; Wald 95% CI",
+    "difference": "ARM1 minus ARM2 in mean change; Welch 95% CI (null CI and p when neither "
+                  "arm has any spread); negative favours ARM1",
+    "response_rate_difference": "ARM1 minus ARM2; Newcombe hybrid score 95% CI (Wilson-based, "
+                                "Newcombe 1998 method 10)",
+    "remission_rate_difference": "ARM1 minus ARM2; Newcombe hybrid score 95% CI (Wilson-based, "
+                                 "Newcombe 1998 method 10)",
     "time_to_response": "first visit meeting response; median over all patients, never-"
-                        "responders censored at the last visit (null = not reached)",
+                        "responders censored at the last visit (null = not reached); medians "
+                        "are lower medians (a visit time)",
     "relapse": "responders at the first visit ≥ 24 h after the last dose (else the first visit "
                "after it ends); event = "
-               "first later visit with score > (1 − response_fraction) × baseline, timed from "
-               "the start of the last dose; no event = censored at the end of follow-up",
+               "first later visit with score > (1 − response_fraction) × baseline (one visit, "
+               "not confirmed at a second), timed from "
+               "the start of the last dose; no event = censored at the end of follow-up; "
+               "not assessable (null) when no visit follows the responder visit",
 }
+
+#: why relapse is not assessable, by case (``relapse["note"]``)
+RELAPSE_NO_FOLLOWUP = "no follow-up after the responder visit"
+RELAPSE_NO_RESPONDER_VISIT = "no responder visit within follow-up"
 
 
 def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: list[str],
@@ -1064,8 +1084,14 @@ def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: 
                      "responder_visit": None, "n_at_risk": 0, "n_relapsed": 0,
                      "n_censored": 0, "relapse_fraction": None, "median_h": None,
                      "median_d": None, "censoring": "responders who keep their response are "
-                                                    "censored at the end of follow-up"}
-    if d["j0"] is not None:
+                                                    "censored at the end of follow-up",
+                     "assessable": False, "note": RELAPSE_NO_RESPONDER_VISIT}
+    if d["j0"] is not None and not d["window"].size:
+        # the responder visit is the last visit within follow-up: nobody can be seen to
+        # relapse, so "0 of N relapsed" would be a statement without data
+        relapse.update(responder_visit=_label(sc, len(t), d["j0"]), n_at_risk=None,
+                       n_relapsed=None, n_censored=None, note=RELAPSE_NO_FOLLOWUP)
+    elif d["j0"] is not None:
         at_risk = c["relapse_at_risk"].astype(bool)
         ev = c["relapsed"].astype(bool)
         times = c["relapse_time_h"].astype(float)
@@ -1075,7 +1101,8 @@ def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: 
                        n_relapsed=int(ev.sum()), n_censored=int(k - ev.sum()),
                        relapse_fraction=float(ev.sum() / k) if k else None,
                        median_h=med, median_d=None if med is None else med / 24.0,
-                       relapse_times_h=sorted(float(x) for x in times[ev]))
+                       relapse_times_h=sorted(float(x) for x in times[ev]),
+                       assessable=True, note=None)
     peak_ce = c["peak_effect_site_ng_per_ml"].astype(float)
     peak_cadss = c["peak_cadss"].astype(float)
     return {
@@ -1091,7 +1118,7 @@ def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: 
         "time_to_response": {
             "n_responded": int(ever.sum()), "n": n,
             "median_h": stats.event_median(ttr, ever),
-            "median_among_responders_h": stats.median_or_none(ttr[ever]),
+            "median_among_responders_h": stats.lower_median(ttr[ever]),
             "censored": int(n - ever.sum()),
         },
         "relapse": relapse,
