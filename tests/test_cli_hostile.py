@@ -50,7 +50,8 @@ FIT_OK = ("1,0,1,35,52.5,1,0,0,iv-infusion,,1,,70\n1,1,0,0,0,1,0,0,,100,0,plasma
     ("1,0,1,inf,52.5,1,0,0,iv-infusion\n", "ev.csv row 1 column AMT"),
     ("1,-5,1,35,52.5,1,0,0,iv-infusion\n", "ev.csv row 1 column TIME"),
     ("1,0,1,35,52.5,1,0,0,teleport\n", "ev.csv row 1 column ROUTE: unknown route"),
-    ("1,0,1,35,0,1,0,0,iv-infusion\n", "ev.csv row 1 column RATE: an IV infusion record needs RATE > 0"),
+    ("1,0,1,35,0,1,0,0,iv-infusion\n",
+     "ev.csv row 1 column RATE: an IV infusion record needs RATE > 0"),
 ])
 def test_pk_event_table_errors_name_row_and_column(capsys, tmp_path, rows, has):
     rc, err = _run(capsys, ["pk", "--regimen-csv", _csv(tmp_path, "ev.csv", EV + rows)])

@@ -333,7 +333,8 @@ def test_event_table_reader_filters_and_lowercase(tmp_path):
         ({"TIME": [0.0], "AMT": [10.0], "ROUTE": ["inhaled"]}, "row 1 column ROUTE"),
         ({"TIME": [0.0], "AMT": ["abc"]}, "row 1 column AMT"),
         ({"TIME": [0.0], "AMT": [70000.0]}, "row 1 column AMT"),
-        ({"TIME": [0.0], "AMT": [10.0], "RATE": [0.0], "ROUTE": ["iv-infusion"]}, "row 1 column RATE"),
+        ({"TIME": [0.0], "AMT": [10.0], "RATE": [0.0], "ROUTE": ["iv-infusion"]},
+         "row 1 column RATE"),
     ],
 )
 def test_bad_event_tables(table, field):
