@@ -145,3 +145,15 @@ def test_enantiomers_add_up_to_racemate(capsys):
     rc, _, err = run(capsys, ["pk", "--drug", "esketamine", "--route", "intranasal", "--dose",
                               "56 mg", "--enantiomers"])
     assert rc == 2 and "enantiomers" in err
+
+
+def test_calibrate_mechanism_json_records_version_and_every_card(capsys):
+    """The report printed with --json carries its provenance (it used to only with --write):
+    the ketasim version and every card's hash, the rodent PK cards of the experiments
+    included, and which timing targets are data and which assumed."""
+    code, out, _ = run(capsys, ["calibrate", "mechanism", "--json"])
+    assert code == 0
+    d = json.loads(out)
+    assert d["ketasim_version"] and d["met"] == d["total"]
+    assert {"mechanism/signalling", "pk/mouse-ip"} <= set(d["card_hashes"])
+    assert set(d["timing_basis"]) == set(d["timing"])

@@ -118,3 +118,4 @@ def test_bench_smoke():
     assert r["n_patients"] == 70
     assert r["model"] == "clements1981"
     assert r["max_rel_diff_vs_exact"] <= 1e-6
+    assert r["seed"] == 1 and r["ketasim_version"] and "pk/clements1981" in r["card_hashes"]

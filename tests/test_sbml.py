@@ -256,8 +256,10 @@ def test_bench_json_keys(capfd):
     assert set(d) == {"ketasim_us_per_patient", "roadrunner_us_per_patient",
                       "scipy_us_per_patient", "max_rel_diff_vs_roadrunner",
                       "max_rel_diff_vs_scipy", "n_patients", "machine",
-                      "scipy_refined_us_per_patient", "max_rel_diff_vs_scipy_refined"}
-    assert d["n_patients"] == 3
+                      "scipy_refined_us_per_patient", "max_rel_diff_vs_scipy_refined",
+                      "seed", "ketasim_version", "card_hashes"}
+    assert d["n_patients"] == 3 and d["seed"] == 0 and d["ketasim_version"]
+    assert "mechanism/clinic" in d["card_hashes"]
     for k in ("ketasim_us_per_patient", "roadrunner_us_per_patient", "scipy_us_per_patient"):
         assert d[k] > 0
     # ketasim (default mood grid) vs libRoadRunner: the grid difference; largest relative

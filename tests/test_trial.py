@@ -309,6 +309,14 @@ def test_trial_json_contract(capsys, tmp_path):
         assert (tmp_path / "o" / name).is_file()
     table = pd.read_parquet(tmp_path / "o" / "results.parquet")
     assert len(table) == 8 * 3
+    # the results file carries its own provenance (copied or downloaded alone)
+    import pyarrow.parquet as pq
+
+    md = pq.read_schema(tmp_path / "o" / "results.parquet").metadata
+    assert json.loads(md[b"ketasim.seed"]) == 5
+    assert json.loads(md[b"ketasim.version"]) == meta["version"]
+    assert json.loads(md[b"ketasim.card_hashes"]) == meta["card_hashes"]
+    assert parse_scenario(json.loads(md[b"ketasim.scenario"])) == load_scenario(str(path))
 
 
 BAD = {

@@ -496,6 +496,11 @@ def test_validate_runs_once_in_background_and_is_cached(tmp_path):
         v = c.get("/api/validate").json()
         assert v["label"] == "calibration targets"
         assert v["met"] == 1 and v["total"] == 2 and v["card_hashes"]
+        # provenance: every card the scores depend on (PK and mechanism too), the version and
+        # the studies' population seeds
+        assert {"mechanism/clinic", "mechanism/signalling"} <= set(v["card_hashes"])
+        assert any(k.startswith("pk/") for k in v["card_hashes"])
+        assert v["ketasim_version"] and v["seeds"]["murrough2013a"] == 11
     with _client(tmp_path, validate_fn=_fake_targets) as c:  # kept across a restart
         assert c.get("/api/validate").json()["status"] == "done"
 

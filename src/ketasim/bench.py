@@ -21,7 +21,8 @@ import time
 import numba
 import numpy as np
 
-from .cards import PKCard, default_pk_model
+from . import __version__
+from .cards import PKCard, card_versions, default_pk_model
 from .pk.fast import CHUNK, solve_batch, take_patients
 from .pk.model import Covariates, PKSystem, assemble
 from .pk.solve import solve
@@ -88,6 +89,13 @@ def _check(system: PKSystem, regimen: Regimen, t_grid: np.ndarray, w: np.ndarray
     diffs = [_max_rel_diff(res.plasma[sp][pick], exact.plasma_mg_per_l(sp))
              for sp in system.plasma]
     return max(diffs)
+
+
+def _bench_card_hashes(model: str) -> dict[str, str]:
+    """Hashes of the cards a benchmark's numbers depend on: the PK card, the drug cards and
+    the mechanism cards (every card for the full-chain benchmark)."""
+    return {k: v for k, v in card_versions().items()
+            if k == f"pk/{model}" or k.startswith(("drugs/", "pk_parts/", "mechanism/"))}
 
 
 def run_pk_bench(n_patients: int = 100_000, seed: int = 0, threads: int | None = None,
@@ -157,6 +165,8 @@ def run_pk_bench(n_patients: int = 100_000, seed: int = 0, threads: int | None =
                        f"{os.cpu_count()} CPUs",
             "numba_threads": int(numba.get_num_threads()),
             "seed": int(seed),
+            "ketasim_version": __version__,
+            "card_hashes": _bench_card_hashes(card.id),
         }
     finally:
         numba.set_num_threads(old_threads)

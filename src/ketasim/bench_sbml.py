@@ -31,6 +31,7 @@ import numpy as np
 from . import __version__
 from .batch import _fast_run
 from .bench import BENCH_DRUG, BENCH_REGIMEN, _max_rel_diff
+from .cards import card_versions
 from .mood import _grid, arm_regimen, mechanism_components, scores_batch
 from .pk import Covariates, resolve_model
 from .pk.model import assemble
@@ -266,6 +267,9 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
                                              d_sp["plasma"]),
         "n_patients": int(n_patients),
         "machine": machine(),
+        "seed": int(seed),
+        "ketasim_version": __version__,
+        "card_hashes": card_versions(),
     }
     rel = np.abs(ks["madrs"] - rr_madrs) / np.maximum(np.maximum(np.abs(ks["madrs"]),
                                                                  np.abs(rr_madrs)), 1e-300)

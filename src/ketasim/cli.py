@@ -742,16 +742,16 @@ def calibrate_mechanism(
             out.print(f"{k}: {f['start'][k]:.4g} → {v:.4g}")
         return
     r = report()
-    if write:
+    if write or as_json:
         from .cards import card_versions
 
-        r_out = {**r, "ketasim_version": __version__,
-                 "card_hashes": {k: v for k, v in card_versions().items()
-                                 if k.startswith("mechanism")}}
-        _write(write, json.dumps(_jsonable(r_out), indent=1), "write")
-    if as_json:
-        print(json.dumps(_jsonable(r)))
-        return
+        # every card: the experiments also use the rodent PK cards
+        r_out = {**r, "ketasim_version": __version__, "card_hashes": card_versions()}
+        if write:
+            _write(write, json.dumps(_jsonable(r_out), indent=1), "write")
+        if as_json:
+            print(json.dumps(_jsonable(r_out)))
+            return
     for k, ok in r["timing"].items():
         basis = r["timing_basis"][k].split(":")[0]
         out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + k + f" [dim]({basis})[/]")
@@ -797,7 +797,7 @@ def calibrate_clinic(
     r = evaluate()
     if as_json or write:
         from .cards import card_versions
-        from .clinic_calibration import N_PER_ARM, load_param_card, targets_hash
+        from .clinic_calibration import DESIGNS, N_PER_ARM, load_param_card, targets_hash
 
         c = {k: v.value for k, v in load_param_card("clinic").parameters.items()}
         report = _jsonable({
@@ -806,8 +806,10 @@ def calibrate_clinic(
             "patients_per_arm": N_PER_ARM,
             "calibrated": {k: v.value for k, v in load_param_card("clinic").parameters.items()
                            if v.evidence == "calibrated"},
+            "seeds": {k: d["population"]["seed"] for k, d in DESIGNS.items()},
             "ketasim_version": __version__,
-            "card_hashes": {k: v for k, v in card_versions().items() if "clinic" in k},
+            # every card: the scores run through the mechanism and PK cards too
+            "card_hashes": card_versions(),
             "targets_sha256": targets_hash()})
         if write:
             _write(write, json.dumps(report, indent=1), "write")

@@ -347,12 +347,37 @@ def _atomic_bytes(path: str, data: bytes, field: str) -> None:
         raise KetasimError(field, f"cannot write {path}: {exc.strerror}") from exc
 
 
+#: run metadata copied into a results file's Parquet key-value metadata (``ketasim.*``)
+PROVENANCE_KEYS = ("seed", "version", "card_hashes", "scenario_hash", "scenario", "n_per_arm",
+                   "visits", "scale")
+
+
+def _parquet_with_provenance(df, meta: dict) -> bytes:
+    """``df`` as Parquet bytes whose schema metadata carries the run's provenance under
+    ``ketasim.<key>`` (JSON values): seed, ketasim version, card hashes, scenario (and its
+    hash), so a results file copied or downloaded on its own still says how it was made
+    (``pyarrow.parquet.read_schema(path).metadata``)."""
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    md = dict(table.schema.metadata or {})
+    for k in PROVENANCE_KEYS:
+        if k in meta:
+            md[f"ketasim.{k}".encode()] = json.dumps(meta[k], default=str).encode()
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(md), buf)
+    return buf.getvalue()
+
+
 def write_trial_outputs(result, folder: str, figures: bool = False,
                         extra: dict | None = None, field: str = "out") -> list[str]:
     """Write results.parquet (long table), summary.json and report.html (and, with
     ``figures``, scores.png and response.png) into ``folder``, each atomically: a failed
     write leaves any file already there untouched. Returns the paths written."""
-    import io
     import json
     import os
 
@@ -371,9 +396,7 @@ def write_trial_outputs(result, folder: str, figures: bool = False,
         if os.path.isdir(os.path.join(folder, name)):
             raise KetasimError(field, f"{os.path.join(folder, name)} is a folder, not a file")
     files: dict[str, bytes] = {}
-    buf = io.BytesIO()
-    result.data.to_parquet(buf, index=False)
-    files["results.parquet"] = buf.getvalue()
+    files["results.parquet"] = _parquet_with_provenance(result.data, result.meta)
     summary = result.to_dict()
     if extra:
         summary.update(extra)

@@ -160,7 +160,7 @@ class ExperimentResult(BaseModel):
 
 
 class ValidateStatus(BaseModel):
-    """The clinical calibration targets (a fuller validation scorecard comes later)."""
+    """The clinical calibration targets (the literature scorecard is ``ketasim validate``)."""
 
     label: str
     status: Literal["idle", "running", "done", "failed"]
@@ -168,7 +168,11 @@ class ValidateStatus(BaseModel):
     met: int | None
     total: int | None
     error: str | None
-    card_hashes: dict[str, str]
+    card_hashes: dict[str, str] = Field(description="every card's hash (the scores run "
+                                        "through the PK, mechanism and clinic cards)")
+    ketasim_version: str
+    seeds: dict[str, int] = Field(description="the fixed population seed of each target "
+                                  "study's virtual trial")
 
 
 class InputGrammar(BaseModel):
@@ -378,7 +382,9 @@ class Validation:
         self.lock = threading.Lock()
         self.state: dict[str, Any] = {"status": "idle", "error": None, "result": None}
         self.path = os.path.join(settings.data_dir, "validate.json")
-        self.hashes = {k: v for k, v in _card_versions().items() if "clinic" in k}
+        # every card: a PK or mechanism card edit changes the scores too, so the cache is
+        # keyed on all of them
+        self.hashes = _card_versions()
         self._proc: Any = None
         self._stopped = False
         try:
@@ -463,7 +469,14 @@ class Validation:
         return {"label": "calibration targets", "status": self.state["status"], "targets": t,
                 "met": sum(x["met"] for x in t) if done else None,
                 "total": len(t) if done else None, "error": self.state["error"],
-                "card_hashes": self.hashes}
+                "card_hashes": self.hashes, "ketasim_version": __version__,
+                "seeds": _calibration_seeds()}
+
+
+def _calibration_seeds() -> dict[str, int]:
+    from ..clinic_calibration import DESIGNS
+
+    return {k: int(d["population"]["seed"]) for k, d in DESIGNS.items()}
 
 
 def _card_versions() -> dict[str, str]:
