@@ -130,6 +130,9 @@ def test_run_main_job(capsys, tmp_path):
     res = json.loads(out)
     assert set(res["arms"]) == {"ketamine", "midazolam"}
     assert res["headline"]["median_peak_effect_site_ng_per_ml"]["ketamine"] > 0
+    for fig in ("scores.png", "response.png"):  # figures carry the seed and card hashes
+        info = _png_provenance(tmp_path / fig)
+        assert info["seed"] == 0 and info["card_hashes"] == res["meta"]["card_hashes"]
 
 
 def test_enantiomers_add_up_to_racemate(capsys):
@@ -157,3 +160,97 @@ def test_calibrate_mechanism_json_records_version_and_every_card(capsys):
     assert d["ketasim_version"] and d["met"] == d["total"]
     assert {"mechanism/signalling", "pk/mouse-ip"} <= set(d["card_hashes"])
     assert set(d["timing_basis"]) == set(d["timing"])
+
+
+# --------------------------------------------------------------------------- provenance
+ESK_IN = ["pk", "--drug", "esketamine", "--route", "intranasal", "--dose", "56 mg", "--json"]
+
+
+def test_pk_metadata_records_covariates_regimen_and_times(capsys):
+    """Two patients with different Cmax must not share the same metadata."""
+    rc, out, err = run(capsys, [*ESK_IN, "--age", "30"])
+    assert rc == 0, err
+    young = json.loads(out)
+    rc, out, err = run(capsys, [*ESK_IN, "--age", "75", "--race", "asian"])
+    assert rc == 0, err
+    old = json.loads(out)
+    assert young["cmax_ng_per_ml"] != old["cmax_ng_per_ml"]
+    assert young["metadata"] != old["metadata"]
+    cov = old["metadata"]["covariates"]
+    assert cov == {"weight_kg": 70.0, "age_years": 75.0, "sex": "male", "race": "asian",
+                   "species": "human"}
+    assert old["metadata"]["regimen"] == [{"time_h": 0.0, "amount": 56.0, "unit": "mg",
+                                           "duration_h": 0.0, "route": "intranasal"}]
+    times = old["metadata"]["times"]
+    assert times["n"] == len(old["time_min"])
+    assert [t * 60.0 for t in times["values_h"]] == pytest.approx(old["time_min"])
+    assert old["metadata"]["options"]["default_times"] is True
+    # existing keys stay
+    assert {"ketasim_version", "model", "card_hashes", "solver"} <= set(old["metadata"])
+
+
+def test_pk_metadata_records_infusion_schedule_and_times(capsys):
+    rc, out, err = run(capsys, ["pk", "--dose", "0.5 mg/kg", "--duration", "40 min",
+                                "--schedule", "every 3.5 d x 2", "--weight", "80",
+                                "--times-min", "5,10,20", "--json"])
+    assert rc == 0, err
+    m = json.loads(out)["metadata"]
+    assert [(d["time_h"], d["amount"], d["unit"], d["duration_h"]) for d in m["regimen"]] == [
+        (0.0, 0.5, "mg/kg", pytest.approx(40 / 60)), (84.0, 0.5, "mg/kg", pytest.approx(40 / 60))]
+    assert m["covariates"]["weight_kg"] == 80.0
+    assert m["options"]["times_min"] == "5,10,20" and m["options"]["default_times"] is False
+    assert m["options"]["schedule"] == "every 3.5 d x 2"
+    assert m["times"]["values_h"] == pytest.approx([5 / 60, 10 / 60, 20 / 60])
+
+
+def test_simulate_metadata_records_covariates_and_output_times(capsys, tmp_path):
+    args = ["simulate", "--days", "1", "--step-h", "6", "--weight", "82", "--age", "61",
+            "--sex", "female", "--race", "black", "--schedule", "daily x 2"]
+    rc, out, err = run(capsys, [*args, "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    m = d["metadata"]
+    assert m["covariates"] == {"weight_kg": 82.0, "age_years": 61.0, "sex": "female",
+                               "race": "black", "species": "human"}
+    assert m["output_times"] == {"days": 1.0, "step_h": 6.0, "horizon_h": 24.0,
+                                 "plus_h_after_each_dose": [0.25, 0.5, 0.75]}
+    assert m["times"]["values_h"] == d["time_h"]
+    course = m["courses"][0]
+    assert [x["time_h"] for x in course["regimen"]] == [0.0, 24.0]
+    assert course["regimen"][0]["duration_h"] == pytest.approx(40 / 60)
+    assert m["overrides"] == {}
+    assert {"ketasim_version", "card_hashes", "hypotheses", "solver", "regimen"} <= set(m)
+    rc, _, err = run(capsys, [*args, "--out", str(tmp_path)])
+    assert rc == 0, err
+    saved = json.loads((tmp_path / "metadata.json").read_text())
+    assert saved["covariates"] == m["covariates"]
+    assert saved["output_times"] == m["output_times"]
+
+
+def _png_provenance(path) -> dict:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return json.loads(im.text["Description"])
+
+
+def test_pk_plot_png_records_version_and_cards(capsys, tmp_path):
+    from ketasim import __version__
+    from ketasim.cards import card_versions
+
+    p = tmp_path / "pk.png"
+    rc, _, err = run(capsys, [*KAMP, "--plot", str(p)])
+    assert rc == 0, err
+    info = _png_provenance(p)
+    assert info["ketasim_version"] == __version__
+    assert info["card_hashes"] == card_versions()
+    assert "seed" not in info  # a PK run has no random numbers
+
+
+def test_simulate_plot_png_records_version(capsys, tmp_path):
+    from ketasim import __version__
+
+    p = tmp_path / "mech.png"
+    rc, _, err = run(capsys, ["simulate", "--days", "1", "--step-h", "6", "--plot", str(p)])
+    assert rc == 0, err
+    assert _png_provenance(p)["ketasim_version"] == __version__

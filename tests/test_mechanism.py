@@ -202,3 +202,37 @@ def test_calibration_fit_is_rerunnable():
     assert set(f["best"]) == set(FIT_PARAMETERS)
     assert f["penalty_best"] <= f["penalty_start"]
     assert min(f["margins"]) >= 0.0  # the card values meet every target
+
+
+def test_simulate_metadata_records_inputs():
+    """Covariates, overrides, output times and the regimen: enough to rerun the numbers."""
+    reg = Regimen.build("ip", "10 mg/kg", schedule="daily x 2")
+    iiv = {"kel": 1.2}
+    base = simulate([Course("ketamine", reg, iiv=iiv)], T, MOUSE)
+    over = simulate([Course("ketamine", reg, iiv=iiv)], T, MOUSE, overrides={"theta_H": 0.3})
+    assert base.metadata != over.metadata
+    m = over.metadata
+    assert m["overrides"] == {"theta_H": 0.3} and base.metadata["overrides"] == {}
+    assert m["covariates"] == {"weight_kg": 0.03, "age_years": 0.25, "sex": "male",
+                               "race": "caucasian", "species": "mouse"}
+    assert m["times"]["values_h"] == T.tolist() and m["times"]["n"] == len(T)
+    c = m["courses"][0]
+    assert c["regimen"] == [{"time_h": t, "amount": 10.0, "unit": "mg/kg", "duration_h": 0.0,
+                             "route": "ip"} for t in (0.0, 24.0)]
+    assert c["iiv"] == {"kel": 1.2}
+    json.dumps(m)  # JSON-ready
+    assert {"ketasim_version", "species", "weight_kg", "card_hashes", "solver"} <= set(m)
+
+
+def test_experiment_metadata_cli_and_library(capsys):
+    from ketasim import __version__
+    from ketasim.cards import card_versions
+
+    d = run_experiment("memantine-vs-ketamine")
+    m = d["metadata"]
+    assert m["ketasim_version"] == __version__ and m["card_hashes"] == card_versions()
+    assert m["experiment"] == "memantine-vs-ketamine" and m["settings"] == {}
+    assert main(["experiment", "rapamycin", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["metadata"]
+    assert m["experiment"] == "rapamycin" and m["card_hashes"] == card_versions()
+    assert m["ketasim_version"] == __version__

@@ -547,3 +547,31 @@ def test_dose_objects_feed_the_solver_directly():
     ra = simulate_pk(a, t, model="kamp2020").plasma_ng_per_ml["ketamine"]
     rb = simulate_pk(b, t, model="kamp2020").plasma_ng_per_ml["ketamine"]
     np.testing.assert_array_equal(ra, rb)
+
+
+def test_metadata_records_covariates_regimen_times_and_iiv():
+    """A batch's covariates and factors, the regimen and the output times are in the metadata."""
+    reg = Regimen((Infusion(0.0, DoseAmount(0.5, True), 40 / 60), Dose(24.0, DoseAmount(20, False),
+                                                                      "iv-bolus")))
+    cov = Covariates(weight_kg=np.array([60.0, 90.0]), age_years=50.0, sex="female")
+    res = simulate_pk(reg, [0.5, 1.0, 25.0], model="kamp2020", covariates=cov,
+                      iiv={"CL": np.array([0.8, 1.25])})
+    m = res.metadata
+    assert m["covariates"] == {"weight_kg": [60.0, 90.0], "age_years": 50.0, "sex": "female",
+                               "race": "caucasian", "species": "human"}
+    assert m["regimen"] == [
+        {"time_h": 0.0, "amount": 0.5, "unit": "mg/kg", "duration_h": 40 / 60,
+         "route": "iv-infusion"},
+        {"time_h": 24.0, "amount": 20.0, "unit": "mg", "duration_h": 0.0, "route": "iv-bolus"}]
+    assert m["times"] == {"n": 3, "first_h": 0.5, "last_h": 25.0, "values_h": [0.5, 1.0, 25.0]}
+    assert m["iiv"] == {"CL": [0.8, 1.25]}
+    assert m["enantiomers"] is False and m["model"] == "kamp2020"
+
+
+def test_metadata_times_of_a_long_grid_are_summarised():
+    from ketasim.pk.solve import describe_times
+
+    t = np.arange(0.0, 5000.0) * 0.1
+    d = describe_times(t)
+    assert d["n"] == 5000 and d["step_h"] == pytest.approx(0.1) and "values_h" not in d
+    assert len(d["sha256"]) == 64 and describe_times(t + 0.0)["sha256"] == d["sha256"]

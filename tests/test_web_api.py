@@ -457,6 +457,12 @@ def test_models_experiments_options_examples(client):
     assert "rapamycin" in {e["name"] for e in ex}
     r = client.get("/api/experiments/rapamycin").json()
     assert r["readouts"] and "ketamine" in r["readouts"][0]["arms"]
+    from ketasim import __version__
+    from ketasim.cards import card_versions
+
+    assert r["metadata"]["ketasim_version"] == __version__
+    assert r["metadata"]["card_hashes"] == card_versions()
+    assert r["metadata"]["experiment"] == "rapamycin"
     assert client.get("/api/experiments/nope").status_code == 404
     o = client.get("/api/options").json()
     assert o["hypothesis_defaults"]["a"] == 1.0 and "rapamycin" in o["interventions"]

@@ -159,8 +159,13 @@ def pk(
         "n_doses": len(regimen), "dose_total_mg": regimen.total_mg(weight),
         "weight_kg": weight, "warnings": res.warnings,
         "auc_definition": "auc_ng_h_per_ml is AUC from 0 to infinity (all doses), exact",
-        "metadata": {k: v for k, v in res.metadata.items()
-                     if k not in ("dosed_mg", "presystemic_mg")},
+        "metadata": {**{k: v for k, v in res.metadata.items()
+                        if k not in ("dosed_mg", "presystemic_mg")},
+                     "options": {"route": route, "dose": dose, "duration": duration,
+                                 "schedule": schedule, "salt": salt,
+                                 "regimen_csv": regimen_csv, "times_min": times_min,
+                                 "times_h": times_h,
+                                 "default_times": not (times_min or times_h)}},
         "disclaimer": DISCLAIMER,
     })
     if csv:
@@ -603,6 +608,8 @@ def simulate(
     df = pd.DataFrame(cols)
     meta = {**res.metadata, "regimen": {"route": r, "dose": dose, "duration": duration,
                                         "schedule": schedule, "salt": salt},
+            "output_times": {"days": days, "step_h": step_h, "horizon_h": horizon,
+                             "plus_h_after_each_dose": [0.25, 0.5, 0.75]},
             "disclaimer": DISCLAIMER}
     if out_dir:
         import io

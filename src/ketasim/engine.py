@@ -20,8 +20,8 @@ from .cards import card_versions, load_drug, load_param_card
 from .errors import KetasimError
 from .mechanism import Hypotheses, Interventions, MechanismParams, combined_rhs, readouts
 from .pk import Covariates, resolve_model
-from .pk.model import PKSystem, assemble
-from .pk.solve import _TIME_DECIMALS, as_times, compile_schedule
+from .pk.model import PKSystem, as_plain, assemble
+from .pk.solve import _TIME_DECIMALS, as_times, compile_schedule, describe_times
 from .regimen import Regimen
 
 #: PK species → (blocker name, free-fraction parameter in the brain card, drug card for M)
@@ -206,7 +206,11 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     meta = {
         "ketasim_version": __version__, "species": cov.species, "weight_kg": w,
         "courses": [{"drug": c.drug, "model": s.card.id, "routes": list(c.regimen.routes),
-                     "n_doses": len(c.regimen)} for c, s in zip(courses, systems, strict=True)],
+                     "n_doses": len(c.regimen), "regimen": c.regimen.as_dict(),
+                     "iiv": {k: as_plain(v) for k, v in (c.iiv or {}).items()}}
+                    for c, s in zip(courses, systems, strict=True)],
+        "covariates": cov.as_dict(), "times": describe_times(t_out),
+        "overrides": {k: as_plain(v) for k, v in (overrides or {}).items()},
         "hypotheses": mp.hyp.as_dict(), "interventions": mp.intv.label(),
         "solver": f"LSODA (scipy odeint) rtol={rtol:g} atol={atol:g}",
         "card_hashes": card_versions(), "wall_ms": (time.perf_counter() - t0) * 1000.0,

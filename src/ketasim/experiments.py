@@ -1,8 +1,9 @@
 """Named in-silico experiments: each runs arms with and without an intervention, as published.
 
 Every experiment returns ``{"name", "species", "finding", "readouts": [{"readout", "time_h",
-"arms": {arm: value}}], ...}``. Readouts are normalised to the drug-free baseline (1 = no
-change) except ``fst_immobility`` (s) and ``glutamate_change_percent``.
+"arms": {arm: value}}], ..., "metadata"}`` (``metadata``: :func:`experiment_metadata`).
+Readouts are normalised to the drug-free baseline (1 = no change) except ``fst_immobility``
+(s) and ``glutamate_change_percent``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import __version__
+from .cards import card_versions
 from .engine import Course, MechanismResult, simulate
 from .errors import KetasimError
 from .mechanism import HYPOTHESES, Hypotheses, Interventions
@@ -194,4 +197,16 @@ def run_experiment(name: str) -> dict:
     e = EXPERIMENTS[name]
     out = {"name": e.name, "species": e.species, "finding": e.finding}
     out.update(e.run())
+    out["metadata"] = experiment_metadata(e)
     return out
+
+
+def experiment_metadata(e: Experiment) -> dict:
+    """What reproduces an experiment's numbers: ketasim version, card hashes (every card; the
+    experiments span PK, drug and mechanism cards), the experiment's name and settings.
+
+    An experiment takes no arguments: its arms, doses, subjects and output times are fixed by
+    its name and the ketasim version (``settings`` is empty, kept for a uniform shape)."""
+    return {"ketasim_version": __version__, "experiment": e.name, "species": e.species,
+            "settings": {}, "card_hashes": card_versions(),
+            "solver": "LSODA (scipy odeint), ketasim.engine.simulate defaults"}

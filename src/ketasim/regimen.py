@@ -153,6 +153,13 @@ class Regimen:
         """Total amount of drug base administered (mg)."""
         return float(sum(d.amount.mg(weight_kg) for d in self.doses))
 
+    def as_dict(self) -> list[dict[str, object]]:
+        """Every administration as plain JSON values, for run metadata: time and duration
+        (h), amount (full precision) and its unit (``"mg"`` or ``"mg/kg"``, base), route."""
+        return [{"time_h": float(d.time_h), "amount": float(d.amount.value),
+                 "unit": "mg/kg" if d.amount.per_kg else "mg",
+                 "duration_h": float(d.duration_h), "route": d.route} for d in self.doses]
+
     def __add__(self, other: Regimen) -> Regimen:
         return Regimen(self.doses + other.doses)
 

@@ -10,11 +10,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import KetasimError  # noqa: E402
 
 
-def _save(fig, path: str) -> None:
-    """Save and close a figure; a failed write is a one-line error naming the file."""
+def png_metadata(seed: int | None = None) -> dict[str, str]:
+    """PNG text chunks recording provenance, for ``savefig(..., metadata=...)``.
+
+    ``Description`` is JSON: ketasim version, card hashes (every card) and ``seed`` when the
+    figure comes from a seeded run (read back with ``PIL.Image.open(path).text``)."""
+    import json
+
+    from . import __version__
+    from .cards import card_versions
+
+    info: dict[str, object] = {"ketasim_version": __version__, "card_hashes": card_versions()}
+    if seed is not None:
+        info["seed"] = int(seed)
+    return {"Description": json.dumps(info, sort_keys=True)}
+
+
+def _save(fig, path: str, seed: int | None = None) -> None:
+    """Save and close a figure with :func:`png_metadata`; a failed write is a one-line error
+    naming the file."""
     fig.tight_layout()
     try:
-        fig.savefig(path)
+        fig.savefig(path, metadata=png_metadata(seed))
     except OSError as exc:
         raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
     finally:
@@ -83,12 +100,13 @@ def plot_mechanism(res, path: str) -> None:
 _SCALE_LABEL = {"madrs": "MADRS", "hamd17": "HAM-D17", "hamd6": "HAM-D6"}
 
 
-def _fig_png(fig) -> bytes:
+def _fig_png(fig, seed: int | None = None) -> bytes:
+    """PNG bytes of ``fig`` with :func:`png_metadata` (closes the figure)."""
     import io
 
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png")
+        fig.savefig(buf, format="png", metadata=png_metadata(seed))
     finally:
         plt.close(fig)
     return buf.getvalue()
@@ -130,7 +148,7 @@ def plot_trial_scores(result) -> bytes:
     fig.text(0.99, 0.01, "ketasim — research tool, not medical advice", ha="right",
              fontsize=7, color="grey")
     fig.tight_layout()
-    return _fig_png(fig)
+    return _fig_png(fig, result.meta.get("seed"))
 
 
 def plot_trial_response(result) -> bytes:
@@ -156,7 +174,7 @@ def plot_trial_response(result) -> bytes:
     fig.text(0.99, 0.01, "ketasim — research tool, not medical advice", ha="right",
              fontsize=7, color="grey")
     fig.tight_layout()
-    return _fig_png(fig)
+    return _fig_png(fig, result.meta.get("seed"))
 
 
 def trial_figures(result) -> dict[str, bytes]:

@@ -306,4 +306,4 @@ def plot_indices(r: dict) -> bytes:
     fig.tight_layout()
     from .report import _fig_png
 
-    return _fig_png(fig)
+    return _fig_png(fig, r.get("seed"))

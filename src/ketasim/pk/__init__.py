@@ -17,8 +17,8 @@ from .. import __version__
 from ..cards import PKCard, card_versions, default_pk_model, load_drug, load_pk_card
 from ..errors import KetasimError, StudiedRangeWarning
 from ..regimen import Regimen
-from .model import Covariates, PKSystem, assemble, check_studied_range
-from .solve import Solution, as_times, solve, solve_reference
+from .model import Covariates, PKSystem, as_plain, assemble, check_studied_range
+from .solve import Solution, as_times, describe_times, solve, solve_reference
 
 __all__ = ["Covariates", "PKResult", "simulate_pk", "solve", "solve_reference", "assemble",
            "resolve_model"]
@@ -202,5 +202,9 @@ def simulate_pk(regimen: Regimen, times_h, drug: str = "ketamine", model: str | 
                                                         if k.startswith(("pk", "drugs"))},
             "solver": "scipy-lsoda-reference" if reference else "exact-expm",
             "n_patients": n, "dosed_mg": sol_dense.schedule.dosed_mg,
-            "presystemic_mg": sol_dense.schedule.presystemic_mg}
+            "presystemic_mg": sol_dense.schedule.presystemic_mg,
+            "covariates": cov.as_dict(), "regimen": regimen.as_dict(),
+            "times": describe_times(t_out),
+            "iiv": {k: as_plain(v) for k, v in (iiv or {}).items()},
+            "enantiomers": bool(enantiomers)}
     return PKResult(card, t_out, plasma, effect, amounts_df, summary, msgs, meta)

@@ -85,9 +85,21 @@ class Covariates:
         object.__setattr__(self, "race", race)
         object.__setattr__(self, "sex", sex)
 
+    def as_dict(self) -> dict[str, object]:
+        """The covariates as plain JSON values for run metadata (a number for one patient,
+        a list for a batch)."""
+        return {"weight_kg": as_plain(self.weight_kg), "age_years": as_plain(self.age_years),
+                "sex": self.sex, "race": self.race, "species": self.species}
+
     def races(self) -> set[str]:
         """Race labels that apply (a Japanese patient is also Asian)."""
         return {self.race, "asian"} if self.race == "japanese" else {self.race}
+
+
+def as_plain(a: np.ndarray | float) -> float | list[float]:
+    """One value as a float, several as a list of floats."""
+    v = np.atleast_1d(np.asarray(a, dtype=float))
+    return float(v[0]) if v.size == 1 else v.tolist()
 
 
 def _show(a: np.ndarray) -> str:

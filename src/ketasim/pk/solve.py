@@ -209,6 +209,28 @@ def as_times(times_h, field: str = "times") -> np.ndarray:
     return t
 
 
+#: most output times listed one by one in run metadata (longer grids: count, ends, hash)
+_META_TIMES_LISTED = 2000
+
+
+def describe_times(t: np.ndarray) -> dict[str, object]:
+    """The output times (h) for run metadata: count, first, last, the step of a uniform grid,
+    and every value (up to 2000 times) or else a SHA-256 of the float64 values."""
+    import hashlib
+
+    t = np.asarray(t, dtype=float)
+    out: dict[str, object] = {"n": int(t.size), "first_h": float(t[0]), "last_h": float(t[-1])}
+    d = np.diff(t)
+    if d.size and np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
+        out["step_h"] = float(d[0])
+    if t.size <= _META_TIMES_LISTED:
+        out["values_h"] = t.tolist()
+    else:
+        out["sha256"] = hashlib.sha256(np.ascontiguousarray(t, dtype="<f8").tobytes()
+                                       ).hexdigest()
+    return out
+
+
 def check_times(t: np.ndarray, field: str = "times") -> None:
     """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0 and
     strictly increasing."""
