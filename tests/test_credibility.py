@@ -110,3 +110,22 @@ def test_report_opens_offline_in_headless_chromium(html, tmp_path):
             browser.close()
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_report_figures_carry_provenance(html):
+    """Every embedded PNG has the text chunk with the ketasim version, card hashes and the
+    scorecard's seed (a figure saved from the page still says how it was made)."""
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+
+    from ketasim import __version__
+
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(pngs) >= 2
+    for b64 in pngs:
+        info = json.loads(Image.open(io.BytesIO(base64.b64decode(b64))).text["Description"])
+        assert info["ketasim_version"] == __version__ and info["card_hashes"]
+        assert info["seed"] == 0

@@ -64,14 +64,24 @@ LIMITATIONS = [
 
 
 # --------------------------------------------------------------------------- helpers
-def _png_b64(fig) -> str:
+def _seed_of(scorecard: dict) -> int | None:
+    """The scorecard's seed (its ``meta``), if recorded."""
+    seed = (scorecard.get("meta") or {}).get("seed")
+    return int(seed) if isinstance(seed, int) else None
+
+
+def _png_b64(fig, seed: int | None = None) -> str:
+    """A figure as base64 PNG, with the provenance text chunk of
+    :func:`ketasim.report.png_metadata` (version, card hashes, ``seed``)."""
     import io
 
     import matplotlib.pyplot as plt
 
+    from .report import png_metadata
+
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=90)
+        fig.savefig(buf, format="png", dpi=90, metadata=png_metadata(seed))
     finally:
         plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -249,7 +259,7 @@ def fit_figure(scorecard: dict) -> str:
         ax.set_ylabel("predicted (90% PI)")
     fig.suptitle("calibration fits: green = within tolerance, red = outside", fontsize=10)
     fig.tight_layout()
-    return _png_b64(fig)
+    return _png_b64(fig, _seed_of(scorecard))
 
 
 def residual_figure(scorecard: dict) -> str:
@@ -278,7 +288,7 @@ def residual_figure(scorecard: dict) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("(predicted − centre of accepted interval) / half-width (clipped at ±4)")
     fig.tight_layout()
-    return _png_b64(fig)
+    return _png_b64(fig, _seed_of(scorecard))
 
 
 # --------------------------------------------------------------------------- sections
