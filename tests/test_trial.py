@@ -298,6 +298,8 @@ def test_trial_json_contract(capsys, tmp_path):
                         "madrs_item10_change", "ssi_change", "cadss_mean",
                         "sbp_change_mmhg_mean", "sedation_mean", "dissociation_incidence"):
                 assert key in row
+    row = d["arms"]["ketamine"]["24 h"]
+    assert row["change_ci95"] == row["ci95"] and row["change_ci95"] != row["mean_ci95"]
     diff = d["differences"]["ketamine-saline"]["24 h"]
     assert isinstance(diff["difference"], float) and len(diff["ci95"]) == 2
     for key in ("response_rate_difference", "response_rate_difference_ci95", "cohens_d"):

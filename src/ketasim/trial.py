@@ -960,7 +960,8 @@ def _visit_row(store: shards.Store, a: int, j: int, t_j: float, labels: list[str
     row = {
         "time_h": float(t_j), "n": int(score.shape[0]), "mean": m, "sd": sd,
         "mean_ci95": stats.mean_ci(score),
-        "change": cm, "change_sd": csd, "ci95": stats.mean_ci(change),
+        "change": cm, "change_sd": csd, "change_ci95": stats.mean_ci(change),
+        "ci95": stats.mean_ci(change),  # = change_ci95 (the older name, kept)
         "response_rate": float(responding.mean()),
         "remission_rate": float(remitting.mean()),
         "n_responders": int(responding.sum()),
@@ -1040,7 +1041,8 @@ def summarise(result: TrialResult) -> dict:
 
 
 _DEFINITIONS = {
-    "change": "mean of (score − baseline score); ci95 t-based",
+    "change": "mean of (score − baseline score); change_ci95 (also ci95, the older name) "
+              "t-based 95% CI of the mean change; mean_ci95 that of the mean score",
     "response": "score ≤ (1 − response_fraction) × baseline",
     "remission": "score ≤ remission_threshold",
     "dissociation_incidence": "fraction with CADSS ≥ 4 (at the visit; peak_… at the peak)",
