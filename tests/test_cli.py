@@ -98,6 +98,32 @@ def test_failed_write_keeps_existing_file(capsys, tmp_path):
     assert target.read_text() == "precious"
 
 
+def test_pk_csv_carries_its_provenance(capsys, tmp_path):
+    """A CSV cannot hold metadata, so `pk --csv` writes them beside it (FILE.meta.json):
+    version, card hashes, covariates, regimen and options, as the JSON output has them."""
+    target = tmp_path / "conc.csv"
+    rc, out, err = run(capsys, [*KAMP[:-1], "--weight", "82", "--age", "61", "--csv",
+                                str(target), "--json"])
+    assert rc == 0, err
+    printed = json.loads(out)["metadata"]
+    side = json.loads((tmp_path / "conc.csv.meta.json").read_text())
+    assert side["table"] == "conc.csv"
+    assert side["metadata"] == printed
+    assert side["metadata"]["card_hashes"]["pk/kamp2020"]
+    assert side["metadata"]["covariates"]["weight_kg"] == 82.0
+    assert side["metadata"]["covariates"]["age_years"] == 61.0
+    assert side["weight_kg"] == 82.0 and "not medical advice" in side["disclaimer"].lower()
+    header = target.read_text().splitlines()[0].split(",")
+    assert header[0] == "time_h" and len(target.read_text().splitlines()) == 5
+
+
+def test_pk_csv_sidecar_checked_before_work(capsys, tmp_path):
+    (tmp_path / "conc.csv.meta.json").mkdir()
+    rc, _, err = run(capsys, [*KAMP[:-1], "--csv", str(tmp_path / "conc.csv")])
+    assert rc == 2 and "csv" in err and "is a folder" in err
+    assert not (tmp_path / "conc.csv").exists()
+
+
 def test_event_table_round_trip(capsys, tmp_path):
     table = tmp_path / "doses.csv"
     rc, out1, err = run(capsys, ["pk", "--dose", "0.5 mg/kg", "--duration", "40 min",

@@ -106,7 +106,8 @@ def pk(
     from .pk import Covariates, resolve_model, simulate_pk
     from .regimen import Regimen, normalise_route
 
-    for path, fld in ((event_table, "event-table"), (plot, "plot"), (csv, "csv")):
+    for path, fld in ((event_table, "event-table"), (plot, "plot"), (csv, "csv"),
+                      (csv and csv + ".meta.json", "csv")):
         _out_file(path, fld)
 
     if regimen_csv:
@@ -169,6 +170,15 @@ def pk(
         "disclaimer": DISCLAIMER,
     })
     if csv:
+        # a CSV has no place for provenance: the run's metadata go beside it, so the table
+        # never travels without the version, card hashes, covariates, regimen and options
+        _write(csv + ".meta.json", json.dumps(_jsonable({
+            "table": csv.replace("\\", "/").rsplit("/", 1)[-1], "metadata": payload["metadata"],
+            "drug": drug, "model": card.id, "route": list(regimen.routes),
+            "weight_kg": weight, "warnings": res.warnings,
+            "columns": "time_h (h); plasma and effect-site concentrations in ng/mL, one "
+                       "column per species",
+            "disclaimer": DISCLAIMER}), indent=1), "csv")
         _write(csv, res.to_frame().drop(columns="patient").to_csv(index=False), "csv")
     if plot:
         from .report import plot_pk
