@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Annotated
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -31,10 +33,14 @@ out = Console(soft_wrap=True)
 
 
 def _jsonable(v):
+    """Plain JSON: arrays as lists, NumPy scalars as numbers, NaN and ±inf as null (strict
+    JSON has no NaN; ``jq``, browsers and most parsers reject it)."""
     if isinstance(v, np.ndarray):
-        return v.tolist()
+        return _jsonable(v.tolist())
     if isinstance(v, np.generic):
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
@@ -1313,6 +1319,8 @@ def fit(
     out.print(t)
     out.print(f"objective (−2 log L): {res.objective:.3f}; converged: {res.converged}; "
               f"{res.elapsed_s:.1f} s")
+    for w in res.warnings():
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if report:
         out.print(f"report: {report}")
     out.print(f"[dim]{DISCLAIMER}[/]")
