@@ -578,7 +578,7 @@ def simulate(
         raise KetasimError("days", f"must be a finite number ≥ 0 (0: the default), got {days:g}")
     from .engine import Course
     from .engine import simulate as run_sim
-    from .mechanism import Hypotheses, Interventions
+    from .mechanism import Hypotheses, Interventions, readout_unit
     from .pk import Covariates
     from .regimen import Regimen, normalise_route
 
@@ -616,6 +616,7 @@ def simulate(
                                         "schedule": schedule, "salt": salt},
             "output_times": {"days": days, "step_h": step_h, "horizon_h": horizon,
                              "plus_h_after_each_dose": [0.25, 0.5, 0.75]},
+            "units": {c: readout_unit(c) for c in df.columns},
             "disclaimer": DISCLAIMER}
     if out_dir:
         import io
@@ -681,10 +682,11 @@ def experiment(
     out.print(f"[bold]{res['name']}[/] ({res['species']}): {res['finding']}")
     t = Table()
     arms = list(res["readouts"][0]["arms"])
-    for col in ("readout", "time (h)", *arms):
-        t.add_column(col, justify="right")
+    for col in ("readout", "units", "time (h)", *arms):
+        t.add_column(col, justify="right", overflow="fold")
     for r in res["readouts"]:
-        t.add_row(r["readout"], f"{r['time_h']:g}", *[f"{r['arms'][a]:.4g}" for a in arms])
+        t.add_row(r["readout"], r.get("units", ""), f"{r['time_h']:g}",
+                  *[f"{r['arms'][a]:.4g}" for a in arms])
     out.print(t)
 
 
