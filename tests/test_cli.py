@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +281,17 @@ def test_simulate_plot_png_records_version(capsys, tmp_path):
     rc, _, err = run(capsys, ["simulate", "--days", "1", "--step-h", "6", "--plot", str(p)])
     assert rc == 0, err
     assert _png_provenance(p)["ketasim_version"] == __version__
+
+
+def test_python_dash_m_runs_the_cli():
+    """``python -m ketasim`` works (e.g. from a source checkout with PYTHONPATH=src)."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "ketasim", "models", "--json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert any(m["id"] == "clements1981" for m in json.loads(r.stdout))

@@ -409,3 +409,50 @@ def test_cli_map_lists_individuals(capsys):
     assert d["method"] == "MAP" and len(d["individual"]) == 8
     cls = [v["CL"]["value"] for v in d["individual"].values()]
     assert np.std(np.log(cls)) > 0.05  # the data move subjects away from the prior mean
+
+
+def _degenerate_fit():
+    """A fit as the estimator returns it on noise-free data: not converged, an IIV and the
+    residual error at their bounds, no covariance."""
+    from ketasim.fit.estimators import Estimate, FitResult
+
+    nan = float("nan")
+    return FitResult(
+        "FOCE-I", {"CL": Estimate(154.8, nan, (nan, nan), iiv_cv=90.0,
+                                  iiv_cv_ci95=(nan, nan), iiv_sd=3.0)},
+        {"sigma_prop": Estimate(9e-6, nan, (nan, nan))}, -430.7, 12, 84, False,
+        np.zeros((12, 1)), {"CL": 154.8}, np.array([3.0]), {"sigma_prop": 9e-6},
+        {"max_abs_gradient": 25.8, "at_bounds": ["omega_CL", "sigma_prop"],
+         "covariance_ok": False})
+
+
+def test_fit_warnings_name_non_convergence_bounds_and_missing_se():
+    w = _degenerate_fit().warnings()
+    assert any("did not converge" in x for x in w)
+    assert any("IIV of CL is at its bound" in x for x in w)
+    assert any("sigma_prop is at its bound" in x for x in w)
+    assert any("no standard error" in x and "CL" in x for x in w)
+    assert _degenerate_fit().to_dict()["warnings"] == w
+
+
+def test_cli_fit_prints_warnings_and_strict_json(monkeypatch, tmp_path, capsys):
+    """A degenerate fit is flagged on the terminal, in the report and in JSON, and the JSON
+    is strict (null, not NaN, for a missing standard error)."""
+    import types
+
+    import ketasim.fit as fit_mod
+
+    pr = types.SimpleNamespace(estimate=["CL"], units=lambda k: "L/h")
+    monkeypatch.setattr(fit_mod, "fit_population", lambda *a, **k: (pr, _degenerate_fit()))
+    args = ["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "warning: the fit did not converge" in text and "IIV of CL is at its bound" in text
+    assert main([*args, "--json"]) == 0
+
+    def no_constants(c):
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    d = json.loads(capsys.readouterr().out, parse_constant=no_constants)
+    assert d["estimates"]["CL"]["se"] is None and d["estimates"]["CL"]["ci95"] == [None, None]
+    assert len(d["warnings"]) == 4

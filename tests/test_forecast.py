@@ -36,6 +36,9 @@ def test_forecast_shapes_and_probabilities(fc):
     # the observed baseline (about 38) moves the baseline posterior away from the prior
     assert fc.posterior["baseline_madrs"]["median"] > 34
     assert fc.metadata["seed"] == 4 and fc.metadata["card_versions"]
+    # the card used is recorded, also when the default was taken (a rerun must not depend on
+    # which card is the default then)
+    assert fc.metadata["model"] == "clements1981"
 
 
 def test_forecast_is_reproducible(fc):

@@ -236,3 +236,25 @@ def test_experiment_metadata_cli_and_library(capsys):
     m = json.loads(capsys.readouterr().out)["metadata"]
     assert m["experiment"] == "rapamycin" and m["card_hashes"] == card_versions()
     assert m["ketasim_version"] == __version__
+
+
+def test_outputs_carry_units(capsys, tmp_path):
+    """Every simulate column and experiment readout says its unit: fold change, fraction
+    blocked, seconds of immobility, ng/mL, µM."""
+    from ketasim.mechanism import readout_unit
+
+    assert main(["experiment", "rapamycin", "--json"]) == 0
+    units = {r["readout"]: r["units"] for r in json.loads(capsys.readouterr().out)["readouts"]}
+    assert units["fst_immobility"] == "s" and units["synaptic_strength"] == "× baseline"
+    assert main(["experiment", "rapamycin"]) == 0
+    text = capsys.readouterr().out
+    assert "baseline" in text and "…" not in text  # nothing cut off at 80 columns
+    assert run_experiment("dose-response")["readouts"][0]["units"] == "% change from vehicle"
+    assert main(["simulate", "--days", "1", "--step-h", "12", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    cols = (tmp_path / "timecourse.csv").read_text().splitlines()[0].split(",")
+    assert set(meta["units"]) == set(cols) and all(meta["units"][c] for c in cols)
+    assert meta["units"]["ketamine_plasma_ng_per_ml"] == "ng/mL"
+    assert meta["units"]["block_H_norketamine"].startswith("fraction")
+    assert readout_unit("no_such_readout") == ""

@@ -741,3 +741,11 @@ def test_error_locations_follow_the_request_body(client):
                                                                  "route": "nose"}]})
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["body", "arm", 0, "route"]
+
+
+def test_simulate_says_readout_units(client):
+    d = client.post("/api/simulate", json={"arm": KET, "days": 2}).json()
+    u = d["metadata"]["readout_units"]
+    assert set(u) == set(d["readouts"])
+    assert u["fst_immobility"] == "s" and u["mtorc1"] == "× baseline"
+    assert u["block_E2B"].startswith("fraction")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Annotated
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -31,10 +33,14 @@ out = Console(soft_wrap=True)
 
 
 def _jsonable(v):
+    """Plain JSON: arrays as lists, NumPy scalars as numbers, NaN and ±inf as null (strict
+    JSON has no NaN; ``jq``, browsers and most parsers reject it)."""
     if isinstance(v, np.ndarray):
-        return v.tolist()
+        return _jsonable(v.tolist())
     if isinstance(v, np.generic):
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
@@ -582,7 +588,7 @@ def simulate(
         raise KetasimError("days", f"must be a finite number ≥ 0 (0: the default), got {days:g}")
     from .engine import Course
     from .engine import simulate as run_sim
-    from .mechanism import Hypotheses, Interventions
+    from .mechanism import Hypotheses, Interventions, readout_unit
     from .pk import Covariates
     from .regimen import Regimen, normalise_route
 
@@ -620,6 +626,7 @@ def simulate(
                                         "schedule": schedule, "salt": salt},
             "output_times": {"days": days, "step_h": step_h, "horizon_h": horizon,
                              "plus_h_after_each_dose": [0.25, 0.5, 0.75]},
+            "units": {c: readout_unit(c) for c in df.columns},
             "disclaimer": DISCLAIMER}
     if out_dir:
         import io
@@ -685,10 +692,11 @@ def experiment(
     out.print(f"[bold]{res['name']}[/] ({res['species']}): {res['finding']}")
     t = Table()
     arms = list(res["readouts"][0]["arms"])
-    for col in ("readout", "time (h)", *arms):
-        t.add_column(col, justify="right")
+    for col in ("readout", "units", "time (h)", *arms):
+        t.add_column(col, justify="right", overflow="fold")
     for r in res["readouts"]:
-        t.add_row(r["readout"], f"{r['time_h']:g}", *[f"{r['arms'][a]:.4g}" for a in arms])
+        t.add_row(r["readout"], r.get("units", ""), f"{r['time_h']:g}",
+                  *[f"{r['arms'][a]:.4g}" for a in arms])
     out.print(t)
 
 
@@ -1323,6 +1331,8 @@ def fit(
     out.print(t)
     out.print(f"objective (−2 log L): {res.objective:.3f}; converged: {res.converged}; "
               f"{res.elapsed_s:.1f} s")
+    for w in res.warnings():
+        out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if report:
         out.print(f"report: {report}")
     out.print(f"[dim]{DISCLAIMER}[/]")

@@ -1,7 +1,7 @@
 """Named in-silico experiments: each runs arms with and without an intervention, as published.
 
 Every experiment returns ``{"name", "species", "finding", "readouts": [{"readout", "time_h",
-"arms": {arm: value}}], ..., "metadata"}`` (``metadata``: :func:`experiment_metadata`).
+"arms": {arm: value}, "units"}], ..., "metadata"}`` (``metadata``: :func:`experiment_metadata`).
 Readouts are normalised to the drug-free baseline (1 = no change) except ``fst_immobility``
 (s) and ``glutamate_change_percent``.
 """
@@ -17,7 +17,7 @@ from . import __version__
 from .cards import card_versions
 from .engine import Course, MechanismResult, simulate
 from .errors import KetasimError
-from .mechanism import HYPOTHESES, Hypotheses, Interventions
+from .mechanism import HYPOTHESES, Hypotheses, Interventions, readout_unit
 from .pk import Covariates
 from .regimen import Regimen
 
@@ -197,6 +197,8 @@ def run_experiment(name: str) -> dict:
     e = EXPERIMENTS[name]
     out = {"name": e.name, "species": e.species, "finding": e.finding}
     out.update(e.run())
+    for r in out["readouts"]:
+        r.setdefault("units", readout_unit(r["readout"]))
     out["metadata"] = experiment_metadata(e)
     return out
 

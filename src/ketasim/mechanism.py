@@ -793,6 +793,30 @@ def fast_blocks(conc: np.ndarray, p: MechanismParams) -> dict[str, np.ndarray]:
     return out
 
 
+#: readouts given relative to the drug-free baseline (1 = no change)
+_FOLD_READOUTS = frozenset({"p_eef2", "eef2k", "glutamate", "pyramidal_rate", "bdnf", "trkb",
+                            "mtorc1", "synaptic_proteins", "spine_density",
+                            "synaptic_strength", "lhb_burst"})
+
+
+def readout_unit(name: str) -> str:
+    """The unit of a named output column or readout (those of :func:`readouts`, the time
+    courses' concentrations and the experiments' derived readouts); ``""`` if unknown."""
+    if name == "time_h":
+        return "h"
+    if name.startswith("block_"):
+        return "fraction blocked (0-1)"
+    if name == "fst_immobility":
+        return "s"
+    if name.endswith("_ng_per_ml"):
+        return "ng/mL"
+    if name.endswith("_uM"):
+        return "µM"
+    if name.endswith("_percent"):
+        return "% change from vehicle"
+    return "× baseline" if name in _FOLD_READOUTS else ""
+
+
 def readouts(y: np.ndarray, conc: np.ndarray, p: MechanismParams) -> dict[str, np.ndarray]:
     """Named readouts from states ``y`` (n_states, T) and free concentrations (blockers, T);
     normalised to baseline = 1 unless stated (block fractions 0–1, immobility in s)."""

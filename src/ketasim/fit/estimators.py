@@ -242,7 +242,36 @@ class FitResult:
                 "residual_error": {k: v.to_dict() for k, v in self.residual.items()},
                 "objective": self.objective, "n_subjects": self.n_subjects,
                 "n_obs": self.n_obs, "converged": self.converged,
-                "diagnostics": self.diagnostics, "elapsed_s": self.elapsed_s}
+                "diagnostics": self.diagnostics, "elapsed_s": self.elapsed_s,
+                "warnings": self.warnings()}
+
+    def warnings(self) -> list[str]:
+        """Caveats a reader of the estimates needs, in words: no convergence, parameters at
+        a bound (an IIV CV or residual error at its bound is the bound, not an estimate) and
+        estimates without a standard error. Empty for a clean fit."""
+        d = self.diagnostics
+        out = []
+        if not self.converged:
+            g = d.get("max_abs_gradient")
+            out.append("the fit did not converge"
+                       + (f" (max |gradient| {g:.3g})" if g is not None else "")
+                       + ": the estimates are not a reliable optimum")
+        for n in d.get("at_bounds", []):
+            kind, _, name = n.partition("_")
+            if kind == "omega":
+                out.append(f"the IIV of {name} is at its bound: its CV is the bound, not an "
+                           "estimate (the data do not support IIV on it; refit without)")
+            elif kind == "theta":
+                out.append(f"{name} is at its bound: the value is the bound, not an estimate")
+            else:
+                out.append(f"the residual error {n} is at its bound (noise-free data, or "
+                           "too few observations?)")
+        no_se = [k for k, e in {**self.estimates, **self.residual}.items()
+                 if not np.isfinite(e.se)]
+        if no_se:
+            out.append("no standard error or interval for " + ", ".join(no_se)
+                       + " (the covariance step failed)")
+        return out
 
 
 def _cv(sd: float) -> float:

@@ -36,6 +36,7 @@ from scipy.special import log_ndtr
 from .. import __version__
 from ..cards import card_versions, load_param_card
 from ..errors import KetasimError
+from ..pk import resolve_model
 from .data import SCORE_BOUNDS, Dataset, Subject, as_dataset, read_dataset
 from .estimators import sample_posterior
 
@@ -273,7 +274,9 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
             "rhat": mc["rhat"].tolist(), "n_walkers": n_walkers, "n_steps": n_steps,
             "burn_in": mc["burn"], "n_draws": int(len(draws))}
     meta = {"seed": seed, "ketasim_version": __version__, "card_versions": card_versions(),
-            "patient_id": subject.id, "drug": drug, "model": model,
+            "patient_id": subject.id, "drug": drug,
+            # the card actually used (the drug's default for the route when none was named)
+            "model": resolve_model(drug, model, tuple(subject.regimen.routes)).id,
             "residual_sd": sigma, "response_fraction": response_fraction,
             "threshold": threshold, "probability": probability, "last_observation_day":
             t_now / 24.0}

@@ -333,7 +333,8 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
 
     ``theta``: typical values (card units) of named parameters (others as on the card);
     ``omega_sd``: log-normal SDs of η per parameter; residual error ``error`` with ``sigma``
-    (``sigma_add`` ng/mL, ``sigma_prop`` fraction); weights normal(mean, sd) kg clipped to
+    (``sigma_add`` ng/mL, ``sigma_prop`` fraction; none given = noise-free data, on which a
+    fit's residual error runs to its bound); weights normal(mean, sd) kg clipped to
     ``weight_range_kg``. Returns a DataFrame (TIME h, AMT mg, DV ng/mL, WT kg). Seeded.
     """
     import pandas as pd

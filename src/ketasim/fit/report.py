@@ -142,6 +142,8 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
                    for k, v in fit.diagnostics.items())
     body = "".join(f"<h2>{html.escape(k)}</h2><img src='data:image/png;base64,{v}'>"
                    for k, v in figs.items())
+    warns = "".join(f"<li>{html.escape(w)}</li>" for w in fit.warnings())
+    warns = f"<p><b>Warnings</b></p><ul style='color:#a40'>{warns}</ul>" if warns else ""
     versions = html.escape(str({k: v for k, v in card_versions().items()
                                 if k.startswith("pk")}))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ketasim fit</title>
@@ -150,7 +152,7 @@ img{{max-width:100%}}</style></head><body>
 <h1>Population fit: {html.escape(problem.card.id)} ({fit.method})</h1>
 <p>{fit.n_subjects} subjects, {fit.n_obs} observations; objective (−2 log L)
 {fit.objective:.3f}; converged: {fit.converged}; {fit.elapsed_s:.1f} s. Error model:
-{problem.error.kind}. ketasim {__version__}, seed {seed}.</p>
+{problem.error.kind}. ketasim {__version__}, seed {seed}.</p>{warns}
 <table><tr><th>parameter</th><th>estimate</th><th>SE</th><th>95% CI</th><th>IIV CV</th>
 <th>units</th></tr>{rows}</table><h3>Diagnostics</h3><ul>{diag}</ul>{body}
 <p style="font-size:small">Card versions: {versions}. ketasim is a research tool, not medical

@@ -233,6 +233,7 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
     on the display grid; ``"reference"``: the SciPy reference path. The two
     agree to 1e-4 of each curve's range (``tests/test_web_api.py``)."""
     from ..cards import card_versions, load_drug
+    from ..mechanism import readout_unit
 
     t0 = time.perf_counter()
     arm = req.arm
@@ -279,7 +280,8 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
     }
     meta.update({"ketasim_version": __version__, "card_hashes": card_versions(),
                  "patient": "typical (random effects 0, no visit noise)", "engine": engine,
-                 "n_points": len(t), "wall_ms": round((time.perf_counter() - t0) * 1e3, 2)})
+                 "n_points": len(t), "wall_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                 "readout_units": {k: readout_unit(k) for k in reads}})
     return {"time_h": t.tolist(), "plasma_ng_per_ml": _clean_all(plasma),
             "brain_free_uM": _clean_all(brain), "readouts": _clean_all(reads),
             "scores": scores,
