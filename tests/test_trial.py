@@ -278,6 +278,20 @@ def test_relapse_not_assessable_without_followup(capsys, tmp_path):
     assert html.count("not assessable: no follow-up after the responder visit") == 2
 
 
+def test_relapse_followup_without_visits_says_how_to_fix_it(capsys, tmp_path):
+    """`relapse_followup` adds no visits: when the scenario sets it but lists no visit after
+    the responder visit, the note says to list the follow-up visits in `at`."""
+    path = tmp_path / "s.toml"
+    path.write_text(NO_FOLLOWUP.replace('at = ["40 min", "24 h"]',
+                                        'at = ["40 min", "24 h"]\nrelapse_followup = "4 weeks"'))
+    rc, out, err = run(capsys, ["trial", str(path), "--json"])
+    assert rc == 0, err
+    for r in (b["relapse"] for b in json.loads(out)["arm_summary"].values()):
+        assert r["assessable"] is False
+        assert r["note"].startswith("no follow-up after the responder visit")
+        assert "relapse_followup adds no visits" in r["note"] and "endpoints.at" in r["note"]
+
+
 # ------------------------------------------------------------------ CLI contracts
 def test_trial_json_contract(capsys, tmp_path):
     path = tmp_path / "s.toml"

@@ -1066,6 +1066,9 @@ _DEFINITIONS = {
 #: why relapse is not assessable, by case (``relapse["note"]``)
 RELAPSE_NO_FOLLOWUP = "no follow-up after the responder visit"
 RELAPSE_NO_RESPONDER_VISIT = "no responder visit within follow-up"
+#: appended when ``relapse_followup`` is set: the follow-up adds no visits by itself
+RELAPSE_FOLLOWUP_HINT = ("; endpoints.relapse_followup adds no visits: list the follow-up "
+                         "visits in endpoints.at")
 
 
 def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: list[str],
@@ -1092,7 +1095,9 @@ def _arm_level(sc: Scenario, arm: ArmSpec, store: shards.Store, a: int, labels: 
         # the responder visit is the last visit within follow-up: nobody can be seen to
         # relapse, so "0 of N relapsed" would be a statement without data
         relapse.update(responder_visit=_label(sc, len(t), d["j0"]), n_at_risk=None,
-                       n_relapsed=None, n_censored=None, note=RELAPSE_NO_FOLLOWUP)
+                       n_relapsed=None, n_censored=None,
+                       note=RELAPSE_NO_FOLLOWUP + (RELAPSE_FOLLOWUP_HINT
+                                                   if sc.endpoints.relapse_followup else ""))
     elif d["j0"] is not None:
         at_risk = c["relapse_at_risk"].astype(bool)
         ev = c["relapsed"].astype(bool)
