@@ -292,6 +292,21 @@ def test_relapse_followup_without_visits_says_how_to_fix_it(capsys, tmp_path):
         assert "relapse_followup adds no visits" in r["note"] and "endpoints.at" in r["note"]
 
 
+def test_terminal_reports_side_effect_peaks_between_visits(capsys, tmp_path):
+    """With no visit at the end of the infusion the visit means of CADSS are 0; the terminal
+    still shows each arm's per-patient peaks (as the JSON and report do)."""
+    path = tmp_path / "s.toml"
+    path.write_text(NO_FOLLOWUP.replace('at = ["40 min", "24 h"]', 'at = ["4 h", "24 h"]'))
+    rc, out, err = run(capsys, ["trial", str(path)])
+    assert rc == 0, err
+    peaks = [x for x in out.splitlines() if "peaks per patient" in x]
+    assert len(peaks) == 2
+    ket = float(peaks[0].split("CADSS mean")[1].split()[0])
+    sal = float(peaks[1].split("CADSS mean")[1].split()[0])
+    assert ket > 0.5 and sal == 0.0
+    assert "ng/mL" in peaks[0] and "mmHg" in peaks[0]
+
+
 # ------------------------------------------------------------------ CLI contracts
 def test_trial_json_contract(capsys, tmp_path):
     path = tmp_path / "s.toml"

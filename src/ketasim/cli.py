@@ -386,6 +386,13 @@ def _print_trial(s: dict) -> None:
                       _fmt(r["sbp_change_mmhg_mean"]), _fmt(r["sedation_mean"], 2))
         out.print(t)
         out.print(u)
+        # side effects peak at the end of an infusion, usually between visits: the per-patient
+        # peaks (over the whole course) say what the visit means above cannot
+        out.print(f"  peaks per patient: effect site median "
+                  f"{_fmt(b['median_peak_effect_site_ng_per_ml'])} ng/mL · CADSS mean "
+                  f"{_fmt(b['mean_peak_cadss'])} (≥ 4 in "
+                  f"{_fmt(b['peak_dissociation_incidence'], 0, True)}) · ΔSBP mean "
+                  f"{_fmt(b['mean_peak_sbp_change_mmhg'])} mmHg")
         tt, rl = b["time_to_response"], b["relapse"]
         out.print(f"  time to response: median {_fmt(tt['median_h'])} h "
                   f"({tt['n_responded']}/{tt['n']} ever responded); relapse: "
