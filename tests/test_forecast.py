@@ -94,6 +94,17 @@ def test_cli_forecast_json(capsys):
     assert len(d["time_day"]) == len(d["madrs_lo80"]) == 8
 
 
+def test_cli_forecast_text_names_the_threshold(capsys):
+    rc = main(["forecast", str(DATA / "patient.csv"), "--days", "7", "--steps", "300",
+               "--threshold", "18", "--probability", "0.7"])
+    assert rc == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "next dose" in x][0]
+    assert "MADRS 18" in line and "probability 0.7" in line
+    rc = main(["forecast", str(DATA / "patient.csv"), "--days", "7", "--steps", "300"])
+    line = [x for x in capsys.readouterr().out.splitlines() if "next dose" in x][0]
+    assert "response level (50% of baseline)" in line
+
+
 def test_band_calibration_small():
     """Held-out later scores fall in the 80% band at about the nominal rate (small sample;
     the 40-patient study is `scripts/recovery_study.py --forecast 40`)."""

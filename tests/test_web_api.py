@@ -63,6 +63,9 @@ def _loc(r) -> list:
 def test_health_and_page(client):
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and "not medical advice" in h["disclaimer"]
+    # counts are integers in the JSON (2000, not 2000.0)
+    assert all(type(h["limits"][k]) is int for k in ("max_n", "max_concurrent", "max_active",
+                                                      "max_body_bytes"))
     r = client.get("/")
     assert r.status_code == 200 and "not medical advice" in r.text
     assert "script-src 'self'" in r.headers["content-security-policy"]

@@ -1390,8 +1390,12 @@ def forecast(
                   f"{fc.p_response[i]:.2f}", f"{fc.p_relapse_by[i]:.2f}")
     out.print(t)
     nd = fc.next_dose_day
-    out.print("latest day for the next dose: " + ("now (already likely above the threshold)"
-                                                   if nd is None else f"{nd:.2f}"))
+    level = (f"MADRS {threshold:g}" if threshold is not None else
+             f"the response level ({100 * (1 - fc.metadata['response_fraction']):g}% of "
+             "baseline)")
+    out.print(f"latest day for the next dose (score below {level} with probability "
+              f"{probability:g}): " + ("now (already likely above the threshold)"
+                                       if nd is None else f"{nd:.2f}"))
     dg = fc.diagnostics
     out.print(f"MCMC: acceptance {dg['acceptance_fraction']:.2f}, R-hat max "
               f"{max(dg['rhat']):.3f}, autocorrelation time max {max(dg['autocorr_time']):.1f}")

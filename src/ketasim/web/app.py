@@ -105,7 +105,7 @@ class Health(BaseModel):
     version: str
     warm: bool
     jobs: dict[str, int]
-    limits: dict[str, float]
+    limits: dict[str, int | float]  # counts as integers, max_days in days
     disclaimer: str
 
 
