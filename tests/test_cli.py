@@ -295,3 +295,15 @@ def test_python_dash_m_runs_the_cli():
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert any(m["id"] == "clements1981" for m in json.loads(r.stdout))
+
+
+def test_piped_tables_are_not_cut_to_80_columns(capsys, monkeypatch):
+    """Output to a pipe or file has no terminal width; tables get room instead of rich's 80
+    columns (which broke headers into "populati / on"); COLUMNS still sets the width."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    rc, out, _ = run(capsys, ["models"])
+    assert rc == 0
+    assert "population" in out and "clements1981 (default)" in out
+    monkeypatch.setenv("COLUMNS", "80")
+    rc, out, _ = run(capsys, ["models"])
+    assert rc == 0 and max(len(x) for x in out.splitlines()) <= 80

@@ -30,6 +30,8 @@ bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
                              "ketasim vs libRoadRunner vs SciPy side by side.")
 app.add_typer(bench_app, name="bench")
 out = Console(soft_wrap=True)
+#: table width (characters) when stdout is not a terminal and COLUMNS is not set
+NON_TTY_WIDTH = 160
 
 
 def _jsonable(v):
@@ -1407,6 +1409,12 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning, module="ketasim")
+    # piped or redirected output has no terminal width; rich's 80-column default cut table
+    # cells into fragments ("populati / on"), so such output gets room (COLUMNS still wins)
+    import os
+
+    out.width = (NON_TTY_WIDTH if not out.file.isatty() and "COLUMNS" not in os.environ
+                 else None)
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="ketasim")
         if isinstance(rv, int) and rv:  # typer.Exit(code) comes back as a return value
