@@ -307,6 +307,32 @@ def test_terminal_reports_side_effect_peaks_between_visits(capsys, tmp_path):
     assert "ng/mL" in peaks[0] and "mmHg" in peaks[0]
 
 
+def test_same_patients_in_every_arm():
+    """Common random numbers: with the option, patient i of every arm is the same person
+    (covariates, random effects, visit noise); without it the arms draw their own."""
+    import tomllib
+
+    from ketasim.population import sample_arm
+
+    text = ('[population]\nn = 12\nseed = 3\n{}'
+            '[[arm]]\nname = "a"\ndrug = "ketamine"\nroute = "iv-infusion"\n'
+            'dose = "0.5 mg/kg"\nduration = "40 min"\n'
+            '[[arm]]\nname = "b"\ndrug = "ketamine"\nroute = "iv-infusion"\n'
+            'dose = "0.5 mg/kg"\nduration = "40 min"\nhypotheses = "only:e"\n')
+    for same in (True, False):
+        sc = parse_scenario(tomllib.loads(text.format(
+            "same_patients_in_every_arm = true\n" if same else "")))
+        a, b = (sample_arm(sc.population, k, 6) for k in (0, 1))
+        for x, y in zip(a, b, strict=True):
+            fields = (x.weight_kg, x.baseline_madrs, x.eta_emax, x.pk_factor_cl) == (
+                y.weight_kg, y.baseline_madrs, y.eta_emax, y.pk_factor_cl)
+            assert fields is same
+            assert np.array_equal(x.residual, y.residual) is same
+        # the default arm 0 is unchanged by the option
+        c = sample_arm(parse_scenario(tomllib.loads(text.format(""))).population, 0, 6)
+        assert [p.baseline_madrs for p in a] == [p.baseline_madrs for p in c]
+
+
 # ------------------------------------------------------------------ CLI contracts
 def test_trial_json_contract(capsys, tmp_path):
     path = tmp_path / "s.toml"

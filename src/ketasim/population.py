@@ -1,7 +1,9 @@
 """Virtual patients: covariates and random effects, reproducible per patient.
 
 Every patient's draws come from ``SeedSequence([seed, arm_index, patient_index])``, so a
-patient is the same whatever the chunking or the order in which chunks run.
+patient is the same whatever the chunking or the order in which chunks run. With
+``same_patients_in_every_arm`` the arm index of the draws is 0 in every arm (common random
+numbers).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int =
     """Draw patient ``i`` of an arm; the same call always gives the same patient.
     ``constants``: :func:`_arm_constants` of ``spec`` (computed here if not given)."""
     mean, sd, s = constants if constants is not None else _arm_constants(spec)
+    arm_index = 0 if spec.same_patients_in_every_arm else arm_index  # the draws' arm
     rng = patient_rng(spec.seed, arm_index, i)
     w = _clip(rng.normal(spec.weight_kg_mean, spec.weight_kg_sd), 40.0, 200.0)
     age = _clip(rng.normal(spec.age_mean, spec.age_sd), 18.0, 90.0)

@@ -39,6 +39,11 @@ class PopulationSpec(BaseModel):
         default_factory=list)
     baseline_madrs_mean: float | None = Field(None, ge=0.0, le=60.0)
     baseline_madrs_sd: float | None = Field(None, ge=0.0, le=20.0)
+    #: every arm's patient i is the same virtual patient (covariates, random effects, visit
+    #: noise): common random numbers, for comparisons of arms that differ only in treatment
+    #: or mechanism hypothesis; False (default) draws each arm's patients independently, as
+    #: randomisation does
+    same_patients_in_every_arm: bool = False
 
 
 class ArmSpec(BaseModel):
