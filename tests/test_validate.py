@@ -135,7 +135,8 @@ def test_user_cases_folder_runs_every_design(capsys):
         assert c["endpoints"]
         for e in c["endpoints"]:
             n_eps += 1
-            assert set(e) >= {"name", "observed", "predicted", "pi90", "tolerance", "within"}
+            assert set(e) >= {"name", "observed", "predicted", "pi90", "tolerance", "within",
+                              "mc_se", "verdict_agreement", "mc_stable"}
             assert isinstance(e["within"], bool)
             assert e["predicted"] is not None and math.isfinite(e["predicted"])
             lo, hi = e["pi90"]
@@ -145,6 +146,8 @@ def test_user_cases_folder_runs_every_design(capsys):
     assert s["validation"]["within"] == sum(e["within"] for c in r["cases"]
                                             for e in c["endpoints"])
     assert s["calibration"]["endpoints"] == 0
+    assert s["validation"]["mc_unstable"] == sum(not e["mc_stable"] for c in r["cases"]
+                                                 for e in c["endpoints"])
     assert r["meta"]["seed"] == 0 and "card_versions" in r["meta"]
     # every route and population in the examples gave a drug effect of the expected sign
     by = {(c["id"], e["name"]): e for c in r["cases"] for e in c["endpoints"]}
@@ -282,6 +285,7 @@ def test_table_output_names_sets_and_summary(capsys):
     text = capsys.readouterr().out
     assert "example_pk" in text and "(validation)" in text
     assert "validation: " in text and "endpoints within tolerance" in text
+    assert "within the Monte Carlo error" in text
     assert "not medical advice" in text
 
 
@@ -317,3 +321,37 @@ def test_validation_statistics_follow_their_textbook_definitions():
                    observed=-10.0, tolerance=v.Tolerance(rule="rel", rel=0.2))
     assert v.tolerance_interval(e) == (-12.0, -8.0)
     assert v.judge(e, -10.5)
+
+
+def test_monte_carlo_error_of_the_point_prediction(monkeypatch):
+    """Each prediction carries its Monte Carlo error (a bootstrap of the simulated patients,
+    on its own random stream): it matches SD/√n for a mean, it does not move the prediction
+    or its PI, and a verdict at the edge of the tolerance is flagged as not stable."""
+    from ketasim import validate as v
+
+    case = next(c for c in v.load_cases(str(DATA), include_shipped=False)
+                if c.id == "example_pk")
+    e0 = case.endpoints[0]
+    # two endpoints, so that a bootstrap drawing from the replicates' stream would move the
+    # second endpoint's interval
+    case = case.model_copy(update={"endpoints": [e0, e0.model_copy(update={"name": "again"})]})
+    rows = v.run_pk_case(case, 40, 0, 20)
+    vals = v._pk_values(e0, case.population, 40, 0)
+    assert rows[0]["mc_se"] == pytest.approx(np.std(vals, ddof=1) / math.sqrt(40), rel=0.25)
+    monkeypatch.setattr(v, "MC_BOOTSTRAP", 0)
+    bare = v.run_pk_case(case, 40, 0, 20)
+    assert [(r["predicted"], r["pi90"]) for r in bare] == \
+        [(r["predicted"], r["pi90"]) for r in rows]
+    assert bare[0]["mc_se"] is None and bare[0]["mc_stable"] is False
+    # the verdict flag: tolerance interval (−12, −8)
+    e = v.Endpoint(name="x", metric="mean_change", arm="k", at="24 h", scale="madrs",
+                   observed=-10.0, tolerance=v.Tolerance(rule="rel", rel=0.2))
+    rng = np.random.default_rng(0)
+    far = v.mc_error(e, -10.0, list(-10.0 + 0.5 * rng.standard_normal(200)))
+    edge = v.mc_error(e, -8.1, list(-8.1 + 0.5 * rng.standard_normal(200)))
+    assert far["mc_stable"] and far["verdict_agreement"] == 1.0
+    assert far["mc_se"] == pytest.approx(0.5, rel=0.2)
+    assert not edge["mc_stable"] and 0.4 < edge["verdict_agreement"] < 0.8
+    # non-finite bootstrap values ("not reached") count in the agreement, not in the SE
+    q = v.mc_error(e, math.inf, [math.inf] * 10)
+    assert q["mc_se"] is None and q["verdict_agreement"] == 1.0 and q["mc_stable"]

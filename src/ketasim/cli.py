@@ -1087,13 +1087,17 @@ def _print_scorecard(r: dict) -> None:
             t.add_column(col, justify="left" if col == "endpoint" else "right")
         for e in c["endpoints"]:
             acc = e["tolerance"]["interval"] or e["tolerance"]["rule"]
+            mark = "" if e.get("mc_stable", True) else "~"
             t.add_row(e["name"], _num(e["observed"]), _num(e["predicted"]), _num(e["pi90"]),
-                      _num(acc), "[green]yes[/]" if e["within"] else "[red]no[/]")
+                      _num(acc), f"[green]yes{mark}[/]" if e["within"] else f"[red]no{mark}[/]")
         out.print(t)
     for s, v in r["summary"].items():
         if v["endpoints"]:
             out.print(f"[bold]{s}: {v['within']} / {v['endpoints']} endpoints within tolerance "
-                      f"({100 * v['fraction_within']:.0f}%), {v['cases']} cases[/]")
+                      f"({100 * v['fraction_within']:.0f}%), {v['cases']} cases[/]; "
+                      f"{v.get('mc_unstable', 0)} verdicts (~) within the Monte Carlo error "
+                      f"of {r['meta']['n_per_arm']} patients per arm (another seed may flip "
+                      "them)")
     m = r["meta"]
     out.print(f"seed {m['seed']}, {m['n_per_arm']} virtual patients per arm, "
               f"{m['replicates']} replicates, hypotheses {m['hypotheses']}, "
