@@ -118,7 +118,7 @@ def test_saline_placebo_is_large_on_the_day_and_small_by_24_h():
                        c)
     assert p[:, 0].mean() > 1.3 * p[:, 1].mean() > 0.0
     assert np.all((p >= 0.0) & (p < 1.0))
-    # at the scorecard's settings (n = 100 per arm, seed 0) the point prediction is inside the
+    # at the CLI's default settings (n = 100 per arm, seed 0) the point prediction is inside the
     # Wilson interval; with 400 patients it sits at its upper edge, and far below the 38% of
     # the single slowly rising placebo term
     res = run_case(_case("cochrane2021_unipolar"), n=100, seed=0, replicates=5, cache=False)
