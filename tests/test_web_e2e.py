@@ -241,6 +241,8 @@ def test_page_runs_a_small_trial(server, browser):
     page.click("#run-trial")
     page.wait_for_selector(".trial-table", timeout=180_000)
     assert page.locator("#progress-bar").evaluate("e => e.value") == 1
+    # accessibility audit: the live region says the trial is done (WCAG 4.1.3)
+    _until(page, "document.getElementById('trial-status').textContent.includes('done')")
     tables = page.locator(".trial-table")
     assert tables.count() == 2  # drug arm A + placebo
     text = tables.first.inner_text()
@@ -369,8 +371,8 @@ def test_page_tab_click_right_after_editing_a_field_lands(server, browser):
         page.keyboard.type("72")
         page.click("#tab-B")  # blurs the weight field first: `change`
         assert page.evaluate("window.ketasim.state.active") == 1
-        assert page.locator("#tab-B").get_attribute("aria-pressed") == "true"
-        assert page.locator("#tab-A").get_attribute("aria-pressed") == "false"
+        assert page.locator("#tab-B").get_attribute("aria-selected") == "true"
+        assert page.locator("#tab-A").get_attribute("aria-selected") == "false"
         assert page.evaluate("window.ketasim.state.scenarios.map(s => String(s.weight))") == \
             ["72", "70"]
         assert page.locator("#f-weight").input_value() == "70"  # the form shows B
@@ -543,5 +545,133 @@ def test_page_keyboard_reaches_the_trial_in_few_tabs(server, browser):
                              ".every(b => b.tabIndex === -1)")
         assert page.locator("#disclaimer").is_visible()
         assert errors == [], errors
+    finally:
+        page.close()
+
+
+# ---------------------------------------------------------------- accessibility (WCAG 2.1 AA)
+def _luminance(rgb: str) -> float:
+    parts = [float(v) for v in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]]
+    c = [v / 255 for v in parts]
+    c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    la, lb = sorted([_luminance(a), _luminance(b)], reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+# a colour as computed, and the first opaque background behind the element
+_COLOURS = """([sel, prop]) => {
+  const el = document.querySelector(sel);
+  let bg = el.parentElement;
+  while (bg && getComputedStyle(bg).backgroundColor.match(/rgba\\(.*, 0\\)|transparent/)) {
+    bg = bg.parentElement;
+  }
+  const white = "rgb(255, 255, 255)";
+  return [getComputedStyle(el)[prop], bg ? getComputedStyle(bg).backgroundColor : white];
+}"""
+
+_FOCUSABLE = "button, a[href], input, select, textarea, [tabindex]"
+
+
+def test_page_accessibility(server, browser):
+    """Accessibility audit findings (WCAG 2.1 AA), checked in the live DOM."""
+    page, errors = _page(browser, server)
+    try:
+        # 4.1.2 (axe nested-interactive): no role=img holds a focusable element (Plotly's
+        # mode-bar buttons were inside the role=img plot containers)
+        assert page.evaluate(f"""[...document.querySelectorAll('[role=img]')]
+            .filter((e) => e.querySelector('{_FOCUSABLE}')).map((e) => e.id)""") == []
+        # 1.1.1: every plot has a text alternative with the values, which follows the inputs;
+        # the drawing itself is hidden from screen readers, the figure named by its caption
+        plots = page.evaluate("[...document.querySelectorAll('.plot')].map((e) => e.id)")
+        assert len(plots) == 9
+        for pid in plots:
+            fig = f"document.getElementById('{pid}').closest('figure')"
+            assert page.evaluate(f"{fig}.getAttribute('aria-labelledby')") == f"{pid}-title"
+            assert page.locator(f"#{pid}").get_attribute("aria-hidden") == "true"
+            desc = page.locator(f"#{pid}-desc").text_content()
+            assert "Scenario A" in desc and any(ch.isdigit() for ch in desc), (pid, desc)
+        before = page.locator("#plot-plasma-desc").text_content()
+        n = page.evaluate("window.ketasim.updates")
+        page.fill("#f-dose", "1 mg/kg")
+        _wait_updates(page, n + 1)
+        assert page.locator("#plot-plasma-desc").text_content() != before
+        # 4.1.2: the scenario tabs follow the ARIA tabs pattern
+        n = page.evaluate("window.ketasim.updates")
+        page.click("#add-scenario")
+        _wait_updates(page, n + 1)
+        assert page.locator("#tabs").get_attribute("role") == "tablist"
+        tabs = page.evaluate("""[...document.querySelectorAll('#tabs > *')].map((t) =>
+            [t.id, t.getAttribute('role'), t.getAttribute('aria-selected'), t.tabIndex])""")
+        assert tabs == [["tab-A", "tab", "false", -1], ["tab-B", "tab", "true", 0]], tabs
+        panel = page.locator("#tab-B").get_attribute("aria-controls")
+        assert page.locator(f"#{panel}").get_attribute("role") == "tabpanel"
+        assert page.locator(f"#{panel}").get_attribute("aria-labelledby") == "tab-B"
+        page.focus("#tab-B")
+        page.keyboard.press("ArrowLeft")
+        assert page.evaluate(_FOCUS) == "tab-A"
+        assert page.evaluate("window.ketasim.state.active") == 0
+        assert page.locator(f"#{panel}").get_attribute("aria-labelledby") == "tab-A"
+        # 3.3.1 / 4.1.2: an error is tied to its field (aria-invalid + aria-describedby), in
+        # the scenario form and in the trial form
+        page.fill("#f-weight", "500")
+        _until(page, "document.getElementById('error').textContent.includes('Weight')")
+        assert page.locator("#f-weight").get_attribute("aria-invalid") == "true"
+        assert "error" in page.locator("#f-weight").get_attribute("aria-describedby").split()
+        page.fill("#f-weight", "70")
+        _until(page, "document.getElementById('error').textContent === ''")
+        assert page.locator("#f-weight").get_attribute("aria-describedby") is None
+        assert page.locator("#f-dose").get_attribute("aria-describedby") == "dose-help"
+        page.fill("#t-n", "5000")
+        page.dispatch_event("#t-n", "change")
+        page.click("#run-trial")
+        _until(page, "document.getElementById('trial-error').textContent !== ''")
+        assert page.locator("#t-n").get_attribute("aria-invalid") == "true"
+        assert page.locator("#t-n").get_attribute("aria-describedby") == "trial-error"
+        # 4.1.3: the trial's live region is on the page (not inside the hidden progress row,
+        # where screen readers do not track it)
+        live = page.evaluate("""[...document.querySelectorAll('#trial [aria-live]')]
+            .filter((e) => !e.closest('[hidden]')).map((e) => e.id)""")
+        assert "trial-status" in live, live
+        # 1.4.3 text ≥ 4.5:1 (a legend entry switched off was 2.5:1) and 1.4.11 control borders
+        # and the focus ring ≥ 3:1 (were 2.5:1 and 2.1:1), computed from the page's styles
+        page.click("#plot-plasma-legend button")
+        page.focus("#f-mg")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")  # the first plot legend's entry, focus visible
+        assert page.evaluate("document.activeElement.matches(':focus-visible')")
+        page.evaluate("document.activeElement.id = 'focused-now'")
+        for sel, prop, least in [
+            ("body", "color", 4.5), (".muted", "color", 4.5), ("small", "color", 4.5),
+            (".error", "color", 4.5), ("#run-trial", "backgroundColor", 4.5),
+            ("#plot-plasma-legend button[aria-pressed=false]", "color", 4.5),
+            ("#f-dose", "borderTopColor", 3.0), ("#t-control", "borderTopColor", 3.0),
+            ("#focused-now", "outlineColor", 3.0)]:
+            fg, bg = page.evaluate(_COLOURS, [sel, prop])
+            if prop == "backgroundColor":  # white text on the accent
+                text = f"getComputedStyle(document.querySelector('{sel}')).color"
+                fg, bg = page.evaluate(text), fg
+            assert _contrast(fg, bg) >= least, (sel, prop, fg, bg, round(_contrast(fg, bg), 2))
+        assert errors == [], errors
+    finally:
+        page.close()
+
+
+def test_page_reflows_at_320_css_px(server, browser):
+    """WCAG 1.4.10: at 320 CSS px wide (1280 px at 400% zoom) the page needs no sideways
+    scrolling (wide data tables scroll in their own box)."""
+    page = browser.new_page(viewport={"width": 320, "height": 640})
+    try:
+        page.goto(server)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 320, width
+        # the summary table scrolls in its own box, which the keyboard can reach (2.1.1)
+        box = "document.getElementById('summary').parentElement"
+        assert page.evaluate(f"{box}.scrollWidth > {box}.clientWidth")
+        assert page.evaluate(f"[{box}.tabIndex, {box}.getAttribute('role')]") == [0, "region"]
     finally:
         page.close()

@@ -416,7 +416,15 @@ function readForm() {
 
 /* The tab buttons are kept and updated, not rebuilt: a click on a tab right after editing a
    field first fires the field's `change` (on blur, at mousedown), and a tab bar rebuilt then
-   would take the button away from under the mouse and lose the click. */
+   would take the button away from under the mouse and lose the click. They follow the ARIA
+   tabs pattern: a tablist of tabs (aria-selected), the form is the tab panel labelled by the
+   selected tab, one Tab stop (the selected tab), and the arrow keys, Home and End select. */
+function selectTab(i) {
+  ks.state.active = i;
+  writeForm();
+  encodeState();
+}
+
 function renderTabs() {
   const box = $("tabs");
   const n = ks.state.scenarios.length;
@@ -425,17 +433,35 @@ function renderTabs() {
     const b = document.createElement("button");
     b.type = "button";
     b.id = `tab-${LABELS[i]}`;
-    b.setAttribute("aria-label", `Edit scenario ${LABELS[i]}`);
+    b.setAttribute("role", "tab");
+    b.setAttribute("aria-controls", "scenario-panel");
+    b.setAttribute("aria-label", `Scenario ${LABELS[i]}`);
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = COLOURS[i];
     b.append(sw, document.createTextNode(LABELS[i]));
-    b.addEventListener("click", () => { ks.state.active = i; writeForm(); encodeState(); });
+    b.addEventListener("click", () => selectTab(i));
     box.appendChild(b);
   }
-  [...box.children].forEach((b, i) => b.setAttribute("aria-pressed", String(i === ks.state.active)));
+  [...box.children].forEach((b, i) => {
+    const on = i === ks.state.active;
+    b.setAttribute("aria-selected", String(on));
+    b.tabIndex = on ? 0 : -1;
+  });
+  $("scenario-panel").setAttribute("aria-labelledby", `tab-${LABELS[ks.state.active]}`);
   $("add-scenario").disabled = n >= 4;
   $("remove-scenario").disabled = n <= 1;
+}
+
+function tabKeys(ev) {
+  const n = ks.state.scenarios.length;
+  const at = ks.state.active;
+  const to = {ArrowRight: at + 1, ArrowDown: at + 1, ArrowLeft: at - 1, ArrowUp: at - 1,
+    Home: 0, End: n - 1}[ev.key];
+  if (to === undefined) return;
+  ev.preventDefault();
+  selectTab((to + n) % n);
+  $("tabs").children[ks.state.active].focus();
 }
 
 // ------------------------------------------------------------------ plots
@@ -530,15 +556,67 @@ function line(res, i, xs, y, name, dash, plotId, extra) {
 function seriesTraces(results, xs, plotId, pick) {
   const traces = [];
   const names = [];
+  const series = [];  // [scenario letter, name, hours, y, shown] for the text description
   results.forEach((res, i) => {
     if (!res) return;
     pick(res).forEach(([name, y, extra], j) => {
       if (!y) return;
-      traces.push(line(res, i, xs[i], y, name, j, plotId, extra));
+      const t = line(res, i, xs[i], y, name, j, plotId, extra);
+      traces.push(t);
+      series.push([LABELS[i], name, res.time_h, y, t.visible]);
       if (!names.some((n) => n[0] === name)) names.push([name, j]);
     });
   });
-  return [traces, names];
+  return [traces, names, series];
+}
+
+/* The text alternative of a plot (#<id>-desc, read by screen readers; the Plotly drawing is
+   hidden from them): per scenario and series, the first value, the highest and the lowest
+   (with their times, where they differ from the ends) and the last. */
+function fmtHours(h) {
+  if (h === 0) return "the start";
+  if (h < 1) return `${+(h * 60).toPrecision(2)} min`;
+  if (h < 48) return `${+h.toPrecision(2)} h`;
+  return `${+(h / 24).toPrecision(3)} d`;
+}
+
+function describeSeries(hours, y) {
+  let first = -1;
+  let last = -1;
+  let hi = -1;
+  let lo = -1;
+  for (let k = 0; k < y.length; k++) {
+    const v = y[k];
+    if (v === null || !Number.isFinite(v)) continue;
+    if (first < 0) first = k;
+    last = k;
+    if (hi < 0 || v > y[hi]) hi = k;
+    if (lo < 0 || v < y[lo]) lo = k;
+  }
+  if (first < 0) return "no values";
+  const v = (k) => String(+y[k].toPrecision(3));
+  const parts = [`${v(first)} at ${fmtHours(hours[first])}`];
+  const ends = [v(first), v(last)];
+  if (!ends.includes(v(hi))) parts.push(`highest ${v(hi)} at ${fmtHours(hours[hi])}`);
+  if (!ends.includes(v(lo)) && lo !== hi) parts.push(`lowest ${v(lo)} at ${fmtHours(hours[lo])}`);
+  parts.push(`${v(last)} at ${fmtHours(hours[last])}`);
+  return parts.join(", ");
+}
+
+function describePlot(id, series) {
+  const unit = $(`${id}-title`).querySelector(".unit");
+  const head = `${$(id).dataset.label}${unit ? ` (${unit.textContent})` : ""}, by time after ` +
+    "the first dose.";
+  const lines = series.map(([sc, name, hours, y, shown]) =>
+    `Scenario ${sc}, ${name}${shown ? "" : " (hidden)"}: ${describeSeries(hours, y)}.`);
+  if (id === "plot-exposure") {
+    const b = ks.options.bands_ng_per_ml;
+    lines.push(`Analgesic from ${b.analgesic_ng_per_ml} ng/mL; anaesthetic band from ` +
+      `${b.anaesthetic_ng_per_ml} ng/mL.`);
+  }
+  const text = [head, ...lines].join(" ");
+  const el = $(`${id}-desc`);
+  if (el.textContent !== text) el.textContent = text;
 }
 
 // showSendToCloud: false: no "Share chart" button (it would open cloud.plotly.com with the data)
@@ -615,8 +693,8 @@ function plotJobs() {
   const xs = R.map((r) => (r ? x(r) : null));  // one x array per scenario, shared by its traces
   const jobs = [];
   const P = (id, pick, layout) => {
-    const [traces, names] = seriesTraces(R, xs, id, pick);
-    jobs.push([id, traces, layout, names]);
+    const [traces, names, series] = seriesTraces(R, xs, id, pick);
+    jobs.push([id, traces, layout, names, series]);
   };
   P("plot-plasma", (r) => Object.entries(r.plasma_ng_per_ml), baseLayout());
   P("plot-brain", (r) => Object.entries(r.brain_free_uM), baseLayout());
@@ -755,7 +833,7 @@ function renderPlots(only) {
   ks.lastFullRedraws = 0;
   ks.lastFastRedraws = 0;
   ks.lastFullIds = [];
-  for (const [id, traces, layout, names] of jobs) {
+  for (const [id, traces, layout, names, series] of jobs) {
     const gd = $(id);
     if (layout.yaxis.type !== "log") {
       const tozero = layout.yaxis.rangemode === "tozero";
@@ -804,6 +882,7 @@ function renderPlots(only) {
     }
     done.push(drawn);
     renderPlotLegend(id, names);
+    describePlot(id, series);
     if (id === "plot-madrs" && !only) {
       renderLegend();
       renderSummary();
@@ -859,6 +938,21 @@ function renderSummary() {
     });
     tb.appendChild(tr);
   });
+  scrollersFocusable();
+}
+
+/* A table box that scrolls sideways (a narrow screen, WCAG 1.4.10) is a named region and a
+   Tab stop, so the keyboard can scroll it; one that fits stays out of the tab order. */
+function scrollersFocusable() {
+  for (const box of document.querySelectorAll(".table-scroll")) {
+    if (box.scrollWidth > box.clientWidth + 1) {
+      box.tabIndex = 0;
+      box.setAttribute("role", "region");
+      box.setAttribute("aria-label", `${box.dataset.name} (scrolls sideways)`);
+    } else {
+      for (const a of ["tabindex", "role", "aria-label"]) box.removeAttribute(a);
+    }
+  }
 }
 
 /* Idempotent: attaches the handler to each plot once it exists (a page opened from a link
@@ -938,14 +1032,33 @@ async function update() {
   }
 }
 
-/* The error line under the form (null clears it). The field at fault, if the form shows its
-   scenario, is marked aria-invalid (and outlined). */
-function showError(e, scenario) {
-  for (const el of $("form").querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  $("error").textContent = e ? `Scenario ${LABELS[scenario]}: ${e.message}` : "";
-  if (e && e.field && scenario === ks.state.active && $(e.field)) {
-    $(e.field).setAttribute("aria-invalid", "true");
+/* Marks the field at fault (an element id, or null) in `form`: aria-invalid (and outlined),
+   with the error line `msgId` added to its aria-describedby, so a screen reader reads the
+   problem with the field; the mark of the field marked before goes. */
+function markField(form, id, msgId) {
+  for (const el of $(form).querySelectorAll("[aria-invalid]")) {
+    el.removeAttribute("aria-invalid");
+    const rest = (el.getAttribute("aria-describedby") || "").split(" ")
+      .filter((x) => x && x !== msgId).join(" ");
+    if (rest) el.setAttribute("aria-describedby", rest); else el.removeAttribute("aria-describedby");
   }
+  const el = id && $(id);
+  if (!el || !$(form).contains(el)) return;
+  el.setAttribute("aria-invalid", "true");
+  const ids = (el.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+  if (!ids.includes(msgId)) el.setAttribute("aria-describedby", [...ids, msgId].join(" "));
+}
+
+/* The error line under the form (null clears it). The field at fault, if the form shows its
+   scenario, is marked (markField). */
+function showError(e, scenario) {
+  $("error").textContent = e ? `Scenario ${LABELS[scenario]}: ${e.message}` : "";
+  markField("form", e && e.field && scenario === ks.state.active ? e.field : null, "error");
+}
+
+function showTrialError(e) {
+  $("trial-error").textContent = e ? `Trial: ${e.message}` : "";
+  markField("trial-form", e && e.field, "trial-error");
 }
 
 function changed() {
@@ -970,7 +1083,7 @@ function trialScenario() {
 async function runTrial(ev) {
   ev.preventDefault();
   readForm();
-  $("trial-error").textContent = "";
+  showTrialError(null);
   $("trial-results").innerHTML = "";
   $("trial-downloads").innerHTML = "";
   try {
@@ -980,13 +1093,28 @@ async function runTrial(ev) {
     encodeState();
     poll(job.id);
   } catch (e) {
-    $("trial-error").textContent = `Trial: ${e.message}`;
+    showTrialError(e);
   }
+}
+
+/* The trial's progress for screen readers (#trial-status, a live region always on the page:
+   one inside the hidden progress row would not be tracked): each change of stage and each
+   quarter of the patients, not every poll. */
+function announceTrial(j) {
+  const quarter = Math.floor(4 * (j.progress || 0));
+  const key = `${j.status}|${quarter}`;
+  if (ks.trialAnnounced === key) return;
+  ks.trialAnnounced = key;
+  const pct = `${Math.round(100 * (j.progress || 0))}%`;
+  $("trial-status").textContent = j.status === "done"
+    ? `Trial done: ${j.total} patients; results below.`
+    : `Trial ${j.status}: ${pct} (${j.done} of ${j.total} patients).`;
 }
 
 async function poll(id) {
   $("trial-progress").hidden = false;
   $("run-trial").disabled = true;
+  ks.trialAnnounced = null;
   try {
     for (;;) {
       const r = await fetch(`/api/trial/${encodeURIComponent(id)}`);
@@ -994,12 +1122,14 @@ async function poll(id) {
       if (!r.ok) throw new Error(errorText(j));
       $("progress-bar").value = j.progress;
       $("progress-text").textContent = `${j.status}: ${j.done} / ${j.total} patients`;
-      if (j.status === "done") { await showResult(j); break; }
+      if (j.status === "done") { await showResult(j); announceTrial(j); break; }
       if (j.status === "failed") throw new Error(j.error || "failed");
+      announceTrial(j);
       await new Promise((res) => setTimeout(res, 400));
     }
   } catch (e) {
-    $("trial-error").textContent = `Trial: ${e.message}`;
+    showTrialError(e);  // the error line is an alert
+    $("trial-status").textContent = "";
   } finally {
     $("run-trial").disabled = false;
   }
@@ -1080,6 +1210,7 @@ async function showResult(job) {
   p.className = "muted";
   p.textContent = `seed ${s.meta.seed} · ketasim ${s.meta.version} · ${s.meta.wall_s} s · ${s.meta.disclaimer}`;
   box.appendChild(p);
+  scrollersFocusable();
 }
 
 // ------------------------------------------------------------------ start
@@ -1111,6 +1242,9 @@ async function start() {
     update();
   });
   $("trial-form").addEventListener("submit", runTrial);
+  $("tabs").addEventListener("keydown", tabKeys);
+  const resized = new ResizeObserver(scrollersFocusable);
+  for (const box of document.querySelectorAll(".table-scroll")) resized.observe(box);
   $("add-scenario").addEventListener("click", () => {
     if (ks.state.scenarios.length >= 4) return;
     const copy = JSON.parse(JSON.stringify(ks.state.scenarios[ks.state.active]));
