@@ -288,3 +288,62 @@ def test_roadrunner_run_resets_infusion_switches(default_export):
     assert rr["inf1_on"] == 1.0
     again = B.roadrunner_run(rr, default_export.patient_parameters, v, sel)
     assert np.max(rel(again, fresh)) < TOL  # a leaked infusion gives ~1e10
+
+
+def shipped_drug_arms():
+    from ketasim.trial import example_names
+
+    for name in example_names():
+        sc = resolve_scenario(name)
+        for a in sc.arms:
+            if a.control is None:
+                yield name, sc, a
+
+
+def test_every_shipped_arm_passes_all_consistency_checks():
+    """libsbml's full consistency checks (units and modelling practice included): no error and
+    no warning for every drug arm of every shipped scenario (IV infusion and intranasal)."""
+    routes = set()
+    for name, sc, a in shipped_drug_arms():
+        em = export_arm(a, typical_patient(sc), seed=sc.population.seed)
+        assert validate(em.sbml, warnings=True) == [], (name, a.name)
+        routes.add(a.route)
+    assert {"iv-infusion", "intranasal"} <= routes
+
+
+def test_units_and_names_declared(default_export):
+    """Model-wide units, and a name and units on every parameter; card values carry their
+    card's unit (conversion literals carry theirs, so unit-aware tools can check)."""
+    import libsbml
+
+    m = libsbml.readSBMLFromString(default_export.sbml).getModel()
+    assert (m.getTimeUnits(), m.getSubstanceUnits(), m.getExtentUnits(),
+            m.getVolumeUnits()) == ("hour", "mg", "mg", "litre")
+    units = {}
+    for p in m.getListOfParameters():
+        assert p.isSetName() and p.isSetUnits(), p.getId()
+        units[p.getId()] = p.getUnits()
+    assert units["kon"] == "per_uM_per_hour" and units["tau_K"] == "hour"
+    assert units["Kd0_ketamine"] == "uM" and units["c_priming_tau_d"] == "day"
+    assert units["c_k_mood"] == "per_hour" and units["plasma_ketamine"] == "ng_per_mL"
+    assert units["x_central"] == "mg" and units["C_ketamine"] == "uM"
+    assert units["K__central__central"] == "per_hour" and units["inf0_rate"] == "mg_per_hour"
+    assert "1000 thousandth" in libsbml.formulaToL3String(
+        m.getAssignmentRuleByVariable("plasma_ketamine").getMath())
+
+
+def test_portable_l3v1_constructs(default_export):
+    """Only L3V1 MathML and explicit L3 event attributes: no max/min (L3V2), rateOf, delay or
+    csymbols other than time."""
+    import re
+
+    text = default_export.sbml
+    assert 'level="3" version="1"' in text
+    for tag in ("<max/>", "<min/>", "<delay", "rateOf", "avogadro", "<implies/>", "<rem/>",
+                "<quotient/>", "<priority"):
+        assert tag not in text, tag
+    urls = set(re.findall(r'definitionURL="([^"]*)"', text))
+    assert urls == {"http://www.sbml.org/sbml/symbols/time"}
+    n = text.count("<event ")
+    assert text.count('useValuesFromTriggerTime="true"') == n
+    assert text.count('initialValue="false" persistent="true"') == n
