@@ -317,8 +317,9 @@ def test_units_and_names_declared(default_export):
     import libsbml
 
     m = libsbml.readSBMLFromString(default_export.sbml).getModel()
-    assert (m.getTimeUnits(), m.getSubstanceUnits(), m.getExtentUnits(),
-            m.getVolumeUnits()) == ("hour", "mg", "mg", "litre")
+    assert (m.getTimeUnits(), m.getSubstanceUnits(), m.getExtentUnits(), m.getVolumeUnits(),
+            m.getAreaUnits(), m.getLengthUnits()) == ("hour", "umol", "umol", "litre",
+                                                       "square_metre", "metre")
     units = {}
     for p in m.getListOfParameters():
         assert p.isSetName() and p.isSetUnits(), p.getId()
@@ -347,3 +348,59 @@ def test_portable_l3v1_constructs(default_export):
     n = text.count("<event ")
     assert text.count('useValuesFromTriggerTime="true"') == n
     assert text.count('initialValue="false" persistent="true"') == n
+
+
+def test_min_max_are_continuous_functions(default_export):
+    """kmax/kmin are (a + b ± |a − b|)/2, not piecewise: COPASI makes every piecewise condition
+    a root of its integrator, and clamps at 0 of amounts decaying to ~1e-30 then flip at every
+    step until it gives up ("Internal step limit exceeded")."""
+    import libsbml
+
+    m = libsbml.readSBMLFromString(default_export.sbml).getModel()
+    for name, f in (("kmax", max), ("kmin", min)):
+        fd = m.getFunctionDefinition(name)
+        text = libsbml.formulaToL3String(fd.getMath())
+        sign = "+" if name == "kmax" else "-"
+        assert text == f"lambda(a, b, (a + b {sign} abs(a - b)) / 2 dimensionless)", text
+        for a, b in ((3.0, -1.0), (-2e-30, 0.0), (1e-31, 0.0), (0.25, 1.0), (60.5, 60.0)):
+            got = (a + b + (1 if name == "kmax" else -1) * abs(a - b)) / 2
+            assert got == f(a, b), (name, a, b, got)
+
+
+def test_copasi_runs_a_long_course():
+    """In COPASI (python-copasi, when installed) the 95-day six-infusion course imports without
+    a message, runs to the end and agrees with libRoadRunner on MADRS at every visit."""
+    COPASI = pytest.importorskip("COPASI")
+    import os
+    import tempfile
+
+    sc = resolve_scenario("murrough2013b")
+    em = export_arm(sc.arms[0], typical_patient(sc))
+    v = np.array([0.0, 24.0, 288.0, 600.0, 1440.0, 2280.0])
+    madrs, _ = roadrunner_outputs(em, em.patient_parameters, v)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.xml")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(em.sbml)
+        COPASI.CCopasiMessage.clearDeque()
+        dm = COPASI.CRootContainer.addDatamodel()
+        assert dm.importSBML(path)
+    assert "unit" not in COPASI.CCopasiMessage.getAllMessageText()
+    task = dm.getTask("Time-Course")
+    pr = task.getProblem()
+    pr.setUseValues(True)
+    pr.setValues(" ".join(repr(float(t)) for t in v[1:]))
+    pr.setDuration(float(v[-1]))
+    pr.setStepNumber(1000)
+    pr.setAutomaticStepSize(False)
+    pr.setTimeSeriesRequested(True)
+    task.getMethod().getParameter("Relative Tolerance").setDblValue(1e-8)
+    assert task.process(True), COPASI.CCopasiMessage.getAllMessageText()
+    ts = task.getTimeSeries()
+    mv = dm.getModel().getModelValues()
+    title = next(f"Values[{mv.get(k).getObjectName()}]" for k in range(mv.size())
+                 if mv.get(k).getSBMLId() == "madrs")
+    col = [ts.getTitle(i) for i in range(ts.getNumVariables())].index(title)
+    got = np.array([ts.getData(k, col) for k in range(ts.getRecordedSteps())])
+    COPASI.CRootContainer.removeDatamodel(dm)
+    assert np.max(rel(got, madrs)) < 1e-4, (got, madrs)

@@ -158,6 +158,8 @@ UNIT_DEFINITIONS: dict[str, tuple[tuple[str, int, int, float], ...]] = {
     "per_hour": (("second", -1, 0, 3600.0),),
     "hour_per_day": (("second", 1, 0, 3600.0), ("second", -1, 0, 86400.0)),
     "mg": (("gram", 1, -3, 1.0),),
+    "umol": (("mole", 1, -6, 1.0),),
+    "square_metre": (("metre", 2, 0, 1.0),),
     "mg_per_hour": (("gram", 1, -3, 1.0), ("second", -1, 0, 3600.0)),
     "mg_per_L": (("gram", 1, -3, 1.0), ("litre", -1, 0, 1.0)),
     "ng_per_mL": (("gram", 1, -9, 1.0), ("litre", -1, -3, 1.0)),
@@ -443,11 +445,16 @@ class _Builder:
                 u.setScale(scale)
                 u.setMultiplier(mult)
             self.ids.add(uid)
-        # model-wide units (L3V1): time in hours; PK amounts in mg; volumes in litres
+        # model-wide units (L3V1): time in hours, volumes in litres. There are no species or
+        # reactions (PK amounts are mg parameters); the substance and extent units are µmol,
+        # matching the µM brain concentrations, as COPASI imports only mole- or item-based
+        # substance units (mg would be replaced by mol with a warning).
         self.model.setTimeUnits("hour")
-        self.model.setSubstanceUnits("mg")
-        self.model.setExtentUnits("mg")
+        self.model.setSubstanceUnits("umol")
+        self.model.setExtentUnits("umol")
         self.model.setVolumeUnits("litre")
+        self.model.setAreaUnits("square_metre")
+        self.model.setLengthUnits("metre")
         comp = self.model.createCompartment()
         comp.setId("brain_and_body")
         comp.setName("whole body (no species; quantities are global parameters)")
@@ -456,11 +463,15 @@ class _Builder:
         comp.setSpatialDimensions(3)
         comp.setUnits("litre")
         self.ids.add("brain_and_body")
-        for name, op in (("kmax", "geq"), ("kmin", "leq")):
+        # max/min are not L3V1 MathML; written with abs rather than piecewise, because COPASI
+        # turns every piecewise condition into a root of the integrator and the clamps at 0
+        # of amounts decaying to ~1e-30 would flip it at every step (it stops with "Internal
+        # step limit exceeded" weeks after the last dose)
+        for name, sign in (("kmax", "+"), ("kmin", "-")):
             fd = self.model.createFunctionDefinition()
             fd.setId(name)
-            fd.setName(f"{name[1:]}imum of two values (piecewise, valid SBML L3V1 MathML)")
-            fd.setMath(self._parse(f"lambda(a, b, piecewise(a, {op}(a, b), b))"))
+            fd.setName(f"{name[1:]}imum of two values")
+            fd.setMath(self._parse(f"lambda(a, b, (a + b {sign} abs(a - b))/2)"))
             self.ids.add(name)
 
     def _parse(self, formula: str):
