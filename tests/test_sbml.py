@@ -288,3 +288,119 @@ def test_roadrunner_run_resets_infusion_switches(default_export):
     assert rr["inf1_on"] == 1.0
     again = B.roadrunner_run(rr, default_export.patient_parameters, v, sel)
     assert np.max(rel(again, fresh)) < TOL  # a leaked infusion gives ~1e10
+
+
+def shipped_drug_arms():
+    from ketasim.trial import example_names
+
+    for name in example_names():
+        sc = resolve_scenario(name)
+        for a in sc.arms:
+            if a.control is None:
+                yield name, sc, a
+
+
+def test_every_shipped_arm_passes_all_consistency_checks():
+    """libsbml's full consistency checks (units and modelling practice included): no error and
+    no warning for every drug arm of every shipped scenario (IV infusion and intranasal)."""
+    routes = set()
+    for name, sc, a in shipped_drug_arms():
+        em = export_arm(a, typical_patient(sc), seed=sc.population.seed)
+        assert validate(em.sbml, warnings=True) == [], (name, a.name)
+        routes.add(a.route)
+    assert {"iv-infusion", "intranasal"} <= routes
+
+
+def test_units_and_names_declared(default_export):
+    """Model-wide units, and a name and units on every parameter; card values carry their
+    card's unit (conversion literals carry theirs, so unit-aware tools can check)."""
+    import libsbml
+
+    m = libsbml.readSBMLFromString(default_export.sbml).getModel()
+    assert (m.getTimeUnits(), m.getSubstanceUnits(), m.getExtentUnits(), m.getVolumeUnits(),
+            m.getAreaUnits(), m.getLengthUnits()) == ("hour", "umol", "umol", "litre",
+                                                       "square_metre", "metre")
+    units = {}
+    for p in m.getListOfParameters():
+        assert p.isSetName() and p.isSetUnits(), p.getId()
+        units[p.getId()] = p.getUnits()
+    assert units["kon"] == "per_uM_per_hour" and units["tau_K"] == "hour"
+    assert units["Kd0_ketamine"] == "uM" and units["c_priming_tau_d"] == "day"
+    assert units["c_k_mood"] == "per_hour" and units["plasma_ketamine"] == "ng_per_mL"
+    assert units["x_central"] == "mg" and units["C_ketamine"] == "uM"
+    assert units["K__central__central"] == "per_hour" and units["inf0_rate"] == "mg_per_hour"
+    assert "1000 thousandth" in libsbml.formulaToL3String(
+        m.getAssignmentRuleByVariable("plasma_ketamine").getMath())
+
+
+def test_portable_l3v1_constructs(default_export):
+    """Only L3V1 MathML and explicit L3 event attributes: no max/min (L3V2), rateOf, delay or
+    csymbols other than time."""
+    import re
+
+    text = default_export.sbml
+    assert 'level="3" version="1"' in text
+    for tag in ("<max/>", "<min/>", "<delay", "rateOf", "avogadro", "<implies/>", "<rem/>",
+                "<quotient/>", "<priority"):
+        assert tag not in text, tag
+    urls = set(re.findall(r'definitionURL="([^"]*)"', text))
+    assert urls == {"http://www.sbml.org/sbml/symbols/time"}
+    n = text.count("<event ")
+    assert text.count('useValuesFromTriggerTime="true"') == n
+    assert text.count('initialValue="false" persistent="true"') == n
+
+
+def test_min_max_are_continuous_functions(default_export):
+    """kmax/kmin are (a + b ± |a − b|)/2, not piecewise: COPASI makes every piecewise condition
+    a root of its integrator, and clamps at 0 of amounts decaying to ~1e-30 then flip at every
+    step until it gives up ("Internal step limit exceeded")."""
+    import libsbml
+
+    m = libsbml.readSBMLFromString(default_export.sbml).getModel()
+    for name, f in (("kmax", max), ("kmin", min)):
+        fd = m.getFunctionDefinition(name)
+        text = libsbml.formulaToL3String(fd.getMath())
+        sign = "+" if name == "kmax" else "-"
+        assert text == f"lambda(a, b, (a + b {sign} abs(a - b)) / 2 dimensionless)", text
+        for a, b in ((3.0, -1.0), (-2e-30, 0.0), (1e-31, 0.0), (0.25, 1.0), (60.5, 60.0)):
+            got = (a + b + (1 if name == "kmax" else -1) * abs(a - b)) / 2
+            assert got == f(a, b), (name, a, b, got)
+
+
+def test_copasi_runs_a_long_course():
+    """In COPASI (python-copasi, when installed) the 95-day six-infusion course imports without
+    a message, runs to the end and agrees with libRoadRunner on MADRS at every visit."""
+    COPASI = pytest.importorskip("COPASI")
+    import os
+    import tempfile
+
+    sc = resolve_scenario("murrough2013b")
+    em = export_arm(sc.arms[0], typical_patient(sc))
+    v = np.array([0.0, 24.0, 288.0, 600.0, 1440.0, 2280.0])
+    madrs, _ = roadrunner_outputs(em, em.patient_parameters, v)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.xml")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(em.sbml)
+        COPASI.CCopasiMessage.clearDeque()
+        dm = COPASI.CRootContainer.addDatamodel()
+        assert dm.importSBML(path)
+    assert "unit" not in COPASI.CCopasiMessage.getAllMessageText()
+    task = dm.getTask("Time-Course")
+    pr = task.getProblem()
+    pr.setUseValues(True)
+    pr.setValues(" ".join(repr(float(t)) for t in v[1:]))
+    pr.setDuration(float(v[-1]))
+    pr.setStepNumber(1000)
+    pr.setAutomaticStepSize(False)
+    pr.setTimeSeriesRequested(True)
+    task.getMethod().getParameter("Relative Tolerance").setDblValue(1e-8)
+    assert task.process(True), COPASI.CCopasiMessage.getAllMessageText()
+    ts = task.getTimeSeries()
+    mv = dm.getModel().getModelValues()
+    title = next(f"Values[{mv.get(k).getObjectName()}]" for k in range(mv.size())
+                 if mv.get(k).getSBMLId() == "madrs")
+    col = [ts.getTitle(i) for i in range(ts.getNumVariables())].index(title)
+    got = np.array([ts.getData(k, col) for k in range(ts.getRecordedSteps())])
+    COPASI.CRootContainer.removeDatamodel(dm)
+    assert np.max(rel(got, madrs)) < 1e-4, (got, madrs)

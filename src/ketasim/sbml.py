@@ -148,6 +148,104 @@ def patient_parameters(setup: CourseSetup) -> dict[str, float]:
     return vals
 
 
+# --------------------------------------------------------------------------- units
+#: SBML unit definitions: id -> (kind, exponent, scale, multiplier) factors. Conversion
+#: constants written as literals carry units too (``1000 thousandth``: mg/L → ng/mL and
+#: mM → µM; ``24 hour_per_day``), so that a unit-aware tool sees every expression's units.
+UNIT_DEFINITIONS: dict[str, tuple[tuple[str, int, int, float], ...]] = {
+    "hour": (("second", 1, 0, 3600.0),),
+    "day": (("second", 1, 0, 86400.0),),
+    "per_hour": (("second", -1, 0, 3600.0),),
+    "hour_per_day": (("second", 1, 0, 3600.0), ("second", -1, 0, 86400.0)),
+    "mg": (("gram", 1, -3, 1.0),),
+    "umol": (("mole", 1, -6, 1.0),),
+    "square_metre": (("metre", 2, 0, 1.0),),
+    "mg_per_hour": (("gram", 1, -3, 1.0), ("second", -1, 0, 3600.0)),
+    "mg_per_L": (("gram", 1, -3, 1.0), ("litre", -1, 0, 1.0)),
+    "ng_per_mL": (("gram", 1, -9, 1.0), ("litre", -1, -3, 1.0)),
+    "uM": (("mole", 1, -6, 1.0), ("litre", -1, 0, 1.0)),
+    "per_uM_per_hour": (("mole", -1, -6, 1.0), ("litre", 1, 0, 1.0), ("second", -1, 0, 3600.0)),
+    "g_per_mol": (("gram", 1, 0, 1.0), ("mole", -1, 0, 1.0)),
+    "per_L_per_hour": (("litre", -1, 0, 1.0), ("second", -1, 0, 3600.0)),
+    "L_per_hour": (("litre", 1, 0, 1.0), ("second", -1, 0, 3600.0)),
+    "thousandth": (("dimensionless", 1, -3, 1.0),),
+}
+#: card unit strings -> SBML unit ids (an unknown card unit fails the export loudly)
+CARD_UNITS = {"": "dimensionless", "points": "dimensionless", "h": "hour", "d": "day",
+              "1/h": "per_hour", "µM": "uM", "1/(µM·h)": "per_uM_per_hour", "g/mol": "g_per_mol",
+              "mg": "mg", "L": "litre", "mg/L": "mg_per_L", "ng/mL": "ng_per_mL"}
+
+
+def _card_unit(card: str, key: str) -> str:
+    """The SBML unit id of parameter ``key`` of mechanism card ``card``."""
+    u = load_param_card(card).parameters[key].units
+    if u not in CARD_UNITS:  # pragma: no cover - guards a card edit
+        raise RuntimeError(f"card {card}: unit {u!r} of {key} has no SBML unit in CARD_UNITS")
+    return CARD_UNITS[u]
+
+
+def _card_param(card: str, key: str) -> tuple[str, str]:
+    """(unit id, name) of a parameter taken from a mechanism card."""
+    u = load_param_card(card).parameters[key].units
+    return _card_unit(card, key), f"{key} [{card} card{', ' + u if u else ''}]"
+
+
+#: packed mechanism constants that are switches or interventions rather than card values
+_PACK_NAMES = {
+    "w_a": "hypothesis weight (a) eEF2K/BDNF", "w_b": "hypothesis weight (b) GluN2B brake",
+    "w_c": "hypothesis weight (c) disinhibition", "w_d": "hypothesis weight (d) HNK/AMPA",
+    "w_e": "hypothesis weight (e) LHb bursting", "w_f": "hypothesis weight (f) spines",
+    "ko_eef2k": "eEF2K knockout switch", "del_2b": "GluN2B deletion relief [interventions card]",
+    "ko_bdnf": "BDNF knockout switch", "trkb": "TrkB inhibition [interventions card]",
+    "rapa": "rapamycin inhibition [interventions card]",
+    "aniso": "anisomycin inhibition [interventions card]",
+    "nbqx": "NBQX inhibition [interventions card]",
+    "spine_block": "spine blockade fraction [interventions card]",
+    "win_start": "acute intervention window start [interventions card, h]",
+    "win_end": "acute intervention window end [interventions card, h]",
+    "kesc_lhb": "kesc_lhb_factor [receptor card]",
+}
+
+
+def _mech_param(name: str) -> tuple[str, str]:
+    """(unit id, name) of a packed mechanism constant."""
+    r, sg = load_param_card("receptor").parameters, load_param_card("signalling").parameters
+    if name in r:
+        return _card_param("receptor", name)
+    if name in sg:
+        return _card_param("signalling", name)
+    return ("hour" if name.startswith("win_") else "dimensionless"), _PACK_NAMES[name]
+
+
+#: names of rule variables (SBML ``name`` attributes); ids not listed get their id as name
+_RULE_NAMES = {
+    "BH_sum": "total trapped LHb block", "po_H": "LHb open probability",
+    "free_H": "unblocked LHb fraction", "block_H": "LHb block",
+    "win": "acute intervention window (1 inside)", "rapa_t": "rapamycin acting",
+    "aniso_t": "anisomycin acting", "nbqx_t": "NBQX acting", "kK": "eEF2K phosphorylation rate",
+    "T_bdnf": "BDNF translation", "u_b": "GluN2B brake relief", "r_I": "interneuron activity",
+    "target_E": "pyramidal firing target", "a_hnk": "HNK AMPA effect", "ampa": "AMPA drive",
+    "syn_bdnf": "BDNF synthesis", "release": "BDNF release", "drive_M": "mTORC1 drive",
+    "kM": "mTORC1 activation rate", "drive_H": "LHb burst drive",
+    "drive_fast": "fast mood drive", "drive_slow": "slow mood drive",
+    "he_fast": "fast mood effect compartment", "he_slow": "slow mood effect compartment",
+    "he": "mood effect", "he_fast_eff": "fast mood effect (esketamine factor)",
+    "d_direct": "direct drug effect (fraction)", "priming": "priming",
+    "consolidation": "consolidation", "drug_effect": "drug effect (fraction)",
+    "placebo_effect": "placebo effect (fraction)", "ad_effect": "oral antidepressant effect",
+    "madrs": "MADRS, noise-free (points)",
+    "effect_site_ng_per_ml": "parent effect-site concentration, racemic-equivalent (ng/mL)",
+    "ce_factor": "free brain µM to racemic-equivalent ng/mL",
+    "madrs_baseline": "baseline MADRS (points)", "emax_i": "individual maximal drug effect",
+    "placebo_i": "individual placebo fraction", "active_i": "individual active-placebo fraction",
+    "session_i": "individual session placebo fraction", "ad_on": "oral antidepressant switch",
+    "fast_factor": "bipolar fast-drive factor", "esk_factor": "esketamine clinical factor",
+}
+#: mechanism / mood rule variables with units other than dimensionless
+_RULE_UNITS = {"kK": "per_hour", "kM": "per_hour"}
+
+
+
 # --------------------------------------------------------------------------- mechanism table
 def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str, str, str]]:
     """Assignment (``"="``) and rate (``"d/dt"``) rules of :func:`ketasim.mechanism.rhs_nb`,
@@ -163,7 +261,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     y = {n: _y(n) for n in STATE_NAMES}
     for pop in _FAST_POPULATIONS:  # quasi-steady-state block (mechanism.qss_block)
         for b in blockers:
-            A(f"qss_{pop}_{b}", f"kon*kmax(C_{b}, 0)*Po_{pop}/mgf_{pop}_{b}"
+            A(f"qss_{pop}_{b}", f"kon*kmax(C_{b}, 0 uM)*Po_{pop}/mgf_{pop}_{b}"
                                 f"/(kon*Kd0_{b}*Po_{pop} + kesc_{b}*(1 - Po_{pop}))")
         tot = " + ".join(f"qss_{pop}_{b}" for b in blockers)
         A(f"block_{pop}", f"({tot})/(1 + {tot})")
@@ -172,7 +270,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     A("po_H", f"Po_H_rest + pi_H*kmax({y['lhb_burst']}, 0)")
     A("free_H", "kmin(kmax(1 - BH_sum, 0), 1)")
     for b in blockers:
-        D(f"bH_{b}", f"kon*kmax(C_{b}, 0)/mgf_{_LHB}_{b}*po_H*free_H"
+        D(f"bH_{b}", f"kon*kmax(C_{b}, 0 uM)/mgf_{_LHB}_{b}*po_H*free_H"
                      f" - (kon*Kd0_{b}*po_H + kesc_lhb*kesc_{b}*(1 - po_H))*bH_{b}")
     A("block_H", "kmin(kmax(BH_sum, 0), 1)")
     # acute interventions act inside a drug window
@@ -181,7 +279,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     A("aniso_t", "aniso*win")
     A("nbqx_t", "nbqx*win")
     # (a) rest block → eEF2K → p-eEF2 → BDNF translation
-    A("kK", "piecewise(0, gt(ko_eef2k, 0.5), k_PP*pE0/(1 - pE0))")
+    A("kK", "piecewise(0 per_hour, gt(ko_eef2k, 0.5), k_PP*pE0/(1 - pE0))")
     D(y["eef2k"], f"piecewise(-{y['eef2k']}/tau_K, gt(ko_eef2k, 0.5),"
                   f" (1 - w_a*block_Esyn - {y['eef2k']})/tau_K)")
     D(y["p_eef2"], f"kK*{y['eef2k']}*(1 - {y['p_eef2']}) - k_PP*{y['p_eef2']}")
@@ -194,7 +292,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     D(y["pyramidal_rate"], f"(1 + w_c*(target_E - 1) - {y['pyramidal_rate']})/tau_r")
     D(y["glutamate"], f"({y['pyramidal_rate']} - {y['glutamate']})/tau_G")
     # (d) HNK → AMPA; AMPA drive from glutamate above its slowly adapting reference
-    A("a_hnk", "E_HNK*kmax(C_hnk, 0)/(EC50_HNK + kmax(C_hnk, 0))" if has_hnk else "0")
+    A("a_hnk", "E_HNK*kmax(C_hnk, 0 uM)/(EC50_HNK + kmax(C_hnk, 0 uM))" if has_hnk else "0")
     A("ampa", f"kmax(1 + ({y['glutamate']} - {y['glutamate_reference']}) + w_d*a_hnk, 0)"
               "*(1 - nbqx_t)")
     D(y["glutamate_reference"], f"({y['glutamate']} - {y['glutamate_reference']})/tau_Q")
@@ -294,19 +392,20 @@ def _mood_rules() -> list[tuple[str, str, str]]:
         ("=", "he_fast_eff", "esk_factor*he_fast"),
         ("=", "d_direct", "emax_i*he/(c_drive50 + he)"),
         ("d/dt", "priming", "(he_fast_eff/(c_drive50 + he_fast_eff) - priming)"
-                            "/(24*c_priming_tau_d)"),
+                            "/(24 hour_per_day*c_priming_tau_d)"),
         ("d/dt", "consolidation", "(c_consolidation_gain*d_direct*kmax(priming - "
                                   "c_consolidation_threshold, 0) - consolidation)"
-                                  "/(24*c_consolidation_tau_d)"),
+                                  "/(24 hour_per_day*c_consolidation_tau_d)"),
         ("=", "drug_effect", "1 - (1 - d_direct)*(1 - kmin(consolidation, "
                              "c_consolidation_cap))"),
         ("=", "placebo_effect", "1 - (1 - placebo_i*(1 - exp(-time/c_placebo_tau_h))"
-                                "*exp(-time/(24*c_placebo_decay_d)))"
+                                "*exp(-time/(24 hour_per_day*c_placebo_decay_d)))"
                                 "*(1 - session_i*(1 - exp(-time/c_placebo_tau_h))"
                                 "*exp(-time/c_placebo_session_tau_h))"
                                 "*(1 - active_i*(1 - exp(-time/c_placebo_tau_h))"
-                                "*exp(-time/(24*c_placebo_active_decay_d)))"),
-        ("=", "ad_effect", "ad_on*c_ad_background_max*(1 - exp(-time/(24*c_ad_background_tau_d)))"),
+                                "*exp(-time/(24 hour_per_day*c_placebo_active_decay_d)))"),
+        ("=", "ad_effect", "ad_on*c_ad_background_max"
+                           "*(1 - exp(-time/(24 hour_per_day*c_ad_background_tau_d)))"),
         ("=", "madrs", f"kmin(kmax(madrs_baseline*(1 - placebo_effect)*(1 - drug_effect)"
                        f"*(1 - ad_effect), {lo!r}), {hi!r})"),
     ]
@@ -326,64 +425,110 @@ class ExportedModel:
 
 
 class _Builder:
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, model_name: str = "") -> None:
         import libsbml
 
         self.libsbml = libsbml
         self.doc = libsbml.SBMLDocument(SBML_LEVEL, SBML_VERSION)
         self.model = self.doc.createModel()
         self.model.setId(model_id)
+        if model_name:
+            self.model.setName(model_name)
         self.ids: set[str] = set()
+        for uid, factors in UNIT_DEFINITIONS.items():
+            ud = self.model.createUnitDefinition()
+            ud.setId(uid)
+            for kind, exp, scale, mult in factors:
+                u = ud.createUnit()
+                u.setKind(libsbml.UnitKind_forName(kind))
+                u.setExponent(exp)
+                u.setScale(scale)
+                u.setMultiplier(mult)
+            self.ids.add(uid)
+        # model-wide units (L3V1): time in hours, volumes in litres. There are no species or
+        # reactions (PK amounts are mg parameters); the substance and extent units are µmol,
+        # matching the µM brain concentrations, as COPASI imports only mole- or item-based
+        # substance units (mg would be replaced by mol with a warning).
+        self.model.setTimeUnits("hour")
+        self.model.setSubstanceUnits("umol")
+        self.model.setExtentUnits("umol")
+        self.model.setVolumeUnits("litre")
+        self.model.setAreaUnits("square_metre")
+        self.model.setLengthUnits("metre")
         comp = self.model.createCompartment()
         comp.setId("brain_and_body")
+        comp.setName("whole body (no species; quantities are global parameters)")
         comp.setConstant(True)
         comp.setSize(1.0)
         comp.setSpatialDimensions(3)
+        comp.setUnits("litre")
         self.ids.add("brain_and_body")
-        for name, op in (("kmax", "geq"), ("kmin", "leq")):
+        # max/min are not L3V1 MathML; written with abs rather than piecewise, because COPASI
+        # turns every piecewise condition into a root of the integrator and the clamps at 0
+        # of amounts decaying to ~1e-30 would flip it at every step (it stops with "Internal
+        # step limit exceeded" weeks after the last dose)
+        for name, sign in (("kmax", "+"), ("kmin", "-")):
             fd = self.model.createFunctionDefinition()
             fd.setId(name)
-            fd.setMath(self._parse(f"lambda(a, b, piecewise(a, {op}(a, b), b))"))
+            fd.setName(f"{name[1:]}imum of two values")
+            fd.setMath(self._parse(f"lambda(a, b, (a + b {sign} abs(a - b))/2)"))
             self.ids.add(name)
 
     def _parse(self, formula: str):
         ast = self.libsbml.parseL3Formula(formula)
         if ast is None:  # pragma: no cover - formulas are generated here
             raise RuntimeError(f"cannot parse {formula!r}: {self.libsbml.getLastParseL3Error()}")
+        self._unit_literals(ast)
         return ast
+
+    def _unit_literals(self, node) -> None:
+        """Numbers written without a unit are dimensionless (SBML L3 ``sbml:units``)."""
+        if node.isNumber() and not node.hasUnits():
+            node.setUnits("dimensionless")
+        for k in range(node.getNumChildren()):
+            self._unit_literals(node.getChild(k))
 
     def _new_id(self, i: str) -> None:
         if i in self.ids:
             raise RuntimeError(f"duplicate SBML id {i!r}")  # pragma: no cover
         self.ids.add(i)
 
-    def param(self, i: str, value: float, constant: bool = True) -> None:
+    def param(self, i: str, value: float, units: str = "dimensionless", name: str | None = None,
+              constant: bool = True) -> None:
         self._new_id(i)
         p = self.model.createParameter()
         p.setId(i)
+        p.setName(name or _RULE_NAMES.get(i, i))
         p.setValue(float(value))
         p.setConstant(constant)
+        p.setUnits(units)
 
-    def rules(self, table: list[tuple[str, str, str]], initial: dict[str, float]) -> None:
+    def rules(self, table: list[tuple[str, str, str]], initial: dict[str, float],
+              units: dict[str, str] | None = None, names: dict[str, str] | None = None) -> None:
+        units = {**_RULE_UNITS, **(units or {})}
+        names = names or {}
         for kind, i, f in table:
+            u, n = units.get(i, "dimensionless"), names.get(i)
             if kind == "=":
-                self.param(i, 0.0, constant=False)
+                self.param(i, 0.0, constant=False, units=u, name=n)
                 r = self.model.createAssignmentRule()
             else:
-                self.param(i, initial.get(i, 0.0), constant=False)
+                self.param(i, initial.get(i, 0.0), constant=False, units=u, name=n)
                 r = self.model.createRateRule()
             r.setVariable(i)
             r.setMath(self._parse(f))
 
-    def event(self, i: str, t_h: float, target: str, formula: str) -> None:
+    def event(self, i: str, t_h: float, target: str, formula: str, name: str = "") -> None:
         self._new_id(i)
         e = self.model.createEvent()
         e.setId(i)
+        if name:
+            e.setName(name)
         e.setUseValuesFromTriggerTime(True)
         tr = e.createTrigger()
         tr.setInitialValue(False)
         tr.setPersistent(True)
-        tr.setMath(self._parse(f"time >= {t_h!r}"))
+        tr.setMath(self._parse(f"time >= {t_h!r} hour"))
         a = e.createEventAssignment()
         a.setVariable(target)
         a.setMath(self._parse(formula))
@@ -396,34 +541,69 @@ class _Builder:
         return self.libsbml.writeSBMLToString(self.doc)
 
 
+def _state_unit(s: PKSystem, i: int) -> str:
+    """PK state ``i``: an amount (mg) or an effect-site concentration (mg/L)."""
+    return "mg_per_L" if i in s.effect.values() else "mg"
+
+
+def _k_unit(s: PKSystem, i: int, j: int) -> str:
+    """Units of ``K[i, j]``: (unit of state i)/(unit of state j)/h."""
+    return {("mg", "mg"): "per_hour", ("mg_per_L", "mg_per_L"): "per_hour",
+            ("mg_per_L", "mg"): "per_L_per_hour",
+            ("mg", "mg_per_L"): "L_per_hour"}[(_state_unit(s, i), _state_unit(s, j))]
+
+
+def _patient_param(s: PKSystem, i: str) -> tuple[str, str]:
+    """(unit id, name) of a patient-specific parameter."""
+    if i.startswith("K__"):
+        to, frm = i[3:].split("__")
+        return (_k_unit(s, s.states.index(to), s.states.index(frm)),
+                f"PK rate constant into {to} from {frm}")
+    if i.startswith("V_"):
+        return "litre", f"plasma volume of {i[2:]}"
+    if i.startswith("dose"):
+        return "mg", f"bolus amount of dose {i[4:-4]}"
+    if i.startswith("inf"):
+        return "mg_per_hour", f"zero-order input rate {i[3:-5]}"
+    return "dimensionless", _RULE_NAMES.get(i, i)
+
+
 def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
     """The SBML document of one patient's course (see the module docstring)."""
     s, mp = setup.system, setup.mech
     pvals = patient_parameters(setup)
-    b = _Builder("ketasim_" + "".join(ch if ch.isalnum() else "_" for ch in setup.arm.name))
+    b = _Builder("ketasim_" + "".join(ch if ch.isalnum() else "_" for ch in setup.arm.name),
+                 f"ketasim {setup.arm.name} ({s.card.id}), typical patient")
     # --- PK: dx/dt = K x + u, doses as events
     for i, v in pvals.items():
-        b.param(i, v)
+        b.param(i, v, *_patient_param(s, i))
     inputs: dict[int, list[str]] = {}
     for k, (t0, t1, si, _) in enumerate(setup.schedule.infusions):
         # a switch set (not incremented) by events: idempotent, so a re-fired event or a
         # simulator reset cannot leave a stale rate behind
-        b.param(f"inf{k}_on", 0.0, constant=False)
-        b.event(f"inf{k}_start", t0, f"inf{k}_on", "1")
-        b.event(f"inf{k}_stop", t1, f"inf{k}_on", "0")
+        b.param(f"inf{k}_on", 0.0, constant=False, name=f"zero-order input {k} on (1) or off (0)")
+        b.event(f"inf{k}_start", t0, f"inf{k}_on", "1", f"start of zero-order input {k}")
+        b.event(f"inf{k}_stop", t1, f"inf{k}_on", "0", f"end of zero-order input {k}")
         inputs.setdefault(si, []).append(f"inf{k}_on*inf{k}_rate")
     for si, st in enumerate(s.states):
         terms = [f"{_k_id(s, si, j)}*{_x(s.states[j])}" for j in np.nonzero(s.K[0][si])[0]]
         if si in inputs:
-            b.rules([("=", f"u_{st}", " + ".join(inputs[si]))], {})
+            b.rules([("=", f"u_{st}", " + ".join(inputs[si]))], {}, {f"u_{st}": "mg_per_hour"},
+                    {f"u_{st}": f"zero-order input into {st}"})
             terms.append(f"u_{st}")
-        b.rules([("d/dt", _x(st), " + ".join(terms) or "0")], {})
+        su = _state_unit(s, si)
+        b.rules([("d/dt", _x(st), " + ".join(terms) or f"0 per_hour*{_x(st)}")], {}, {_x(st): su},
+                {_x(st): f"PK state {st} ({'mg/L' if su == 'mg_per_L' else 'mg'})"})
     for k, (t, si, _) in enumerate(setup.schedule.boluses):
-        b.event(f"dose{k}", t, _x(s.states[si]), f"{_x(s.states[si])} + dose{k}_amt")
+        b.event(f"dose{k}", t, _x(s.states[si]), f"{_x(s.states[si])} + dose{k}_amt",
+                f"bolus {k} into {s.states[si]}")
     plasma = {}
     for sp, (pi, _) in s.plasma.items():
         plasma[sp] = f"plasma_{sp}"
-        b.rules([("=", f"plasma_{sp}", f"kmax({_x(s.states[pi])}/V_{sp}*1000, 0)")], {})
+        # 1000 thousandth: mg/L -> ng/mL
+        b.rules([("=", f"plasma_{sp}",
+                  f"kmax({_x(s.states[pi])}/V_{sp}*1000 thousandth, 0 ng_per_mL)")], {},
+                {f"plasma_{sp}": "ng_per_mL"}, {f"plasma_{sp}": f"plasma {sp} (ng/mL)"})
     # --- free brain µM per blocker (engine._free_map: fu·1000/M × Ce, or /V × plasma amount)
     brain = load_param_card("brain")
     terms: dict[str, list[str]] = {}
@@ -431,28 +611,33 @@ def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
         if sp not in SPECIES_BLOCKER:
             continue
         blk, fu_name, drug = SPECIES_BLOCKER[sp]
-        b.param(f"fu_{sp}", brain.value(fu_name))
-        b.param(f"mw_{sp}", load_drug(drug).constant("molar_mass"))
+        b.param(f"fu_{sp}", brain.value(fu_name), *_card_param("brain", fu_name))
+        b.param(f"mw_{sp}", load_drug(drug).constant("molar_mass"), units="g_per_mol",
+                name=f"molar mass of {drug} [{drug} card, g/mol]")
+        # 1000 thousandth: (mg/L)/(g/mol) = mM -> µM
         if sp in s.effect:
-            terms.setdefault(blk, []).append(
-                f"fu_{sp}*1000/mw_{sp}*kmax({_x(s.states[s.effect[sp]])}, 0)")
+            terms.setdefault(blk, []).append(f"fu_{sp}*1000 thousandth/mw_{sp}"
+                                             f"*kmax({_x(s.states[s.effect[sp]])}, 0 mg_per_L)")
         else:
             terms.setdefault(blk, []).append(
-                f"fu_{sp}*1000/mw_{sp}/V_{sp}*kmax({_x(s.states[pi])}, 0)")
+                f"fu_{sp}*1000 thousandth/mw_{sp}/V_{sp}*kmax({_x(s.states[pi])}, 0 mg)")
     if tuple(terms) != mp.blockers:  # pragma: no cover - same construction as _free_map
         raise RuntimeError("free-brain map differs from the engine's")
     for blk, ts in terms.items():
-        b.rules([("=", f"C_{blk}", " + ".join(ts))], {})
+        b.rules([("=", f"C_{blk}", " + ".join(ts))], {}, {f"C_{blk}": "uM"},
+                {f"C_{blk}": f"free brain {blk} (µM)"})
     # --- mechanism constants and rules
     for name, v in zip(_PACK, mp.packed(), strict=True):
         if name != "hnk_index":
-            b.param(name, v)
+            b.param(name, v, *_mech_param(name))
     kd0, kesc, mgf = mp.blocker_arrays()
     for j, blk in enumerate(mp.blockers):
-        b.param(f"Kd0_{blk}", kd0[j])
-        b.param(f"kesc_{blk}", kesc[j])
+        b.param(f"Kd0_{blk}", kd0[j], units="uM", name=f"pore Kd of {blk} [receptor card, µM]")
+        b.param(f"kesc_{blk}", kesc[j], units="per_hour",
+                name=f"trapped-block escape rate of {blk} [receptor card, 1/h]")
         for pi_, pop in enumerate(POPULATIONS):
-            b.param(f"mgf_{pop}_{blk}", mgf[pi_, j])
+            b.param(f"mgf_{pop}_{blk}", mgf[pi_, j],
+                    name=f"Mg2+ factor, {pop} and {blk} [receptor card]")
     y0 = mp.baseline()
     nb = len(mp.blockers)
     init = {f"bH_{blk}": float(y0[j]) for j, blk in enumerate(mp.blockers)}
@@ -462,11 +647,13 @@ def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
     c = _clinic()
     pot = c["esketamine_potency_factor"] if setup.parent == "esketamine" else 1.0
     fu_k = brain.value("fu_ketamine")
-    b.param("ce_factor", load_drug(setup.parent).constant("molar_mass") / fu_k * pot)
-    b.rules([("=", "effect_site_ng_per_ml", f"C_{setup.parent}*ce_factor")], {})
+    b.param("ce_factor", load_drug(setup.parent).constant("molar_mass") / fu_k * pot,
+            units="g_per_mol")
+    b.rules([("=", "effect_site_ng_per_ml", f"C_{setup.parent}*ce_factor")], {},
+            {"effect_site_ng_per_ml": "ng_per_mL"})
     # --- mood (noise-free MADRS) from the clinic card
     for k in MOOD_CARD_KEYS:
-        b.param(f"c_{k}", c[k])
+        b.param(f"c_{k}", c[k], *_card_param("clinic", k))
     b.rules(_mood_rules(), {})
     meta = {
         "ketasim_version": __version__, "arm": setup.arm.model_dump(mode="json"),
@@ -555,16 +742,24 @@ def read_metadata(sbml: str) -> dict:
     return json.loads(text[text.index("{"):])
 
 
-def validate(sbml: str) -> list[str]:
-    """libsbml consistency check; the messages of errors (and fatal errors), empty if valid."""
+def validate(sbml: str, warnings: bool = False) -> list[str]:
+    """libsbml consistency check with every check category on (units and modelling practice
+    included); the messages of errors (and fatal errors), and with ``warnings=True`` of
+    warnings too, each prefixed by its category. Empty if valid."""
     import libsbml
 
     doc = libsbml.readSBMLFromString(sbml)
-    doc.setConsistencyChecks(libsbml.LIBSBML_CAT_UNITS_CONSISTENCY, False)
+    for cat in (libsbml.LIBSBML_CAT_GENERAL_CONSISTENCY, libsbml.LIBSBML_CAT_IDENTIFIER_CONSISTENCY,
+                libsbml.LIBSBML_CAT_UNITS_CONSISTENCY, libsbml.LIBSBML_CAT_MATHML_CONSISTENCY,
+                libsbml.LIBSBML_CAT_SBO_CONSISTENCY, libsbml.LIBSBML_CAT_OVERDETERMINED_MODEL,
+                libsbml.LIBSBML_CAT_MODELING_PRACTICE):
+        doc.setConsistencyChecks(cat, True)
     doc.checkConsistency()
-    errs = []
+    out = []
+    floor = libsbml.LIBSBML_SEV_WARNING if warnings else libsbml.LIBSBML_SEV_ERROR
     for i in range(doc.getNumErrors()):
         e = doc.getError(i)
-        if e.getSeverity() >= libsbml.LIBSBML_SEV_ERROR:
-            errs.append(e.getMessage().strip())
-    return errs
+        if e.getSeverity() >= floor:
+            out.append(f"{e.getSeverityAsString()} ({e.getCategoryAsString()}): "
+                       + e.getMessage().strip())
+    return out
