@@ -314,6 +314,55 @@ def test_page_fast_redraw_draws_what_plotly_draws(server, browser, axis):
     assert errors == [], errors
 
 
+_MARKERS = r"""() => Object.fromEntries(["plot-plasma", "plot-madrs", "plot-side"].map((id) => {
+  const gd = document.getElementById(id);
+  return [id, Array.from(gd.querySelectorAll("g.trace.scatter")).map((g) => [
+    g.__data__[0].trace.index,
+    g.__data__[0].trace.mode === "lines" ? null : g.__data__[0].trace.marker.symbol,
+    Array.from(g.querySelectorAll("path.point")).filter((p) => p.style.display !== "none")
+      .map((p) => (p.getAttribute("transform").match(/translate\(([^,]+),([^)]+)\)/) || [])
+        .slice(1).map(Number))])
+    .sort((a, b) => a[0] - b[0])];
+}))"""
+
+
+def test_page_scenarios_differ_by_marker_not_colour_alone(server, browser):
+    """WCAG 1.4.1: scenario B's curves carry circle markers (A a plain line) and the scenario
+    legend shows each marker glyph; a small change to B takes the fast redraw, which moves the
+    markers exactly where Plotly's own redraw puts them."""
+    page, errors = _page(browser, server + "/")
+    n = page.evaluate("window.ketasim.updates")
+    page.click("#add-scenario")
+    _wait_updates(page, n + 1)
+    _until(page, "window.ketasim.results.length === 2")
+    page.wait_for_timeout(300)
+    marks = page.evaluate(_MARKERS)
+    for pid, traces in marks.items():
+        syms = {sym for _, sym, _ in traces}
+        assert syms == {None, "circle"}, (pid, syms)
+        assert all(len(pts) == 0 for _, sym, pts in traces if sym is None), pid
+        assert all(3 <= len(pts) <= 12 for _, sym, pts in traces if sym == "circle"), pid
+    legend = page.locator("#legend").inner_text()
+    assert "—" in legend and "●" in legend
+    for dose in ("0.51 mg/kg", "0.52 mg/kg"):
+        n = page.evaluate("window.ketasim.updates")
+        page.fill("#f-dose", dose)
+        _wait_updates(page, n + 1)
+    assert page.evaluate("window.ketasim.lastFastRedraws") == 9
+    fast_lines, fast_marks = page.evaluate(_PATHS), page.evaluate(_MARKERS)
+    page.evaluate("""Promise.all(["plot-plasma", "plot-brain", "plot-block", "plot-signal",
+        "plot-spines", "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"]
+        .map((id) => Plotly.redraw(id)))""")
+    _assert_same_lines(fast_lines, page.evaluate(_PATHS))
+    full_marks = page.evaluate(_MARKERS)
+    for pid in full_marks:
+        for (i, _, a), (j, _, b) in zip(fast_marks[pid], full_marks[pid], strict=True):
+            assert i == j and len(a) == len(b), (pid, i)
+            for p, q in zip(a, b, strict=True):
+                assert max(abs(p[0] - q[0]), abs(p[1] - q[1])) <= 0.01, (pid, i, p, q)
+    assert errors == [], errors
+
+
 def test_artifacts_folder_is_ignored():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, ".gitignore")) as fh:

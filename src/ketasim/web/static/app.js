@@ -6,6 +6,11 @@
 const COLOURS = ["#1f5fa8", "#c0392b", "#218c4a", "#7d3c98"];
 const LABELS = ["A", "B", "C", "D"];
 const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
+// scenarios differ by marker as well as colour (WCAG 1.4.1: not colour alone): A a plain
+// line, B circles, C squares, D triangles, a few per curve; the glyphs label the legend
+const SYMBOLS = [null, "circle", "square", "triangle-up"];
+const GLYPHS = ["—", "●", "■", "▲"];
+const MARKERS_PER_CURVE = 10;
 const PLOT_IDS = ["plot-plasma", "plot-brain", "plot-block", "plot-signal", "plot-spines",
   "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"];
 const $ = (id) => document.getElementById(id);
@@ -439,7 +444,12 @@ function renderTabs() {
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.background = COLOURS[i];
-    b.append(sw, document.createTextNode(LABELS[i]));
+    const g = document.createElement("span");
+    g.className = "glyph";
+    g.setAttribute("aria-hidden", "true");
+    g.style.color = COLOURS[i];
+    g.textContent = GLYPHS[i];
+    b.append(sw, g, document.createTextNode(LABELS[i]));
     b.addEventListener("click", () => selectTab(i));
     box.appendChild(b);
   }
@@ -546,11 +556,14 @@ const hidden = new Set();  // "plot id|series name" switched off in the plot's l
 
 function line(res, i, xs, y, name, dash, plotId, extra) {
   // colour = scenario (legend above the plots); line style = series (legend under each plot)
-  return Object.assign({x: xs, y: y, type: "scatter", mode: "lines", name: name,
-    visible: !hidden.has(`${plotId}|${name}`),
+  const sym = SYMBOLS[i];
+  const marks = sym ? {mode: "lines+markers",
+    marker: {symbol: sym, size: 6, color: COLOURS[i], maxdisplayed: MARKERS_PER_CURVE}} : {};
+  return Object.assign({x: xs, y: y, type: "scatter", mode: "lines",
+    name: name, visible: !hidden.has(`${plotId}|${name}`),
     line: {color: COLOURS[i], dash: DASHES[dash % DASHES.length], width: 1.8, simplify: false},
     hovertemplate: `${LABELS[i]} ${name}: %{y:.3g}<br>${logAxis() ? "%{x:.3g} h" : "day %{x:.2f}"}` +
-      "<extra></extra>"}, extra || {});
+      "<extra></extra>"}, marks, extra || {});
 }
 
 function seriesTraces(results, xs, plotId, pick) {
@@ -789,18 +802,22 @@ function fastRedraw(gd, traces) {
   for (const g of gd.querySelectorAll("g.trace.scatter")) {
     const cd = g.__data__;
     const tr = cd && cd[0] && cd[0].trace;
-    if (!tr || tr.type !== "scatter" || tr.mode !== "lines" || tr.fill !== "none") return false;
+    if (!tr || tr.type !== "scatter" || !(tr.mode === "lines" || tr.mode === "lines+markers") ||
+        tr.fill !== "none") return false;
     const t = traces[tr.index];
     const path = g.querySelectorAll("path.js-line");
+    // markers (scenarios B–D): each is bound to its calcdata point, moved below as Plotly's
+    // Drawing.translatePoint does
+    const points = tr.mode === "lines+markers" ? [...g.querySelectorAll("path.point")] : [];
     const xa = axisOf(fl, tr.xaxis);
     const ya = axisOf(fl, tr.yaxis);
     if (!t || path.length !== 1 || cd.length !== t.y.length || t.x.length !== t.y.length ||
         !xa || !ya || typeof xa.c2p !== "function" || typeof ya.c2p !== "function") {
       return false;
     }
-    plan.push([path[0], cd, t, xa, ya]);
+    plan.push([path[0], cd, t, xa, ya, points]);
   }
-  for (const [path, cd, t, xa, ya] of plan) {
+  for (const [path, cd, t, xa, ya, points] of plan) {
     let d = "";
     let pen = false;  // a gap (missing or off-axis value) lifts the pen, as connectgaps: false
     for (let j = 0; j < t.y.length; j++) {
@@ -815,6 +832,17 @@ function fastRedraw(gd, traces) {
       pen = true;
     }
     path.setAttribute("d", d || "M0,0");
+    for (const el of points) {
+      const pt = el.__data__;
+      const px = pt ? xa.c2p(pt.x) : NaN;
+      const py = pt && pt.y !== undefined ? ya.c2p(pt.y) : NaN;
+      if (Number.isFinite(px) && Number.isFinite(py)) {
+        el.setAttribute("transform", `translate(${px},${py})`);
+        el.style.display = "";
+      } else {
+        el.style.display = "none";  // Plotly drops a marker without a value
+      }
+    }
   }
   traces.forEach((t, i) => {
     gd.data[i].x = t.x;
@@ -901,10 +929,15 @@ function renderLegend() {
     const sw = document.createElement("span");
     sw.className = "sw";
     sw.style.background = COLOURS[i];
+    const g = document.createElement("span");
+    g.className = "glyph";
+    g.setAttribute("aria-hidden", "true");
+    g.style.color = COLOURS[i];
+    g.textContent = GLYPHS[i];
     const arm = armOf(sc, LABELS[i]);
     const what = arm.control ? (arm.control === "saline" ? "saline placebo" : "active placebo")
       : `${arm.drug} ${arm.dose} ${arm.route}${arm.schedule ? ", " + arm.schedule : ""}`;
-    s.append(sw, document.createTextNode(`${LABELS[i]}: ${what}, ${sc.weight} kg`));
+    s.append(sw, g, document.createTextNode(`${LABELS[i]}: ${what}, ${sc.weight} kg`));
     box.appendChild(s);
   });
 }
