@@ -364,7 +364,7 @@ Memantine competes with Mg²⁺ ($c_{Mg,\mathrm{mem}}$); the ketamines use $c_{M
 _HYPOTHESES_EQ = {
     "a": r"""
 $$
-\frac{dK}{dt} = \frac{1 - w_a B_{Esyn} - K}{\tau_K},\qquad
+\frac{dK}{dt} = \frac{(1 - w_a B_{Esyn})^+ - K}{\tau_K},\qquad
 \frac{dpE}{dt} = k_K\,K\,(1 - pE) - k_{PP}\,pE,\quad k_K = \frac{k_{PP}\,pE_0}{1 - pE_0},\qquad
 T = 1 + w_a\left(\frac{1 - pE}{1 - pE_0} - 1\right)
 $$
@@ -377,8 +377,8 @@ $$
     "c": r"""
 $$
 r_I = (1 - B_I)^{n_I},\qquad
-\frac{dr_E}{dt} = \frac{1 + w_c\left[(1 + g_{dis}(1 - r_I))\,(1 - \zeta B_{Esyn})^+ - 1\right]
-  - r_E}{\tau_r},\qquad
+\frac{dr_E}{dt} = \frac{\left(1 + w_c\left[(1 + g_{dis}(1 - r_I))\,(1 - \zeta B_{Esyn})^+
+  - 1\right]\right)^+ - r_E}{\tau_r},\qquad
 \frac{dG}{dt} = \frac{r_E - G}{\tau_G}
 $$
 """,

@@ -165,8 +165,11 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
     iv_end = mp.iv["drug_window_end_h"]
     extra = [iv_end] if any(n in mp.intv for n in ("rapamycin", "anisomycin", "nbqx")) else []
     t_start = min(0.0, iv_start) if extra else 0.0
-    bps = sorted({t_start, *boluses, *changes, *extra, float(t_out[-1])})
-    bps = [b for b in bps if b <= t_out[-1] + 1e-12]
+    # the last output time as a rounded key too, as the output keys are (an unrounded
+    # 816.0009999999999 matched no key 816.001 and left that output all zeros)
+    t_last = round(float(t_out[-1]), _TIME_DECIMALS)
+    bps = sorted({t_start, *boluses, *changes, *extra, t_last})
+    bps = [b for b in bps if b <= t_last]
 
     kd0, kesc, mgf = mp.blocker_arrays()
     packed = mp.packed()

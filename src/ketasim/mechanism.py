@@ -13,14 +13,16 @@ with ``m_pj = 1 + mgc_j·[Mg]/K_Mg(V_p)`` the Mg2+ competition factor (apparent 
 Populations: ``E2B`` (pyramidal, GluN2B, tonic), ``Esyn`` (pyramidal, spontaneous synaptic),
 ``I`` (interneuron, GluN2C/2D-rich), ``H`` (lateral habenula; Po rises with bursting).
 
-Hypothesis branches, each weighted by ``w_a … w_f`` (:class:`Hypotheses`):
+Hypothesis branches, each weighted by ``w_a … w_f`` (:class:`Hypotheses`; 0 = off, 1 = on,
+up to 10 amplifies; the targets of (a) and (c) are kept ≥ 0, which binds only for weights
+above 1: a kinase activity or firing rate below zero has no meaning):
 
-(a) ``dK/dt = (1 − w_a·B_Esyn − K)/τ_K`` (eEF2K activity); ``dpE/dt = k_K·K·(1 − pE) −
+(a) ``dK/dt = ((1 − w_a·B_Esyn)⁺ − K)/τ_K`` (eEF2K activity); ``dpE/dt = k_K·K·(1 − pE) −
     k_PP·pE`` (phospho-eEF2); BDNF translation ``T = 1 + w_a·((1 − pE)/(1 − pE0) − 1)``.
 (b) GluN2B brake relief ``u_b = w_b·B_E2B`` (``w_b·ρ_del`` after GluN2B deletion, ρ_del the
 calibrated sustained relief on the interventions card) drives mTORC1.
-(c) ``r_I = (1 − B_I)^n_I``; target pyramidal rate ``1 + w_c·[(1 + g_dis(1 − r_I))(1 −
-    ζ·B_Esyn)⁺ − 1]``; ``dr_E/dt`` and ``dG/dt`` relax with τ_r, τ_G (glutamate ``G``).
+(c) ``r_I = (1 − B_I)^n_I``; target pyramidal rate ``(1 + w_c·[(1 + g_dis(1 − r_I))(1 −
+    ζ·B_Esyn)⁺ − 1])⁺``; ``dr_E/dt`` and ``dG/dt`` relax with τ_r, τ_G (glutamate ``G``).
 (d) AMPA drive ``A = (1 + (G − Q) + w_d·E_HNK·C_HNK/(EC50 + C_HNK))·(1 − NBQX)``, where
     ``dQ/dt = (G − Q)/τ_Q`` is a slowly adapting glutamate reference (sustained rises fade).
 (e) ``dR_b/dt = ((1 − B_H/θ_H)⁺^h_H − R_b)/τ_b`` (LHb bursting stops once
@@ -446,7 +448,7 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
         dK = -K / tau_K
         kK = 0.0
     else:
-        dK = (1.0 - w_a * bEsyn - K) / tau_K
+        dK = (max(1.0 - w_a * bEsyn, 0.0) - K) / tau_K
         kK = k_PP * pE0 / (1.0 - pE0)
     dpE = kK * K * (1.0 - pE) - k_PP * pE
     T = 1.0 + w_a * ((1.0 - pE) / (1.0 - pE0) - 1.0)
@@ -455,7 +457,7 @@ def rhs_into(t, y, conc, kd0, kesc, mgf, P, dy):
     # (c) disinhibition → pyramidal firing → glutamate
     r_I = _pow(max(1.0 - bI, 0.0), n_I)
     target = (1.0 + g_dis * (1.0 - r_I)) * max(1.0 - zeta * bEsyn, 0.0)
-    dr = (1.0 + w_c * (target - 1.0) - rE) / tau_r
+    dr = (max(1.0 + w_c * (target - 1.0), 0.0) - rE) / tau_r
     dG = (rE - G) / tau_G
     # (d) HNK → AMPA
     a_hnk = 0.0
@@ -606,12 +608,12 @@ def rhs_lanes(t, y, conc, kd0, kesc, mgf, P, dy, w):
         BD, X, M, Pp = y[nb + 4, ln], y[nb + 5, ln], y[nb + 6, ln], y[nb + 7, ln]
         N1, N2, S, Rb = y[nb + 8, ln], y[nb + 9, ln], y[nb + 10, ln], y[nb + 11, ln]
         Z, Qg = y[nb + 12, ln], y[nb + 13, ln]
-        dK = -K / tau_K if ko else (1.0 - w_a * bEsyn - K) / tau_K
+        dK = -K / tau_K if ko else (max(1.0 - w_a * bEsyn, 0.0) - K) / tau_K
         dpE = kK * K * (1.0 - pE) - k_PP * pE
         T = 1.0 + w_a * ((1.0 - pE) / (1.0 - pE0) - 1.0)
         u_b = w_b * (del_2b if has_del else bE2B)
         target = (1.0 + g_dis * (1.0 - w[4, ln])) * max(1.0 - zeta * bEsyn, 0.0)
-        dr = (1.0 + w_c * (target - 1.0) - rE) / tau_r
+        dr = (max(1.0 + w_c * (target - 1.0), 0.0) - rE) / tau_r
         dG = (rE - G) / tau_G
         A = max(1.0 + (G - Qg) + w_d * w[7, ln], 0.0) * (1.0 - nbqx)
         dQ = (G - Qg) / tau_Q

@@ -281,7 +281,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     # (a) rest block → eEF2K → p-eEF2 → BDNF translation
     A("kK", "piecewise(0 per_hour, gt(ko_eef2k, 0.5), k_PP*pE0/(1 - pE0))")
     D(y["eef2k"], f"piecewise(-{y['eef2k']}/tau_K, gt(ko_eef2k, 0.5),"
-                  f" (1 - w_a*block_Esyn - {y['eef2k']})/tau_K)")
+                  f" (kmax(1 - w_a*block_Esyn, 0) - {y['eef2k']})/tau_K)")
     D(y["p_eef2"], f"kK*{y['eef2k']}*(1 - {y['p_eef2']}) - k_PP*{y['p_eef2']}")
     A("T_bdnf", f"1 + w_a*((1 - {y['p_eef2']})/(1 - pE0) - 1)")
     # (b) GluN2B tonic brake on mTORC1
@@ -289,7 +289,7 @@ def _mechanism_rules(blockers: tuple[str, ...], has_hnk: bool) -> list[tuple[str
     # (c) disinhibition → pyramidal firing → glutamate
     A("r_I", "kmax(1 - block_I, 0)^n_I")
     A("target_E", "(1 + g_dis*(1 - r_I))*kmax(1 - zeta*block_Esyn, 0)")
-    D(y["pyramidal_rate"], f"(1 + w_c*(target_E - 1) - {y['pyramidal_rate']})/tau_r")
+    D(y["pyramidal_rate"], f"(kmax(1 + w_c*(target_E - 1), 0) - {y['pyramidal_rate']})/tau_r")
     D(y["glutamate"], f"({y['pyramidal_rate']} - {y['glutamate']})/tau_G")
     # (d) HNK → AMPA; AMPA drive from glutamate above its slowly adapting reference
     A("a_hnk", "E_HNK*kmax(C_hnk, 0 uM)/(EC50_HNK + kmax(C_hnk, 0 uM))" if has_hnk else "0")

@@ -20,6 +20,8 @@ from ..regimen import Infusion, Regimen
 from ..units import MAX_DURATION_H
 from .model import PKSystem, factor, nasal_fraction
 
+#: most output times one simulation returns (memory guard; the CLI's limit too)
+MAX_OUTPUT_TIMES = 200_000
 _TIME_DECIMALS = 9  # break points are rounded to 1e-9 h (3.6 µs) to merge coincident events
 
 
@@ -71,6 +73,11 @@ def compile_schedule(system: PKSystem, regimen: Regimen, weight_kg: np.ndarray) 
                                    "across a batch of patients")
             t0 = round(d.time_h, _TIME_DECIMALS)
             t1 = round(d.time_h + float(dur[0]), _TIME_DECIMALS)
+            if t1 <= t0:
+                # shorter than the time resolution of break points (1e-9 h = 3.6 µs): the
+                # input is a bolus (as a rate over zero time it was inf and gave NaN)
+                boluses.append((t0, si, a))
+                continue
             infusions.append((t0, t1, si, a / (t1 - t0)))
         pre += amt * (1.0 - absorbed)
     return Schedule(boluses, infusions, dosed, pre)
@@ -151,13 +158,14 @@ def _phi_psi(A: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def solve(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
-          weight_kg: np.ndarray | float) -> Solution:
-    """Exact states of all patients at ``t_out_h`` (h, increasing, ≥ 0).
+          weight_kg: np.ndarray | float, max_times: int = MAX_OUTPUT_TIMES) -> Solution:
+    """Exact states of all patients at ``t_out_h`` (h, increasing, ≥ 0; at most
+    ``max_times``, the user limit unless an internal grid needs more).
 
     At a time where a bolus is given the reported state includes that bolus.
     """
     t_out = np.asarray(t_out_h, dtype=float)
-    check_times(t_out)
+    check_times(t_out, max_times=max_times)
     w = np.broadcast_to(np.asarray(weight_kg, dtype=float), (system.n,))
     schedule = compile_schedule(system, regimen, w)
     A = _augmented(system)
@@ -195,9 +203,6 @@ def solve(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
     return Solution(system, schedule, t_out, xs[:, :, :s], xs[:, :, s:])
 
 
-#: most output times one simulation returns (memory guard; the CLI's limit too)
-MAX_OUTPUT_TIMES = 200_000
-
 
 def as_times(times_h, field: str = "times") -> np.ndarray:
     """``times_h`` as a float array checked by :func:`check_times` (numbers, not text)."""
@@ -231,16 +236,17 @@ def describe_times(t: np.ndarray) -> dict[str, object]:
     return out
 
 
-def check_times(t: np.ndarray, field: str = "times") -> None:
-    """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0 and
-    strictly increasing."""
+def check_times(t: np.ndarray, field: str = "times",
+                max_times: int = MAX_OUTPUT_TIMES) -> None:
+    """Raise :class:`KetasimError` unless ``t`` (h) is non-empty, finite, ≥ 0, strictly
+    increasing and at most ``max_times`` long."""
     if t.ndim != 1:
         raise KetasimError(field, "must be a list of times (h), got " + (
             "a single value" if t.ndim == 0 else f"a {t.ndim}-D array"))
     if t.size == 0:
         raise KetasimError(field, "need at least one time")
-    if t.size > MAX_OUTPUT_TIMES:
-        raise KetasimError(field, f"{t.size} times; at most {MAX_OUTPUT_TIMES}")
+    if t.size > max_times:
+        raise KetasimError(field, f"{t.size} times; at most {max_times}")
     if not np.all(np.isfinite(t)) or np.any(t < 0):
         raise KetasimError(field, "must be finite and ≥ 0")
     if np.any(t > MAX_DURATION_H):
@@ -250,7 +256,8 @@ def check_times(t: np.ndarray, field: str = "times") -> None:
 
 
 def solve_reference(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
-                    weight_kg: float, rtol: float = 1e-10, atol: float = 1e-12) -> Solution:
+                    weight_kg: float, rtol: float = 1e-10, atol: float = 1e-12,
+                    max_times: int = MAX_OUTPUT_TIMES) -> Solution:
     """SciPy ``solve_ivp`` (LSODA) on the same system, one patient at a time; the reference.
 
     Integration restarts at every break point so discontinuities are hit exactly.
@@ -258,7 +265,7 @@ def solve_reference(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
     from scipy.integrate import solve_ivp
 
     t_out = np.asarray(t_out_h, dtype=float)
-    check_times(t_out)
+    check_times(t_out, max_times=max_times)
     w = np.broadcast_to(np.asarray(weight_kg, dtype=float), (system.n,))
     schedule = compile_schedule(system, regimen, w)
     A = _augmented(system)
