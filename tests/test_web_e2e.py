@@ -363,6 +363,29 @@ def test_page_scenarios_differ_by_marker_not_colour_alone(server, browser):
     assert errors == [], errors
 
 
+def test_page_live_regions_do_not_repeat_themselves(server, browser):
+    """An unchanged error is not rewritten (a rewrite replaces the text node, which screen
+    readers announce again), and the timing line is not a live region."""
+    page, errors = _page(browser, server + "/")
+    assert page.evaluate("document.getElementById('status').getAttribute('aria-live')") is None
+    page.fill("#f-dose", "0.1 mg/xx")
+    _until(page, "document.getElementById('error').textContent.includes('Dose: ')")
+    page.evaluate("""() => { window.__errMut = 0;
+        new MutationObserver((m) => { window.__errMut += m.length; })
+          .observe(document.getElementById('error'),
+                   {childList: true, characterData: true, subtree: true}); }""")
+    text = page.evaluate("document.getElementById('error').textContent")
+    for w in ("71", "72", "73"):  # other fields change; the dose stays wrong
+        page.fill("#f-weight", w)
+        page.wait_for_timeout(400)
+    assert page.evaluate("document.getElementById('error').textContent") == text
+    assert page.evaluate("window.__errMut") == 0
+    page.fill("#f-dose", "0.1 mg/kg")
+    _until(page, "document.getElementById('error').textContent === ''")
+    assert page.evaluate("window.__errMut") >= 1
+    assert errors == [], errors
+
+
 def test_artifacts_folder_is_ignored():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, ".gitignore")) as fh:

@@ -1084,13 +1084,20 @@ function markField(form, id, msgId) {
 
 /* The error line under the form (null clears it). The field at fault, if the form shows its
    scenario, is marked (markField). */
+/* Sets a live region's text only when it changes: rewriting the same text replaces its text
+   node, which screen readers announce again (an alert repeated on every keystroke). */
+function setLive(id, text) {
+  const el = $(id);
+  if (el.textContent !== text) el.textContent = text;
+}
+
 function showError(e, scenario) {
-  $("error").textContent = e ? `Scenario ${LABELS[scenario]}: ${e.message}` : "";
+  setLive("error", e ? `Scenario ${LABELS[scenario]}: ${e.message}` : "");
   markField("form", e && e.field && scenario === ks.state.active ? e.field : null, "error");
 }
 
 function showTrialError(e) {
-  $("trial-error").textContent = e ? `Trial: ${e.message}` : "";
+  setLive("trial-error", e ? `Trial: ${e.message}` : "");
   markField("trial-form", e && e.field, "trial-error");
 }
 
