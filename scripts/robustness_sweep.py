@@ -37,6 +37,7 @@ SCALES = {"madrs": 60.0, "hamd17": 52.0, "hamd6": 22.0, "madrs_item10": 6.0, "ss
 failures: Counter = Counter()
 examples: dict[str, list[str]] = {}
 worst = {"rel": 0.0, "where": ""}
+BATCH_KW: dict = {}  # --rtol: the batched engine's rtol (default: the engine's own)
 
 
 class Hang(Exception):
@@ -86,7 +87,7 @@ def check_array(kind: str, desc: str, name: str, a, lo=None, hi=None) -> bool:
         record(f"{kind}: non-finite {name}", desc)
         return False
     scale = np.max(np.abs(a)) if a.size else 0.0
-    tol = 1e-9 * scale + 1e-10
+    tol = 1e-8 * scale + 1e-10  # the reference runs at rtol 1e-9: overshoots of a few 1e-9
     if lo is not None and np.any(a < lo - tol):
         record(f"{kind}: {name} < {lo}", f"{desc}: min {a.min():.3g}")
         return False
@@ -213,12 +214,48 @@ def pk_case(rng, i: int) -> None:
                            f"{np.max(np.abs(c - r) / tol):.3g}× tol")
 
 
-def compare(kind, desc, b, i, ref) -> None:
+#: absolute floors of the agreement (the engine's absolute tolerances set them; relative
+#: agreement is not asked of values far below them): LHb block fractions and bursting 1e-10
+#: (block states' atol 1e-11, e.g. a block of 2.6e-9 after a 0.23-µg dose), other readouts
+#: 1e-7 (states normalised to 1 at baseline, atol 1e-8; e.g. synaptic strength ~1e-8 months
+#: into a BDNF + eEF2K knockout); concentrations are exact (no floor beyond 1e-12)
+FRACTION_FLOOR = 1e-10
+READOUT_FLOOR = 1e-7
+
+
+def _tol(name: str, r: np.ndarray) -> np.ndarray:
+    if name.startswith(("plasma ", "brain ")):
+        floor = 1e-12
+    elif "block" in name or name == "lhb_burst":
+        floor = FRACTION_FLOOR
+    else:
+        floor = READOUT_FLOOR
+    return REL * np.abs(r) + FLOOR * np.max(np.abs(r)) + floor
+
+
+def _pairs(b, i, ref):
     pairs = [(f"plasma {k}", b.plasma_ng_per_ml[k][i], v) for k, v in ref.plasma_ng_per_ml.items()]
     pairs += [(f"brain {k}", b.brain_free_uM[k][i], v) for k, v in ref.brain_free_uM.items()]
     pairs += [(k, b.readouts[k][i], v) for k, v in ref.readouts.items()]
-    for name, a, r in pairs:
-        tol = REL * np.abs(r) + FLOOR * np.max(np.abs(r)) + 1e-12
+    return pairs
+
+
+def _worst(b, i, ref) -> float:
+    return max(float(np.max(np.abs(a - r) / _tol(n, r))) for n, a, r in _pairs(b, i, ref))
+
+
+def compare(kind, desc, b, i, ref, tighter=None) -> None:
+    """Fast vs reference (relative 1e-4 with the floors above). Where they disagree,
+    ``tighter()`` (the reference at rtol 1e-11) is run and the fast result is judged against it
+    (the rtol-1e-9 reference itself was off by 7× the tolerance in one case of seed 9)."""
+    if tighter is not None and _worst(b, i, ref) > 1:
+        ref2 = tighter()
+        if ref2 is not None:
+            print(f"reference re-run at rtol 1e-11 (rtol 1e-9 vs 1e-11: "
+                  f"{_worst(_as_batch(ref), 0, ref2):.3g}× tol): {desc}", flush=True)
+            ref = ref2
+    for name, a, r in _pairs(b, i, ref):
+        tol = _tol(name, r)
         ratio = np.max(np.abs(a - r) / tol)
         rel = np.max(np.abs(a - r) / (np.abs(r) + FLOOR * np.max(np.abs(r)) + 1e-12))
         if rel > worst["rel"]:
@@ -227,6 +264,15 @@ def compare(kind, desc, b, i, ref) -> None:
             j = int(np.argmax(np.abs(a - r) / tol))
             record(f"{kind}: fast vs reference > 1e-4", f"{desc} [{name}] {ratio:.3g}× tol "
                    f"(fast {a[j]:.9g}, reference {r[j]:.9g}, output {j})")
+
+
+def _as_batch(res):
+    """A one-subject result shaped like a batch result (arrays with a leading patient axis)."""
+    class _B:
+        plasma_ng_per_ml = {k: v[None] for k, v in res.plasma_ng_per_ml.items()}
+        brain_free_uM = {k: v[None] for k, v in res.brain_free_uM.items()}
+        readouts = {k: v[None] for k, v in res.readouts.items()}
+    return _B
 
 
 def check_readouts(kind, desc, res, i=None) -> None:
@@ -269,11 +315,13 @@ def chain_case(rng, i: int, compare_fast: bool) -> None:
     if ref is not None:
         check_readouts("chain-ref", desc, ref)
     b = run_case("chain-batch", desc, lambda: simulate_batch(courses, t, cov, hypotheses=hyp,
-                                                             interventions=intv))
+                                                             interventions=intv, **BATCH_KW))
     if b is not None:
         check_readouts("chain-batch", desc, b, 0)
     if ref is not None and b is not None and compare_fast:
-        compare("chain", desc, b, 0, ref)
+        compare("chain", desc, b, 0, ref, tighter=lambda: run_case(
+            "chain-ref", desc, lambda: simulate(courses, t, cov, hypotheses=hyp,
+                                                interventions=intv, rtol=1e-11, atol=1e-15)))
 
 
 def arm_case(rng, i: int) -> None:
@@ -338,7 +386,11 @@ def main() -> int:
     ap.add_argument("--chain", type=int, default=40)
     ap.add_argument("--arms", type=int, default=15)
     ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--rtol", type=float, default=None,
+                    help="rtol of the batched engine (default: ketasim.batch.RTOL)")
     args = ap.parse_args()
+    if args.rtol is not None:
+        BATCH_KW["rtol"] = args.rtol
     signal.signal(signal.SIGALRM, _alarm)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
