@@ -191,7 +191,7 @@ def pk(
     if plot:
         from .report import plot_pk
 
-        plot_pk(res, plot)
+        plot_pk(res, plot, run=payload["metadata"])
     if as_json:
         print(json.dumps(_jsonable(payload)))
         return
@@ -638,21 +638,24 @@ def simulate(
             "units": {c: readout_unit(c) for c in df.columns},
             "disclaimer": DISCLAIMER}
     if out_dir:
-        import io
         import os
 
         if not os.path.isdir(out_dir):
             os.makedirs(out_dir, exist_ok=True)
         _write(os.path.join(out_dir, "timecourse.csv"), df.to_csv(index=False), "out")
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        _write(os.path.join(out_dir, "timecourse.parquet"), buf.getvalue(), "out")
+        from .report import _parquet_with_provenance
+
+        # as trial's results.parquet: the table carries its run's metadata (ketasim.<key>,
+        # JSON; the timing left out so that two identical runs write identical files)
+        jmeta = _jsonable(meta)
+        _write(os.path.join(out_dir, "timecourse.parquet"), _parquet_with_provenance(
+            df, jmeta, tuple(k for k in jmeta if k != "wall_ms")), "out")
         _write(os.path.join(out_dir, "metadata.json"), json.dumps(_jsonable(meta), indent=1),
                "out")
     if plot:
         from .report import plot_mechanism
 
-        plot_mechanism(res, plot)
+        plot_mechanism(res, plot, run=meta)
     if as_json:
         print(json.dumps(_jsonable({"time_h": res.time_h, "plasma_ng_per_ml":
                                     res.plasma_ng_per_ml, "brain_free_uM": res.brain_free_uM,
@@ -744,7 +747,8 @@ def cards(
 @calibrate_app.command("mechanism")
 def calibrate_mechanism(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    write: Annotated[str | None, typer.Option(help="also save the report (JSON) to this file, "
+    write: Annotated[str | None, typer.Option(help="also save the report (JSON; with --fit, "
+                                                   "the search's result) to this file, "
                                                    "e.g. docs/calibration-mechanism.json")]
     = None,
     do_fit: Annotated[bool, typer.Option("--fit", help="search the calibrated constants "
@@ -760,6 +764,7 @@ def calibrate_mechanism(
     if do_fit:
         if not 1 <= max_evaluations <= 5000:
             raise KetasimError("max-evaluations", "must be 1..5000")
+        from .cards import card_versions
         from .progress import RichProgress
 
         bar = RichProgress("objective evaluations")
@@ -767,6 +772,10 @@ def calibrate_mechanism(
             f = fit(max_evaluations, progress=bar)
         finally:
             bar.close()
+        f = {**f, "max_evaluations": max_evaluations, "ketasim_version": __version__,
+             "card_hashes": card_versions()}
+        if write:
+            _write(write, json.dumps(_jsonable(f), indent=1), "write")
         if as_json:
             print(json.dumps(_jsonable(f)))
             return
@@ -801,7 +810,8 @@ def calibrate_clinic(
                                                        "constants (Nelder-Mead, minutes)")]
     = False,
     max_evaluations: Annotated[int, typer.Option(help="loss evaluations for --fit")] = 1000,
-    write: Annotated[str | None, typer.Option(help="also save the report (JSON) to this file, "
+    write: Annotated[str | None, typer.Option(help="also save the report (JSON; with --fit, "
+                                                   "the search's result) to this file, "
                                                    "e.g. docs/calibration-clinic.json")] = None,
 ) -> None:
     """Clinical targets from the calibration studies: model value and whether each is met.
@@ -814,6 +824,8 @@ def calibrate_clinic(
     if do_fit:
         if not 1 <= max_evaluations <= 20000:
             raise KetasimError("max-evaluations", "must be 1..20000")
+        from .cards import card_versions
+        from .clinic_calibration import DESIGNS, targets_hash
         from .progress import RichProgress
 
         bar = RichProgress("loss evaluations")
@@ -821,6 +833,12 @@ def calibrate_clinic(
             f = fit_clinic(max_evaluations, progress=bar)
         finally:
             bar.close()
+        f = {**f, "max_evaluations": max_evaluations,
+             "seeds": {k: d["population"]["seed"] for k, d in DESIGNS.items()},
+             "ketasim_version": __version__, "card_hashes": card_versions(),
+             "targets_sha256": targets_hash()}
+        if write:
+            _write(write, json.dumps(_jsonable(f), indent=1), "write")
         if as_json:
             print(json.dumps(_jsonable(f)))
             return
@@ -1318,9 +1336,16 @@ def fit(
     finally:
         status.close()
     d = res.to_dict()
+    from .fit.data import file_sha256
+
     d["metadata"] = {"ketasim_version": __version__, "model": model, "seed": seed,
-                     "data": data, "card_versions": {k: v for k, v in card_versions().items()
-                                                     if k.startswith("pk")},
+                     "data": data, "data_sha256": file_sha256(data),
+                     "card_versions": {k: v for k, v in card_versions().items()
+                                       if k.startswith("pk")},
+                     # the options that rerun this fit (with the data and the model)
+                     "options": {"estimate": list(problem.estimate),
+                                 "iiv": _names(iiv, "iiv") if iiv else list(problem.estimate),
+                                 "error": error, "method": method},
                      "units": {k: problem.units(k) for k in problem.estimate}}
     if hasattr(res, "individual"):
         d["individual"] = {str(i): {k: e.to_dict() for k, e in v.items()}

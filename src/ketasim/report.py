@@ -10,11 +10,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .errors import KetasimError  # noqa: E402
 
 
-def png_metadata(seed: int | None = None) -> dict[str, str]:
+def png_metadata(seed: int | None = None, run: dict | None = None) -> dict[str, str]:
     """PNG text chunks recording provenance, for ``savefig(..., metadata=...)``.
 
-    ``Description`` is JSON: ketasim version, card hashes (every card) and ``seed`` when the
-    figure comes from a seeded run (read back with ``PIL.Image.open(path).text``)."""
+    ``Description`` is JSON: ketasim version, card hashes (every card), ``seed`` when the
+    figure comes from a seeded run and ``run`` (the run's inputs: model, covariates, regimen,
+    options) when given (read back with ``PIL.Image.open(path).text``)."""
     import json
 
     from . import __version__
@@ -23,23 +24,37 @@ def png_metadata(seed: int | None = None) -> dict[str, str]:
     info: dict[str, object] = {"ketasim_version": __version__, "card_hashes": card_versions()}
     if seed is not None:
         info["seed"] = int(seed)
-    return {"Description": json.dumps(info, sort_keys=True)}
+    if run is not None:
+        info["run"] = run
+    return {"Description": json.dumps(info, sort_keys=True, default=str)}
 
 
-def _save(fig, path: str, seed: int | None = None) -> None:
-    """Save and close a figure with :func:`png_metadata`; a failed write is a one-line error
-    naming the file."""
+#: run-metadata keys left out of a figure's ``run`` record: timings (they would make two
+#: identical runs' figures differ) and what :func:`png_metadata` records at the top level
+_NOT_IN_FIGURE = ("wall_ms", "card_hashes", "ketasim_version", "units")
+
+
+def _run_info(metadata: dict) -> dict:
+    """A run's metadata as recorded in its figure (see :data:`_NOT_IN_FIGURE`)."""
+    return {k: v for k, v in metadata.items() if k not in _NOT_IN_FIGURE}
+
+
+def _save(fig, path: str, seed: int | None = None, run: dict | None = None) -> None:
+    """Save and close a figure with :func:`png_metadata`, atomically (rendered in memory,
+    then a temporary file renamed over ``path``): a failed save leaves an existing file
+    untouched. A failed write is a one-line error naming the file."""
     fig.tight_layout()
     try:
-        fig.savefig(path, metadata=png_metadata(seed))
+        data = _fig_png(fig, seed, run)
     except OSError as exc:
-        raise KetasimError("plot", f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        plt.close(fig)
+        raise KetasimError("plot", f"cannot write {path}: {exc.strerror or exc}") from exc
+    _atomic_bytes(path, data, "plot")
 
 
-def plot_pk(res, path: str) -> None:
-    """Plasma, metabolite and effect-site concentrations (ng/mL) against time (h) as a PNG."""
+def plot_pk(res, path: str, run: dict | None = None) -> None:
+    """Plasma, metabolite and effect-site concentrations (ng/mL) against time (h) as a PNG.
+
+    ``run``: the inputs recorded in the PNG's metadata (default: ``res.metadata``)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     t = res.time_h
     for sp, c in res.plasma_ng_per_ml.items():
@@ -53,11 +68,13 @@ def plot_pk(res, path: str) -> None:
     ax.grid(alpha=0.3)
     fig.text(0.99, 0.01, "ketasim — research tool, not medical advice", ha="right",
              fontsize=7, color="grey")
-    _save(fig, path)
+    _save(fig, path, run=_run_info(res.metadata if run is None else run))
 
 
-def plot_mechanism(res, path: str) -> None:
-    """Every stage of a mechanism simulation as a multi-panel PNG."""
+def plot_mechanism(res, path: str, run: dict | None = None) -> None:
+    """Every stage of a mechanism simulation as a multi-panel PNG.
+
+    ``run``: the inputs recorded in the PNG's metadata (default: ``res.metadata``)."""
     fig, axes = plt.subplots(3, 2, figsize=(10, 8), dpi=110, sharex=True)
     t = res.time_h / 24.0
     ax = axes[0, 0]
@@ -93,20 +110,20 @@ def plot_mechanism(res, path: str) -> None:
     for a in axes.ravel():
         a.grid(alpha=0.3)
     fig.suptitle("ketasim — dose to synapse (research tool, not medical advice)", fontsize=9)
-    _save(fig, path)
+    _save(fig, path, run=_run_info(res.metadata if run is None else run))
 
 
 # --------------------------------------------------------------------------- virtual trials
 _SCALE_LABEL = {"madrs": "MADRS", "hamd17": "HAM-D17", "hamd6": "HAM-D6"}
 
 
-def _fig_png(fig, seed: int | None = None) -> bytes:
+def _fig_png(fig, seed: int | None = None, run: dict | None = None) -> bytes:
     """PNG bytes of ``fig`` with :func:`png_metadata` (closes the figure)."""
     import io
 
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", metadata=png_metadata(seed))
+        fig.savefig(buf, format="png", metadata=png_metadata(seed, run))
     finally:
         plt.close(fig)
     return buf.getvalue()
@@ -351,8 +368,9 @@ def _atomic_bytes(path: str, data: bytes, field: str) -> None:
     import tempfile
 
     target = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         umask = os.umask(0)
@@ -360,9 +378,9 @@ def _atomic_bytes(path: str, data: bytes, field: str) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, target)
     except OSError as exc:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise KetasimError(field, f"cannot write {path}: {exc.strerror}") from exc
+        raise KetasimError(field, f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 #: run metadata copied into a results file's Parquet key-value metadata (``ketasim.*``)
@@ -370,10 +388,12 @@ PROVENANCE_KEYS = ("seed", "version", "card_hashes", "scenario_hash", "scenario"
                    "visits", "scale")
 
 
-def _parquet_with_provenance(df, meta: dict) -> bytes:
+def _parquet_with_provenance(df, meta: dict,
+                             keys: tuple[str, ...] = PROVENANCE_KEYS) -> bytes:
     """``df`` as Parquet bytes whose schema metadata carries the run's provenance under
-    ``ketasim.<key>`` (JSON values): seed, ketasim version, card hashes, scenario (and its
-    hash), so a results file copied or downloaded on its own still says how it was made
+    ``ketasim.<key>`` (JSON values) for each of ``keys`` in ``meta``: by default seed,
+    ketasim version, card hashes, scenario (and its hash), so a results file copied or
+    downloaded on its own still says how it was made
     (``pyarrow.parquet.read_schema(path).metadata``)."""
     import io
     import json
@@ -383,7 +403,7 @@ def _parquet_with_provenance(df, meta: dict) -> bytes:
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     md = dict(table.schema.metadata or {})
-    for k in PROVENANCE_KEYS:
+    for k in keys:
         if k in meta:
             md[f"ketasim.{k}".encode()] = json.dumps(meta[k], default=str).encode()
     buf = io.BytesIO()

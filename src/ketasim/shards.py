@@ -121,6 +121,15 @@ def read_frame(path: str, columns: list[str] | None = None) -> pd.DataFrame:
     return _decode_dictionaries(pq.read_table(path, columns=columns)).to_pandas()
 
 
+def _ordinary_mode(path: str) -> None:
+    """Give a ``mkstemp`` file (mode 0600) the mode ``open()`` would have given it (0666 less
+    the umask), as every other output: a run folder shared with other users or dask workers
+    is readable as a whole."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_parquet_atomic(df: pd.DataFrame, path: str, metadata: dict[str, str] | None = None,
                          field: str = "out") -> None:
     """Write ``df`` to ``path`` via a temporary file in the same folder and a rename (the
@@ -140,6 +149,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str, metadata: dict[str, str] |
         os.close(fd)
         try:
             pq.write_table(table, tmp)
+            _ordinary_mode(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -157,6 +167,7 @@ def write_json_atomic(data: dict, path: str, field: str = "out") -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=1, ensure_ascii=False)
+            _ordinary_mode(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

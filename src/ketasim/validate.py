@@ -273,6 +273,14 @@ def shipped_cases_dir() -> str:
     return str(resources.files("ketasim") / "cases")
 
 
+def case_hash(case: Case) -> str:
+    """SHA-256 prefix (12 hex digits, as the card hashes) of a case's validated content
+    (canonical JSON, sorted keys): recorded with every scorecard."""
+    text = json.dumps(case.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
 def load_cases(folder: str | None = None, include_shipped: bool = True) -> list[Case]:
     """Shipped calibration cases plus every ``*.yaml`` in ``folder`` (sorted by file name)."""
     paths: list[str] = []
@@ -977,8 +985,13 @@ def run_validation(cases_dir: str | None = None, n: int = 100, seed: int = 0,
     return {"cases": results, "summary": summarise(results),
             "meta": {"seed": seed, "n_per_arm": n, "replicates": replicates,
                      "hypotheses": hypotheses or "default", "ketasim_version": __version__,
-                     "card_versions": card_versions(), "wall_s": round(time.perf_counter() - t0,
-                                                                       2),
+                     "card_versions": card_versions(),
+                     # what else reruns this scorecard: the case selection and each case's
+                     # content (an extra folder's files can change between runs)
+                     "options": {"cases_dir": cases_dir, "include_shipped": include_shipped,
+                                 "only": list(only) if only else None},
+                     "case_hashes": {c.id: case_hash(c) for c in cases},
+                     "wall_s": round(time.perf_counter() - t0, 2),
                      "uncertainty": "calibrated clinic constants drawn per replicate "
                                     "(card 'uncertainty'); patients resampled at the study's n",
                      "monte_carlo": f"mc_se and verdict_agreement from {MC_BOOTSTRAP} "
@@ -1015,7 +1028,9 @@ def compare_hypotheses(cases_dir: str | None = None, n: int = 100, seed: int = 0
         scores = {h: table[h][c["id"]] for h in out}
         top = max(scores.values())
         best[c["id"]] = [h for h, v in scores.items() if v == top]
+    # the first set's run metadata, naming every set compared (not only the first's)
+    meta = {**first["meta"], "hypotheses": "all", "hypothesis_sets": list(out)}
     return {"hypotheses": {h: {"summary": r["summary"], "cases": r["cases"]}
                            for h, r in out.items()},
-            "within_by_case": table, "best_by_case": best, "meta": first["meta"]}
+            "within_by_case": table, "best_by_case": best, "meta": meta}
 

@@ -103,6 +103,18 @@ def _num(df: pd.DataFrame, col: str, source: str, default: float | None = None) 
     return vals
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a data file's bytes, recorded with a fit or forecast so that its
+    output names the exact data it came from (a path alone can be rewritten)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def as_dataset(data: str | os.PathLike | pd.DataFrame | Dataset, field: str = "data"
                ) -> Dataset:
     """``data`` as a :class:`Dataset`: a Dataset as is; a CSV path (``str`` or path object)

@@ -37,7 +37,7 @@ from .. import __version__
 from ..cards import card_versions, load_param_card
 from ..errors import KetasimError
 from ..pk import resolve_model
-from .data import SCORE_BOUNDS, Dataset, Subject, as_dataset, read_dataset
+from .data import SCORE_BOUNDS, Dataset, Subject, as_dataset, file_sha256, read_dataset
 from .estimators import sample_posterior
 
 ETA_GRID = np.linspace(-6.0, 6.0, 241)  # η grid for the interpolated score model (settings)
@@ -279,10 +279,21 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
             "model": resolve_model(drug, model, tuple(subject.regimen.routes)).id,
             "residual_sd": sigma, "response_fraction": response_fraction,
             "threshold": threshold, "probability": probability, "last_observation_day":
-            t_now / 24.0}
+            t_now / 24.0,
+            # the rest of what reruns this forecast: horizon, sampler settings, the data
+            "horizon_days": float(horizon_days), "n_walkers": n_walkers, "n_steps": n_steps,
+            "comedication": list(comedication), **_data_identity(data)}
     return Forecast(days[keep], np.median(pred, 0)[keep], np.quantile(pred, 0.1, 0)[keep],
                     np.quantile(pred, 0.9, 0)[keep], p_resp[keep], p_relapse[keep], next_day,
                     post, diag, meta)
+
+
+def _data_identity(data) -> dict:
+    """``{"data": path, "data_sha256": hash}`` for a CSV path; ``None`` for both when the data
+    came as a DataFrame, Dataset or Subject (nothing on disk to name)."""
+    if isinstance(data, str | os.PathLike):
+        return {"data": os.fspath(data), "data_sha256": file_sha256(data)}
+    return {"data": None, "data_sha256": None}
 
 
 def _summ(x: np.ndarray) -> dict:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 
 import numpy as np
 
 from .. import __version__
 from ..cards import card_versions
+from .data import file_sha256
 from .estimators import FitResult
 from .problem import PKProblem
 
@@ -146,13 +148,17 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     warns = f"<p><b>Warnings</b></p><ul style='color:#a40'>{warns}</ul>" if warns else ""
     versions = html.escape(str({k: v for k, v in card_versions().items()
                                 if k.startswith("pk")}))
+    src = problem.data.source
+    sha = f" (sha256 {file_sha256(src)})" if os.path.isfile(src) else ""
+    inputs = html.escape(f"Data: {src}{sha}. Estimated: {', '.join(problem.estimate)}; IIV on: "
+                         f"{', '.join(problem.iiv) or 'none'}.")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ketasim fit</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px}}
 img{{max-width:100%}}</style></head><body>
 <h1>Population fit: {html.escape(problem.card.id)} ({fit.method})</h1>
 <p>{fit.n_subjects} subjects, {fit.n_obs} observations; objective (−2 log L)
 {fit.objective:.3f}; converged: {fit.converged}; {fit.elapsed_s:.1f} s. Error model:
-{problem.error.kind}. ketasim {__version__}, seed {seed}.</p>{warns}
+{problem.error.kind}. ketasim {__version__}, seed {seed}.</p><p>{inputs}</p>{warns}
 <table><tr><th>parameter</th><th>estimate</th><th>SE</th><th>95% CI</th><th>IIV CV</th>
 <th>units</th></tr>{rows}</table><h3>Diagnostics</h3><ul>{diag}</ul>{body}
 <p style="font-size:small">Card versions: {versions}. ketasim is a research tool, not medical

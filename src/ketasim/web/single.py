@@ -279,6 +279,8 @@ def simulate_one(req: SimulateRequest, engine: Literal["batched", "reference"] =
         "model": None if card is None else card.id,
     }
     meta.update({"ketasim_version": __version__, "card_hashes": card_versions(),
+                 # the validated request (arm, patient, days): what reruns this response
+                 "request": req.model_dump(mode="json"),
                  "patient": "typical (random effects 0, no visit noise)", "engine": engine,
                  "n_points": len(t), "wall_ms": round((time.perf_counter() - t0) * 1e3, 2),
                  "readout_units": {k: readout_unit(k) for k in reads}})
