@@ -282,9 +282,9 @@ def _write(path: str, text: str | bytes, field: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        from .shards import _ordinary_mode
+
+        _ordinary_mode(tmp)  # mkstemp makes 0600; outputs are ordinary files (umask read once)
         os.replace(tmp, target)
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):

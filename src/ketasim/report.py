@@ -373,9 +373,9 @@ def _atomic_bytes(path: str, data: bytes, field: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs are ordinary files
+        from .shards import _ordinary_mode
+
+        _ordinary_mode(tmp)  # mkstemp makes 0600; outputs are ordinary files (umask read once)
         os.replace(tmp, target)
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):

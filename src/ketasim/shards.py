@@ -121,13 +121,22 @@ def read_frame(path: str, columns: list[str] | None = None) -> pd.DataFrame:
     return _decode_dictionaries(pq.read_table(path, columns=columns)).to_pandas()
 
 
+def _process_umask() -> int:
+    """The process umask, read once at import: ``os.umask`` can only be read by setting it,
+    which is not safe while other threads (e.g. a threaded dask worker) create files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _process_umask()
+
+
 def _ordinary_mode(path: str) -> None:
     """Give a ``mkstemp`` file (mode 0600) the mode ``open()`` would have given it (0666 less
     the umask), as every other output: a run folder shared with other users or dask workers
     is readable as a whole."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def write_parquet_atomic(df: pd.DataFrame, path: str, metadata: dict[str, str] | None = None,
