@@ -196,3 +196,17 @@ def test_shard_and_manifest_files_are_ordinary_files(tmp_path) -> None:
         os.umask(old)
     for p in (tmp_path / "manifest.json", tmp_path / "s" / "chunk-0.parquet"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+def test_export_sbml_records_the_scenario(tmp_path):
+    """The SBML export's metadata names the scenario it came from and its SHA-256 (as trial
+    outputs do), so an exported model can be traced to the scenario file."""
+    from ketasim.sbml import read_metadata
+    from ketasim.shards import scenario_hash
+    from ketasim.trial import resolve_scenario, scenario_dict
+
+    out = tmp_path / "m.xml"
+    assert main(["export-sbml", "default", "--out", str(out)]) == 0
+    meta = read_metadata(out.read_text())
+    assert meta["scenario"] == "default"
+    assert meta["scenario_hash"] == scenario_hash(scenario_dict(resolve_scenario("default")))

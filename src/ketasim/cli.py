@@ -951,13 +951,16 @@ def export_sbml(
     SBML for libRoadRunner, COPASI or tellurium."""
     _out_file(out_path, "out")
     from .sbml import export_arm, pick_arm, typical_patient
-    from .trial import resolve_scenario
+    from .shards import scenario_hash
+    from .trial import resolve_scenario, scenario_dict
 
     if not out_path:
         raise KetasimError("out", "give the SBML file to write with --out FILE")
     sc = resolve_scenario(scenario)
     a = pick_arm(sc, arm)
-    em = export_arm(a, typical_patient(sc), seed=sc.population.seed)
+    em = export_arm(a, typical_patient(sc), seed=sc.population.seed,
+                    source={"scenario": scenario, "scenario_title": sc.title,
+                            "scenario_hash": scenario_hash(scenario_dict(sc))})
     _write(out_path, em.sbml, "out")
     out.print(f"wrote {out_path}: arm {a.name!r}, model {em.metadata['pk_model']}, "
               f"{len(em.state_ids)} states; outputs {', '.join(em.plasma.values())}, madrs")

@@ -568,7 +568,8 @@ def _patient_param(s: PKSystem, i: str) -> tuple[str, str]:
     return "dimensionless", _RULE_NAMES.get(i, i)
 
 
-def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
+def build_model(setup: CourseSetup, seed: int | None = None,
+                source: dict | None = None) -> ExportedModel:
     """The SBML document of one patient's course (see the module docstring)."""
     s, mp = setup.system, setup.mech
     pvals = patient_parameters(setup)
@@ -670,6 +671,7 @@ def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
         "units": "time h; x_* mg (effect sites mg/L); C_* free brain µM; plasma_* ng/mL; "
                  "mechanism states normalised (baseline 1); madrs points (no residual noise)",
         "patient_parameters": sorted(pvals),
+        **(source or {}),
     }
     b.notes("ketasim SBML export (research tool, not medical advice)\n"
             + json.dumps(meta, indent=1, default=str))
@@ -679,13 +681,15 @@ def build_model(setup: CourseSetup, seed: int | None = None) -> ExportedModel:
 
 
 def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
-               hypotheses: Hypotheses | None = None) -> ExportedModel:
+               hypotheses: Hypotheses | None = None,
+               source: dict | None = None) -> ExportedModel:
     """Assemble and export one patient's course of ``arm``.
 
     Acute interventions whose drug window opens before the first dose are refused: the engine
     then starts integrating before t = 0, the export at t = 0. ``seed`` (recorded in the
     model's metadata) is ``None`` or a whole number ≥ 0, as everywhere else; wrong types raise
-    :class:`KetasimError` naming the argument."""
+    :class:`KetasimError` naming the argument. ``source``: extra metadata recorded with the
+    model (the CLI records the scenario's name and SHA-256, ``scenario``/``scenario_hash``)."""
     if not isinstance(arm, ArmSpec):
         raise KetasimError("arm", f"must be an ArmSpec (e.g. pick_arm(scenario, name)), got "
                            f"{type(arm).__name__}")
@@ -704,7 +708,9 @@ def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
         raise KetasimError("interventions", f"{', '.join(acute)} start {-start:g} h before the "
                            "first dose; the SBML export starts at t = 0",
                            "genetic interventions, spine-blockade, mg=<mM>")
-    return build_model(setup, seed)
+    if source is not None and not isinstance(source, dict):
+        raise KetasimError("source", f"must be a dict or None, got {type(source).__name__}")
+    return build_model(setup, seed, source)
 
 
 def pick_arm(scenario: Scenario, name: str | None) -> ArmSpec:
