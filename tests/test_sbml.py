@@ -23,6 +23,7 @@ from ketasim.sbml import (
     build_model,
     course_setup,
     export_arm,
+    patient_parameters,
     read_metadata,
     typical_patient,
     validate,
@@ -288,6 +289,26 @@ def test_roadrunner_run_resets_infusion_switches(default_export):
     assert rr["inf1_on"] == 1.0
     again = B.roadrunner_run(rr, default_export.patient_parameters, v, sel)
     assert np.max(rel(again, fresh)) < TOL  # a leaked infusion gives ~1e10
+
+
+def test_dose_at_time_zero_uses_each_patients_amount(typical):
+    """A dose at t = 0 is an event that libRoadRunner fires during ``resetAll``, with the
+    parameters the model had then (the exported patient's amount). ``roadrunner_run`` used to
+    set the next patient's parameters after that, so every patient received the exported
+    patient's first bolus: 0.7 MADRS points off for 0.5 mg/kg IV (IM, esketamine bolus too)."""
+    visits = np.array([0.0, 0.25, 40 / 60, 4.0, 24.0, 72.0])
+    pts = B.bench_patients(3, seed=5)
+    for arm in (ArmSpec(name="bolus", drug="ketamine", route="iv-bolus", dose="0.5 mg/kg"),
+                ArmSpec(name="im", drug="ketamine", route="im", model="kamp2020",
+                        dose="0.5 mg/kg", schedule="at 0, 2 h")):
+        em = export_arm(arm, typical)
+        rr = B.roadrunner_model(em.sbml)
+        ref = ketasim_reference(arm, pts, visits)
+        for i, p in enumerate(pts):
+            assert abs(p.weight_kg - typical.weight_kg) > 1.0  # a different dose in mg
+            madrs, _ = roadrunner_outputs(em, patient_parameters(course_setup(arm, p)), visits,
+                                          rr)
+            assert np.max(rel(madrs, ref[i])) < TOL, (arm.name, i)
 
 
 def shipped_drug_arms():

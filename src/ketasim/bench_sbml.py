@@ -166,13 +166,20 @@ def quiet_solver():
 
 def roadrunner_run(rr, params: dict[str, float], visits: np.ndarray,
                    selections: list[str]) -> np.ndarray:
-    """One patient as a user would run it: reset, set parameters, simulate to the visits.
+    """One patient as a user would run it: reset, set parameters, reset the states, simulate
+    to the visits.
 
-    ``resetAll`` (not ``reset``): it also returns the event-driven infusion switches to their
-    initial values, so a run that stopped mid-infusion cannot leak into the next patient."""
+    ``resetAll`` (not ``reset``) first: it also returns the event-driven infusion switches to
+    their initial values, so a run that stopped mid-infusion cannot leak into the next patient.
+    Events due at t = 0 (a dose at time 0) fire during that reset, with the parameter values
+    the model had then, i.e. the exported patient's dose amount; so after the new parameters
+    are set, ``reset`` (time and rate-rule states back to their initial values) fires them
+    again with this patient's amounts. Without it every patient received the exported
+    patient's first bolus (0.7 MADRS points off for a 0.5 mg/kg IV bolus at t = 0)."""
     rr.resetAll()
     for k, v in params.items():
         rr.setValue(k, v)
+    rr.reset()
     return np.asarray(rr.simulate(times=visits, selections=selections))
 
 
