@@ -71,6 +71,7 @@ def realised(path: str, subjects: int, model: str = "kamp2020") -> None:
     est = list(truth)
     reg = Regimen.build("iv-infusion", "0.5 mg/kg", duration="40 min")
     card = load_pk_card(model)
+    subjects = saved.get("subjects", subjects)  # the study's own, where the file records it
     n = subjects
     out = {k: {"log_gm": [], "sd": [], "cv_in_ci": []} for k in est}
     for x in rows:

@@ -135,7 +135,7 @@ def _replicate(job: tuple) -> dict:
             "diagnostics": res.diagnostics}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicates", type=int, default=50)
     ap.add_argument("--subjects", type=int, default=50)
@@ -156,13 +156,15 @@ def main() -> None:
                     help="with --timing: worker processes of that one fit")
     ap.add_argument("--forecast", type=int, default=0,
                     help="instead: forecast-band calibration on this many simulated patients")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.summarize:
         with open(a.summarize) as fh:
             saved = json.load(fh)
         print(f"{len(saved['replicates'])} replicates from {a.summarize}")
-        summarize(saved["replicates"], saved["truth"], saved["true_cv"], a.sigma_prop,
-                  a.subjects)
+        # the study's own design where the file records it (files written before it was
+        # recorded: --subjects and --sigma-prop, whose defaults are the shipped studies')
+        summarize(saved["replicates"], saved["truth"], saved["true_cv"],
+                  saved.get("sigma_prop", a.sigma_prop), saved.get("subjects", a.subjects))
         return
     if a.timing:
         from ketasim.cards import load_pk_card as _load
@@ -219,7 +221,8 @@ def main() -> None:
             if a.json:  # written as it goes, so an interrupted study keeps its replicates
                 with open(a.json, "w") as fh:
                     json.dump({"replicates": rows, "seed": a.seed, "truth": truth,
-                               "true_cv": true_cv}, fh, default=float)
+                               "true_cv": true_cv, "subjects": a.subjects,
+                               "sigma_prop": a.sigma_prop}, fh, default=float)
     print(f"\nmodel {a.model}, {a.subjects} subjects, {a.replicates} replicates, "
           f"proportional error {a.sigma_prop:g}, total {time.perf_counter() - t_all:.0f} s")
     print(f"ketasim {__version__}; card {a.model} {card_versions().get('pk/' + a.model, '')}")
@@ -227,7 +230,8 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"summary": summary, "replicates": rows, "seed": a.seed,
-                       "truth": truth, "true_cv": true_cv, "ketasim_version": __version__,
+                       "truth": truth, "true_cv": true_cv, "subjects": a.subjects,
+                       "sigma_prop": a.sigma_prop, "ketasim_version": __version__,
                        "command": " ".join(sys.argv), "jobs": a.jobs,
                        "wall_s": time.perf_counter() - t_all},
                       fh, indent=1, default=float)

@@ -456,3 +456,30 @@ def test_cli_fit_prints_warnings_and_strict_json(monkeypatch, tmp_path, capsys):
     d = json.loads(capsys.readouterr().out, parse_constant=no_constants)
     assert d["estimates"]["CL"]["se"] is None and d["estimates"]["CL"]["ci95"] == [None, None]
     assert len(d["warnings"]) == 4
+
+
+def test_recovery_study_summarize_uses_the_saved_design(tmp_path, monkeypatch, capsys):
+    """``scripts/recovery_study.py --summarize FILE`` prints the study's numbers again
+    (docs/fit.md): the oracle coverage depends on the study's subject count, which must come
+    from the file, not from the ``--subjects`` default (50), when the study ran with another."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "recovery_study", Path(__file__).parent.parent / "scripts" / "recovery_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    truth, cv = 100.0, 0.307
+    # realised geometric mean 0.12 log units off the truth: inside 1.96·ω/√10 = 0.186,
+    # outside 1.96·ω/√50 = 0.083 (ω = 0.3)
+    row = {"replicate": 0, "seconds": 1.0, "converged": True, "diagnostics": {},
+           "estimates": {"CL": {"value": 101.0, "se": 5.0, "ci95": [90.0, 110.0],
+                                "ci95_method": "profile-likelihood", "iiv_cv": 0.3,
+                                "iiv_cv_ci95": [0.2, 0.4]}},
+           "sigma_prop": {"value": 0.15}, "realised_gm": {"CL": truth * np.exp(0.12)}}
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps({"replicates": [row], "seed": 1, "truth": {"CL": truth},
+                                "true_cv": {"CL": cv}, "subjects": 10, "sigma_prop": 0.15}))
+    monkeypatch.setattr(sys, "argv", ["recovery_study.py", "--summarize", str(path)])
+    mod.main()
+    assert "oracle_ci95_coverage 1.0000" in capsys.readouterr().out
