@@ -157,7 +157,9 @@ def test_kink_crossings_keep_their_step_size(monkeypatch):
     retries = np.sum(t[1:] == t[:-1])  # cut or rejected attempts, retried from the same t
     assert retries >= 12  # the kinks are met
     late = t > 1.0  # after the first dose's start-up
-    assert np.sum(late & (h < 1e-2)) <= 4
+    # no regrowth from ~1e-7 h (≈ 7 attempts below 1e-3 h per crossing before); steps of
+    # ~8e-3 h that land on an infusion's end are not kink effects
+    assert np.sum(late & (h < 1e-3)) <= 4
     assert res.stats[0, 1] <= 30
     assert n <= 560
 
@@ -178,6 +180,35 @@ def test_fast_path_matches_roadrunner():
             madrs = out[:, 1]
             err = np.abs(got["madrs"][i] - madrs) / (REL * np.abs(madrs) + 1e-3)
             assert np.all(err <= 1.0), (got["madrs"][i], madrs)
+
+
+@pytest.mark.parametrize("arm,disorder", [
+    (ArmSpec(name="sc", drug="ketamine", route="sc", model="kamp2020", dose="2.65 mg/kg"),
+     "trd"),
+    (ArmSpec(name="im", drug="ketamine", route="im", model="hijazi2003", dose="4.44 mg/kg",
+             schedule="every 2 s x 5", hypotheses="only:c", interventions="bdnf-knockout"),
+     "trd"),
+])
+def test_fast_path_matches_roadrunner_beyond_the_bench_course(arm, disorder):
+    """Regimens other than the bench's infusions, found by a random comparison of the fast
+    path with libRoadRunner: with LHb bursting at an absolute tolerance of 1e-4 (until the
+    ninth session) a single SC dose missed by 0.046 MADRS points (4.7e-2 relative) and an IM
+    regimen by 0.0055 points (5.2e-4); bursting is now held to 1e-6 like the other states."""
+    pytest.importorskip("roadrunner")
+    from ketasim.sbml import course_setup, export_arm, patient_parameters
+
+    v = np.array([0.0, 40 / 60, 4.0, 24.0, 72.0, 168.0, 336.0])
+    pts = without_noise(sample_arm(PopulationSpec(disorder=disorder, n=3, seed=3), 0, 3,
+                                   n_visits=len(v)))
+    em = export_arm(arm, pts[0])
+    rr = B.roadrunner_model(em.sbml)
+    got = scores_at_visits(arm, pts, v)
+    with B.quiet_solver():
+        for i, p in enumerate(pts):
+            madrs = B.roadrunner_run(rr, patient_parameters(course_setup(arm, p)), v,
+                                     ["time", em.madrs])[:, 1]
+            err = np.abs(got["madrs"][i] - madrs) / (REL * np.abs(madrs) + 1e-3)
+            assert np.all(err <= 1.0), (i, got["madrs"][i], madrs)
 
 
 def test_trial_chunk_engine_switch(monkeypatch):
