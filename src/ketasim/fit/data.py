@@ -38,6 +38,8 @@ SCORE_BOUNDS = {"madrs": (0.0, 60.0), "ssi": (0.0, 38.0), "cadss": (0.0, 92.0)}
 _WEIGHT_COLS = ("WT", "WEIGHT", "WEIGHT_KG", "BW")
 #: most additional doses one record may expand to (as ``Regimen.from_event_table``)
 MAX_ADDL = 9999
+#: largest subject ID magnitude: every ID an integer exact in a float (and in JSON readers)
+MAX_ID = 2**53
 
 
 @dataclass
@@ -184,6 +186,10 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             r = int(np.argmax(bad))
             raise _err(source, r + 1, col, f"{arr[r]:g} is not finite or above {hi:g} {unit}"
                        if hi is not None else f"{arr[r]:g} is not finite")
+    big = np.abs(ids) > MAX_ID
+    if big.any():
+        r = int(np.argmax(big))
+        raise _err(source, r + 1, "ID", f"{ids[r]:g} is outside ±{MAX_ID:g}")
     frac = ids != np.round(ids)
     if frac.any():
         r = int(np.argmax(frac))
@@ -250,18 +256,10 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                     raise _err(source, int(r) + 1, "ROUTE", exc.problem, exc.allowed) from exc
             if route is None:
                 route = "iv-infusion" if rate[r] > 0 else "iv-bolus"
-            for k in range(int(addl[r]) + 1):
-                t = float(time[r] + k * ii[r])
-                from ..units import DoseAmount
-
-                a = DoseAmount(float(amt[r]), per_kg=False)
-                if rate[r] > 0:
-                    doses.append(Infusion(t, a, float(amt[r] / rate[r]), route=route))
-                else:
-                    if route == "iv-infusion":
-                        raise _err(source, int(r) + 1, "RATE",
-                                   "an IV infusion record needs RATE > 0 mg/h")
-                    doses.append(Dose(t, a, route=route))
+            if rate[r] <= 0 and route == "iv-infusion":
+                raise _err(source, int(r) + 1, "RATE", "an IV infusion record needs RATE > 0 mg/h")
+            doses += _dose_record(source, int(r) + 1, float(time[r]), float(amt[r]),
+                                  float(rate[r]), float(ii[r]), int(addl[r]), route)
         obs = [r for r in idx if evid[r] == 0 and mdv[r] != 1]
         w = _first(weight[idx])
         a_ = _first(age[idx])
@@ -286,6 +284,33 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
             rows=np.asarray(obs, dtype=int) + 1))
     return Dataset(df, subjects, source)
+
+
+def _dose_record(source: str, row: int, time_h: float, amt_mg: float, rate_mg_h: float,
+                 ii_h: float, addl: int, route: str) -> list[Dose | Infusion]:
+    """The administrations of one dose record (data row ``row``): ``addl + 1`` doses of
+    ``amt_mg`` mg every ``ii_h`` h from ``time_h`` h, infused over ``amt_mg / rate_mg_h`` h
+    when ``rate_mg_h`` > 0 (mg/h). A dose the regimen refuses (an infusion lasting longer
+    than ``MAX_DURATION_H``, an additional dose later than that) is a one-line error naming
+    the row and the column at fault (RATE, ADDL)."""
+    from ..units import DoseAmount
+
+    a = DoseAmount(amt_mg, per_kg=False)
+    if rate_mg_h > 0:
+        dur = amt_mg / rate_mg_h
+        if not (np.isfinite(dur) and dur <= MAX_DURATION_H):
+            raise _err(source, row, "RATE", f"an infusion of {amt_mg:g} mg at {rate_mg_h:g} "
+                       f"mg/h would last {dur:g} h, longer than {MAX_DURATION_H:g} h")
+    last = time_h + addl * ii_h
+    if addl and not last <= MAX_DURATION_H:
+        raise _err(source, row, "ADDL", f"{addl} additional doses every {ii_h:g} h reach "
+                   f"{last:g} h, beyond {MAX_DURATION_H:g} h")
+    out: list[Dose | Infusion] = []
+    for k in range(addl + 1):
+        t = time_h + k * ii_h
+        out.append(Infusion(t, a, amt_mg / rate_mg_h, route=route) if rate_mg_h > 0
+                   else Dose(t, a, route=route))
+    return out
 
 
 def _first(a: np.ndarray) -> float | None:

@@ -271,11 +271,29 @@ class FitResult:
         if no_se:
             out.append("no standard error or interval for " + ", ".join(no_se)
                        + " (the covariance step failed)")
+        at_b = set(d.get("at_bounds", []))
+        unbounded = [k for k, e in {**self.estimates, **self.residual}.items()
+                     if k not in no_se and not all(np.isfinite(c) and c > 0 for c in (
+                         *e.ci95, *(e.iiv_cv_ci95 if e.iiv_cv_ci95 is not None
+                                    and f"omega_{k}" not in at_b else ())))]
+        if unbounded:
+            out.append("the 95% interval of " + ", ".join(unbounded) + " is unbounded (an end "
+                       "is 0 or infinite, null in JSON): the data do not determine it")
         return out
 
 
 def _cv(sd: float) -> float:
-    return float(np.sqrt(np.expm1(sd * sd)))
+    """Coefficient of variation (fraction) of a log-normal with log-scale SD ``sd``; ``inf``
+    (JSON ``null``) where it overflows (an unbounded interval end), without a warning."""
+    with np.errstate(over="ignore"):
+        return float(np.sqrt(np.expm1(sd * sd)))
+
+
+def _wald_log(v: float, se_log: float) -> tuple[float, float]:
+    """Wald 95% interval ``v·exp(±1.96·se_log)`` (units of ``v``); an end that overflows is
+    ``inf`` (JSON ``null``, named by :meth:`FitResult.warnings`), without a NumPy warning."""
+    with np.errstate(over="ignore"):
+        return float(v * np.exp(-Z95 * se_log)), float(v * np.exp(Z95 * se_log))
 
 
 class PopulationFOCEI:
@@ -556,7 +574,7 @@ class PopulationFOCEI:
         est = {}
         for i, k in enumerate(pr.estimate):
             v, s = theta[k], se_log[i]
-            e = Estimate(v, v * s, (v * np.exp(-Z95 * s), v * np.exp(Z95 * s)))
+            e = Estimate(v, v * s, _wald_log(v, s))
             pk = profiles.get(f"theta_{k}")
             if pk is not None and pk["converged"]:
                 e.ci95_wald = e.ci95
@@ -568,7 +586,7 @@ class PopulationFOCEI:
                 w, sw = om[j - p], se_log[j]
                 e.iiv_cv = _cv(w)
                 e.iiv_sd = float(w)
-                e.iiv_cv_ci95 = (_cv(w * np.exp(-Z95 * sw)), _cv(w * np.exp(Z95 * sw)))
+                e.iiv_cv_ci95 = tuple(_cv(c) for c in _wald_log(w, sw))
                 pw = profiles.get(f"omega_{k}")
                 if pw is not None and pw["converged"]:
                     e.iiv_cv_ci95_wald = e.iiv_cv_ci95
@@ -579,7 +597,7 @@ class PopulationFOCEI:
         resid = {}
         for i, k in enumerate(pr.error.names):
             v, s = sig[k], se_log[p + d + i]
-            resid[k] = Estimate(v, v * s, (v * np.exp(-Z95 * s), v * np.exp(Z95 * s)))
+            resid[k] = Estimate(v, v * s, _wald_log(v, s))
         cond = self._last
         diag = {"optimizer": "L-BFGS-B", "message": str(res.message), "iterations": nit,
                 "restarts": n_restarts,
@@ -766,10 +784,15 @@ class PopulationFOCEI:
         correction) as the metric; parameters at a bound stay there. Returns the point, the
         iterations and the final max |gradient| of the quadrature objective."""
         free = ~at_bound
+        if not free.any():  # every parameter at a bound: nothing to refine
+            return x, 0, 0.0
         lo = np.array([b[0] for b in bounds])
         hi = np.array([b[1] for b in bounds])
         f = self.ofv(x)
-        w, V = np.linalg.eigh(H[np.ix_(free, free)])
+        Hfree = H[np.ix_(free, free)]
+        if not np.all(np.isfinite(Hfree)):  # a diverging difference: fall back to steepest
+            Hfree = np.eye(int(free.sum()))  # descent (the line search still guards)
+        w, V = np.linalg.eigh(Hfree)
         Hf = (V * np.maximum(w, 1e-6 * max(w.max(), 1e-12))) @ V.T  # keep it PD
         n_it = 0
         gmax = np.inf

@@ -103,6 +103,8 @@ class PKProblem:
             if r not in self.card.routes:
                 raise KetasimError("route", f"model {self.card.id} does not support {r!r}",
                                    ", ".join(self.card.routes))
+        if self.error.kind == "proportional":
+            _check_zero_predictions(data, subs, quantities)
         self.subjects: list[Subject] = subs
         self.routes = tuple(routes)
         self.quantities = quantities
@@ -314,6 +316,27 @@ class PKProblem:
     def units(self, name: str) -> str:
         """Units of a card parameter, as on the card."""
         return self.card.parameters[name].units
+
+
+def _check_zero_predictions(data: Dataset, subjects: list[Subject],
+                            quantities: tuple[str, ...]) -> None:
+    """Refuse (one line naming the row and column DV) a concentration > 0 ng/mL where every
+    model predicts exactly 0: before the subject's first dose, or at its time unless an IV
+    bolus is given then. Under a proportional error model the residual variance there is 0,
+    so −2LL is ~1e13 per such observation and swamps the fit (no convergence, no SEs)."""
+    for s in subjects:
+        t_first = min((d.time_h for d in s.regimen), default=np.inf)
+        bolus_at_first = any(d.time_h == t_first and d.route == "iv-bolus" for d in s.regimen)
+        for t, y, q, row in zip(s.obs_time_h, s.obs_value, s.obs_quantity, s.rows,
+                                strict=True):
+            if q in quantities and y > 0 and (t < t_first or (t == t_first
+                                                              and not bolus_at_first)):
+                when = ("the subject has no dose" if not np.isfinite(t_first) else
+                        f"at or before the first dose ({t_first:g} h)")
+                raise KetasimError(f"{data.source} row {int(row)} column DV",
+                                   f"{q} {y:g} ng/mL where the model predicts 0 ({when}); a "
+                                   "proportional error model cannot fit it",
+                                   "--error combined or additive, or MDV 1 on that row")
 
 
 def card_value_base(card: PKCard, name: str) -> float:
