@@ -2,7 +2,8 @@
 one-subject full chain and the batched engine, checking every output is finite and within
 its physical range, and that the fast batched engine agrees with the reference path.
 
-Usage: ``python scripts/robustness_sweep.py [--pk N] [--chain N] [--arms N] [--seed S]``.
+Usage: ``python scripts/robustness_sweep.py [--pk N] [--chain N] [--arms N] [--rr-arms N] [--seed S]
+[--rtol R]``.
 Prints one line per failure and a summary by class; exit status 1 if anything failed.
 """
 
@@ -380,12 +381,70 @@ def arm_case(rng, i: int) -> None:
                 record("arm: fast vs reference scores > 0.05 points", f"{desc} [{k}] {diff:.3g}")
 
 
+RR_REL = 1e-4  # the clinic path against libRoadRunner, relative on MADRS
+rr_rows: list[tuple[float, float, str]] = []
+
+
+def rr_arm_case(rng, i: int) -> None:
+    """A random arm through the clinic path (``scores_at_visits``, as trials and ``ketasim
+    bench``) and through its SBML export in libRoadRunner (CVODE rtol 1e-8), 3 noise-free
+    patients, MADRS at 7 visits; relative difference ``|a − b| / max(|a|, |b|)``."""
+    from ketasim.bench_sbml import (
+        _ketasim_course_batch,
+        quiet_solver,
+        roadrunner_model,
+        roadrunner_run,
+    )
+    from ketasim.sbml import course_setup, export_arm, patient_parameters, without_noise
+
+    drug = str(rng.choice(["ketamine", "esketamine"]))
+    cid = str(rng.choice(CHAIN_DRUGS[drug]))
+    route = str(rng.choice(sorted(CARDS[cid].routes)))
+    dose = rand_dose(rng, route)
+    sched = rand_schedule(rng)
+    dur = rand_duration(rng) if route == "iv-infusion" else None
+    disorder = str(rng.choice(["mdd", "trd", "bipolar"]))
+    hyp = str(rng.choice(["default", "only:c", "only:e", "a=10,f=0", "d=1"]))
+    intv = str(rng.choice(["", "", "nbqx,mg=0", "bdnf-knockout", "spine-blockade"]))
+    desc = (f"rr#{i} {drug}/{cid} route={route} dose={dose!r} dur={dur!r} sched={sched!r} "
+            f"{disorder} hyp={hyp} intv={intv!r}")
+    try:
+        arm = ArmSpec(name="a", drug=drug, route=route, dose=dose, duration=dur, schedule=sched,
+                      model=cid, hypotheses=hyp, interventions=intv,
+                      background=str(rng.choice(["none", "oral-antidepressant"])))
+        spec = PopulationSpec(disorder=disorder, n=3, seed=int(rng.integers(1000)),
+                              weight_kg_mean=float(rng.choice([40.0, 200.0, 80.0])),
+                              weight_kg_sd=float(rng.choice([0.0, 60.0])),
+                              age_mean=float(rng.choice([18.0, 90.0, 45.0])),
+                              race=str(rng.choice(RACES)))
+        visits = np.array(sorted({0.0, 40 / 60, 4.0, 24.0, 72.0, 168.0,
+                                  float(rng.choice([336.0, 672.0]))}))
+        pts = without_noise(sample_arm(spec, 0, 3, n_visits=len(visits)))
+        fast = _ketasim_course_batch(arm, pts, visits)["madrs"]
+        em = export_arm(arm, pts[0])
+        rr = roadrunner_model(em.sbml)
+        with quiet_solver():
+            ref = np.array([roadrunner_run(rr, patient_parameters(course_setup(arm, p)), visits,
+                                           ["time", em.madrs])[:, 1] for p in pts])
+    except KetasimError as exc:
+        print(f"refused rr arm (ok): {str(exc).splitlines()[0]}")
+        return
+    rel = float(np.max(np.abs(fast - ref) / np.maximum(np.maximum(np.abs(fast), np.abs(ref)),
+                                                        1e-9)))
+    rr_rows.append((rel, float(np.max(np.abs(fast - ref))), desc))
+    if rel > RR_REL:
+        record("clinic path vs libRoadRunner > 1e-4",
+               f"{desc}: {rel:.3g} relative ({np.max(np.abs(fast - ref)):.3g} points)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pk", type=int, default=200)
     ap.add_argument("--chain", type=int, default=40)
     ap.add_argument("--arms", type=int, default=15)
     ap.add_argument("--seed", type=int, default=20240601)
+    ap.add_argument("--rr-arms", type=int, default=0,
+                    help="random arms, clinic path against libRoadRunner (MADRS, 1e-4)")
     ap.add_argument("--rtol", type=float, default=None,
                     help="rtol of the batched engine (default: ketasim.batch.RTOL)")
     args = ap.parse_args()
@@ -403,6 +462,14 @@ def main() -> int:
     for i in range(args.arms):
         arm_case(rng, i)
     print(f"arms done {time.perf_counter() - t0:.0f}s", flush=True)
+    for i in range(args.rr_arms):
+        rr_arm_case(rng, i)
+    if args.rr_arms:
+        n_over = sum(r[0] > RR_REL for r in rr_rows)
+        worst_rr = max(rr_rows, default=(0.0, 0.0, "-"))
+        print(f"rr arms done {time.perf_counter() - t0:.0f}s: {len(rr_rows)} arms, {n_over} "
+              f"beyond {RR_REL:g}; worst {worst_rr[0]:.3g} ({worst_rr[1]:.3g} points) "
+              f"{worst_rr[2]}", flush=True)
     print("\nfailures by class:")
     for cls, n in failures.most_common():
         print(f"  {n:4d}  {cls}")
