@@ -289,9 +289,14 @@ def _card_files(kind: str):
     return sorted((p for p in root.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
 
 
+#: libyaml's safe loader where PyYAML was built with it (the same safe constructors, ~10× faster
+#: than the pure-Python one: card loading was ~0.5 s of every command's start-up)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506
     except yaml.YAMLError as exc:
         raise CardError(f"card {path.name}", f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
