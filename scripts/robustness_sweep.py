@@ -325,7 +325,9 @@ def chain_case(rng, i: int, compare_fast: bool) -> None:
                                                 interventions=intv, rtol=1e-11, atol=1e-15)))
 
 
-def arm_case(rng, i: int) -> None:
+def rand_arm_inputs(rng, interventions: list[str]) -> tuple:
+    """Drug, PK card, route, dose, schedule, duration, disorder, hypotheses and interventions
+    of a random arm (in this order from ``rng``, so a seed gives the same arms as before)."""
     drug = str(rng.choice(["ketamine", "esketamine"]))
     cid = str(rng.choice(CHAIN_DRUGS[drug]))
     route = str(rng.choice(sorted(CARDS[cid].routes)))
@@ -334,7 +336,13 @@ def arm_case(rng, i: int) -> None:
     dur = rand_duration(rng) if route == "iv-infusion" else None
     disorder = str(rng.choice(["mdd", "trd", "bipolar"]))
     hyp = str(rng.choice(["default", "only:c", "only:e", "a=10,f=0", "d=1"]))
-    intv = str(rng.choice(["", "", "rapamycin", "nbqx,mg=0", "bdnf-knockout", "spine-blockade"]))
+    intv = str(rng.choice(interventions))
+    return drug, cid, route, dose, sched, dur, disorder, hyp, intv
+
+
+def arm_case(rng, i: int) -> None:
+    drug, cid, route, dose, sched, dur, disorder, hyp, intv = rand_arm_inputs(
+        rng, ["", "", "rapamycin", "nbqx,mg=0", "bdnf-knockout", "spine-blockade"])
     try:
         arm = ArmSpec(name="a", drug=drug, route=route, dose=dose, duration=dur, schedule=sched,
                       model=cid, hypotheses=hyp, interventions=intv,
@@ -397,15 +405,8 @@ def rr_arm_case(rng, i: int) -> None:
     )
     from ketasim.sbml import course_setup, export_arm, patient_parameters, without_noise
 
-    drug = str(rng.choice(["ketamine", "esketamine"]))
-    cid = str(rng.choice(CHAIN_DRUGS[drug]))
-    route = str(rng.choice(sorted(CARDS[cid].routes)))
-    dose = rand_dose(rng, route)
-    sched = rand_schedule(rng)
-    dur = rand_duration(rng) if route == "iv-infusion" else None
-    disorder = str(rng.choice(["mdd", "trd", "bipolar"]))
-    hyp = str(rng.choice(["default", "only:c", "only:e", "a=10,f=0", "d=1"]))
-    intv = str(rng.choice(["", "", "nbqx,mg=0", "bdnf-knockout", "spine-blockade"]))
+    drug, cid, route, dose, sched, dur, disorder, hyp, intv = rand_arm_inputs(
+        rng, ["", "", "nbqx,mg=0", "bdnf-knockout", "spine-blockade"])
     desc = (f"rr#{i} {drug}/{cid} route={route} dose={dose!r} dur={dur!r} sched={sched!r} "
             f"{disorder} hyp={hyp} intv={intv!r}")
     try:
