@@ -129,3 +129,11 @@ def test_report_figures_carry_provenance(html):
         info = json.loads(Image.open(io.BytesIO(base64.b64decode(b64))).text["Description"])
         assert info["ketasim_version"] == __version__ and info["card_hashes"]
         assert info["seed"] == 0
+
+
+def test_report_records_the_case_selection_and_sensitivity_design(html):
+    """The run-metadata table says which cases made the scorecard (not the shipped ones;
+    only three example cases) and the sensitivity design, so the report can be rerun."""
+    assert "no shipped cases" in html
+    assert "only example_single_iv, example_pk, example_bipolar_suicidality" in html
+    assert "morris, 3 samples" in html

@@ -387,6 +387,21 @@ def _parameters_html() -> tuple[str, list[dict]]:
     return html, rows
 
 
+def _cases_text(scorecard: dict, cases_dir: str | None, include_shipped: bool) -> str:
+    """The scorecard's case selection in words: shipped cases or not, the extra folder, the
+    chosen case ids (from the scorecard's ``meta.options`` where it records them)."""
+    opts = (scorecard.get("meta") or {}).get("options") or {}
+    folder = opts.get("cases_dir", cases_dir)
+    shipped = opts.get("include_shipped", include_shipped)
+    only = opts.get("only")
+    parts = ["shipped cases" if shipped else "no shipped cases"]
+    if folder:
+        parts.append(f"cases from {folder}")
+    if only:
+        parts.append("only " + ", ".join(map(str, only if isinstance(only, list) else [only])))
+    return "; ".join(parts)
+
+
 def build_report(n: int = 100, seed: int = 0, replicates: int = 100,
                  cases_dir: str | None = None, sensitivity_samples: int = 8,
                  scorecard: dict | None = None, sensitivity: dict | None = None,
@@ -427,6 +442,10 @@ def build_report(n: int = 100, seed: int = 0, replicates: int = 100,
     meta_rows = [["ketasim version", __version__], ["seed", str(seed)],
                  ["virtual patients per arm", str(sc["meta"]["n_per_arm"])],
                  ["replicates", str(sc["meta"]["replicates"])],
+                 # what reruns it: the case selection (the scorecard's own record when given)
+                 ["cases", escape(_cases_text(sc, cases_dir, include_shipped))],
+                 ["sensitivity", escape(f"{sens.get('method', 'morris')}, "
+                                        f"{sens.get('samples', sensitivity_samples)} samples")],
                  ["generated in", f"{time.perf_counter() - t0:.0f} s"]]
     sections = [
         ("context", "Context of use", f"<p>{escape(CONTEXT_OF_USE)}</p>"),
