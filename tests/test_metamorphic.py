@@ -527,3 +527,29 @@ def test_schedule_list_equals_schedule_text():
     num = [c for c in a.columns if c not in ("patient", "arm")]
     np.testing.assert_allclose(a[num].to_numpy(float), b[num].to_numpy(float), rtol=0,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("intv", ["rapamycin", "anisomycin", "nbqx"])
+def test_acute_intervention_window_follows_the_first_dose(intv):
+    """Rapamycin, anisomycin and NBQX act from 0.5 h before to 6 h after the dose (a
+    pretreatment design). The window was counted from t = 0 whatever the regimen, so a first
+    dose at 24 h got no inhibitor at all. Starting the regimen 24 h later now shifts every
+    readout by 24 h, in the reference engine and in the batched engine."""
+    from ketasim.batch import simulate_batch
+
+    cov = Covariates()
+    t = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 24.0, 72.0])
+    iv = Interventions.parse(intv)
+    now = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min")
+    later = Regimen.build("iv-infusion", "0.5 mg/kg", "40 min", start="1 d")
+    a = simulate([Course("ketamine", now)], t, cov, interventions=iv, rtol=1e-9, atol=1e-12)
+    b = simulate([Course("ketamine", later)], t + 24.0, cov, interventions=iv, rtol=1e-9,
+                 atol=1e-12)
+    bb = simulate_batch([Course("ketamine", later)], t + 24.0, cov, interventions=iv)
+    for k in ("mtorc1", "synaptic_proteins", "spine_density", "bdnf"):
+        if k not in a.readouts:
+            continue
+        np.testing.assert_allclose(b.readouts[k], a.readouts[k], rtol=1e-5, atol=1e-7,
+                                   err_msg=k)
+        np.testing.assert_allclose(bb.readouts[k][0], a.readouts[k], rtol=1e-4, atol=1e-6,
+                                   err_msg=k)

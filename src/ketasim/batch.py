@@ -564,6 +564,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     f_scale_cols: list[np.ndarray] = []
     plasma_idx: list[tuple[str, int, np.ndarray]] = []
     events: dict[float, list[tuple[str, int, np.ndarray]]] = {}
+    dose_starts: list[float] = []  # every bolus and infusion start (h), for the first dose
     offset = 0
     cards = []
     n_states = []
@@ -600,6 +601,8 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
                     col[idx] = sc * float(system.plasma[sp][1][0]) / system.plasma[sp][1]
             for sp, (_pi, vol) in system.plasma.items():
                 vols.setdefault(sp, np.zeros(n))[idx] = np.broadcast_to(vol, (len(idx),))
+            dose_starts += [tb for tb, _, _ in sched.boluses]
+            dose_starts += [ta for ta, _, _, _ in sched.infusions]
             for tb, si, a in sched.boluses:
                 bol.setdefault((round(tb, _TIME_DECIMALS), si), np.zeros(n))[idx] += a
             for ta, tb, si, r in sched.infusions:
@@ -635,7 +638,9 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     blockers = tuple(dict.fromkeys(b for b, _ in f_entries))
     if not blockers:
         raise KetasimError("drug", "no NMDA receptor blocker in the simulated courses")
-    mp = MechanismParams.from_cards(blockers, hypotheses, interventions, overrides)
+    # the acute intervention window is counted from the first dose (pretreatment before it)
+    mp = MechanismParams.from_cards(blockers, hypotheses, interventions, overrides).anchored(
+        min(dose_starts, default=0.0))
     bidx = {b: i for i, b in enumerate(blockers)}
     f_blk = np.array([bidx[b] for b, _ in f_entries], dtype=np.int64)
     f_idx = np.array([i for _, i in f_entries], dtype=np.int64)

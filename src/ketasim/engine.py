@@ -161,10 +161,16 @@ def simulate(courses: list[Course], times_h, covariates: Covariates | None = Non
         for ta, tb, si, r in sched.infusions:
             changes.setdefault(round(ta, _TIME_DECIMALS), []).append((off + si, float(r[0])))
             changes.setdefault(round(tb, _TIME_DECIMALS), []).append((off + si, -float(r[0])))
+    # the acute intervention window is counted from the first dose (pretreatment before it)
+    mp = mp.anchored(min([tb for _, sch in schedules for tb, _, _ in sch.boluses]
+                         + [ta for _, sch in schedules for ta, _, _, _ in sch.infusions],
+                         default=0.0))
     iv_start = mp.iv["drug_window_start_h"]
     iv_end = mp.iv["drug_window_end_h"]
-    extra = [iv_end] if any(n in mp.intv for n in ("rapamycin", "anisomycin", "nbqx")) else []
-    t_start = min(0.0, iv_start) if extra else 0.0
+    acute = any(n in mp.intv for n in ("rapamycin", "anisomycin", "nbqx"))
+    # both window edges are break points (the start lies after t = 0 when the first dose does)
+    extra = [round(iv_start, _TIME_DECIMALS), round(iv_end, _TIME_DECIMALS)] if acute else []
+    t_start = min(0.0, round(iv_start, _TIME_DECIMALS)) if acute else 0.0
     # the last output time as a rounded key too, as the output keys are (an unrounded
     # 816.0009999999999 matched no key 816.001 and left that output all zeros)
     t_last = round(float(t_out[-1]), _TIME_DECIMALS)

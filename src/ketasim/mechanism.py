@@ -150,9 +150,9 @@ INTERVENTIONS = {
     "eef2k-knockout": "eEF2 kinase knockout",
     "bdnf-knockout": "BDNF knockout (no BDNF synthesis)",
     "trkb-block": "TrkB receptor block",
-    "rapamycin": "mTORC1 inhibitor (acute, around the dose)",
-    "anisomycin": "protein-synthesis inhibitor (acute, around the dose)",
-    "nbqx": "AMPA receptor antagonist (acute, around the dose)",
+    "rapamycin": "mTORC1 inhibitor (acute, around the first dose)",
+    "anisomycin": "protein-synthesis inhibitor (acute, around the first dose)",
+    "nbqx": "AMPA receptor antagonist (acute, around the first dose)",
     "spine-blockade": "new spine formation prevented",
     "mg": "extracellular Mg2+ changed: mg=<mM>",
 }
@@ -281,6 +281,18 @@ class MechanismParams:
     def n_states(self) -> int:
         """Number of mechanism states: one LHb block per blocker plus the signalling states."""
         return len(self.blockers) + len(STATE_NAMES)
+
+    def anchored(self, first_dose_h: float) -> MechanismParams:
+        """A copy whose acute intervention window (rapamycin, anisomycin, NBQX: the
+        interventions card's ``drug_window_start_h`` to ``drug_window_end_h``, h) is counted
+        from the first dose at ``first_dose_h`` (h) rather than from t = 0: pretreatment
+        before the first dose, as in the single-dose inhibitor studies."""
+        if first_dose_h == 0.0:
+            return self
+        iv = dict(self.iv)
+        iv["drug_window_start_h"] += first_dose_h
+        iv["drug_window_end_h"] += first_dose_h
+        return replace(self, iv=iv)
 
     def packed(self) -> np.ndarray:
         """All constants as one float array for the compiled right-hand side."""

@@ -94,8 +94,11 @@ def course_setup(arm: ArmSpec, patient: Patient,
     blockers = tuple(dict.fromkeys(f[0] for f in frees))
     if not blockers:
         raise KetasimError("drug", "no NMDA receptor blocker in the simulated course")
+    # the acute intervention window counted from the first dose, as in the engines
+    first = min([tb for tb, _, _ in sched.boluses] + [ta for ta, _, _, _ in sched.infusions],
+                default=0.0)
     mech = MechanismParams.from_cards(blockers, hypotheses or Hypotheses.parse(arm.hypotheses),
-                                      Interventions.parse(arm.interventions))
+                                      Interventions.parse(arm.interventions)).anchored(first)
     parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
     return CourseSetup(arm, patient, system, sched, frees, mech, parent)
 
@@ -705,8 +708,8 @@ def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,
     acute = [n for n in ("rapamycin", "anisomycin", "nbqx") if n in setup.mech.intv]
     start = setup.mech.iv["drug_window_start_h"]
     if acute and start < 0:
-        raise KetasimError("interventions", f"{', '.join(acute)} start {-start:g} h before the "
-                           "first dose; the SBML export starts at t = 0",
+        raise KetasimError("interventions", f"{', '.join(acute)} start {-start:g} h before t = 0 "
+                           "(before the first dose); the SBML export starts at t = 0",
                            "genetic interventions, spine-blockade, mg=<mM>")
     if source is not None and not isinstance(source, dict):
         raise KetasimError("source", f"must be a dict or None, got {type(source).__name__}")
