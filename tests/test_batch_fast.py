@@ -223,3 +223,18 @@ def test_trial_chunk_engine_switch(monkeypatch):
     fast = trial.run_trial(sc, executor="serial").data
     assert list(fast.columns) == list(ref.columns) and len(fast) == len(ref)
     np.testing.assert_allclose(fast["madrs"], ref["madrs"], rtol=2e-4, atol=1e-3)
+
+
+def test_drug_effect_is_never_negative_at_microgram_doses():
+    """With a drive of ~0 (microgram doses), integration noise left the mood effect
+    compartments a hair below 0 (−1e-9, within their absolute tolerance) and the reported
+    drug effect negative (robustness sweep, arms of seed 1); they are clamped at 0 now."""
+    v = np.array([0.0, 40 / 60, 4.0, 24.0, 72.0, 168.0, 672.0])
+    for arm in (ArmSpec(name="im", drug="ketamine", route="im", model="clements1981",
+                        dose="3.71e-05 mg", schedule="twice weekly for 4 weeks",
+                        hypotheses="only:e", interventions="spine-blockade"),
+                ArmSpec(name="in", drug="esketamine", route="intranasal", dose="0.0557 mg/kg",
+                        schedule="every 10 min x 30", hypotheses="only:e")):
+        pts = sample_arm(PopulationSpec(disorder="bipolar", n=3, seed=1), 0, 3)
+        got = scores_at_visits(arm, pts, v)
+        assert np.min(got["drug_effect"]) >= 0.0, arm.name

@@ -873,9 +873,12 @@ def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
     ce = res.brain_free_uM[parent] * scale
     peak = res.peak_brain_free_uM[parent] * scale
     ms = res.mood_states
-    he = per[:, 2, None] * (ms[:, :, 0] + ms[:, :, 1])
+    # the effect compartments and consolidation follow non-negative drives; integration noise
+    # (≲ 1e-8, within the states' absolute tolerance) can leave them a hair below 0 when the
+    # drive is ~0 (microgram doses), which would make the drug effect negative
+    he = per[:, 2, None] * np.maximum(ms[:, :, 0] + ms[:, :, 1], 0.0)
     d_direct = per[:, 1, None] * he / (c["drive50"] + he)
-    d = mood.drug_effect(d_direct, ms[:, :, 3], c)
+    d = mood.drug_effect(d_direct, np.maximum(ms[:, :, 3], 0.0), c)
     return mood.visit_scores(arm, patients, visits_h, d, ce, peak, c), res
 
 
