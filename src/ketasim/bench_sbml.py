@@ -292,7 +292,7 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
                       f"({len(fine_grid)} grid times instead of "
                       f"{len(_grid(visits, arm_regimen(arm)))})",
         "roadrunner": f"CVODE rtol={RR_RTOL:g} atol={RR_ATOL:g} (PK states {RR_ATOL_PK:g}); "
-                      "load once, per patient reset + set parameters + simulate",
+                      "load once, per patient resetAll + set parameters + reset + simulate",
         "roadrunner_load_s": load_s, "sbml_export_s": export_s,
         "roadrunner_param_prep_us_per_patient": prep_s / n_patients * 1e6,
         "diff_vs_roadrunner": d_rr, "diff_vs_scipy": d_sp,
