@@ -99,6 +99,14 @@ def test_endpoint_validation_messages():
         _ep(observed=1)
     with pytest.raises(ValueError, match="observed"):
         _ep(tolerance={"rule": "abs", "abs": 1})
+    # rules that take their width from a number need it (tolerance_interval did 1 - None)
+    for rule in ("rel", "abs"):
+        with pytest.raises(ValueError, match=f"rule {rule} needs '{rule}'"):
+            _ep(observed=1, tolerance={"rule": rule})
+    with pytest.raises(ValueError, match="'at' needs at least one time"):
+        _ep(at=[], observed=1, tolerance={"rule": "abs", "abs": 1})
+    with pytest.raises(ValueError, match="conc_at needs 'at'"):
+        _ep(metric="conc_at", at=None, observed=1, tolerance={"rule": "abs", "abs": 1})
 
 
 def test_parameter_draws_move_only_calibrated_constants():
@@ -209,6 +217,23 @@ def test_strict_exits_nonzero_only_with_strict(tmp_path, capsys):
      "endpoints: [{name: e, metric: mean_change, arm: a, at: 24 h, observed: 1, "
      "tolerance: {rule: abs, abs: 1}}]\n", "dose"),
     ("id: x\n  set: : [\n", "not valid YAML"),
+    # a rule without its number (was an unexpected TypeError when the case ran)
+    ("id: x\nset: validation\narms: [{name: a, control: saline}]\n"
+     "endpoints: [{name: e, metric: mean_change, arm: a, at: 24 h, observed: 1, "
+     "tolerance: {rule: rel}}]\n", "rule rel needs 'rel'"),
+    ("id: x\nset: validation\narms: [{name: a, control: saline}]\n"
+     "endpoints: [{name: e, metric: mean_change, arm: a, at: 24 h, observed: 1, "
+     "tolerance: {rule: abs}}]\n", "rule abs needs 'abs'"),
+    # 'at' as an empty list (was an IndexError when the case ran)
+    ("id: x\nset: validation\narms: [{name: a, control: saline}]\n"
+     "endpoints: [{name: e, metric: mean_change, arm: a, at: 24 h, observed: 1, "
+     "tolerance: {rule: abs, abs: 1}}, {name: f, metric: mean_change, arm: a, at: [], "
+     "observed: 1, tolerance: {rule: abs, abs: 1}}]\n", "'at' needs at least one time"),
+    # a PK concentration without its time (was a TypeError when the case ran)
+    ("id: x\nset: validation\nkind: pk\n"
+     "endpoints: [{name: e, metric: conc_at, observed: 100, tolerance: {rule: rel, rel: 0.3}, "
+     "regimen: {drug: ketamine, route: iv-infusion, dose: 0.5 mg/kg, duration: 40 min}}]\n",
+     "needs 'at'"),
     ("- just a list\n", "mapping"),
 ])
 def test_malformed_case_file_is_one_line_exit_2(tmp_path, capsys, text, expect):

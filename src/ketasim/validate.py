@@ -114,6 +114,13 @@ class Tolerance(BaseModel):
     rel: float | None = Field(None, gt=0.0)
     abs: float | None = Field(None, gt=0.0)
 
+    @model_validator(mode="after")
+    def _complete(self) -> Tolerance:
+        for rule in ("rel", "abs"):  # the two rules that take their width from a number
+            if self.rule == rule and getattr(self, rule) is None:
+                raise ValueError(f"rule {rule} needs '{rule}' (a number > 0)")
+        return self
+
 
 class Endpoint(BaseModel):
     """One observed number or finding and how the model computes it."""
@@ -160,6 +167,10 @@ class Endpoint(BaseModel):
             v = getattr(self, key)
             if v is not None and (len(v) != 2 or v[0] > v[1]):
                 raise ValueError(f"'{key}' must be [low, high]")
+        if isinstance(self.at, list) and not self.at:
+            raise ValueError("'at' needs at least one time")
+        if self.metric == "conc_at" and self.at is None:
+            raise ValueError("metric conc_at needs 'at' (the time of the concentration)")
         return self
 
 
