@@ -46,14 +46,15 @@ def mean_ci(x, level: float = 0.95) -> tuple[float, float]:
     return m - half, m + half
 
 
-def welch(x, y, level: float = 0.95) -> dict[str, float]:
+def welch(x, y, level: float = 0.95) -> dict[str, float | tuple[float, float]]:
     """Difference of means ``mean(x) − mean(y)`` with Welch's CI, SE, df and two-sided p.
 
     With fewer than two values in either group only the difference is defined (the rest is
     NaN). With a standard error of zero (no spread in either group) the t statistic is not
     defined: the CI, df and p are NaN (``se`` is 0)."""
     a, b = _arr(x), _arr(y)
-    out = {"difference": NAN, "ci95": (NAN, NAN), "se": NAN, "df": NAN, "p_value": NAN}
+    out: dict[str, float | tuple[float, float]] = {
+        "difference": NAN, "ci95": (NAN, NAN), "se": NAN, "df": NAN, "p_value": NAN}
     if a.size == 0 or b.size == 0:
         return out
     d = float(a.mean() - b.mean())
@@ -72,7 +73,8 @@ def welch(x, y, level: float = 0.95) -> dict[str, float]:
     return out
 
 
-def wald_diff(k1: int, n1: int, k2: int, n2: int, level: float = 0.95) -> dict[str, float]:
+def wald_diff(k1: int, n1: int, k2: int, n2: int,
+              level: float = 0.95) -> dict[str, float | tuple[float, float]]:
     """Difference of proportions ``k1/n1 − k2/n2`` with the Wald CI (kept for comparison; the
     trial summaries use :func:`newcombe_diff`: the Wald interval has zero width at 0/n1 vs
     0/n2 and poor coverage near 0 or 1)."""

@@ -256,7 +256,7 @@ def check_times(t: np.ndarray, field: str = "times",
 
 
 def solve_reference(system: PKSystem, regimen: Regimen, t_out_h: np.ndarray,
-                    weight_kg: float, rtol: float = 1e-10, atol: float = 1e-12,
+                    weight_kg: np.ndarray | float, rtol: float = 1e-10, atol: float = 1e-12,
                     max_times: int = MAX_OUTPUT_TIMES) -> Solution:
     """SciPy ``solve_ivp`` (LSODA) on the same system, one patient at a time; the reference.
 
