@@ -111,3 +111,13 @@ def test_band_calibration_small():
     r = calibration_study(3, seed=21, n_steps=300)
     assert r["n_scores"] == 15
     assert 0.55 <= r["coverage_80"] <= 1.0
+
+
+@pytest.mark.parametrize("kw", [{"threshold": "20"}, {"response_fraction": "0.5"},
+                                {"threshold": float("nan")}, {"probability": float("nan")},
+                                {"horizon_days": float("inf")}])
+def test_forecast_rejects_non_numbers_naming_the_argument(kw):
+    name = next(iter(kw))
+    with pytest.raises(KetasimError) as exc:
+        forecast_patient(read_dataset(str(DATA / "patient.csv")), **kw)
+    assert exc.value.field == name

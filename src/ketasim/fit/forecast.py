@@ -170,9 +170,13 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
         subject = ds.subjects[0]
     if drug not in ("ketamine", "esketamine"):
         raise KetasimError("drug", f"unknown drug {drug!r}", "ketamine, esketamine")
-    for name, v in (("horizon_days", horizon_days), ("probability", probability)):
-        if isinstance(v, bool) or not isinstance(v, int | float | np.number):
-            raise KetasimError(name, f"must be a number, got {v!r}")
+    for name, v in (("horizon_days", horizon_days), ("probability", probability),
+                    ("threshold", threshold), ("response_fraction", response_fraction)):
+        if v is None and name in ("threshold", "response_fraction"):
+            continue
+        if (isinstance(v, bool) or not isinstance(v, int | float | np.number)
+                or not np.isfinite(v)):
+            raise KetasimError(name, f"must be a finite number, got {v!r}")
     if not 0.0 < probability < 1.0:
         raise KetasimError("probability", f"must be between 0 and 1, got {probability:g}")
     if not 0 < horizon_days <= MAX_FORECAST_DAYS:
