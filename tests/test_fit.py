@@ -349,7 +349,7 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     assert e["ci95_method"] == "profile-likelihood" and len(e["ci95_wald"]) == 2
     assert d["n_subjects"] == 8 and isinstance(d["converged"], bool)
     assert np.isfinite(d["objective"])
-    assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_versions"]
+    assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_hashes"]
     html = rep.read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "Visual predictive check" in html

@@ -210,3 +210,144 @@ def test_export_sbml_records_the_scenario(tmp_path):
     meta = read_metadata(out.read_text())
     assert meta["scenario"] == "default"
     assert meta["scenario_hash"] == scenario_hash(scenario_dict(resolve_scenario("default")))
+
+
+# --------------------------------------------------------------- one name for the card hashes
+def _keys(obj: object) -> set[str]:
+    """Every dict key anywhere in a JSON-like value."""
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in _keys(v)}
+    if isinstance(obj, list | tuple):
+        return {k for v in obj for k in _keys(v)}
+    return set()
+
+
+def _one_card_key(obj: dict, where: str) -> None:
+    keys = _keys(obj)
+    assert "card_hashes" in keys, f"{where}: no card_hashes"
+    assert "card_versions" not in keys, f"{where}: still card_versions"
+
+
+def test_every_output_names_the_card_hashes_card_hashes(tmp_path, capsys,
+                                                        monkeypatch) -> None:
+    """Outputs named the same thing (SHA-256 prefixes of the card files) ``card_hashes`` in
+    most places and ``card_versions`` in the fit, forecast, validate and sensitivity JSON and
+    the trial manifest. Walks the outputs that are cheap to produce: every one has
+    ``card_hashes`` and none ``card_versions``."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from ketasim.fit.forecast import forecast_patient
+    from ketasim.sbml import read_metadata
+    from ketasim.sensitivity import run_sensitivity
+    from ketasim.validate import run_validation
+
+    monkeypatch.setenv("KETASIM_CACHE", "off")
+    seen: dict[str, dict] = {}
+
+    def cli_json(args: list[str]) -> dict:
+        assert main(args) == 0, args
+        return json.loads(capsys.readouterr().out)
+
+    png, csv = tmp_path / "pk.png", tmp_path / "pk.csv"
+    seen["pk --json"] = cli_json(["pk", "--times-h", "1,2", "--json", "--csv", str(csv),
+                                  "--plot", str(png)])
+    seen["pk --csv meta.json"] = json.loads(Path(f"{csv}.meta.json").read_text())
+    seen["PNG text"] = json.loads(Image.open(png).text["Description"])
+    sim = tmp_path / "sim"
+    seen["simulate --json"] = cli_json(["simulate", "--days", "1", "--step-h", "12", "--json",
+                                        "--out", str(sim)])
+    seen["simulate metadata.json"] = json.loads((sim / "metadata.json").read_text())
+    seen["fit --json"] = cli_json(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020",
+                                   "--estimate", "CL", "--method", "map", "--json"])
+    seen["forecast"] = forecast_patient(str(DATA / "patient.csv"), horizon_days=3, seed=1,
+                                        n_walkers=8, n_steps=30).metadata
+    seen["validate"] = run_validation(n=10, replicates=2, only=["berman2000"])
+    seen["sensitivity"] = run_sensitivity("response_rate@24h", method="morris", samples=2, n=10,
+                                          params=["drug_emax", "residual_sd"])
+    toml = tmp_path / "s.toml"
+    toml.write_text('title = "keys"\n[population]\nn = 4\nseed = 2\n[[arm]]\nname = "k"\n'
+                    'drug = "ketamine"\nroute = "iv-infusion"\ndose = "0.5 mg/kg"\n'
+                    '[[arm]]\nname = "p"\ncontrol = "saline"\n[endpoints]\nat = ["24 h"]\n')
+    run = tmp_path / "run"
+    seen["trial --json"] = cli_json(["trial", str(toml), "--json", "--out", str(run)])
+    seen["summary.json"] = json.loads((run / "summary.json").read_text())
+    seen["manifest.json"] = json.loads((run / "manifest.json").read_text())
+    for name in ("results.parquet", "sim/timecourse.parquet"):
+        folder = run if name == "results.parquet" else tmp_path
+        md = pq.read_schema(folder / name).metadata
+        seen[name] = {k.decode().removeprefix("ketasim."): v for k, v in md.items()}
+    xml = tmp_path / "m.xml"
+    assert main(["export-sbml", "default", "--out", str(xml)]) == 0
+    seen["SBML notes"] = read_metadata(xml.read_text())
+    try:
+        from fastapi.testclient import TestClient
+
+        from ketasim.web.app import Settings, create_app
+    except ImportError:  # the web extra is optional; test_web_api.py covers the rest
+        pass
+    else:
+        app = create_app(Settings(data_dir=str(tmp_path / "web"), warm_up=False,
+                                  job_mode="thread"))
+        with TestClient(app) as c:
+            r = c.post("/api/simulate", json={"arm": {"name": "A", "drug": "ketamine",
+                                                      "route": "iv-bolus", "dose": "0.2 mg/kg"},
+                                              "days": 1.0})
+        assert r.status_code == 200, r.text
+        seen["web /api/simulate"] = r.json()
+    for where, obj in seen.items():
+        _one_card_key(obj, where)
+    assert seen["manifest.json"]["card_hashes"] == card_versions()
+    # and the HTML reports label them as hashes
+    assert "card_versions" not in (run / "report.html").read_text()
+
+
+def test_resume_reads_a_manifest_with_the_old_card_key(tmp_path, monkeypatch) -> None:
+    """Manifests written before the rename call the card hashes ``card_versions``: a rerun of
+    the same scenario still resumes from them (nothing recomputed), and still refuses one whose
+    cards differ."""
+    from ketasim import trial
+    from ketasim.errors import KetasimError
+    from ketasim.scenario import parse_scenario
+
+    sc = parse_scenario({"population": {"n": 4, "seed": 1},
+                         "arm": [{"name": "k", "drug": "ketamine", "route": "iv-infusion",
+                                  "dose": "0.5 mg/kg"}, {"name": "p", "control": "saline"}],
+                         "endpoints": {"at": ["24 h"]}})
+    out = tmp_path / "o"
+    trial.run_trial(sc, chunk_size=2, out=str(out))
+    man = json.loads((out / "manifest.json").read_text())
+    man["card_versions"] = man.pop("card_hashes")
+    (out / "manifest.json").write_text(json.dumps(man))
+    calls = []
+    real = trial._run_chunk
+    monkeypatch.setattr(trial, "_run_chunk", lambda sc_, ch, *a: calls.append(ch) or
+                        real(sc_, ch, *a))
+    res = trial.run_trial(sc, out=str(out))
+    chunks = res.meta["chunks"]
+    assert calls == [] and chunks["run"] == 0 and chunks["resumed"] == chunks["total"] > 0
+    assert "card_hashes" in json.loads((out / "manifest.json").read_text())  # rewritten
+    man["card_versions"] = {**man["card_versions"], "pk/kamp2020": "000000000000"}
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(KetasimError, match="other cards"):
+        trial.run_trial(sc, out=str(out))
+
+
+def test_csv_with_provenance_reads_back_with_comment_option(tmp_path) -> None:
+    """The metadata lines of a provenance-headed CSV are skipped by
+    ``pandas.read_csv(comment="#")``; a ``#`` inside a text cell is quoted, so the row is not
+    cut there; a CSV without such lines has no metadata."""
+    from ketasim.report import csv_with_provenance, read_csv_metadata
+
+    df = pd.DataFrame({"arm": ["a #1", "b"], "x": [1.5, float("nan")], "ok": [True, False]})
+    path = tmp_path / "r.csv"
+    path.write_bytes(csv_with_provenance(df, {"seed": 7, "card_hashes": {"pk/x": "ab#c"},
+                                              "other": 1}))
+    back = pd.read_csv(path, comment="#")
+    pd.testing.assert_frame_equal(back, df)
+    md = read_csv_metadata(str(path))
+    assert "not medical advice" in md.pop("disclaimer")
+    assert md == {"seed": 7, "card_hashes": {"pk/x": "ab#c"}}  # only the provenance keys
+    plain = tmp_path / "plain.csv"
+    df.to_csv(plain, index=False)
+    assert read_csv_metadata(str(plain)) == {}

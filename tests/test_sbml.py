@@ -3,6 +3,7 @@ ketasim at every visit, CLI errors and the side-by-side benchmark's JSON."""
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import replace
 
@@ -20,6 +21,7 @@ from ketasim.sbml import (
     MOOD_CARD_KEYS,
     MOOD_PATIENT_KEYS,
     MOOD_UNUSED_KEYS,
+    SEVERAL_PATIENTS,
     build_model,
     course_setup,
     export_arm,
@@ -81,6 +83,23 @@ def test_export_validates_and_records_versions(default_export):
     # 8 infusions, each switched on and off by an event, no bolus
     assert default_export.sbml.count("<event ") == 16
     assert validate("<sbml>not a model") != []
+
+
+def test_notes_say_how_to_run_several_patients(default_export):
+    """The notes held only the run metadata; a user loading the file in libRoadRunner could not
+    tell that each patient needs resetAll(), the parameters, then reset() (without the last
+    reset every patient got the exported patient's dose at t = 0). They now say so, and the
+    file still validates without a warning and its metadata still read back."""
+    import libsbml
+
+    notes = libsbml.readSBMLFromString(default_export.sbml).getModel().getNotesString()
+    text = " ".join(html.unescape(notes).split())
+    assert SEVERAL_PATIENTS in text
+    i = [text.index(w) for w in ("resetAll()", "patient_parameters", "reset() and simulate")]
+    assert i == sorted(i)  # in the order of the calls
+    assert validate(default_export.sbml, warnings=True) == []
+    assert read_metadata(default_export.sbml)["patient_parameters"] \
+        == sorted(default_export.patient_parameters)
 
 
 def test_esketamine_export_validates(typical):

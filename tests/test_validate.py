@@ -156,7 +156,7 @@ def test_user_cases_folder_runs_every_design(capsys):
     assert s["calibration"]["endpoints"] == 0
     assert s["validation"]["mc_unstable"] == sum(not e["mc_stable"] for c in r["cases"]
                                                  for e in c["endpoints"])
-    assert r["meta"]["seed"] == 0 and "card_versions" in r["meta"]
+    assert r["meta"]["seed"] == 0 and "card_hashes" in r["meta"]
     # every route and population in the examples gave a drug effect of the expected sign
     by = {(c["id"], e["name"]): e for c in r["cases"] for e in c["endpoints"]}
     assert by[("example_other_routes", "IM change 24 h")]["predicted"] < 0

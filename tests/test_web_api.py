@@ -352,7 +352,7 @@ def test_trial_job_runs_with_progress_and_downloads(tmp_path):
         assert len(df) == 10 * 3 and set(df["arm"]) == {"ket", "pbo"}  # baseline + 2 visits
         csv = c.get(j["links"]["results.csv"])
         assert csv.headers["content-disposition"].startswith("attachment")
-        assert len(pd.read_csv(io.StringIO(csv.text))) == 30
+        assert len(pd.read_csv(io.StringIO(csv.text), comment="#")) == 30
         html = c.get(j["links"]["report.html"]).text
         assert "not medical advice" in html and "ket" in html
         assert json.loads(c.get(j["links"]["summary.json"]).text)["meta"]["seed"] == 3
@@ -360,6 +360,41 @@ def test_trial_job_runs_with_progress_and_downloads(tmp_path):
         j2 = _wait(c, c.post("/api/trial", json=SMALL_TRIAL).json()["id"])
         s2 = c.get(j2["links"]["result"]).json()
         assert s2["arms"] == s["arms"]
+
+
+def test_results_csv_carries_the_run_metadata(tmp_path):
+    """The web app's results.csv had no run metadata (summary.json beside it had): downloaded
+    alone it could not say which seed, ketasim version or cards made it. It is now headed by
+    ``# key: JSON value`` lines, the keys of results.parquet's metadata."""
+    from ketasim import __version__
+    from ketasim.cards import card_versions
+    from ketasim.report import read_csv_metadata
+
+    with _client(tmp_path / "srv") as c:
+        j = _wait(c, c.post("/api/trial", json=SMALL_TRIAL).json()["id"])
+        assert j["status"] == "done", j
+        body = c.get(j["links"]["results.csv"]).content
+        parquet = pd.read_parquet(io.BytesIO(c.get(j["links"]["results.parquet"]).content))
+    path = tmp_path / "results.csv"
+    path.write_bytes(body)
+    # from the file alone, without ketasim: the '# key: value' lines, values JSON
+    head = {}
+    for line in body.decode("utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        key, sep, value = line[2:].partition(": ")
+        if sep and key.isidentifier():
+            head[key] = json.loads(value)
+    assert head["seed"] == 3 and head["version"] == __version__
+    assert head["card_hashes"] == card_versions() and "card_versions" not in head
+    assert head["scenario"]["title"] == "web test" and len(head["scenario_hash"]) == 64
+    assert "not medical advice" in head["disclaimer"]
+    assert read_csv_metadata(str(path)) == head
+    # the table itself reads with one option and equals the Parquet download
+    table = pd.read_csv(path, comment="#")
+    assert list(table.columns) == list(parquet.columns) and len(table) == len(parquet) == 30
+    np.testing.assert_allclose(table["madrs"], parquet["madrs"], rtol=1e-12)
+    assert table["arm"].tolist() == parquet["arm"].astype(str).tolist()
 
 
 @pytest.mark.parametrize("patch, loc_has", [

@@ -255,7 +255,10 @@ def test_page_runs_a_small_trial(server, browser):
     import httpx
 
     r = httpx.get(server + hrefs[0])
-    assert r.status_code == 200 and r.text.startswith("patient,")
+    assert r.status_code == 200 and r.text.startswith("# ")  # the run's metadata on top
+    rows = r.text.splitlines()
+    assert any(x.startswith("# seed: ") for x in rows)
+    assert next(x for x in rows if not x.startswith("#")).startswith("patient,")
     page.locator("#trial").screenshot(path=os.path.join(ART, "04-trial.png"))
     # the job id travels in the URL: reloading shows the same result
     page2, errors2 = _page(browser, page.url)

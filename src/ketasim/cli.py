@@ -1343,8 +1343,8 @@ def fit(
 
     d["metadata"] = {"ketasim_version": __version__, "model": model, "seed": seed,
                      "data": data, "data_sha256": file_sha256(data),
-                     "card_versions": {k: v for k, v in card_versions().items()
-                                       if k.startswith("pk")},
+                     "card_hashes": {k: v for k, v in card_versions().items()
+                                     if k.startswith("pk")},
                      # the options that rerun this fit (with the data and the model)
                      "options": {"estimate": list(problem.estimate),
                                  "iiv": _names(iiv, "iiv") if iiv else list(problem.estimate),

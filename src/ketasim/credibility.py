@@ -512,7 +512,7 @@ nav{{font-size:.9em;margin:.6em 0}}svg{{max-width:100%;height:auto}}
 <nav>{nav}</nav>
 {_table(["item", "value"], [[escape(a), escape(b)] for a, b in meta_rows])}
 {body}
-<section id="versions"><h2>Card versions</h2>
+<section id="versions"><h2>Card hashes</h2>
 <details><summary>{len(versions)} cards</summary>{card_list}</details></section>
 </body></html>
 """

@@ -560,7 +560,7 @@ def _mechanism_sections() -> list[str]:
     for did, d in load_drugs().items():
         out.append(f"### `{did}` — {_md_escape(d.name)}\n")
         out.append(param_table({**d.constants, **d.bands}, f"drugs/{did}"))
-    out.append("## Card versions\n")
+    out.append("## Card hashes\n")
     out.append("SHA-256 prefixes of the card files this page was generated from (also written to "
                "every run's metadata):\n")
     out.append("| card | hash |\n|---|---|\n" + "\n".join(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -409,6 +411,59 @@ def _parquet_with_provenance(df, meta: dict,
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(md), buf)
     return buf.getvalue()
+
+
+#: a run-metadata line at the top of a CSV written by :func:`csv_with_provenance`
+_CSV_META_LINE = re.compile(r"^# ([A-Za-z_][A-Za-z0-9_]*): (.*)$")
+
+
+def csv_with_provenance(df, meta: dict, keys: tuple[str, ...] = PROVENANCE_KEYS,
+                        title: str = "ketasim results") -> bytes:
+    """``df`` as UTF-8 CSV bytes headed by the run's provenance, so that a CSV downloaded on
+    its own still says how it was made (as :func:`_parquet_with_provenance` for Parquet).
+
+    The first lines start with ``#``: ``title``, how to read the file, then one
+    ``# <key>: <JSON value>`` line per key of ``keys`` in ``meta`` (the keys of the Parquet
+    metadata, without the ``ketasim.`` prefix), then the disclaimer. ``pandas.read_csv(path,
+    comment="#")`` reads the table; :func:`read_csv_metadata` the metadata. Should a text cell
+    contain ``#``, every text cell is quoted, so ``comment="#"`` never cuts a row short."""
+    import csv
+    import json
+
+    from .trial import DISCLAIMER
+
+    lines = [f"# {title}",
+             '# read the table with pandas.read_csv(path, comment="#"); the run metadata '
+             "below are JSON values (ketasim.report.read_csv_metadata(path) reads them)"]
+    lines += [f"# {k}: {json.dumps(meta[k], default=str)}" for k in keys if k in meta]
+    lines.append(f"# disclaimer: {json.dumps(DISCLAIMER)}")
+    text_cols = df.select_dtypes(exclude=["number", "bool"])
+    hashed = any(text_cols[c].astype(str).str.contains("#", regex=False).any()
+                 for c in text_cols.columns) or any("#" in str(c) for c in df.columns)
+    body = df.to_csv(index=False, lineterminator="\n",
+                     quoting=csv.QUOTE_NONNUMERIC if hashed else csv.QUOTE_MINIMAL)
+    return ("\n".join(lines) + "\n" + body).encode("utf-8")
+
+
+def read_csv_metadata(path: str) -> dict:
+    """The run metadata from the ``# key: value`` lines at the top of a CSV written by
+    :func:`csv_with_provenance` (e.g. the web app's ``results.csv``); ``{}`` if it has none."""
+    import json
+
+    out: dict = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                m = _CSV_META_LINE.match(line.rstrip("\n"))
+                if m:
+                    out[m.group(1)] = json.loads(m.group(2))
+    except OSError as exc:
+        raise KetasimError("csv", f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise KetasimError("csv", f"{path}: a metadata line is not JSON: {exc}") from exc
+    return out
 
 
 def write_trial_outputs(result, folder: str, figures: bool = False,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -677,10 +678,21 @@ def build_model(setup: CourseSetup, seed: int | None = None,
         **(source or {}),
     }
     b.notes("ketasim SBML export (research tool, not medical advice)\n"
+            + textwrap.fill(SEVERAL_PATIENTS, 90) + "\n\n"
             + json.dumps(meta, indent=1, default=str))
     return ExportedModel(b.write(), pvals, plasma, "madrs",
                          [_x(st) for st in s.states] + list(init) + ["he_fast", "he_slow",
                                                                      "consolidation"], meta)
+
+
+#: how to run several patients in one loaded model, written into every export's notes (no
+#: brace: :func:`read_metadata` takes the JSON from the first one)
+SEVERAL_PATIENTS = (
+    "Several patients in one loaded model (libRoadRunner): per patient call resetAll(), set "
+    "the parameters listed under patient_parameters below (setValue), then reset() and "
+    "simulate. The last reset() makes doses due at t = 0 fire again with this patient's "
+    "amounts; without it every patient gets the exported patient's first dose. See "
+    "docs/guides/sbml.md.")
 
 
 def export_arm(arm: ArmSpec, patient: Patient, seed: int | None = None,

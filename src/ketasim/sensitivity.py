@@ -275,7 +275,7 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
             "parameters": out_p, **extra, "wall_s": round(time.perf_counter() - t0, 2),
             "design": "ketamine 0.5 mg/kg IV over 40 min vs midazolam, TRD; mechanism "
                       "constants act through a typical patient's drive",
-            "ketasim_version": __version__, "card_versions": card_versions()}
+            "ketasim_version": __version__, "card_hashes": card_versions()}
 
 
 def plot_indices(r: dict) -> bytes:

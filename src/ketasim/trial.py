@@ -634,7 +634,9 @@ def _prepare_folder(out: str, resume: bool, sc_hash: str, version: str, cards: d
         raise KetasimError("out", f"{out} holds shards of a different scenario (hash "
                            f"{str(manifest.get('scenario_hash'))[:12]} ≠ {sc_hash[:12]})",
                            "--no-resume to overwrite, or another --out")
-    if manifest.get("version") != version or manifest.get("card_versions") != cards:
+    # manifests written before 2026-11-27 name the card hashes "card_versions" (same values)
+    saved_cards = manifest.get("card_hashes", manifest.get("card_versions"))
+    if manifest.get("version") != version or saved_cards != cards:
         raise KetasimError("out", f"{out} holds shards from another ketasim version or other "
                            "cards", "--no-resume to overwrite, or another --out")
     for name, given in (("chunk_size", chunk_size), ("trajectories", trajectories)):
@@ -726,7 +728,7 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
     manifest = {
         "format": shards.FORMAT, "status": "running", "scenario_hash": sc_hash,
         "run_hash": run_hash, "seed": scenario.population.seed, "version": __version__,
-        "card_versions": cards, "scenario": sc_json, "chunk_size": chunk_size,
+        "card_hashes": cards, "scenario": sc_json, "chunk_size": chunk_size,
         "trajectories": trajectories, "n_per_arm": dict(zip(names, sizes, strict=True)),
         "visits": labels, "visits_h": visits_h.tolist(), "chunks": len(plan),
     }

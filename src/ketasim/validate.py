@@ -996,7 +996,7 @@ def run_validation(cases_dir: str | None = None, n: int = 100, seed: int = 0,
     return {"cases": results, "summary": summarise(results),
             "meta": {"seed": seed, "n_per_arm": n, "replicates": replicates,
                      "hypotheses": hypotheses or "default", "ketasim_version": __version__,
-                     "card_versions": card_versions(),
+                     "card_hashes": card_versions(),
                      # what else reruns this scorecard: the case selection and each case's
                      # content (an extra folder's files can change between runs)
                      "options": {"cases_dir": cases_dir, "include_shipped": include_shipped,

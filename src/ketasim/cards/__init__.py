@@ -414,7 +414,9 @@ def default_pk_model(drug: str, route: str | None = None, species: str = "human"
 
 
 def card_versions() -> dict[str, str]:
-    """``{"pk/kamp2020": "<sha256 prefix>", ...}`` for run metadata."""
+    """``{"pk/kamp2020": "<sha256 prefix>", ...}`` for run metadata: the first 12 hex digits of
+    the SHA-256 of every card file (not a version string). Outputs record it under the key
+    ``card_hashes``."""
     return {f"{k}/{n}": h for (k, n), h in _card_hashes().items()}
 
 

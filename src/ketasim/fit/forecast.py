@@ -277,7 +277,7 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
             "autocorr_time": mc["tau"].tolist(), "autocorr_reliable": mc["tau_reliable"],
             "rhat": mc["rhat"].tolist(), "n_walkers": n_walkers, "n_steps": n_steps,
             "burn_in": mc["burn"], "n_draws": int(len(draws))}
-    meta = {"seed": seed, "ketasim_version": __version__, "card_versions": card_versions(),
+    meta = {"seed": seed, "ketasim_version": __version__, "card_hashes": card_versions(),
             "patient_id": subject.id, "drug": drug,
             # the card actually used (the drug's default for the route when none was named)
             "model": resolve_model(drug, model, tuple(subject.regimen.routes)).id,

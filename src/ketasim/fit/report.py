@@ -161,5 +161,5 @@ img{{max-width:100%}}</style></head><body>
 {problem.error.kind}. ketasim {__version__}, seed {seed}.</p><p>{inputs}</p>{warns}
 <table><tr><th>parameter</th><th>estimate</th><th>SE</th><th>95% CI</th><th>IIV CV</th>
 <th>units</th></tr>{rows}</table><h3>Diagnostics</h3><ul>{diag}</ul>{body}
-<p style="font-size:small">Card versions: {versions}. ketasim is a research tool, not medical
+<p style="font-size:small">Card hashes: {versions}. ketasim is a research tool, not medical
 advice.</p></body></html>"""

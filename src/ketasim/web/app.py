@@ -13,7 +13,7 @@ one; every input is validated and a bad one gets 422 naming the field and the re
   ``GET /api/experiments/{name}`` — the named in-silico experiments;
 * ``GET /api/validate`` / ``POST /api/validate`` — the clinical calibration targets
   (:func:`ketasim.clinic_calibration.evaluate`, ~1.5 min, run once in the background and cached
-  on disk per card version);
+  on disk per set of card hashes);
 * ``GET /api/examples`` — the shipped example scenarios.
 
 Safety: no user input is evaluated as code; request bodies are capped (413); results are reached
@@ -375,7 +375,7 @@ def _validate_child(conn, parent_pid: int) -> None:
 
 
 class Validation:
-    """The calibration-target check, run once per card version in the background."""
+    """The calibration-target check, run once per set of card hashes in the background."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

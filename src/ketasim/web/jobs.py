@@ -2,8 +2,9 @@
 
 Each submitted scenario becomes a row (``jobs``) with its validated scenario (JSON), status
 (``queued`` → ``running`` → ``done`` | ``failed``), progress (patients done / total), attempts,
-error and the folder of its results (``results.parquet``, ``results.csv``, ``summary.json``,
-``report.html``). Job ids are ``secrets.token_urlsafe(18)``: results are reachable only by id.
+error and the folder of its results (``results.parquet``, ``results.csv`` headed by the run's
+provenance in ``#`` lines, ``summary.json``, ``report.html``). Job ids are
+``secrets.token_urlsafe(18)``: results are reachable only by id.
 
 A dispatcher thread starts queued jobs, at most ``max_concurrent`` at once, each in its own
 process (``spawn``; ``mode="thread"`` runs them in threads instead, for tests). On start-up,
@@ -159,7 +160,7 @@ def run_job(db_path: str, results_dir: str, jid: str, chunk_size: int = 10) -> N
     con = connect(db_path)
     try:
         from ..errors import KetasimError
-        from ..report import write_trial_outputs
+        from ..report import _atomic_bytes, csv_with_provenance, write_trial_outputs
         from ..scenario import parse_scenario
         from ..trial import run_trial
 
@@ -179,9 +180,11 @@ def run_job(db_path: str, results_dir: str, jid: str, chunk_size: int = 10) -> N
                                progress=progress)
             folder = os.path.join(results_dir, jid)
             write_trial_outputs(result, folder)
-            tmp = os.path.join(folder, ".results.csv.tmp")
-            result.data.to_csv(tmp, index=False)
-            os.replace(tmp, os.path.join(folder, "results.csv"))
+            # downloaded on its own, the CSV carries the run's provenance as results.parquet
+            # does: '# key: JSON value' lines on top (pandas.read_csv(path, comment="#"))
+            _atomic_bytes(os.path.join(folder, "results.csv"), csv_with_provenance(
+                result.data, result.meta, title="ketasim virtual trial: visit-by-visit scores "
+                "of the kept patients (results.parquet as CSV)"), "out")
         except KetasimError as exc:
             con.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
                         (time.time(), str(exc), jid))
