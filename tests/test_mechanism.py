@@ -148,6 +148,28 @@ def test_experiment_contract_and_list(capsys):
     assert "experiment" in capsys.readouterr().err
 
 
+def test_experiment_findings_cite_identified_sources_carried_by_the_cards():
+    """Every published finding names its paper by PMID or DOI, and each identifier is also
+    cited by a mechanism card's source, so an experiment's description and the constants it
+    runs on point at the same, checkable paper (hypothesis-compare cites the calibration data
+    file, not a paper)."""
+    import re
+
+    from ketasim.cards import load_param_cards
+
+    card_text = " ".join(p.source or "" for c in load_param_cards().values()
+                         for p in c.parameters.values())
+    ident = re.compile(r"PMID \d+|doi:10\.\S+?(?=[),;\s]|$)")
+    for e in EXPERIMENTS.values():
+        ids = ident.findall(e.finding)
+        if e.name == "hypothesis-compare":
+            assert not ids and "rodent_timecourses.yaml" in e.finding
+            continue
+        assert ids, f"{e.name}: finding cites no PMID or DOI"
+        for i in ids:
+            assert i in card_text, f"{e.name}: {i} is cited by no mechanism card"
+
+
 def test_memantine_arms():
     d = run_experiment("memantine-vs-ketamine")
     assert set(d["readouts"][0]["arms"]) == {"vehicle", "ketamine", "memantine"}

@@ -155,30 +155,40 @@ def _plain(name: str):
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("rapamycin", "mouse", "mTORC1 inhibition (rapamycin) blocks ketamine-induced "
-               "synaptic protein synthesis, synaptogenesis and the behavioural response "
-               "(Li N et al. Science 2010)", _plain("rapamycin")),
-    Experiment("anisomycin", "mouse", "protein-synthesis inhibition blocks ketamine's rapid "
-               "BDNF increase and behavioural effect (Autry AE et al. Nature 2011)",
-               _plain("anisomycin")),
-    Experiment("nbqx", "mouse", "AMPA receptor blockade (NBQX) prevents ketamine's mTOR "
-               "activation and antidepressant-like effect (Li 2010; Maeng 2008)", _plain("nbqx")),
+    Experiment("rapamycin", "mouse", "blocking mTOR signalling (rapamycin) blocks "
+               "ketamine-induced synaptogenesis and the behavioural response in rats "
+               "(Li N et al. Science 2010, PMID 20724638)", _plain("rapamycin")),
+    Experiment("anisomycin", "mouse", "ketamine's rapid antidepressant-like effect depends on "
+               "rapid BDNF synthesis (Autry AE et al. Nature 2011, PMID 21677641); the "
+               "protein-synthesis-inhibitor (anisomycin) arm itself is UNCONFIRMED in the "
+               "sources read", _plain("anisomycin")),
+    Experiment("nbqx", "mouse", "AMPA receptor blockade (NBQX pretreatment) attenuates "
+               "ketamine's antidepressant-like effect in mice (Maeng S et al. Biol Psychiatry "
+               "2008, PMID 17643398); NBQX preventing ketamine's mTOR activation (Li 2010) is "
+               "UNCONFIRMED in the sources read", _plain("nbqx")),
     Experiment("glun2b-deletion", "mouse", "deleting GluN2B in cortical principal neurons "
                "mimics and occludes ketamine's effects on mTOR, synaptic proteins and behaviour "
-               "(Miller OH et al. eLife 2014)", _plain("glun2b-deletion")),
-    Experiment("eef2k-knockout", "mouse", "eEF2 kinase knockout mice do not respond to ketamine "
-               "(Autry 2011)", _plain("eef2k-knockout")),
-    Experiment("bdnf-knockout", "mouse", "BDNF is required: ketamine has no effect without "
-               "BDNF synthesis (Autry 2011)", _plain("bdnf-knockout")),
+               "(Miller OH et al. eLife 2014, PMID 25340958)", _plain("glun2b-deletion")),
+    Experiment("eef2k-knockout", "mouse", "eEF2 kinase knockout mice are resistant, "
+               "biochemically and behaviourally, to ketamine's antidepressant effects (Adaikkan "
+               "C et al. Biol Psychiatry 2018, doi:10.1016/j.biopsych.2017.11.028); Autry 2011's "
+               "abstract reports eEF2K inhibitors, not a knockout", _plain("eef2k-knockout")),
+    Experiment("bdnf-knockout", "mouse", "BDNF is required: ketamine's rapid "
+               "antidepressant-like effect depends on rapid BDNF synthesis (Autry 2011, PMID "
+               "21677641); deleting BDNF in hippocampal CA3 or CA1 blocks ketamine-induced "
+               "synaptic potentiation, and BDNF-TrkB signalling in CA1 is required for its rapid "
+               "behavioural action (Lin PY et al. Cell Rep 2021, PMID 34407417)",
+               _plain("bdnf-knockout")),
     Experiment("spine-blockade", "mouse", "deleting newly formed spines leaves the initial "
-               "effect but abolishes its maintenance (Moda-Sava RN et al. Science 2019)",
+               "effect but abolishes its maintenance (Moda-Sava RN et al. Science 2019, "
+               "doi:10.1126/science.aat8078)",
                _spine_blockade),
     Experiment("memantine-vs-ketamine", "human", "in physiological Mg2+ memantine, unlike "
                "ketamine, does not block NMDARs at rest, lower p-eEF2 or raise BDNF, and is not "
-               "a rapid antidepressant (Gideons ES et al. PNAS 2014)", _memantine),
+               "a rapid antidepressant (Gideons ES et al. PNAS 2014, PMID 24912158)", _memantine),
     Experiment("dose-response", "rat", "PFC glutamate outflow rises at 10-30 mg/kg, is "
                "unchanged at 50 and falls at 200 mg/kg (inverted U; Moghaddam B et al. "
-               "J Neurosci 1997)", _dose_response),
+               "J Neurosci 1997, doi:10.1523/JNEUROSCI.17-08-02921.1997)", _dose_response),
     Experiment("hypothesis-compare", "mouse", "each hypothesis alone, scored against the timing "
                "targets of the calibration data (rodent_timecourses.yaml)", _hypothesis_compare),
 )}
