@@ -297,6 +297,9 @@ def test_every_output_names_the_card_hashes_card_hashes(tmp_path, capsys,
         seen["web /api/simulate"] = r.json()
     for where, obj in seen.items():
         _one_card_key(obj, where)
+        # and one name for the package version (the trial outputs said "version")
+        assert "ketasim_version" in _keys(obj), f"{where}: no ketasim_version"
+        assert "version" not in obj, f"{where}: still version"
     assert seen["manifest.json"]["card_hashes"] == card_versions()
     # and the HTML reports label them as hashes
     assert "card_versions" not in (run / "report.html").read_text()
@@ -318,6 +321,7 @@ def test_resume_reads_a_manifest_with_the_old_card_key(tmp_path, monkeypatch) ->
     trial.run_trial(sc, chunk_size=2, out=str(out))
     man = json.loads((out / "manifest.json").read_text())
     man["card_versions"] = man.pop("card_hashes")
+    man["version"] = man.pop("ketasim_version")  # the package version's old key, too
     (out / "manifest.json").write_text(json.dumps(man))
     calls = []
     real = trial._run_chunk

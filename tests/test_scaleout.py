@@ -209,7 +209,7 @@ def test_shards_manifest_and_atomic_files(small, reference, tmp_path):
     assert_same(res, reference)
     man = json.loads((out / MANIFEST).read_text())
     assert man["status"] == "complete" and man["seed"] == 11
-    assert man["version"] and man["card_hashes"] and len(man["scenario_hash"]) == 64
+    assert man["ketasim_version"] and man["card_hashes"] and len(man["scenario_hash"]) == 64
     names = sorted(p.name for p in (out / "shards" / "arm=ketamine").iterdir())
     assert names == ["chunk-0.parquet", "chunk-4.parquet"]
     import pyarrow.parquet as pq

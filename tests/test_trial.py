@@ -360,7 +360,7 @@ def test_trial_json_contract(capsys, tmp_path):
     for key in ("response_rate_difference", "response_rate_difference_ci95", "cohens_d"):
         assert key in diff
     meta = d["meta"]
-    assert meta["seed"] == 5 and meta["version"] and meta["card_hashes"]
+    assert meta["seed"] == 5 and meta["ketasim_version"] and meta["card_hashes"]
     assert parse_scenario(meta["scenario"]) == load_scenario(str(path))
     for name in ("results.parquet", "summary.json", "report.html"):
         assert (tmp_path / "o" / name).is_file()
@@ -371,7 +371,7 @@ def test_trial_json_contract(capsys, tmp_path):
 
     md = pq.read_schema(tmp_path / "o" / "results.parquet").metadata
     assert json.loads(md[b"ketasim.seed"]) == 5
-    assert json.loads(md[b"ketasim.version"]) == meta["version"]
+    assert json.loads(md[b"ketasim.ketasim_version"]) == meta["ketasim_version"]
     assert json.loads(md[b"ketasim.card_hashes"]) == meta["card_hashes"]
     assert parse_scenario(json.loads(md[b"ketasim.scenario"])) == load_scenario(str(path))
 

@@ -385,7 +385,7 @@ def test_results_csv_carries_the_run_metadata(tmp_path):
         key, sep, value = line[2:].partition(": ")
         if sep and key.isidentifier():
             head[key] = json.loads(value)
-    assert head["seed"] == 3 and head["version"] == __version__
+    assert head["seed"] == 3 and head["ketasim_version"] == __version__
     assert head["card_hashes"] == card_versions() and "card_versions" not in head
     assert head["scenario"]["title"] == "web test" and len(head["scenario_hash"]) == 64
     assert "not medical advice" in head["disclaimer"]

@@ -247,6 +247,11 @@ def test_page_runs_a_small_trial(server, browser):
     assert tables.count() == 2  # drug arm A + placebo
     text = tables.first.inner_text()
     assert "1 d" in text and "7 d" in text and "response" in text
+    # the run line names seed and package version (it read a key the trial no longer has)
+    from ketasim import __version__
+
+    meta_line = page.locator("#trial p.muted").last.inner_text()
+    assert f"ketasim {__version__}" in meta_line and "undefined" not in meta_line, meta_line
     links = page.locator("#trial-downloads a")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert any(h.endswith("results.csv") for h in hrefs)

@@ -350,7 +350,7 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
                  "– = not reached or not defined.</p>")
     parts.append("<h2>Run metadata</h2>")
     parts.append(_html_table(["key", "value"], [
-        ["ketasim version", meta["version"]], ["seed", str(meta["seed"])],
+        ["ketasim version", meta["ketasim_version"]], ["seed", str(meta["seed"])],
         ["executor", f"{meta['executor']} ({meta['workers']} worker(s), chunks of "
                      f"{meta['chunk_size']})"],
         ["wall time (s)", _f(meta["wall_s"], 2)],
@@ -386,8 +386,8 @@ def _atomic_bytes(path: str, data: bytes, field: str) -> None:
 
 
 #: run metadata copied into a results file's Parquet key-value metadata (``ketasim.*``)
-PROVENANCE_KEYS = ("seed", "version", "card_hashes", "scenario_hash", "scenario", "n_per_arm",
-                   "visits", "scale")
+PROVENANCE_KEYS = ("seed", "ketasim_version", "card_hashes", "scenario_hash", "scenario",
+                   "n_per_arm", "visits", "scale")
 
 
 def _parquet_with_provenance(df, meta: dict,

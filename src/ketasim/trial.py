@@ -636,7 +636,9 @@ def _prepare_folder(out: str, resume: bool, sc_hash: str, version: str, cards: d
                            "--no-resume to overwrite, or another --out")
     # manifests written before 2026-11-27 name the card hashes "card_versions" (same values)
     saved_cards = manifest.get("card_hashes", manifest.get("card_versions"))
-    if manifest.get("version") != version or saved_cards != cards:
+    # ... and the package version "version" (before 2026-11-27, tenth session)
+    saved_version = manifest.get("ketasim_version", manifest.get("version"))
+    if saved_version != version or saved_cards != cards:
         raise KetasimError("out", f"{out} holds shards from another ketasim version or other "
                            "cards", "--no-resume to overwrite, or another --out")
     for name, given in (("chunk_size", chunk_size), ("trajectories", trajectories)):
@@ -727,7 +729,7 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
         weakref.finalize(store, shutil.rmtree, folder, True)
     manifest = {
         "format": shards.FORMAT, "status": "running", "scenario_hash": sc_hash,
-        "run_hash": run_hash, "seed": scenario.population.seed, "version": __version__,
+        "run_hash": run_hash, "seed": scenario.population.seed, "ketasim_version": __version__,
         "card_hashes": cards, "scenario": sc_json, "chunk_size": chunk_size,
         "trajectories": trajectories, "n_per_arm": dict(zip(names, sizes, strict=True)),
         "visits": labels, "visits_h": visits_h.tolist(), "chunks": len(plan),
@@ -793,7 +795,7 @@ def run_trial(scenario: Scenario, chunk_size: int | None = None, executor: str =
         shards.write_json_atomic(manifest, os.path.join(out, shards.MANIFEST))
     meta = {
         "seed": scenario.population.seed,
-        "version": __version__,
+        "ketasim_version": __version__,
         "card_hashes": cards,
         "scenario": sc_json,
         "scenario_hash": sc_hash,

@@ -390,7 +390,8 @@ class Validation:
         try:
             with open(self.path) as fh:
                 cached = json.load(fh)
-            if cached.get("card_hashes") == self.hashes and cached.get("version") == __version__:
+            if (cached.get("card_hashes") == self.hashes
+                    and cached.get("ketasim_version") == __version__):
                 self.state.update(status="done", result=cached["targets"])
         except (OSError, ValueError, KeyError):
             pass
@@ -416,7 +417,7 @@ class Validation:
                        for k, (v, ok) in res.items()]
             tmp = self.path + ".tmp"
             with open(tmp, "w") as fh:
-                json.dump({"card_hashes": self.hashes, "version": __version__,
+                json.dump({"card_hashes": self.hashes, "ketasim_version": __version__,
                            "targets": targets}, fh)
             os.replace(tmp, self.path)
             self.state.update(status="done", result=targets)

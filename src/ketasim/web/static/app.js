@@ -1248,7 +1248,7 @@ async function showResult(job) {
   }
   const p = document.createElement("p");
   p.className = "muted";
-  p.textContent = `seed ${s.meta.seed} · ketasim ${s.meta.version} · ${s.meta.wall_s} s · ${s.meta.disclaimer}`;
+  p.textContent = `seed ${s.meta.seed} · ketasim ${s.meta.ketasim_version} · ${s.meta.wall_s} s · ${s.meta.disclaimer}`;
   box.appendChild(p);
   scrollersFocusable();
 }
