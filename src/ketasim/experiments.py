@@ -157,7 +157,8 @@ def _plain(name: str):
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("rapamycin", "mouse", "blocking mTOR signalling (rapamycin) blocks "
                "ketamine-induced synaptogenesis and the behavioural response in rats "
-               "(Li N et al. Science 2010, PMID 20724638)", _plain("rapamycin")),
+               "(Li N et al. Science 2010, PMID 20724638); simulated in the mouse, like the "
+               "other four-arm experiments", _plain("rapamycin")),
     Experiment("anisomycin", "mouse", "ketamine's rapid antidepressant-like effect depends on "
                "rapid BDNF synthesis (Autry AE et al. Nature 2011, PMID 21677641); the "
                "protein-synthesis-inhibitor (anisomycin) arm itself is UNCONFIRMED in the "
