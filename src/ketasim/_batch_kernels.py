@@ -208,7 +208,7 @@ def mood_rhs(y, nmech, mc, mpat, dy):
     a_proteins, a_spines, k_mood /h, k_mood_slow /h, drive50, 1/τ_π /h, 1/τ_c /h, g_c, θ_c);
     ``mpat`` = (fast factor f_d, E_i, esketamine clinical factor). Drives from the mechanism
     states LHb burst R_b, synaptic proteins P and spines S:
-    ``he_fast' = k_mood·(a_fast·f_d·(1 − R_b)⁺ − he_fast)``,
+    ``he_fast' = k_mood·(a_fast·f_d·(1 − R_b)⁺ − he_fast)`` (``f_d`` includes ``w_e``),
     ``he_slow' = k_mood_slow·(a_P·(P − 1)⁺ + a_S·(S − 1)⁺ − he_slow)``,
     ``π' = (h_f/(h50 + h_f) − π)/τ_π`` with ``h_f = f_esk·he_fast``,
     ``C' = (g_c·d₀·(π − θ_c)⁺ − C)/τ_c`` with ``d₀ = E_i·h_e/(h50 + h_e)``,

@@ -781,7 +781,7 @@ def components_batch(arm, patients: Sequence, t: np.ndarray,
     res = simulate_batch([Course(arm.drug, regimen, card.id, iiv)], t, covs,
                          hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
                          interventions=Interventions.parse(arm.interventions), threads=threads)
-    return mood.components_from(arm, res.readouts, res.brain_free_uM)
+    return mood.components_from(arm, res.readouts, res.brain_free_uM, hypotheses)
 
 
 def simulate_arm_batched(arm, patients: Sequence, visits_h: np.ndarray,
@@ -813,11 +813,12 @@ def _long_table(arm, patients: Sequence, out: dict[str, np.ndarray], nv: int) ->
 
 
 # --------------------------------------------------------------------------- fast path
-def _mood_constants(arm, patients: Sequence, c: dict[str, float]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _mood_constants(arm, patients: Sequence, c: dict[str, float],
+                    hypotheses: Hypotheses | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Constants of :func:`ketasim._batch_kernels.mood_rhs` from the clinic card: shared
     (a_fast, a_proteins, a_spines, k_mood /h, k_mood_slow /h, drive50, 1/τ_π /h, 1/τ_c /h,
-    g_c, θ_c) and per patient (bipolar fast factor, E_i, esketamine clinical factor), as
+    g_c, θ_c) and per patient (fast factor: bipolar factor × the weight ``w_e`` of hypothesis
+    (e) from ``hypotheses``, else the arm's; E_i; esketamine clinical factor), as
     :func:`ketasim.mood.scores_batch` (and :func:`ketasim.sbml._mood_patient`) derive them."""
     from . import mood
 
@@ -828,7 +829,8 @@ def _mood_constants(arm, patients: Sequence, c: dict[str, float]
     bip = np.array([p.disorder == "bipolar" for p in patients])
     esk = (c["esketamine_clinical_factor"]
            if arm.drug == "esketamine" and arm.control is None else 1.0)
-    per = np.stack([np.where(bip, c["bipolar_fast_factor"], 1.0),
+    w_e = (hypotheses or Hypotheses.parse(arm.hypotheses)).e
+    per = np.stack([np.where(bip, c["bipolar_fast_factor"], 1.0) * w_e,
                     mood.drug_emax_i(list(patients), c), np.full(len(patients), esk)], axis=1)
     return shared, per
 
@@ -857,7 +859,7 @@ def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
     iiv = {k: f_cl for k in mood._CL_NAMES if k in card.parameters}
     iiv.update({k: f_v for k in mood._V_NAMES if k in card.parameters})
     covs = _patient_covariates(patients)
-    shared, per = _mood_constants(arm, patients, c)
+    shared, per = _mood_constants(arm, patients, c, hypotheses)
     res = simulate_batch([Course(arm.drug, regimen, card.id, iiv)], visits_h, covs,
                          hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
                          interventions=Interventions.parse(arm.interventions),

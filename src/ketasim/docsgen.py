@@ -439,7 +439,7 @@ For patient $i$ at time $t$ (h after the first dose):
 
 $$
 \begin{aligned}
-h(t) &= f_d\,a_{fast}\,(1 - R_b)^{+} + a_P\,(P - 1)^{+} + a_S\,(S - 1)^{+} \\
+h(t) &= f_d\,w_e\,a_{fast}\,(1 - R_b)^{+} + a_P\,(P - 1)^{+} + a_S\,(S - 1)^{+} \\
 \frac{dh_e}{dt} &= k\,(h - h_e),\qquad k = k_{mood}\ \text{(fast term)},\;
   k_{mood,slow}\ \text{(synaptic terms)} \\
 d_0 &= \frac{E_i\,h_e}{h_{50} + h_e},\qquad
@@ -466,7 +466,8 @@ a(t) &= A\,(1 - e^{-t/\tau_{AD}}) \\
 $$
 
 - $h$: the drive from the synaptic state — LHb burst suppression (hours), synaptic proteins
-  (days), spines (sustained); $f_d$ is the disorder factor (bipolar > 1). $h_e$: the drive
+  (days), spines (sustained); $f_d$ is the disorder factor (bipolar > 1), $w_e$ the weight of
+  hypothesis (e), as in the forced-swim readout. $h_e$: the drive
   after the effect compartments (exact for piecewise-linear $h$).
 - $d_0$: direct drug effect (fraction of the baseline score) with a logit-normal maximum
   $E_i$ (for esketamine arms $h_e$ is multiplied by the calibrated $f_S$); $\pi$: priming,

@@ -3,10 +3,12 @@
 For patient i at time t (h after the first dose), with every constant in the ``clinic`` card:
 
 * **Drive** from the synaptic state (:mod:`ketasim.mechanism`):
-  ``h(t) = f_d·a_fast·(1 − R_b)⁺ + a_proteins·(P − 1)⁺ + a_spines·(S − 1)⁺`` — LHb burst
+  ``h(t) = f_d·w_e·a_fast·(1 − R_b)⁺ + a_proteins·(P − 1)⁺ + a_spines·(S − 1)⁺`` — LHb burst
   suppression (hours), synaptic proteins (days) and spines (sustained); ``f_d`` is the
-  disorder factor (bipolar > 1). Mood follows the fast term through an effect compartment
-  with rate ``k_mood`` and the synaptic terms through one with ``k_mood_slow``.
+  disorder factor (bipolar > 1), ``w_e`` the weight of hypothesis (e), which carries the
+  rapid effect (as in the rodent forced-swim readout). Mood follows the fast term through an
+  effect compartment with rate ``k_mood`` and the synaptic terms through one with
+  ``k_mood_slow``.
 * **Drug effect** (fraction of the baseline score): direct ``d₀ = E_i·h_e/(h50 + h_e)`` with
   ``E_i = logistic(logit(E) + η_E,i)`` (for esketamine arms ``h_e`` is scaled by the
   calibrated ``esketamine_clinical_factor``); a priming trace of the fast (acute) effect
@@ -153,21 +155,24 @@ def mechanism_run(arm: ArmSpec, patient: Patient, t: np.ndarray,
     res = simulate([Course(arm.drug, regimen, card.id, iiv)], t, cov,
                    hypotheses=hypotheses or Hypotheses.parse(arm.hypotheses),
                    interventions=Interventions.parse(arm.interventions), overrides=overrides)
-    return res, components_from(arm, res.readouts, res.brain_free_uM)
+    return res, components_from(arm, res.readouts, res.brain_free_uM, hypotheses)
 
 
 def components_from(arm: ArmSpec, readouts: dict[str, np.ndarray],
-                    brain_free_uM: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                    brain_free_uM: dict[str, np.ndarray],
+                    hypotheses: Hypotheses | None = None) -> dict[str, np.ndarray]:
     """Score-model inputs from engine outputs (any leading patient axis): LHb burst
-    suppression, synaptic-protein and spine rises, effect-site concentration (ng/mL,
-    racemic-equivalent: esketamine × its potency factor)."""
+    suppression weighted by hypothesis (e) (``hypotheses``, else the arm's), synaptic-protein
+    and spine rises, effect-site concentration (ng/mL, racemic-equivalent: esketamine × its
+    potency factor)."""
+    w_e = (hypotheses or Hypotheses.parse(arm.hypotheses)).e
     parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
     fu = load_param_card("brain").value("fu_ketamine")
     ce = brain_free_uM[parent] * load_drug(parent).constant("molar_mass") / fu
     if parent == "esketamine":
         ce = ce * load_param_card("clinic").value("esketamine_potency_factor")
     r = readouts
-    return {"fast": np.maximum(1.0 - r["lhb_burst"], 0.0),
+    return {"fast": w_e * np.maximum(1.0 - r["lhb_burst"], 0.0),
             "proteins": np.maximum(r["synaptic_proteins"] - 1.0, 0.0),
             "spines": np.maximum(r["spine_density"] - 1.0, 0.0), "ce": ce}
 

@@ -117,8 +117,12 @@ def typical_patient(scenario: Scenario) -> Patient:
 
 
 def without_noise(patients: list[Patient]) -> list[Patient]:
-    """The same patients with zero residual draws (noise-free MADRS, for comparisons)."""
-    return [replace(p, residual=np.zeros_like(p.residual)) for p in patients]
+    """The same patients with zero residual draws: noise-free MADRS (what the SBML export
+    computes) and noise-free suicidality scores (item 10, SSI), for comparisons."""
+    return [replace(p, residual=np.zeros_like(p.residual),
+                    residual_suicidality=(None if p.residual_suicidality is None else
+                                          np.zeros_like(p.residual_suicidality)))
+            for p in patients]
 
 
 # --------------------------------------------------------------------------- ids
@@ -387,7 +391,7 @@ def _mood_rules() -> list[tuple[str, str, str]]:
     """Drive → two effect compartments → Emax → consolidation → placebo/AD → MADRS."""
     lo, hi = _MADRS_RANGE
     return [
-        ("=", "drive_fast", f"c_a_fast*fast_factor*kmax(1 - {_y('lhb_burst')}, 0)"),
+        ("=", "drive_fast", f"c_a_fast*fast_factor*w_e*kmax(1 - {_y('lhb_burst')}, 0)"),
         ("=", "drive_slow", f"c_a_proteins*kmax({_y('synaptic_proteins')} - 1, 0)"
                             f" + c_a_spines*kmax({_y('spine_density')} - 1, 0)"),
         ("d/dt", "he_fast", "c_k_mood*(drive_fast - he_fast)"),

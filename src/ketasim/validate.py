@@ -361,7 +361,10 @@ def _cache_key(arm, spec, arm_index: int, n: int, t: np.ndarray,
 
     blob = json.dumps({"arm": arm.model_dump(mode="json"), "pop": spec.model_dump(mode="json"),
                        "i": arm_index, "n": n, "t": hashlib.sha256(t.tobytes()).hexdigest(),
-                       "o": overrides or {}, "cards": card_versions(), "v": __version__},
+                       "o": overrides or {}, "cards": card_versions(), "v": __version__,
+                       # 2: the fast component carries the hypothesis (e) weight (tenth
+                       # session); older cached components of non-default arms are stale
+                       "components": 2},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
