@@ -240,7 +240,8 @@ def test_simulate_metadata_records_covariates_and_output_times(capsys, tmp_path)
     assert m["covariates"] == {"weight_kg": 82.0, "age_years": 61.0, "sex": "female",
                                "race": "black", "species": "human"}
     assert m["output_times"] == {"days": 1.0, "step_h": 6.0, "horizon_h": 24.0,
-                                 "plus_h_after_each_dose": [0.25, 0.5, 0.75]}
+                                 "plus_h_after_each_dose": [0.25, 0.5, 0.75],
+                                 "plus_end_of_each_infusion": True}
     assert m["times"]["values_h"] == d["time_h"]
     course = m["courses"][0]
     assert [x["time_h"] for x in course["regimen"]] == [0.0, 24.0]

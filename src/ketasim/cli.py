@@ -72,6 +72,18 @@ def _parse_times(text: str, field: str) -> np.ndarray:
     return t
 
 
+def _sig3(v: float) -> str:
+    """Three significant digits without switching to exponent notation for large values
+    (1204 ng/mL as 1204, not 1.2e+03); small values keep their exponent."""
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def _minutes(m: float) -> str:
+    """An output time in minutes for a table: whole minutes as integers, others with up to
+    three decimals (so 0.5, 1.5 and 2.5 min are not all shown as a whole minute)."""
+    return np.format_float_positional(round(float(m), 3), trim="-")
+
+
 def _default_times_h(regimen) -> np.ndarray:
     end = regimen.end_h
     fine = np.arange(5, 4 * 60 + 1, 5) / 60.0
@@ -87,7 +99,8 @@ def pk(
     route: Annotated[str, typer.Option(help="iv-bolus, iv-infusion, intranasal, oral, im, sc, "
                                             "sublingual, rectal")] = "iv-infusion",
     dose: Annotated[str, typer.Option(help="e.g. '0.5 mg/kg', '56 mg' (base)")] = "0.5 mg/kg",
-    duration: Annotated[str | None, typer.Option(help="IV infusion duration, e.g. '40 min'")]
+    duration: Annotated[str | None, typer.Option(help="IV infusion duration, e.g. '40 min' "
+                                                      "(iv-infusion: 40 min if not given)")]
     = None,
     schedule: Annotated[str | None, typer.Option(help="e.g. 'every 3.5 d x 8', "
                                                       "'twice weekly for 4 weeks'")] = None,
@@ -204,7 +217,7 @@ def pk(
     if res.effect_ng_per_ml:
         table.add_column("effect site (ng/mL)", justify="right")
     for i, ti in enumerate(res.time_h):
-        row = [f"{ti * 60:.0f}", f"{res.plasma_ng_per_ml[res.parent][0, i]:.1f}"]
+        row = [_minutes(ti * 60), f"{res.plasma_ng_per_ml[res.parent][0, i]:.1f}"]
         row += [f"{c[0, i]:.1f}" for sp, c in res.plasma_ng_per_ml.items() if sp != res.parent]
         row += [f"{c[0, i]:.1f}" for c in res.effect_ng_per_ml.values()]
         table.add_row(*row)
@@ -369,15 +382,19 @@ def _print_trial(s: dict) -> None:
     out.print(f"[bold]{sc['title'] or 'virtual trial'}[/] · {sc['population']['disorder']} · "
               f"n = {sc['population']['n']} · seed {meta['seed']} · {meta['wall_s']:.1f} s "
               f"({meta['executor']})")
+    drugs = {a["name"]: a.get("drug") for a in sc.get("arm", [])}
     for name, rows in s["arms"].items():
         b = s["arm_summary"][name]
+        # the score and side-effect model's Ce is racemic-equivalent (esketamine × its potency
+        # factor): say so where it is not the drug's own concentration
+        ce_unit = "ng/mL racemic-equivalent" if drugs.get(name) == "esketamine" else "ng/mL"
         t = Table(title=f"{name}: {b['treatment']} (n = {b['n']}, baseline {scale} "
                         f"{_fmt(b['baseline_mean'])})")
         for col in ("visit", f"mean {scale}", "change", "95% CI", "response", "remission"):
             t.add_column(col, justify="right")
         u = Table(title=f"{name}: suicidality and side effects (means)")
-        for col in ("visit", "Δ item 10", "Δ SSI", "CADSS", "CADSS ≥ 4", "ΔSBP mmHg",
-                    "sedation"):
+        for col in ("visit", "Δ MADRS item 10", "Δ SSI", "CADSS", "CADSS ≥ 4", "ΔSBP mmHg",
+                    "sedation (0–1)"):
             u.add_column(col, justify="right")
         for v, r in rows.items():
             lo, hi = r["ci95"]
@@ -391,7 +408,7 @@ def _print_trial(s: dict) -> None:
         # side effects peak at the end of an infusion, usually between visits: the per-patient
         # peaks (over the whole course) say what the visit means above cannot
         out.print(f"  peaks per patient: effect site median "
-                  f"{_fmt(b['median_peak_effect_site_ng_per_ml'])} ng/mL · CADSS mean "
+                  f"{_fmt(b['median_peak_effect_site_ng_per_ml'])} {ce_unit} · CADSS mean "
                   f"{_fmt(b['mean_peak_cadss'])} (≥ 4 in "
                   f"{_fmt(b['peak_dissociation_incidence'], 0, True)}) · ΔSBP mean "
                   f"{_fmt(b['mean_peak_sbp_change_mmhg'])} mmHg")
@@ -566,7 +583,8 @@ def simulate(
     model: Annotated[str | None, typer.Option(help="PK model id")] = None,
     route: Annotated[str, typer.Option(help="route (ip for rodents)")] = "iv-infusion",
     dose: Annotated[str, typer.Option(help="e.g. '0.5 mg/kg'")] = "0.5 mg/kg",
-    duration: Annotated[str | None, typer.Option(help="IV infusion duration")] = None,
+    duration: Annotated[str | None, typer.Option(help="IV infusion duration (iv-infusion: "
+                                                      "40 min if not given)")] = None,
     schedule: Annotated[str | None, typer.Option(help="e.g. 'twice weekly for 4 weeks'")] = None,
     salt: Annotated[str | None, typer.Option(help="'hcl' if the dose is ketamine HCl")] = None,
     species: Annotated[str, typer.Option(help="human | mouse | rat")] = "human",
@@ -580,7 +598,9 @@ def simulate(
     = "default",
     interventions: Annotated[str, typer.Option(help="comma list, e.g. 'rapamycin,mg=0.5'")]
     = "",
-    days: Annotated[float, typer.Option(help="simulated days after the first dose")] = 0.0,
+    days: Annotated[float, typer.Option(help="simulated days after the first dose; 0 "
+                                             "(default): 7 days past the end of the last "
+                                             "dose, at least 14 days")] = 0.0,
     step_h: Annotated[float, typer.Option(help="output step, h")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     out_dir: Annotated[str | None, typer.Option("--out", help="write timecourse.csv, "
@@ -617,9 +637,12 @@ def simulate(
     if horizon / step_h + 1 > MAX_OUTPUT_TIMES:
         raise KetasimError("step-h", f"{horizon / step_h + 1:.0f} output times; at most "
                            f"{MAX_OUTPUT_TIMES} (a larger step or fewer days)")
+    # the end of each infusion too: there plasma peaks, and a grid that misses it shows a
+    # lower peak than `ketasim pk` (157 instead of 177 ng/mL for 0.5 mg/kg over 40 min)
+    ends = np.array([d.time_h + d.duration_h for d in regimen if d.duration_h > 0])
     t = np.unique(np.concatenate([np.arange(0.0, horizon + 1e-9, step_h),
                                   np.array([d.time_h + x for d in regimen
-                                            for x in (0.25, 0.5, 0.75)])]))
+                                            for x in (0.25, 0.5, 0.75)]), ends]))
     t = t[t <= horizon]
     res = run_sim([Course(drug, regimen, model)], t, cov,
                   hypotheses=Hypotheses.parse(hypotheses),
@@ -634,7 +657,8 @@ def simulate(
     meta = {**res.metadata, "regimen": {"route": r, "dose": dose, "duration": duration,
                                         "schedule": schedule, "salt": salt},
             "output_times": {"days": days, "step_h": step_h, "horizon_h": horizon,
-                             "plus_h_after_each_dose": [0.25, 0.5, 0.75]},
+                             "plus_h_after_each_dose": [0.25, 0.5, 0.75],
+                             "plus_end_of_each_infusion": True},
             "units": {c: readout_unit(c) for c in df.columns},
             "disclaimer": DISCLAIMER}
     if out_dir:
@@ -670,8 +694,10 @@ def simulate(
     for c in show.columns:
         table.add_column(c.replace("_plasma_ng_per_ml", " ng/mL"), justify="right")
     for i in idx[idx < len(df)]:
-        table.add_row(*[f"{v:.3g}" for v in show.iloc[i]])
+        table.add_row(*[_sig3(v) for v in show.iloc[i]])
     out.print(table)
+    out.print("[dim]block_*: fraction of NMDA receptors blocked (0–1); p_eef2 to "
+              "synaptic_strength: × baseline[/]")
     out.print(f"[dim]{res.metadata['wall_ms']:.0f} ms · {DISCLAIMER}[/]")
 
 
@@ -699,7 +725,7 @@ def experiment(
         return
     res = run_experiment(name)
     if as_json:
-        print(json.dumps(_jsonable(res)))
+        print(json.dumps(_jsonable({**res, "disclaimer": DISCLAIMER})))
         return
     out.print(f"[bold]{res['name']}[/] ({res['species']}): {res['finding']}")
     t = Table()
@@ -710,6 +736,7 @@ def experiment(
         t.add_row(r["readout"], r.get("units", ""), f"{r['time_h']:g}",
                   *[f"{r['arms'][a]:.4g}" for a in arms])
     out.print(t)
+    out.print(f"[dim]{DISCLAIMER}[/]")
 
 
 @app.command()
@@ -1239,7 +1266,7 @@ def sensitivity(
         _write_bytes(plot, plot_indices(r), "plot")
         r["plot"] = plot
     if as_json:
-        print(json.dumps(_jsonable(r)))
+        print(json.dumps(_jsonable({**r, "disclaimer": DISCLAIMER})))
         return
     t = Table(title=f"{r['method']} sensitivity of {r['endpoint']} "
                     f"(nominal {r['nominal']:.3g}, {r['evaluations']} evaluations)")
@@ -1358,7 +1385,7 @@ def fit(
 
         _write(report, fit_report_html(problem, res, seed=seed), "report")
     if as_json:
-        print(json.dumps(_jsonable(d)))
+        print(json.dumps(_jsonable({**d, "disclaimer": DISCLAIMER})))
         return
     t = Table(title=f"{res.method} fit of {model}: {res.n_subjects} subjects, {res.n_obs} obs")
     for c in ("parameter", "estimate", "SE", "95% CI", "IIV CV", "units"):
@@ -1383,7 +1410,8 @@ def fit(
 def forecast(
     patient: Annotated[str, typer.Argument(help="one patient's CSV: doses (EVID 1) and MADRS "
                                                 "scores (EVID 0, DVID madrs)")],
-    days: Annotated[float, typer.Option(help="forecast horizon, days from the first dose")]
+    days: Annotated[float, typer.Option(help="forecast horizon, days from the first dose "
+                                             "(at least one day past the last score)")]
     = 28.0,
     threshold: Annotated[float | None, typer.Option(help="MADRS the next dose should keep the "
                                                          "patient below (default: the "
@@ -1414,7 +1442,7 @@ def forecast(
         bar.close()
     d = fc.to_dict()
     if as_json:
-        print(json.dumps(_jsonable(d)))
+        print(json.dumps(_jsonable({**d, "disclaimer": DISCLAIMER})))
         return
     t = Table(title=f"MADRS forecast, patient {fc.metadata['patient_id']}")
     for c in ("day", "median", "80% band", "P(response)", "P(relapse by)"):

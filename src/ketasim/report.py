@@ -288,7 +288,7 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
         b = s["arm_summary"][name]
         parts.append(_html_table(
             ["visit", "n", f"mean {scale} (SD)", "change [95% CI]", "response", "remission",
-             "Δ item 10", "Δ SSI"],
+             "Δ MADRS item 10", "Δ SSI"],
             [[v, str(r["n"]), f"{_f(r['mean'])} ({_f(r['sd'])})",
               f"{_f(r['change'])} {_ci(r['ci95'])}", _f(r["response_rate"], 1, True),
               _f(r["remission_rate"], 1, True), _f(r["madrs_item10_change"], 2),
@@ -319,7 +319,7 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
         parts.append("<p>One arm only: no differences.</p>")
     parts.append("<h2>Side effects</h2>")
     parts.append(_html_table(
-        ["arm", "median peak Ce (ng/mL)", "mean peak CADSS", "peak CADSS ≥ 4",
+        ["arm", "median peak Ce (ng/mL, racemic-equivalent)", "mean peak CADSS", "peak CADSS ≥ 4",
          "mean peak ΔSBP (mmHg)"],
         [[n, _f(b["median_peak_effect_site_ng_per_ml"]), _f(b["mean_peak_cadss"]),
           _f(b["peak_dissociation_incidence"], 1, True), _f(b["mean_peak_sbp_change_mmhg"])]

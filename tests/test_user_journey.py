@@ -1,0 +1,103 @@
+"""User-journey review (2026-11-27): what a pharmacometrician, a clinician-scientist and an
+educator read in the CLI's tables, JSON and help texts agrees with what was computed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import typer
+
+from ketasim.cli import DISCLAIMER, app, main
+
+
+def run(capsys, args):
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _help(command: str, option: str) -> str:
+    cmd = typer.main.get_command(app).commands[command]
+    (p,) = [p for p in cmd.params if p.name == option]
+    return p.help or ""
+
+
+def test_pk_table_keeps_distinct_sub_minute_times_apart(capsys):
+    # before: 0.5, 1.5 and 2.5 min were printed as 0, 2 and 2 (two rows with the same time)
+    rc, out, err = run(capsys, ["pk", "--times-min", "0.5,1.5,2.5,30"])
+    assert rc == 0, err
+    times = re.findall(r"^│\s*([0-9.]+)\s*│", out, flags=re.M)
+    assert times == ["0.5", "1.5", "2.5", "30"]
+
+
+def test_simulate_peak_plasma_matches_pk_cmax(capsys):
+    # before: simulate's grid skipped the end of the infusion (40 min), so its table, CSV and
+    # figure peaked at 157 ng/mL while `ketasim pk` gave Cmax 177 ng/mL for the same dose
+    rc, out, err = run(capsys, ["pk", "--times-min", "40", "--json"])
+    assert rc == 0, err
+    cmax = json.loads(out)["cmax_ng_per_ml"]
+    rc, out, err = run(capsys, ["simulate", "--days", "1", "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert max(d["plasma_ng_per_ml"]["ketamine"]) == pytest.approx(cmax, rel=1e-4)
+    assert 40 / 60 == pytest.approx(min(t for t in d["time_h"] if t > 0.5))
+    assert d["metadata"]["output_times"]["plus_end_of_each_infusion"] is True
+
+
+def test_simulate_table_shows_large_values_and_units(capsys):
+    # before: a mouse's 1201 ng/mL peak read "1.2e+03", and nothing said what block_* or
+    # "1.01" meant
+    rc, out, err = run(capsys, ["simulate", "--species", "mouse", "--route", "ip", "--dose",
+                                "10 mg/kg", "--days", "1"])
+    assert rc == 0, err
+    assert "e+03" not in out
+    assert re.search(r"│\s*0\.5\s*│\s*1\d{3}\s*│", out)
+    assert "fraction of NMDA receptors blocked" in out and "× baseline" in out
+
+
+def test_help_texts_state_the_defaults_behind_none_and_zero():
+    # before: --days said "[default: 0.0]" with no word on what 0 simulates (14 days), and
+    # --duration did not say that an IV infusion runs 40 min when none is given
+    assert "14 days" in _help("simulate", "days")
+    for command in ("pk", "simulate"):
+        assert "40 min if not given" in _help(command, "duration")
+    assert "past the last score" in _help("forecast", "days")
+
+
+@pytest.mark.parametrize("args", [
+    ["experiment", "spine-blockade", "--json"],
+    ["fit", "tests/data/fit/pk_small.csv", "--model", "kamp2020", "--estimate", "CL", "--json"],
+    ["forecast", "tests/data/fit/patient.csv", "--steps", "100", "--days", "3", "--json"],
+    ["sensitivity", "--samples", "2", "--n", "10", "--json"],
+])
+def test_result_json_carries_the_disclaimer(capsys, args):
+    # before: pk, simulate, trial, run and validate JSON carried it; these four did not
+    rc, out, err = run(capsys, args)
+    assert rc == 0, err
+    assert json.loads(out)["disclaimer"] == DISCLAIMER
+
+
+def test_experiment_text_prints_the_disclaimer(capsys):
+    rc, out, err = run(capsys, ["experiment", "spine-blockade"])
+    assert rc == 0, err
+    assert DISCLAIMER in out
+
+
+def test_suicidality_column_names_the_madrs_item(capsys, tmp_path):
+    # before: "Δ item 10" also in HAM-D6 trials, where HAM-D's item 10 is psychic anxiety
+    rc, out, err = run(capsys, ["trial", "fava2020", "--n", "30", "--out", str(tmp_path)])
+    assert rc == 0, err
+    assert "Δ MADRS item 10" in out and "sedation (0–1)" in out
+    assert "Δ MADRS item 10" in (tmp_path / "report.html").read_text()
+
+
+def test_esketamine_effect_site_is_labelled_racemic_equivalent(capsys, tmp_path):
+    # before: "effect site median 217 ng/mL" for esketamine nasal spray, whose own plasma
+    # Cmax is ≈ 73 ng/mL (`ketasim pk`): the value is esketamine × its potency factor
+    rc, out, err = run(capsys, ["trial", "transform2", "--n", "20", "--out", str(tmp_path)])
+    assert rc == 0, err
+    line = next(x for x in out.splitlines() if "peaks per patient" in x)
+    assert "ng/mL racemic-equivalent" in line
+    assert "median peak Ce (ng/mL, racemic-equivalent)" in (tmp_path / "report.html").read_text()
