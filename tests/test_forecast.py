@@ -121,3 +121,21 @@ def test_forecast_rejects_non_numbers_naming_the_argument(kw):
     with pytest.raises(KetasimError) as exc:
         forecast_patient(read_dataset(str(DATA / "patient.csv")), **kw)
     assert exc.value.field == name
+
+
+def test_next_dose_status_says_what_the_day_means(capsys):
+    """``next_dose_latest_day`` alone was ambiguous: ``None`` meant "now", and a day equal to
+    the horizon's end meant "at least until then". ``next_dose_status`` says which."""
+    kw = dict(horizon_days=10, seed=2, n_steps=200)
+    now = forecast_patient(str(DATA / "patient.csv"), threshold=1, **kw)
+    assert now.next_dose_day is None and now.next_dose_status == "due_now"
+    far = forecast_patient(str(DATA / "patient.csv"), threshold=59, **kw)
+    assert far.next_dose_status == "beyond_horizon"
+    assert far.next_dose_day == pytest.approx(far.day[-1])
+    assert far.to_dict()["next_dose_status"] == "beyond_horizon"
+    mid = forecast_patient(str(DATA / "patient.csv"), threshold=25, **kw)
+    if mid.next_dose_status == "by_day":
+        assert mid.metadata["last_observation_day"] <= mid.next_dose_day < mid.day[-1]
+    assert main(["forecast", str(DATA / "patient.csv"), "--threshold", "59", "--days", "10",
+                 "--seed", "2", "--steps", "200"]) == 0
+    assert "not within the forecast" in capsys.readouterr().out

@@ -1455,9 +1455,14 @@ def forecast(
     level = (f"MADRS {threshold:g}" if threshold is not None else
              f"the response level ({100 * (1 - fc.metadata['response_fraction']):g}% of "
              "baseline)")
+    if fc.next_dose_status == "due_now" or nd is None:
+        when = "now (already likely above the threshold)"
+    elif fc.next_dose_status == "beyond_horizon":
+        when = f"not within the forecast (holds to day {nd:g}; extend --days)"
+    else:
+        when = f"{nd:.2f}"
     out.print(f"latest day for the next dose (score below {level} with probability "
-              f"{probability:g}): " + ("now (already likely above the threshold)"
-                                       if nd is None else f"{nd:.2f}"))
+              f"{probability:g}): {when}")
     dg = fc.diagnostics
     out.print(f"MCMC: acceptance {dg['acceptance_fraction']:.2f}, R-hat max "
               f"{max(dg['rhat']):.3f}, autocorrelation time max {max(dg['autocorr_time']):.1f}")

@@ -132,6 +132,10 @@ class Forecast:
     posterior: dict
     diagnostics: dict
     metadata: dict = field(default_factory=dict)
+    #: what :attr:`next_dose_day` means: ``"due_now"`` (``None``: the score is already
+    #: likely above the threshold), ``"by_day"`` (the latest day within the horizon) or
+    #: ``"beyond_horizon"`` (it holds to the horizon's end, the day given; later unknown)
+    next_dose_status: str = "by_day"
 
     def to_dict(self) -> dict:
         """JSON-ready form of the forecast."""
@@ -140,6 +144,7 @@ class Forecast:
                 "p_response": self.p_response.tolist(),
                 "p_relapse_by": self.p_relapse_by.tolist(),
                 "next_dose_latest_day": self.next_dose_day,
+                "next_dose_status": self.next_dose_status,
                 "posterior": self.posterior, "diagnostics": self.diagnostics,
                 "metadata": self.metadata}
 
@@ -266,10 +271,13 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
     after = em.visits_h >= t_now
     ok = np.logical_and.accumulate((latent[:, after] < thr), axis=1).mean(axis=0)
     good = np.nonzero(ok >= probability)[0]
-    next_day = None
+    next_day, status = None, "due_now"
     if good.size:
-        last = good[-1] if good.size == ok.size else (np.nonzero(ok < probability)[0][0] - 1)
-        next_day = float(em.visits_h[after][last] / 24.0) if last >= 0 else None
+        beyond = good.size == ok.size
+        last = good[-1] if beyond else (np.nonzero(ok < probability)[0][0] - 1)
+        if last >= 0:
+            next_day = float(em.visits_h[after][last] / 24.0)
+            status = "beyond_horizon" if beyond else "by_day"
     keep = daily | np.isin(np.round(em.visits_h, 9), np.round(t_obs, 9))
     post = {"baseline_madrs": _summ(draws[:, 0]), "eta_emax": _summ(draws[:, 1]),
             "eta_placebo": _summ(draws[:, 2])}
@@ -289,7 +297,7 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
             "comedication": list(comedication), **_data_identity(data)}
     return Forecast(days[keep], np.median(pred, 0)[keep], np.quantile(pred, 0.1, 0)[keep],
                     np.quantile(pred, 0.9, 0)[keep], p_resp[keep], p_relapse[keep], next_day,
-                    post, diag, meta)
+                    post, diag, meta, status)
 
 
 def _data_identity(data) -> dict:
