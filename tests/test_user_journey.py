@@ -101,3 +101,13 @@ def test_esketamine_effect_site_is_labelled_racemic_equivalent(capsys, tmp_path)
     line = next(x for x in out.splitlines() if "peaks per patient" in x)
     assert "ng/mL racemic-equivalent" in line
     assert "median peak Ce (ng/mL, racemic-equivalent)" in (tmp_path / "report.html").read_text()
+
+
+def test_pk_tmax_of_a_multi_week_schedule_reads_in_days(capsys):
+    """Tmax after the first dose of a 4-week schedule printed only as minutes (35320 min)."""
+    assert main(["pk", "--dose", "0.5 mg/kg", "--schedule", "twice weekly for 4 weeks"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Cmax"))
+    assert "(day " in line and "after the first dose" in line
+    assert main(["pk"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Cmax"))
+    assert "at 40 min after the first dose" in line

@@ -222,7 +222,11 @@ def pk(
         row += [f"{c[0, i]:.1f}" for c in res.effect_ng_per_ml.values()]
         table.add_row(*row)
     out.print(table)
-    out.print(f"Cmax {payload['cmax_ng_per_ml']:.1f} ng/mL at {payload['tmax_min']:.0f} min · "
+    tmax = payload["tmax_min"]
+    at = (f"{tmax:.0f} min" if tmax < 180 else
+          f"{tmax:.0f} min ({tmax / 60:.1f} h)" if tmax < 2 * 1440 else
+          f"{tmax:.0f} min (day {tmax / 1440:.2f})")
+    out.print(f"Cmax {payload['cmax_ng_per_ml']:.1f} ng/mL at {at} after the first dose · "
               f"AUC0–∞ {payload['auc_ng_h_per_ml']:.0f} ng·h/mL · "
               f"AUC0–24 {payload['auc_0_24_ng_h_per_ml']:.0f} ng·h/mL · "
               f"terminal t½ {payload['t_half_terminal_h']:.1f} h")
