@@ -111,3 +111,21 @@ def test_pk_tmax_of_a_multi_week_schedule_reads_in_days(capsys):
     assert main(["pk"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Cmax"))
     assert "at 40 min after the first dose" in line
+
+
+def test_response_rate_differences_read_as_percentage_points(tmp_path, capsys):
+    """A response-rate difference printed as "34%" reads like a relative change; it is a
+    difference of two percentages, now shown signed in percentage points (text, report)."""
+    toml = tmp_path / "s.toml"
+    toml.write_text('title = "pp"\n[population]\nn = 20\nseed = 3\n[[arm]]\nname = "k"\n'
+                    'drug = "ketamine"\nroute = "iv-infusion"\ndose = "0.5 mg/kg"\n'
+                    '[[arm]]\nname = "p"\ncontrol = "saline"\n[endpoints]\nat = ["24 h"]\n')
+    out = tmp_path / "run"
+    assert main(["trial", str(toml), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Δ response (pp)" in text
+    summary = json.loads((out / "summary.json").read_text())
+    diff = summary["differences"]["k-p"]["24 h"]["response_rate_difference"]
+    assert f"{100 * diff:+.0f}" in text
+    html = (out / "report.html").read_text()
+    assert "percentage points" in html and f"{100 * diff:+.1f}" in html

@@ -370,6 +370,11 @@ def _fmt(v, nd: int = 1, pct: bool = False) -> str:
     return f"{100 * v:.{nd}f}%" if pct else f"{v:.{nd}f}"
 
 
+def _pp(v) -> str:
+    """A difference of two rates (fractions) in percentage points, signed."""
+    return "–" if v is None else f"{100 * v:+.0f}"
+
+
 def _relapse_text(rl: dict) -> str:
     """The relapse part of an arm's line: counts and median, or why it is not assessable."""
     if rl["n_relapsed"] is None:  # responder visit is the last visit: nothing to count
@@ -423,15 +428,15 @@ def _print_trial(s: dict) -> None:
     for key, rows in s["differences"].items():
         t = Table(title=f"{key}: difference in mean {scale} change (negative favours "
                         f"{key.split('-')[0] if rows else ''})")
-        for col in ("visit", "difference", "95% CI", "p", "d", "Δ response", "95% CI "):
+        for col in ("visit", "difference", "95% CI", "p", "d", "Δ response (pp)", "95% CI "):
             t.add_column(col, justify="right")
         for v, r in rows.items():
             lo, hi = r["ci95"]
             rlo, rhi = r["response_rate_difference_ci95"]
             t.add_row(v, _fmt(r["difference"]), f"[{_fmt(lo)}, {_fmt(hi)}]",
                       _p(r["p_value"]), _fmt(r["cohens_d"], 2),
-                      _fmt(r["response_rate_difference"], 0, True),
-                      f"[{_fmt(rlo, 0, True)}, {_fmt(rhi, 0, True)}]")
+                      _pp(r["response_rate_difference"]),
+                      f"[{_pp(rlo)}, {_pp(rhi)}]")
         out.print(t)
 
 

@@ -217,6 +217,15 @@ def _ci(c, nd: int = 1, pct: bool = False) -> str:
     return f"[{_f(c[0], nd, pct)}, {_f(c[1], nd, pct)}]"
 
 
+def _pp(v) -> str:
+    """A difference of two rates (fractions) in percentage points, signed, one decimal."""
+    return "–" if v is None else f"{100 * v:+.1f}"
+
+
+def _pp_ci(c) -> str:
+    return "–" if c is None else f"[{_pp(c[0])}, {_pp(c[1])}]"
+
+
 def _html_table(headers: list[str], rows: list[list[str]], caption: str = "") -> str:
     from html import escape
 
@@ -306,11 +315,12 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
                           "–" if r["p_value"] is None else
                           ("<0.0001" if r["p_value"] < 1e-4 else f"{r['p_value']:.4f}"),
                           _f(r["cohens_d"], 2),
-                          f"{_f(r['response_rate_difference'], 1, True)} "
-                          f"{_ci(r['response_rate_difference_ci95'], 1, True)}"])
+                          f"{_pp(r['response_rate_difference'])} "
+                          f"{_pp_ci(r['response_rate_difference_ci95'])}"])
     if drows:
         parts.append(_html_table(["pair", "visit", "difference [95% CI]", "p", "Cohen's d",
-                                  "response difference [95% CI]"], drows))
+                                  "response-rate difference, percentage points [95% CI]"],
+                                 drows))
         on = [f"{k}: {v['visit']} (favours {v['favours']})" if v else f"{k}: none"
               for k, v in s["onset"].items()]
         parts.append(f"<p>Onset (first visit with a 95% CI excluding 0): "

@@ -1182,6 +1182,9 @@ function cell(tr, text, header) {
   tr.appendChild(c);
 }
 
+function pp(v) {
+  return v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${(100 * v).toFixed(0)}`;
+}
 function pct(v) { return v === null || v === undefined ? "–" : `${(100 * v).toFixed(0)}%`; }
 function ci(c) { return c && c[0] !== null ? `[${fmt(c[0])}, ${fmt(c[1])}]` : "–"; }
 
@@ -1231,7 +1234,8 @@ async function showResult(job) {
     t.className = "data";
     t.createCaption().textContent = `Difference ${pair} in mean change (negative favours the first)`;
     const hr = t.createTHead().insertRow();
-    for (const h of ["visit", "difference", "95% CI", "p", "Cohen's d", "response difference"]) {
+    for (const h of ["visit", "difference", "95% CI", "p", "Cohen's d",
+                     "response difference (percentage points)"]) {
       cell(hr, h, "col");
     }
     const tb = t.createTBody();
@@ -1242,7 +1246,7 @@ async function showResult(job) {
       cell(tr, ci(d.ci95));
       cell(tr, d.p_value === null ? "–" : (d.p_value < 1e-4 ? "<0.0001" : d.p_value.toFixed(4)));
       cell(tr, fmt(d.cohens_d, 2));
-      cell(tr, pct(d.response_rate_difference));
+      cell(tr, pp(d.response_rate_difference));
     }
     box.appendChild(t);
   }
