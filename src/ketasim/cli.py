@@ -561,7 +561,8 @@ def run(
     on = h["onset"]
     out.print("Onset (first visit with a 95% CI of the MADRS difference excluding 0): "
               + (f"{on['visit']} (favours {on['favours']})" if on else "none"))
-    t = Table(title="response / remission (MADRS)")
+    t = Table(title="response / remission (MADRS) at 24 h and 7 d; every visit: report.html, "
+                    "summary.json")
     for col in ("visit", *[f"{a} response" for a in arms], *[f"{a} remission" for a in arms]):
         t.add_column(col, justify="right")
     for v in h["response"]:
