@@ -129,3 +129,14 @@ def test_response_rate_differences_read_as_percentage_points(tmp_path, capsys):
     assert f"{100 * diff:+.0f}" in text
     html = (out / "report.html").read_text()
     assert "percentage points" in html and f"{100 * diff:+.1f}" in html
+
+
+def test_fit_table_gives_the_residual_error_units(capsys):
+    """The fit table showed sigma_prop with an empty units cell next to IIV CVs in %."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "fit" / "pk_small.csv"
+    assert main(["fit", str(data), "--model", "kamp2020", "--estimate", "CL",
+                 "--method", "map"]) == 0
+    row = next(x for x in capsys.readouterr().out.splitlines() if "sigma_prop" in x)
+    assert "fraction of the prediction" in row

@@ -1404,8 +1404,11 @@ def fit(
         how = " (profile)" if e.ci95_method == "profile-likelihood" else ""
         t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}{how}",
                   "" if e.iiv_cv is None else f"{100 * e.iiv_cv:.1f}%", problem.units(k))
+    res_units = {"sigma_prop": "fraction of the prediction",
+                 "sigma_add": "DV units (ng/mL for concentrations)"}
     for k, e in res.residual.items():
-        t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}", "", "")
+        t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}", "",
+                  res_units.get(k, ""))
     out.print(t)
     out.print(f"objective (−2 log L): {res.objective:.3f}; converged: {res.converged}; "
               f"{res.elapsed_s:.1f} s")
