@@ -1278,6 +1278,10 @@ def sensitivity(
     if as_json:
         print(json.dumps(_jsonable({**r, "disclaimer": DISCLAIMER})))
         return
+    if r.get("constant_output") and r["method"] == "sobol":
+        out.print(r["message"])
+        out.print(f"seed {seed}, {r['wall_s']:.1f} s. {DISCLAIMER}")
+        return
     t = Table(title=f"{r['method']} sensitivity of {r['endpoint']} "
                     f"(nominal {r['nominal']:.3g}, {r['evaluations']} evaluations)")
     cols = (["parameter", "S1", "S1 CI", "ST", "ST CI"] if r["method"] == "sobol"
@@ -1294,6 +1298,8 @@ def sensitivity(
     out.print(t)
     if r["method"] == "sobol":
         out.print(f"sum S1 = {r['sum_S1']:.3f} ± {r['sum_S1_conf']:.3f}")
+    if r.get("message"):
+        out.print(r["message"])
     out.print(f"seed {seed}, {r['wall_s']:.1f} s. {DISCLAIMER}")
 
 

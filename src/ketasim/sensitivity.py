@@ -9,7 +9,11 @@ ketamine 0.5 mg/kg IV over 40 min vs midazolam in TRD (the ``default`` scenario'
 Parameters (:data:`DEFAULT_PARAMETERS`, a documented subset; see docs/validation.md): the
 calibrated and assumed constants of the clinic card that act on a ketamine arm, and the
 mechanism constants (receptor and signalling cards) that set the LHb/synaptic drive. Bounds are
-the card value × (1 ± spread) (default ±50 %), fractions kept inside (0, 1).
+the card value × (1 ± spread) (default ±50 %), sampled uniformly; fractions (probabilities,
+fractional falls, caps) kept in [0.01, 0.99] (inside (0, 1) around a card value outside that).
+The baseline MADRS constants (``madrs_baseline_<disorder>``, ``madrs_baseline_sd``) act through
+the virtual patients, who are redrawn (same random numbers) with the sampled values;
+``pk_iiv_cv`` is refused (:data:`NOT_VARIABLE`): the drive comes from a typical patient.
 
 How one evaluation runs: clinic constants act through the cached per-patient components
 (cheap). Mechanism constants need the mechanism re-simulated: to keep thousands of evaluations
@@ -47,8 +51,16 @@ METHODS = ("sobol", "morris")
 MAX_SOBOL_SAMPLES = 2**20
 ENDPOINT_METRICS = ("madrs_change", "madrs_difference", "response_rate", "remission_rate",
                     "item10_change", "ssi_change")
-_FRACTIONS = {"drug_emax", "placebo_active", "placebo_saline", "consolidation_threshold",
-              "theta_H", "ad_background_max"}
+#: constants whose valid range is (0, 1): probabilities, fractional falls, caps of a fraction
+_FRACTIONS = {"drug_emax", "placebo_active", "placebo_saline", "placebo_session",
+              "consolidation_threshold", "consolidation_cap", "suicidality_cap", "theta_H",
+              "ad_background_max", "midazolam_sedation_peak", "pE0", "M0", "Po_E2B",
+              "Po_Esyn", "Po_I", "Po_H_rest", "fst_E_fast"}
+#: card constants this design cannot vary (a sampled value would not reach the endpoint)
+NOT_VARIABLE = {
+    "pk_iiv_cv": "acts on each patient's PK, but the drive here comes from one typical "
+                 "patient (population-typical PK), so it cannot be varied",
+}
 
 
 def parse_endpoint(text: str) -> tuple[str, str]:
@@ -79,7 +91,10 @@ def _bounds(card: str, name: str, spread: float) -> tuple[float, float, float]:
         raise KetasimError("params", f"unknown parameter {name!r} in card {card}") from exc
     lo, hi = sorted((v * (1 - spread), v * (1 + spread)))
     if name in _FRACTIONS:
-        lo, hi = max(lo, 0.01), min(hi, 0.99)
+        # kept in [0.01, 0.99], but never cut across the card value itself (a tiny open
+        # probability, a cap of 0.99): then the limit is halfway between the value and 0 or 1
+        lo = max(lo, 0.01) if v > 0.01 else lo
+        hi = min(hi, 0.99) if v < 0.99 else min(hi, (1.0 + v) / 2.0)
     if lo == hi:
         raise KetasimError("params", f"{name} = 0 has no relative range")
     return v, lo, hi
@@ -104,6 +119,8 @@ def resolve_parameters(names: list[str] | None) -> list[tuple[str, str]]:
         if card is None:
             raise KetasimError("params", f"unknown parameter {name!r}",
                                "names from the clinic, receptor or signalling cards")
+        if name in NOT_VARIABLE:
+            raise KetasimError("params", f"{name} {NOT_VARIABLE[name]}")
         out.append((card, name))
     if len(set(out)) != len(out):
         raise KetasimError("params", "a parameter is listed twice")
@@ -134,7 +151,10 @@ class EndpointModel:
 
         self.visits = np.array([parse_duration(self.at)])
         self.arms = sc.arms
+        self.population = sc.population
+        self.n = n
         self.patients = [sample_arm(sc.population, i, n, 1) for i in range(2)]
+        self._baseline_key = self._baseline(self.c0)
         self.t = [_grid(self.visits, arm_regimen(a)) for a in self.arms]
         from .population import Patient
 
@@ -160,6 +180,22 @@ class EndpointModel:
             self.simulations += 1
         return self._memo[key]
 
+    def _baseline(self, c: dict[str, float]) -> tuple[float, float]:
+        return (c[f"madrs_baseline_{self.population.disorder}"], c["madrs_baseline_sd"])
+
+    def _patients(self, c: dict[str, float]) -> list[list]:
+        """The virtual patients; redrawn (same random numbers, so only the baseline moves)
+        when a sampled value changes the baseline MADRS mean or SD, which the population uses
+        when it draws them (they are not read by the score model)."""
+        key = self._baseline(c)
+        if key == self._baseline_key:
+            return self.patients
+        from .population import _arm_constants, sample_patient
+
+        k = (*key, _arm_constants(self.population)[2])
+        return [[sample_patient(self.population, i, j, 1, k) for j in range(self.n)]
+                for i in range(2)]
+
     def __call__(self, x: np.ndarray) -> float:
         from .mood import scores_batch
 
@@ -171,11 +207,12 @@ class EndpointModel:
             else:
                 mech[name] = float(v)
         comp = self._components(mech)
-        n = len(self.patients[0])
+        patients = self._patients(c)
+        n = len(patients[0])
         comps = {k: np.repeat(v, n, axis=0) for k, v in comp.items()}
-        s_k = scores_batch(self.arms[0], self.patients[0], self.t[0], self.visits, comps, c)
+        s_k = scores_batch(self.arms[0], patients[0], self.t[0], self.visits, comps, c)
         self.evaluations += 1
-        base = np.array([p.baseline_madrs for p in self.patients[0]])
+        base = np.array([p.baseline_madrs for p in patients[0]])
         m = self.metric
         if m == "madrs_change":
             return float((s_k["madrs"][:, 0] - base).mean())
@@ -188,18 +225,27 @@ class EndpointModel:
         if m == "ssi_change":
             return float(s_k["ssi"][:, 0].mean() - c["ssi_baseline"])
         zero = {k: np.zeros((n, len(self.t[1]))) for k in comps}
-        s_m = scores_batch(self.arms[1], self.patients[1], self.t[1], self.visits, zero, c)
-        base_m = np.array([p.baseline_madrs for p in self.patients[1]])
+        s_m = scores_batch(self.arms[1], patients[1], self.t[1], self.visits, zero, c)
+        base_m = np.array([p.baseline_madrs for p in patients[1]])
         return float((s_k["madrs"][:, 0] - base).mean() - (s_m["madrs"][:, 0] - base_m).mean())
 
 
-def _evaluate(model, X: np.ndarray, progress: Callable[[int, int], None] | None) -> np.ndarray:
-    """The endpoint at every row of the design ``X``, reporting progress."""
+def _evaluate(model, X: np.ndarray, progress: Callable[[int, int], None] | None,
+              names: list[str] | None = None) -> np.ndarray:
+    """The endpoint at every row of the design ``X``, reporting progress; a non-finite value
+    is an error naming the first parameter set that gave one (SALib would return NaN
+    indices)."""
     Y = np.empty(len(X))
     for i, x in enumerate(X):
         Y[i] = model(x)
         if progress is not None:
             progress(i + 1, len(X))
+    bad = np.flatnonzero(~np.isfinite(Y))
+    if len(bad):
+        at = ", ".join(f"{nm}={v:.4g}" for nm, v in zip(names or [], X[bad[0]], strict=False))
+        raise KetasimError("params", f"the endpoint is not finite at {len(bad)} of {len(X)} "
+                                     f"sampled parameter sets (first: {at})",
+                           "a smaller --spread")
     return Y
 
 
@@ -245,19 +291,26 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
     nominal = model(np.array([r[2] for r in rows]))
     if method == "sobol":
         X = sobol_sample.sample(problem, samples, calc_second_order=False, seed=seed)
-        Y = _evaluate(model, X, progress)
-        res = sobol_analyze.analyze(problem, Y, calc_second_order=False, seed=seed)
-        out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
-                  "S1": float(res["S1"][i]), "S1_conf": float(res["S1_conf"][i]),
-                  "ST": float(res["ST"][i]), "ST_conf": float(res["ST_conf"][i])}
-                 for i, (nm, r) in enumerate(zip(problem["names"], rows, strict=True))]
-        # CI of the sum: the half-widths added in quadrature (indices estimated jointly)
-        extra = {"sum_S1": float(np.sum(res["S1"])),
-                 "sum_S1_conf": float(np.sqrt(np.sum(np.square(res["S1_conf"]))))}
-        out_p.sort(key=lambda p: -p["ST"])
+        Y = _evaluate(model, X, progress, problem["names"])
+        if _constant(Y):
+            # variance 0: Sobol indices are 0/0, undefined (SALib would report 0 ± 0)
+            out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
+                      "S1": None, "S1_conf": None, "ST": None, "ST_conf": None}
+                     for nm, r in zip(problem["names"], rows, strict=True)]
+            extra = {"sum_S1": None, "sum_S1_conf": None}
+        else:
+            res = sobol_analyze.analyze(problem, Y, calc_second_order=False, seed=seed)
+            out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
+                      "S1": float(res["S1"][i]), "S1_conf": float(res["S1_conf"][i]),
+                      "ST": float(res["ST"][i]), "ST_conf": float(res["ST_conf"][i])}
+                     for i, (nm, r) in enumerate(zip(problem["names"], rows, strict=True))]
+            # CI of the sum: the half-widths added in quadrature (indices estimated jointly)
+            extra = {"sum_S1": float(np.sum(res["S1"])),
+                     "sum_S1_conf": float(np.sqrt(np.sum(np.square(res["S1_conf"]))))}
+            out_p.sort(key=lambda p: -p["ST"])
     else:
         X = morris_sample.sample(problem, samples, num_levels=4, seed=seed)
-        Y = _evaluate(model, X, progress)
+        Y = _evaluate(model, X, progress, problem["names"])
         res = morris_analyze.analyze(problem, X, Y, num_levels=4, seed=seed)
         out_p = [{"name": nm, "card": r[0], "value": r[2], "bounds": [r[3], r[4]],
                   "mu_star": float(res["mu_star"][i]),
@@ -268,14 +321,26 @@ def run_sensitivity(endpoint: str = "madrs_change@24h", method: str = "morris",
         out_p.sort(key=lambda p: -p["mu_star"])
     from .cards import card_versions
 
+    constant = _constant(Y)
+    if constant:
+        extra["message"] = (
+            f"{endpoint} does not vary over the {len(Y)} sampled parameter sets (every value "
+            f"{float(Y[0]):.4g}): none of these parameters moves it on this design"
+            + ("; Sobol indices (variance shares) are undefined" if method == "sobol" else ""))
     return {"endpoint": endpoint, "metric": model.metric, "at": model.at, "method": method,
             "samples": samples, "evaluations": int(len(Y) + 1),
             "mechanism_simulations": model.simulations, "nominal": float(nominal),
-            "output_sd": float(np.std(Y)), "spread": spread, "n": n, "seed": seed,
+            "output_sd": float(np.std(Y)), "constant_output": constant, "spread": spread,
+            "sampling": "uniform", "n": n, "seed": seed,
             "parameters": out_p, **extra, "wall_s": round(time.perf_counter() - t0, 2),
             "design": "ketamine 0.5 mg/kg IV over 40 min vs midazolam, TRD; mechanism "
                       "constants act through a typical patient's drive",
             "ketasim_version": __version__, "card_hashes": card_versions()}
+
+
+def _constant(Y: np.ndarray) -> bool:
+    """Whether the endpoint is the same at every design point (a spread of rounding only)."""
+    return bool(np.ptp(Y) <= 1e-12 * max(1.0, float(np.max(np.abs(Y)))))
 
 
 def plot_indices(r: dict) -> bytes:
@@ -291,9 +356,12 @@ def plot_indices(r: dict) -> bytes:
     y = np.arange(len(ps))
     fig, ax = plt.subplots(figsize=(7.0, 0.35 * len(ps) + 1.4), dpi=100)
     if r["method"] == "sobol":
-        ax.barh(y - 0.2, [p["S1"] for p in ps], 0.4, xerr=[p["S1_conf"] for p in ps],
+        def g(p, k):  # an undefined index (constant endpoint) is drawn as no bar
+            return p[k] if p[k] is not None else 0.0
+
+        ax.barh(y - 0.2, [g(p, "S1") for p in ps], 0.4, xerr=[g(p, "S1_conf") for p in ps],
                 label="first order S1")
-        ax.barh(y + 0.2, [p["ST"] for p in ps], 0.4, xerr=[p["ST_conf"] for p in ps],
+        ax.barh(y + 0.2, [g(p, "ST") for p in ps], 0.4, xerr=[g(p, "ST_conf") for p in ps],
                 label="total ST")
         ax.set_xlabel("Sobol index (95% CI)")
         ax.legend(loc="lower right")
@@ -302,7 +370,8 @@ def plot_indices(r: dict) -> bytes:
         ax.set_xlabel(f"Morris mu* of {r['metric']} (95% CI)")
     ax.set_yticks(y, names)
     ax.invert_yaxis()
-    ax.set_title(f"{r['method']} sensitivity: {r['endpoint']}")
+    ax.set_title(f"{r['method']} sensitivity: {r['endpoint']}"
+                 + (" (endpoint constant)" if r.get("constant_output") else ""))
     fig.tight_layout()
     from .report import _fig_png
 
