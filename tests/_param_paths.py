@@ -30,11 +30,11 @@ import numpy as np
 
 from ketasim import batch, mood
 from ketasim.bench_sbml import reference_grid
-from ketasim.engine import simulate
 from ketasim.cards import load_param_card, load_param_cards
+from ketasim.engine import simulate
 from ketasim.population import sample_arm
-from ketasim.scenario import ArmSpec, PopulationSpec
 from ketasim.sbml import course_setup, export_arm, patient_parameters, without_noise
+from ketasim.scenario import ArmSpec, PopulationSpec
 
 TOL = 1e-4
 #: the reference path's solver tolerances (tests/test_batch_fast.py)
@@ -255,8 +255,9 @@ def baseline(case: str) -> dict[str, dict[str, np.ndarray]]:
 
 
 def audit(card: str, name: str, cases: tuple[str, ...] | None = None,
-          new: float | None = None) -> Result:
-    """Perturb one parameter and compare the paths (see the module docstring)."""
+          new: float | None = None, sbml: bool = True) -> Result:
+    """Perturb one parameter and compare the paths (see the module docstring); ``sbml=False``
+    leaves the SBML export out (for constants it does not carry)."""
     v = load_param_card(card).value(name)
     new = perturbed_value(card, name, v) if new is None else new
     if cases is None:
@@ -266,7 +267,7 @@ def audit(card: str, name: str, cases: tuple[str, ...] | None = None,
     for cn in cases:
         base = baseline(cn)
         with perturbed(card, name, new):
-            pert = run_case(CASES[cn])
+            pert = run_case(CASES[cn], ("ref", "fast", "sbml") if sbml else ("ref", "fast"))
         r.moved[cn] = {}
         for path, out in pert.items():
             moved = set()

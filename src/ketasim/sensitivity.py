@@ -16,7 +16,10 @@ How one evaluation runs: clinic constants act through the cached per-patient com
 affordable, the drive of a *typical* patient (population-typical PK) is simulated with the
 sampled mechanism constants and applied to every virtual patient, whose placebo response,
 maximal drug effect, baseline and visit noise still vary. The same rule is used for every
-evaluation (nominal included), so indices compare like with like.
+evaluation (nominal included), so indices compare like with like. The baseline-MADRS
+constants (``madrs_baseline_trd``, ``madrs_baseline_sd``) redraw the virtual patients (same
+random numbers) with the sampled values; ``pk_iiv_cv``, which acts only through per-patient PK,
+is refused (the typical patient's drive cannot vary it).
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ METHODS = ("sobol", "morris")
 MAX_SOBOL_SAMPLES = 2**20
 ENDPOINT_METRICS = ("madrs_change", "madrs_difference", "response_rate", "remission_rate",
                     "item10_change", "ssi_change")
+#: clinic constants that set the patients' baseline MADRS (population draws): the endpoint
+#: model redraws its patients (same random numbers) with the sampled values
+_BASELINE = {"madrs_baseline_trd": "baseline_madrs_mean", "madrs_baseline_sd": "baseline_madrs_sd"}
+#: clinic constants the design cannot vary: they act only through per-patient PK, which the
+#: design replaces by a typical patient's drive (a zero index would be an artefact)
+_REFUSED = {"pk_iiv_cv": "it acts through per-patient PK, and the design applies a typical "
+                         "patient's drive to every patient"}
 _FRACTIONS = {"drug_emax", "placebo_active", "placebo_saline", "consolidation_threshold",
               "theta_H", "ad_background_max"}
 
@@ -104,6 +114,8 @@ def resolve_parameters(names: list[str] | None) -> list[tuple[str, str]]:
         if card is None:
             raise KetasimError("params", f"unknown parameter {name!r}",
                                "names from the clinic, receptor or signalling cards")
+        if name in _REFUSED:
+            raise KetasimError("params", f"{name} cannot be varied here: {_REFUSED[name]}")
         out.append((card, name))
     if len(set(out)) != len(out):
         raise KetasimError("params", "a parameter is listed twice")
@@ -134,7 +146,10 @@ class EndpointModel:
 
         self.visits = np.array([parse_duration(self.at)])
         self.arms = sc.arms
+        self.population = sc.population
+        self.n = n
         self.patients = [sample_arm(sc.population, i, n, 1) for i in range(2)]
+        self._drawn: tuple[tuple, list] = ((), self.patients)
         self.t = [_grid(self.visits, arm_regimen(a)) for a in self.arms]
         from .population import Patient
 
@@ -160,6 +175,19 @@ class EndpointModel:
             self.simulations += 1
         return self._memo[key]
 
+    def _patients(self, c: dict[str, float]) -> list:
+        """Both arms' patients, redrawn (same random numbers) when a sampled value of a
+        baseline-MADRS constant (:data:`_BASELINE`) differs from the card's."""
+        from .population import sample_arm
+
+        upd = {f: c[k] for k, f in _BASELINE.items()
+               if any(name == k for _, name in self.params)}
+        key = tuple(sorted(upd.items()))
+        if key != self._drawn[0]:
+            spec = self.population.model_copy(update=upd)
+            self._drawn = (key, [sample_arm(spec, i, self.n, 1) for i in range(2)])
+        return self._drawn[1]
+
     def __call__(self, x: np.ndarray) -> float:
         from .mood import scores_batch
 
@@ -170,12 +198,13 @@ class EndpointModel:
                 c[name] = float(v)
             else:
                 mech[name] = float(v)
+        pts = self._patients(c)
         comp = self._components(mech)
-        n = len(self.patients[0])
+        n = len(pts[0])
         comps = {k: np.repeat(v, n, axis=0) for k, v in comp.items()}
-        s_k = scores_batch(self.arms[0], self.patients[0], self.t[0], self.visits, comps, c)
+        s_k = scores_batch(self.arms[0], pts[0], self.t[0], self.visits, comps, c)
         self.evaluations += 1
-        base = np.array([p.baseline_madrs for p in self.patients[0]])
+        base = np.array([p.baseline_madrs for p in pts[0]])
         m = self.metric
         if m == "madrs_change":
             return float((s_k["madrs"][:, 0] - base).mean())
@@ -188,8 +217,8 @@ class EndpointModel:
         if m == "ssi_change":
             return float(s_k["ssi"][:, 0].mean() - c["ssi_baseline"])
         zero = {k: np.zeros((n, len(self.t[1]))) for k in comps}
-        s_m = scores_batch(self.arms[1], self.patients[1], self.t[1], self.visits, zero, c)
-        base_m = np.array([p.baseline_madrs for p in self.patients[1]])
+        s_m = scores_batch(self.arms[1], pts[1], self.t[1], self.visits, zero, c)
+        base_m = np.array([p.baseline_madrs for p in pts[1]])
         return float((s_k["madrs"][:, 0] - base).mean() - (s_m["madrs"][:, 0] - base_m).mean())
 
 
