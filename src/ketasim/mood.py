@@ -196,6 +196,12 @@ def scores_batch(arm: ArmSpec, patients: list[Patient], t: np.ndarray, visits_h:
     fast = c["a_fast"] * comp["fast"] * np.where(bip, c["bipolar_fast_factor"], 1.0)[:, None]
     slow = c["a_proteins"] * comp["proteins"] + c["a_spines"] * comp["spines"]
     ce = comp["ce"]
+    if arm.drug == "esketamine" and arm.control is None:
+        # the components carry the card's potency factor (components_from); a constants dict
+        # with another value (validate, sensitivity) rescales them, as the card value would
+        pot = load_param_card("clinic").value("esketamine_potency_factor")
+        if c["esketamine_potency_factor"] != pot:
+            ce = ce * (c["esketamine_potency_factor"] / pot)
     he_fast = _effect_compartment(t, fast, c["k_mood"])
     he = he_fast + _effect_compartment(t, slow, c["k_mood_slow"])
     if arm.drug == "esketamine" and arm.control is None:
