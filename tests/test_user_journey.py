@@ -140,3 +140,16 @@ def test_fit_table_gives_the_residual_error_units(capsys):
                  "--method", "map"]) == 0
     row = next(x for x in capsys.readouterr().out.splitlines() if "sigma_prop" in x)
     assert "fraction of the prediction" in row
+
+
+def test_trial_time_to_response_also_in_days(tmp_path, capsys):
+    """Time to response was printed in hours beside a relapse median in days."""
+    toml = tmp_path / "s.toml"
+    toml.write_text('title = "d"\n[population]\nn = 20\nseed = 3\n[[arm]]\nname = "k"\n'
+                    'drug = "ketamine"\nroute = "iv-infusion"\ndose = "0.5 mg/kg"\n'
+                    '[[arm]]\nname = "p"\ncontrol = "saline"\n[endpoints]\n'
+                    'at = ["24 h", "3 d", "7 d"]\n')
+    assert main(["trial", str(toml), "--out", str(tmp_path / "run")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if "time to response" in x]
+    m = re.search(r"median ([0-9.]+) h = ([0-9.]+) d", lines[0])
+    assert m and float(m.group(2)) == pytest.approx(float(m.group(1)) / 24, abs=0.06)

@@ -422,7 +422,9 @@ def _print_trial(s: dict) -> None:
                   f"{_fmt(b['peak_dissociation_incidence'], 0, True)}) · ΔSBP mean "
                   f"{_fmt(b['mean_peak_sbp_change_mmhg'])} mmHg")
         tt, rl = b["time_to_response"], b["relapse"]
-        out.print(f"  time to response: median {_fmt(tt['median_h'])} h "
+        days = ("" if tt["median_h"] is None or tt["median_h"] < 24 else
+                f" = {_fmt(tt['median_h'] / 24)} d")
+        out.print(f"  time to response: median {_fmt(tt['median_h'])} h{days} "
                   f"({tt['n_responded']}/{tt['n']} ever responded); relapse: "
                   + _relapse_text(rl))
     for key, rows in s["differences"].items():
