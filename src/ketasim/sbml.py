@@ -109,7 +109,8 @@ def typical_patient(scenario: Scenario) -> Patient:
     residual noise (the noise-free MADRS)."""
     pop = scenario.population
     c = load_param_card("clinic")
-    base = pop.baseline_madrs_mean or c.value(f"madrs_baseline_{pop.disorder}")
+    base = (pop.baseline_madrs_mean if pop.baseline_madrs_mean is not None
+            else c.value(f"madrs_baseline_{pop.disorder}"))
     return Patient(0, pop.weight_kg_mean, pop.age_mean,
                    "female" if pop.female_fraction > 0.5 else "male", pop.race, pop.disorder,
                    float(base), 0.0, 0.0, 1.0, 1.0, np.zeros(64), tuple(pop.comedication),

@@ -37,7 +37,9 @@ class PopulationSpec(BaseModel):
     race: Literal["caucasian", "black", "asian", "japanese", "other"] = "caucasian"
     comedication: list[Literal["lithium", "valproate", "oral-antidepressant"]] = Field(
         default_factory=list)
-    baseline_madrs_mean: float | None = Field(None, ge=0.0, le=60.0)
+    #: baseline MADRS is drawn normal(mean, sd) clipped to 20–60 (20: the enrolment floor of
+    #: depression trials; 60: the scale's top), so a mean below 20 is refused
+    baseline_madrs_mean: float | None = Field(None, ge=20.0, le=60.0)
     baseline_madrs_sd: float | None = Field(None, ge=0.0, le=20.0)
     #: every arm's patient i is the same virtual patient (covariates, random effects, visit
     #: noise): common random numbers, for comparisons of arms that differ only in treatment
