@@ -153,3 +153,24 @@ def test_trial_time_to_response_also_in_days(tmp_path, capsys):
     lines = [x for x in capsys.readouterr().out.splitlines() if "time to response" in x]
     m = re.search(r"median ([0-9.]+) h = ([0-9.]+) d", lines[0])
     assert m and float(m.group(2)) == pytest.approx(float(m.group(1)) / 24, abs=0.06)
+
+
+@pytest.mark.parametrize("args", [["models"], ["cards"], ["calibrate", "mechanism"],
+                                  ["export-sbml", "--out", "{tmp}/m.xml"]])
+def test_listing_commands_print_the_disclaimer(capsys, tmp_path, args):
+    # before: models, cards, calibrate and export-sbml printed no disclaimer in text mode
+    rc, out, err = run(capsys, [a.format(tmp=tmp_path) for a in args])
+    assert rc == 0, err
+    assert DISCLAIMER in out.replace("\n", " ")
+
+
+def test_pk_without_effect_site_says_where_trials_take_it(capsys):
+    # esketamine's PK card has no effect site, while trials report a racemic-equivalent Ce:
+    # the pk table must say where that concentration comes from instead of staying silent
+    rc, out, err = run(capsys, ["pk", "--drug", "esketamine", "--route", "intranasal",
+                                "--dose", "84 mg", "--times-h", "1"])
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "has no effect site" in text and "racemic equivalents" in text
+    rc, out, err = run(capsys, ["pk", "--times-h", "1"])  # racemic: has an effect site
+    assert "effect site (ng/mL)" in out and "has no effect site" not in " ".join(out.split())

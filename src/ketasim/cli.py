@@ -232,6 +232,12 @@ def pk(
               f"terminal t½ {payload['t_half_terminal_h']:.1f} h")
     for w in res.warnings:
         out.print(f"[yellow]warning:[/] {w}")
+    if not res.effect_ng_per_ml:
+        req = " (racemic equivalents: × the esketamine potency factor)" \
+            if drug == "esketamine" else ""
+        out.print(f"[dim]The {card.id} card has no effect site: the brain follows plasma "
+                  f"without delay, and trials (`ketasim run`, `ketasim trial`) report this "
+                  f"plasma concentration as the effect-site concentration{req}.[/]")
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 
@@ -339,6 +345,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
         t.add_row(r["id"] + (" (default)" if r["default"] else ""), r["drug"], r["title"],
                   ", ".join(r["routes"]), r["sampling"], pop, src)
     out.print(t)
+    out.print(f"[dim]{DISCLAIMER}[/]")
 
 
 def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: str):
@@ -781,6 +788,7 @@ def cards(
         t.add_row(name, *[str(c[k]) for k in ("read", "derived", "calibrated", "assumed")])
     t.add_row("[bold]total[/]", *[f"[bold]{total[k]}[/]" for k in total])
     out.print(t)
+    out.print(f"[dim]{DISCLAIMER}[/]")
 
 
 @calibrate_app.command("mechanism")
@@ -840,6 +848,7 @@ def calibrate_mechanism(
     for k, v in r["experiments"].items():
         out.print(("[green]met[/]  " if v["met"] else "[red]MISS[/] ") + f"{k}: {v['value']:.3g}")
     out.print(f"[bold]{r['met']} / {r['total']} targets met[/]")
+    out.print(f"[dim]{DISCLAIMER}[/]")
 
 
 @calibrate_app.command("clinic")
@@ -910,6 +919,7 @@ def calibrate_clinic(
     for k, (v, ok) in r.items():
         out.print(("[green]met[/]  " if ok else "[red]MISS[/] ") + f"{k}: {v:.3g}")
     out.print(f"[bold]{sum(ok for _, ok in r.values())} / {len(r)} clinical targets met[/]")
+    out.print(f"[dim]{DISCLAIMER}[/]")
 
 
 @bench_app.command("pk")
@@ -1003,6 +1013,7 @@ def export_sbml(
     _write(out_path, em.sbml, "out")
     out.print(f"wrote {out_path}: arm {a.name!r}, model {em.metadata['pk_model']}, "
               f"{len(em.state_ids)} states; outputs {', '.join(em.plasma.values())}, madrs")
+    out.print(f"[dim]{DISCLAIMER} (The SBML notes say so too.)[/]")
 
 
 @app.command()
