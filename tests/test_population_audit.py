@@ -145,21 +145,22 @@ def test_patient_is_the_same_whatever_n_and_start():
         assert np.array_equal(p.residual, ref.residual[:nv])
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, not fixed: eta_cadss and the "
-                   "suicidality noise are drawn after n_visits noise draws, so the trial "
-                   "(64) and validate/calibration/sensitivity (their visit count) give the "
-                   "same patient a different CADSS sensitivity; the fix moves the scorecard "
-                   "(116 -> 112 of 142 within; see CHANGELOG)")
 def test_cadss_sensitivity_does_not_depend_on_visit_count():
     spec = PopulationSpec(n=50, seed=5)
     # the number of visits drawn must not change who the patient is: every trait, including
-    # the CADSS sensitivity drawn after the visit noise, is the same for 1, 8 or 64 visits
+    # the CADSS sensitivity drawn after the visit noise, is the same for 1, 8, 64 or 70 visits
     # (the trial samples 64 noise draws; validate, calibration and sensitivity use fewer)
     ref = sample_patient(spec, 0, 3, n_visits=64)
-    for nv in (1, 8, 61):
+    for nv in (1, 8, 61, 64, 70):
         p = sample_patient(spec, 0, 3, n_visits=nv)
         assert p.eta_cadss == ref.eta_cadss, nv
-        assert np.array_equal(p.residual_suicidality, ref.residual_suicidality[:nv])
+        k = min(nv, 64)
+        assert np.array_equal(p.residual_suicidality[:k], ref.residual_suicidality[:k])
+        assert np.array_equal(p.residual[:k], ref.residual[:k])
+    long = sample_patient(spec, 0, 3, n_visits=70)
+    assert np.array_equal(long.residual[:64], ref.residual)  # the trial's draws unchanged
+    assert len(long.residual) == len(long.residual_suicidality) == 70
+    assert len(set(long.residual[64:]) & set(long.residual_suicidality[64:])) == 0
 
 
 def test_arms_and_seeds_give_independent_patients():

@@ -60,11 +60,16 @@ def _arm_constants(spec: PopulationSpec) -> tuple[float, float, float]:
     return mean, sd, np.sqrt(np.log(1.0 + c.value("pk_iiv_cv") ** 2))
 
 
-def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int = 64,
+#: visit-noise draws taken before eta_cadss (the trial's default visit count)
+NOISE_BLOCK = 64
+
+
+def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int = NOISE_BLOCK,
                    constants: tuple[float, float, float] | None = None) -> Patient:
     """Draw patient ``i`` of an arm; the same call always gives the same patient (covariates,
     eta_placebo, eta_emax, PK factors and the first visit-noise draws do not depend on
-    ``n_visits``; eta_cadss and the suicidality noise do).
+    ``n_visits``: the visit noise of visit k is the same for any ``n_visits`` > k, and so are
+    eta_cadss and the suicidality noise).
     ``constants``: :func:`_arm_constants` of ``spec`` (computed here if not given)."""
     mean, sd, s = constants if constants is not None else _arm_constants(spec)
     arm_index = 0 if spec.same_patients_in_every_arm else arm_index  # the draws' arm
@@ -77,13 +82,17 @@ def sample_patient(spec: PopulationSpec, arm_index: int, i: int, n_visits: int =
     eta_e = float(rng.standard_normal())
     f_cl = float(np.exp(rng.normal(0.0, s)))
     f_v = float(np.exp(rng.normal(0.0, s)))
-    resid = rng.standard_normal(n_visits)
-    # known defect (test_population_audit.py, xfail): drawn after ``n_visits`` noise draws, so
-    # eta_cadss and the suicidality noise depend on n_visits (the trial passes 64; validate,
-    # calibration and sensitivity pass their visit count). Not fixed: fixing it moves the
-    # scorecard (see CHANGELOG, population audit).
+    # a fixed block of visit-noise draws, then eta_cadss, then the suicidality noise, so a
+    # patient is the same whatever ``n_visits`` (the first k draws of either noise never
+    # depend on it); visits beyond the block continue the stream afterwards
+    resid = rng.standard_normal(NOISE_BLOCK)
     eta_c = float(rng.standard_normal())
-    resid_s = rng.standard_normal(n_visits)
+    resid_s = rng.standard_normal(NOISE_BLOCK)
+    if n_visits > NOISE_BLOCK:
+        extra = n_visits - NOISE_BLOCK
+        resid = np.concatenate([resid, rng.standard_normal(extra)])
+        resid_s = np.concatenate([resid_s, rng.standard_normal(extra)])
+    resid, resid_s = resid[:n_visits].copy(), resid_s[:n_visits].copy()
     return Patient(i, w, age, sex, spec.race, spec.disorder, base, eta_p, eta_e, f_cl, f_v,
                    resid, tuple(spec.comedication), (spec.seed, arm_index, i), eta_c, resid_s)
 
