@@ -100,6 +100,7 @@ def main() -> None:
     names = None
     bad_states = {}
     rblk = []
+    offd = []
     hstab = []
     rows = []
     orig = B.simulate_batch
@@ -185,6 +186,7 @@ def main() -> None:
                 comp = np.abs(vec[:, kx]) / np.abs(vec[:, kx]).max()
                 top = [names[i] for i in np.argsort(-comp)[:4] if comp[i] > 0.05]
                 bad_states[tuple(top)] = bad_states.get(tuple(top), 0) + 1
+            offd.append(hk * np.abs(N - np.diag(np.diag(N))))
             rows.append((ip, tk, hk, hk * np.max(-ev.real), hk * np.abs(np.diag(J)), r_ee, r_e3,
                          jr, hk * np.max(np.abs(ev.imag))))
         print(f"patient {ip}: {nat} attempts, {acc.sum()} accepted", flush=True)
@@ -213,6 +215,18 @@ def main() -> None:
     if bad.any():
         print("ETD3RK unstable at τ (h into dose interval):", np.round(tt[bad][:20], 3))
     rblk = np.array(rblk)
+    od = np.array(offd)  # steps × ny × ny, h·|J_ij| (i ≠ j)
+    med = np.median(od, axis=0)
+    print("off-diagonal couplings h·|J_ij| (row i driven by state j): the 12 largest by "
+          "median over the steps; median / p90 / fraction of steps > 1")
+    for q in np.argsort(-med.ravel())[:12]:
+        i, j = divmod(int(q), med.shape[0])
+        x = od[:, i, j]
+        print(f"  d{names[i]}/d{names[j]:22s} {np.median(x):9.3g} {np.percentile(x, 90):9.3g} "
+              f"{np.mean(x > 1):6.1%}")
+    nstiff = (od > 1).any(axis=2).sum(axis=1)
+    print(f"states with some off-diagonal h·|J_ij| > 1, per step: median {np.median(nstiff):.0f}, "
+          f"max {nstiff.max()}")
     print(f"ETD3RK with the mTORC1–feedback 2x2 block in the linear part: max rho "
           f"{rblk.max():.4f} (>1: {np.mean(rblk > 1 + 1e-9):.2%})")
     if hstab:
