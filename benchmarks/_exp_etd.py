@@ -21,8 +21,18 @@ Time in h, rates in 1/h.
 import numpy as np
 from numba import njit, prange
 
-from ketasim._batch_kernels import (H_RESTART, KINK_TAIL, MAX_STEPS, THETA_H, _conc,
-                                    _interval_peak, _kink_frac, _pk_at, _rhs, mood_jac)
+from ketasim._batch_kernels import (
+    H_RESTART,
+    KINK_TAIL,
+    MAX_STEPS,
+    THETA_H,
+    _conc,
+    _interval_peak,
+    _kink_frac,
+    _pk_at,
+    _rhs,
+    mood_jac,
+)
 from ketasim.mechanism import jac_into
 
 

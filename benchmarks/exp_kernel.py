@@ -5,6 +5,7 @@ functions call the ETD kernel with the same prepared arrays).
 
     python benchmarks/exp_kernel.py accuracy --n 200 [--rtol 1e-4] [--blk2]
     python benchmarks/exp_kernel.py time --n 200 --reps 10 --threads 1 [--blk2]
+    python benchmarks/exp_kernel.py where --rtol 1e-4
 
 ``accuracy``: step attempts per course and the largest relative MADRS difference from a
 tight solution (shipped RODAS4 kernel at rtol 1e-10, atol 1e-12 on every state; cached in
@@ -101,15 +102,16 @@ def accuracy(a) -> None:
         att = (st[:, 0] + st[:, 1]).mean()
         rel = np.max(np.abs(m - ref) / np.abs(ref))
         ab = np.max(np.abs(m - ref))
-        print(f"{kind:8s} rtol {rt or B.FAST_RTOL:g} atol {at or B.FAST_ATOL:g} blk2 {CFG['blk2']}: attempts per course "
-              f"{att:.1f} (rejected or cut {st[:, 1].mean():.1f}), max rel. MADRS error "
-              f"{rel:.2e}, max abs {ab:.2e} points", flush=True)
+        print(f"{kind:8s} rtol {rt or B.FAST_RTOL:g} atol {at or B.FAST_ATOL:g} "
+              f"blk2 {CFG['blk2']}: attempts per course {att:.1f} (rejected or cut "
+              f"{st[:, 1].mean():.1f}), max rel. MADRS error {rel:.2e}, max abs {ab:.2e} points", flush=True)
 
 
 def timing(a) -> None:
     arm, v, pts = bench_arm(), visits_h(), bench_patients(a.n, 0)
     for kind in ("shipped", "etd"):
-        run(kind, arm, pts[:16], v, a.threads, *((a.rtol, a.atol) if kind == "etd" else ()))
+        extra = (a.rtol, a.atol) if kind == "etd" else ()
+        run(kind, arm, pts[:16], v, a.threads, *extra)
     print("load average at start", os.getloadavg(), flush=True)
     res = {"shipped": [], "etd": []}
     for _ in range(a.reps):
@@ -131,9 +133,33 @@ def timing(a) -> None:
     print("load average at end", os.getloadavg())
 
 
+def where(a) -> None:
+    """Attempts per dose interval of bench patient 0 by time since the infusion started."""
+    arm, v, pts = bench_arm(), visits_h(), bench_patients(1, 0)
+    orig = B.simulate_batch
+    edges = [0.0, 40 / 60, 2.0, 12.0, 84.0, 1e9]
+    for kind, rt, at in (("shipped", None, None), ("etd", a.rtol, a.atol)):
+        tr = np.zeros((200000, 4))
+        B.simulate_batch = lambda *x, tr=tr, **kw: orig(*x, **kw, trace=tr)
+        try:
+            run(kind, arm, pts, v, 1, rt, at)
+        finally:
+            B.simulate_batch = orig
+        n = int(np.count_nonzero(tr[:, 1]))
+        tau = np.mod(tr[:n, 0], 84.0)
+        cnt, _ = np.histogram(tau, edges)
+        med = [np.median(tr[:n, 1][(tau >= lo) & (tau < hi)]) * 60
+               if np.any((tau >= lo) & (tau < hi)) else np.nan
+               for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        print(f"{kind:8s} {n} attempts; per dose interval by τ = time since infusion start "
+              "(0–40 min, 40 min–2 h, 2–12 h, 12–84 h): "
+              + ", ".join(f"{c / 8:.1f} (median step {m:.3g} min)"
+                          for c, m in zip(cnt[:4], med[:4], strict=True)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("accuracy", "time"))
+    ap.add_argument("mode", choices=("accuracy", "time", "where"))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--rtol", type=float, default=None)
     ap.add_argument("--atol", type=float, default=None)
@@ -143,7 +169,7 @@ def main() -> None:
     ap.add_argument("--blk2", action="store_true")
     a = ap.parse_args()
     CFG["blk2"] = a.blk2
-    (accuracy if a.mode == "accuracy" else timing)(a)
+    {"accuracy": accuracy, "time": timing, "where": where}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import ketasim.batch as B
 from ketasim.bench_sbml import bench_arm, bench_patients, visits_h
 from ketasim.mechanism import STATE_NAMES, jac_into
 
+TIGHT = {"rtol": 1e-10, "atol": 1e-12, "block_atol_factor": 1.0}
+
 
 def _capture():
     """Shim of the kernel module that runs the real kernel and keeps its arguments."""
@@ -121,9 +123,8 @@ def main() -> None:
         args = list(box["args"])
         grid = np.unique(np.round(ta, 9))
         B._KERNELS = None
-        B.simulate_batch = lambda *x, **kw: orig(x[0], grid, *x[2:], **{**kw, "rtol": 1e-10,
-                                                                       "atol": 1e-12,
-                                                                       "block_atol_factor": 1.0})
+        B.simulate_batch = lambda *x, grid=grid, **kw: orig(x[0], grid, *x[2:],
+                                                            **{**kw, **TIGHT})
         box2 = {}
         shim2, box2 = _capture()
         B._KERNELS = shim2
@@ -138,7 +139,7 @@ def main() -> None:
         (bps, wmid, drate, dbol, lam, V, Vinv, f_idx, f_blk, f_scale, kd0, kesc, mgf, P, y0,
          t_out) = args[:16]
         ys, xs = args[32], args[33]
-        nmood, mc, mpat = args[-3], args[-2], args[-1]
+        mc, mpat = args[-2], args[-1]
         nblk = kd0.shape[0]
         nmech = nblk + len(STATE_NAMES)
         ny = ys.shape[2]
