@@ -104,7 +104,8 @@ def accuracy(a) -> None:
         ab = np.max(np.abs(m - ref))
         print(f"{kind:8s} rtol {rt or B.FAST_RTOL:g} atol {at or B.FAST_ATOL:g} "
               f"blk2 {CFG['blk2']}: attempts per course {att:.1f} (rejected or cut "
-              f"{st[:, 1].mean():.1f}), max rel. MADRS error {rel:.2e}, max abs {ab:.2e} points", flush=True)
+              f"{st[:, 1].mean():.1f}), max rel. MADRS error {rel:.2e}, "
+              f"max abs {ab:.2e} points", flush=True)
 
 
 def timing(a) -> None:
