@@ -7,7 +7,8 @@ Radau solution, with two choices of the linear part frozen at each step's start:
   LHb blocks with bursting, mTORC1 with its feedback, ...), couplings between them explicit;
 * ``full``: L = ∂f/∂y, the whole Jacobian (an exponential Rosenbrock-type ETD3RK; φ-functions
   of the 20×20 matrix from one exponential of an augmented matrix; too costly for a kernel,
-  here only to show where the order goes).
+  here only to show where the order goes);
+* ``rodas4``: for comparison, the shipped RODAS4 (order 4) with the same fixed steps.
 
     python benchmarks/exp_order.py
 """
@@ -121,19 +122,40 @@ def main() -> None:
         pat |= jac(tt, yy) != 0.0
     _, lab = connected_components(pat, directed=True, connection="strong")
     same = lab[:, None] == lab[None, :]
+    def rodas4(h, nsteps):
+        co = B.RODAS4
+        gam = co["meth"][0]
+        y = y0.copy()
+        t = 0.0
+        ns = len(co["M"])
+        for _ in range(nsteps):
+            J = jac(t, y)
+            f0 = f(t, y)
+            ft = (f(t + 1e-8, y) - f0) / 1e-8
+            lu = sl.lu_factor(np.eye(ny) / (h * gam) - J)
+            U = np.zeros((ns, ny))
+            for i in range(ns):
+                yi = y + co["AT"][i, :i] @ U[:i]
+                rhs = (f0 if i == 0 else f(t + co["ALPHA"][i] * h, yi))
+                rhs = rhs + co["CT"][i, :i] @ U[:i] / h + co["GSUM"][i] * h * ft
+                U[i] = sl.lu_solve(lu, rhs)
+            y = y + co["M"] @ U
+            t += h
+        return y
+
     names = [f"block_{i}" for i in range(nblk)] + list(STATE_NAMES) + list(B.MOOD_STATE_NAMES)
     show = ["block_1", "lhb_burst", "pyramidal_rate", "mtorc1", "he_fast", "priming"]
     sc = 1e-6 + np.abs(ref)
     groups = [[names[i] for i in np.nonzero(lab == g)[0]] for g in np.unique(lab)]
     print("strongly connected components with more than one state:",
           [g for g in groups if len(g) > 1])
-    for mode in ("diag", "scc", "full"):
+    for mode in ("diag", "scc", "full", "rodas4"):
         print(f"L = {mode}: max over states of |error|/(1e-6 + |y|) at t = {T_END} h, and per "
               "state")
         print("  steps   h (min)     max    " + "  ".join(f"{s:>14s}" for s in show))
         prev = None
         for n in (4, 8, 16, 32, 64, 128, 256):
-            y = etd3(T_END / n, n, mode)
+            y = rodas4(T_END / n, n) if mode == "rodas4" else etd3(T_END / n, n, mode)
             err = np.abs(y - ref) / sc
             line = "  ".join(f"{err[names.index(s)]:14.2e}" for s in show)
             order = "" if prev is None else f"  (order {np.log2(prev / err.max()):.2f})"
