@@ -11,9 +11,14 @@ start and N(t, y) = f(t, y) − L·y treated explicitly::
     Y3 = e^{hL} y + h φ1(hL) (2 N2 − N1)
     y1 = e^{hL} y + h [(φ1 − 3φ2 + 4φ3) N1 + (4φ2 − 8φ3) N2 + (4φ3 − φ2) N3]
 
-Embedded order 2 (weights φ1 − φ2, 0, φ2): error estimate h (4φ3 − 2φ2)(N1 − 2 N2 + N3).
-No Jacobian factorisation and no linear solve; 3 right-hand sides, 2 new concentration
-evaluations and one Jacobian (its diagonal is used) per attempt. Optionally (``blk2``) the
+Error estimate: y1 − ŷ with the order-2 ŷ = e^{hL} y + h[(φ1 − φ2) N1 + φ2 N4], N4 = N at
+(t + h, y1) (a fourth right-hand side, reused as the next step's f(t, y) when the step is
+accepted: FSAL). In the stiff limit ŷ is the quasi-steady value at the new state, so stiff
+states are checked too; the embedded weights h(4φ3 − 2φ2)(N1 − 2N2 + N3) of the stages alone
+vanish like 1/(hλ)² there and let 0.16 MADRS error through (docs/benchmarks.md, twelfth pass).
+No Jacobian factorisation and no linear solve; per attempt 4 right-hand sides, 2 new
+concentration evaluations and, after an accepted step, one Jacobian (only its diagonal is
+used). Optionally (``blk2``) the
 mTORC1 ↔ mTOR-feedback pair is a 2×2 block of L (φ-functions of a 2×2 matrix, closed form).
 Time in h, rates in 1/h.
 """
