@@ -726,7 +726,12 @@ def experiment(
     list_: Annotated[bool, typer.Option("--list", help="list experiments")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Run a named in-silico experiment with and without its intervention."""
+    """Run a named in-silico experiment with and without its intervention.
+
+    Genetic experiments (glun2b-deletion, eef2k-knockout, bdnf-knockout) also give
+    compensated-genotype readouts, listed last: ``<readout>_within_genotype`` (arm / its
+    genotype's vehicle) and ``fst_immobility_compensated`` (s; each genotype's drug-free state
+    taken as its baseline, the wild-type vehicle immobility as the no-change value)."""
     from .experiments import EXPERIMENTS, run_experiment
 
     if list_ or name is None:
@@ -755,6 +760,12 @@ def experiment(
         t.add_row(r["readout"], r.get("units", ""), f"{r['time_h']:g}",
                   *[f"{r['arms'][a]:.4g}" for a in arms])
     out.print(t)
+    if any(r["readout"] == "fst_immobility_compensated" for r in res["readouts"]):
+        out.print("compensated genotype (assumes development compensates for the gene): "
+                  "*_within_genotype = arm / its genotype's vehicle; "
+                  "fst_immobility_compensated = immobility from LHb burst and synaptic "
+                  "strength relative to the genotype's vehicle, from the wild-type vehicle "
+                  "(definitions in --json)")
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 

@@ -4,6 +4,12 @@ Every experiment returns ``{"name", "species", "finding", "readouts": [{"readout
 "arms": {arm: value}, "units"}], ..., "metadata"}`` (``metadata``: :func:`experiment_metadata`).
 Readouts are normalised to the drug-free baseline (1 = no change) except ``fst_immobility``
 (s) and ``glutamate_change_percent``.
+
+Experiments with a genetic intervention (:data:`GENETIC`: the knockouts and GluN2B deletion,
+which act for life and move the drug-free baseline) also give compensated-genotype readouts
+(:func:`compensated_readouts`), listed after the others: each genotype's own drug-free state
+is taken as its baseline, as if development had compensated for the gene, so only the drug's
+change through the remaining pathways shows.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from . import __version__
 from .cards import card_versions
 from .engine import Course, MechanismResult, simulate
 from .errors import KetasimError
-from .mechanism import HYPOTHESES, Hypotheses, Interventions, readout_unit
+from .mechanism import (
+    HYPOTHESES,
+    Hypotheses,
+    Interventions,
+    MechanismParams,
+    fst_immobility_of,
+    readout_unit,
+)
 from .pk import Covariates
 from .regimen import Regimen
 
@@ -25,6 +38,21 @@ MOUSE = Covariates(weight_kg=0.03, age_years=0.25, species="mouse")
 RAT = Covariates(weight_kg=0.3, age_years=0.25, species="rat")
 HUMAN = Covariates(weight_kg=70.0, age_years=40.0)
 SYNAPTIC = ("synaptic_strength", "spine_density", "synaptic_proteins")
+#: interventions that act for life: the drug-free state is re-settled for 60 days before the
+#: dose (:meth:`ketasim.mechanism.MechanismParams.baseline`), so they move the baseline
+GENETIC = ("glun2b-deletion", "eef2k-knockout", "bdnf-knockout", "trkb-block")
+#: each arm of a four-arm experiment → the vehicle arm of the same genotype
+GENOTYPE_VEHICLE = {"vehicle": "vehicle", "ketamine": "vehicle", "intervention": "intervention",
+                    "intervention+ketamine": "intervention"}
+COMPENSATED_FST_DEFINITION = (
+    "forced-swim immobility with each genotype's own drug-free state as its baseline "
+    "(developmental compensation, a model assumption): wild-type vehicle immobility × (1 − "
+    "E_fast·w_e·(1 − L/L_veh)⁺ − E_syn·(W/W_veh − 1)), clipped to 0–2·fst_immobility0 as "
+    "fst_immobility, with LHb burst L and synaptic strength W divided by the same genotype's "
+    "vehicle arm at the same time; the vehicle arms both equal the wild-type vehicle")
+WITHIN_GENOTYPE_DEFINITION = (
+    "arm / the same genotype's vehicle arm at the same time (vehicle and ketamine / vehicle; "
+    "intervention and intervention+ketamine / intervention)")
 
 
 @dataclass(frozen=True)
@@ -57,9 +85,48 @@ def _four_arms(intervention: str, times: tuple[float, ...] = (24.0,),
         "intervention": _run([], MOUSE, t, [intervention]),
         "intervention+ketamine": _run(_mouse_ketamine(), MOUSE, t, [intervention]),
     }
-    return {"readouts": [{"readout": r, "time_h": th,
-                          "arms": {a: res.at(r, th) for a, res in arms.items()}}
-                         for th in times for r in readouts]}
+    out = [{"readout": r, "time_h": th, "arms": {a: res.at(r, th) for a, res in arms.items()}}
+           for th in times for r in readouts]
+    if intervention in GENETIC:
+        out += compensated_readouts(arms, times, tuple(r for r in readouts if r in SYNAPTIC))
+    return {"readouts": out}
+
+
+def compensated_readouts(arms: dict[str, MechanismResult], times: tuple[float, ...],
+                         synaptic: tuple[str, ...] = SYNAPTIC) -> list[dict]:
+    """Compensated-genotype readouts of a four-arm genetic experiment (arms as in
+    :data:`GENOTYPE_VEHICLE`), at each of ``times`` (h).
+
+    * ``<readout>_within_genotype`` (× genotype's vehicle) for each of ``synaptic``: the arm
+      divided by the same genotype's vehicle arm at the same time, so both vehicle arms are 1.
+    * ``fst_immobility_compensated`` (s): :func:`ketasim.mechanism.fst_immobility_of` with the
+      LHb burst rate and the synaptic strength divided by the genotype's vehicle arm, and the
+      wild-type vehicle arm's ``fst_immobility`` as the no-change immobility; the clip (0 to
+      2 × ``fst_immobility0``) and the card constants are those of ``fst_immobility``. Both
+      vehicle arms therefore equal the wild-type vehicle immobility exactly, and the wild-type
+      arms equal ``fst_immobility`` to within the vehicle's negligible dose (< 1e-6 s).
+
+    This models full developmental/homeostatic compensation of the genotype's drug-free
+    state (an assumption, not a mechanism of the model): it cannot show a genotype that
+    mimics the drug without it, only what the drug adds in that genotype."""
+    p = MechanismParams.from_cards(("ketamine",))
+    out: list[dict] = []
+    for th in times:
+        for r in synaptic:
+            out.append({"readout": f"{r}_within_genotype", "time_h": th,
+                        "arms": {a: res.at(r, th) / arms[GENOTYPE_VEHICLE[a]].at(r, th)
+                                 for a, res in arms.items()},
+                        "definition": WITHIN_GENOTYPE_DEFINITION})
+        base = arms["vehicle"].at("fst_immobility", th)
+        fst = {}
+        for a, res in arms.items():
+            veh = arms[GENOTYPE_VEHICLE[a]]
+            lhb = res.at("lhb_burst", th) / veh.at("lhb_burst", th)
+            w = res.at("synaptic_strength", th) / veh.at("synaptic_strength", th)
+            fst[a] = float(fst_immobility_of(lhb, w, p, baseline_s=base))
+        out.append({"readout": "fst_immobility_compensated", "time_h": th, "arms": fst,
+                    "definition": COMPENSATED_FST_DEFINITION})
+    return out
 
 
 def effect_removed(arms: dict, readout: str = "") -> float:

@@ -820,8 +820,10 @@ def readout_unit(name: str) -> str:
         return "h"
     if name.startswith("block_"):
         return "fraction blocked (0-1)"
-    if name == "fst_immobility":
+    if name in ("fst_immobility", "fst_immobility_compensated"):
         return "s"
+    if name.endswith("_within_genotype"):
+        return "× genotype's vehicle"
     if name.endswith("_ng_per_ml"):
         return "ng/mL"
     if name.endswith("_uM"):
@@ -853,8 +855,23 @@ def readouts(y: np.ndarray, conc: np.ndarray, p: MechanismParams) -> dict[str, n
     out["synaptic_strength"] = st["spine_density"] * np.maximum(st["synaptic_proteins"],
                                                                 0.0) ** s["q"]
     out["lhb_burst"] = st["lhb_burst"]
-    eff = (s["fst_E_fast"] * p.hyp.e * np.maximum(1.0 - st["lhb_burst"], 0.0)
-           + s["fst_E_syn"] * (out["synaptic_strength"] - 1.0))
-    out["fst_immobility"] = np.clip(s["fst_immobility0"] * (1.0 - eff), 0.0,
-                                    2.0 * s["fst_immobility0"])
+    out["fst_immobility"] = fst_immobility_of(st["lhb_burst"], out["synaptic_strength"], p)
     return out
+
+
+def fst_immobility_of(lhb_burst: np.ndarray | float, synaptic_strength: np.ndarray | float,
+                      p: MechanismParams, baseline_s: float | None = None) -> np.ndarray:
+    """Forced-swim immobility (s) from the LHb burst rate and the synaptic strength, both
+    relative to their drug-free value (1 = no change), with ``W`` the synaptic strength:
+    ``clip(I_0·(1 − E_fast·w_e·(1 − lhb_burst)⁺ − E_syn·(W − 1)), 0, 2·fst_immobility0)``.
+
+    ``baseline_s`` (s) is the immobility with no change, ``I_0``; by default the signalling
+    card's ``fst_immobility0`` (the ``fst_immobility`` readout). The clip stays at 0 and
+    2 × ``fst_immobility0`` whatever the baseline. The experiments' compensated-genotype
+    readout passes the wild-type vehicle immobility and ratios to the genotype's own vehicle
+    arm (:func:`ketasim.experiments.compensated_readouts`)."""
+    s = p.s
+    i0 = s["fst_immobility0"] if baseline_s is None else baseline_s
+    eff = (s["fst_E_fast"] * p.hyp.e * np.maximum(1.0 - lhb_burst, 0.0)
+           + s["fst_E_syn"] * (synaptic_strength - 1.0))
+    return np.clip(i0 * (1.0 - eff), 0.0, 2.0 * s["fst_immobility0"])
