@@ -445,3 +445,75 @@ def test_minimal_bad_dict_fails():
         PKCard.model_validate({"id": "x", "drug": "ketamine"})
     with pytest.raises(ValidationError):
         PKCard.model_validate({})
+
+
+# ------------------------------------------------------------------ provenance rules
+# A `read` number must be traceable: its source names a PMID, DOI, PMC id, URL, a literature-folder
+# file (*.yaml), a drug label/SmPC or an encyclopedia page; a `read` parameter defined in a PK card
+# file may rely on the card's own pmid/doi/urls. A `derived` note must show the computation.
+# A `read` parameter must not carry a computation (ln 2 / t½, a mean, a weighted mean).
+PROV_YAML = sorted(
+    (kind, p.name) for kind in ("pk", "pk_parts", "drugs", "mechanism")
+    for p in CARDS_ROOT.joinpath(kind).iterdir() if p.name.endswith(".yaml"))
+_SOURCE_ID = re.compile(
+    r"PMID|\bdoi\b|\b10\.\d{4,9}/|\bPMC\d+|https?://|\.yaml\b|\blabel\b|SmPC|Wikipedia",
+    re.IGNORECASE)
+_HOW = re.compile(r"[=/×·*−+]|\bln\b|\bmean\b|\bratio\b|\bcomputed\b", re.IGNORECASE)
+_COMPUTED = re.compile(r"\bln ?2\b|\bln\(|\bmean of\b|\baverage of\b|n-weighted", re.IGNORECASE)
+
+
+def _raw_params(data: dict) -> dict:
+    return {**data.get("parameters", {}), **data.get("constants", {}), **data.get("bands", {})}
+
+
+def _provenance_problems(kind: str, data: dict) -> list[str]:
+    """Provenance rule violations of one raw card file (empty list: none)."""
+    card_ids = kind == "pk" and bool(data.get("pmid") or data.get("doi") or data.get("urls"))
+    out = []
+    for name, p in _raw_params(data).items():
+        ev, src, note = p.get("evidence"), p.get("source", ""), p.get("note", "")
+        if ev == "read":
+            if not (_SOURCE_ID.search(src) or card_ids):
+                out.append(f"{name}: read, but the source names no PMID/DOI/URL/label/file")
+            if _COMPUTED.search(f"{src} {note}"):
+                out.append(f"{name}: read, but source/note describe a computation (derived?)")
+        if ev == "derived" and not _HOW.search(note):
+            out.append(f"{name}: derived, but the note does not show the computation")
+    return out
+
+
+@pytest.mark.parametrize(("kind", "name"), PROV_YAML)
+def test_read_and_derived_parameters_show_their_provenance(kind, name):
+    assert _provenance_problems(kind, _raw(kind, name)) == []
+
+
+_PROV_BREAKERS = {
+    "read without identifier": ("mechanism", "receptor", "Kd0_memantine",
+                                {"source": "Blanpied 1997: memantine IC50 1.4 µM"}),
+    "read that is ln2/t½": ("pk", "mouse-ip", "kel", {"evidence": "read"}),
+    "read that is a mean": ("mechanism", "clinic", "madrs_baseline_sd", {"evidence": "read"}),
+    "derived without the how": ("pk_parts", "ketamine-cns", "ke0",
+                                {"note": "from Olofsen 2012"}),
+    "read in a part without identifier": ("pk_parts", "racemic-routes", "F_sl",
+                                          {"source": "Rolan 2014 sublingual wafer"}),
+}
+
+
+@pytest.mark.parametrize("breaker", sorted(_PROV_BREAKERS))
+def test_provenance_rules_catch_a_broken_card(breaker):
+    kind, name, pname, change = _PROV_BREAKERS[breaker]
+    data = copy.deepcopy(_raw(kind, f"{name}.yaml"))
+    assert _provenance_problems(kind, data) == []
+    params = data.get("parameters") or data.get("constants")
+    params[pname] = {**params[pname], **change}
+    problems = _provenance_problems(kind, data)
+    assert problems and problems[0].startswith(f"{pname}:")
+
+
+def test_pk_card_level_identifiers_cover_read_parameters_only_in_pk_files():
+    """A PK card's pmid/doi covers its own parameters, not those of a shared part."""
+    data = copy.deepcopy(_raw("pk", "kamp2020.yaml"))
+    data["parameters"]["V1"]["source"] = "opentiva Klamp (R-code)"
+    assert _provenance_problems("pk", data) == []
+    data.pop("pmid"), data.pop("doi")
+    assert _provenance_problems("pk", data)
