@@ -158,3 +158,16 @@ def test_cli_shows_the_compensated_readouts(capsys):
     assert "compensated genotype" in text and "within_genotype" in text.replace("\n", "")
     assert main(["experiment", "rapamycin"]) == 0
     assert "compensated" not in capsys.readouterr().out
+
+
+def test_knockout_calibration_criterion_uses_the_compensated_readouts():
+    # before: the BDNF-knockout criterion ("removes >= 70% of ketamine's effect") was met on
+    # fst_immobility, where both knockout arms sit at the 300-s ceiling, so it held by the
+    # end of the scale alone
+    from ketasim.calibration import experiment_checks
+
+    ko = {k: v for k, v in experiment_checks().items() if k.startswith("bdnf-knockout")}
+    assert set(ko) == {
+        "bdnf-knockout: removes ≥70% of synaptic_strength_within_genotype effect at 24 h",
+        "bdnf-knockout: removes ≥70% of fst_immobility_compensated effect at 24 h"}
+    assert all(met and 0.7 <= value < 1.5 for value, met in ko.values())

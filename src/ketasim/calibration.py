@@ -11,7 +11,8 @@ the calibration folder are not data; every human-course timing is rodent timing 
 * new spines appear at 12–24 h, not at 3–6 h, and stay up ≥ 7 d, falling by 14 d;
 * LHb block outlasts the drug in the mouse (still ≥ θ_H at 12 h);
 
-and the experiment criteria (rapamycin, anisomycin, NBQX, BDNF knockout remove ≥ 70% at 24 h;
+and the experiment criteria (rapamycin, anisomycin, NBQX, BDNF knockout remove ≥ 70% at 24 h,
+the knockout on its compensated-genotype readouts;
 GluN2B deletion mimics (50–200% of ketamine's effect) and occludes (ketamine adds ≤ 25%);
 spine blockade keeps ≥ 60% at 2–6 h and
 removes ≥ 70% at 3–7 d; memantine ≤ 25% of ketamine at 24 h; glutamate inverted U in rat).
@@ -141,8 +142,13 @@ def experiment_checks() -> dict[str, tuple[float, bool]]:
     out: dict[str, tuple[float, bool]] = {}
     for name in ("rapamycin", "anisomycin", "nbqx", "bdnf-knockout"):
         res = run_experiment(name)
+        # the knockout is judged on its compensated-genotype readouts: without compensation
+        # its drug-free immobility sits at the 300-s ceiling, so "no ketamine effect" would
+        # hold by the end of the scale alone (docs/limitations.md)
+        used = (("synaptic_strength_within_genotype", "fst_immobility_compensated")
+                if name.endswith("knockout") else ("synaptic_strength", "fst_immobility"))
         for r in res["readouts"]:
-            if r["readout"] in ("synaptic_strength", "fst_immobility"):
+            if r["readout"] in used:
                 f = effect_removed(r["arms"])
                 out[f"{name}: removes ≥70% of {r['readout']} effect at 24 h"] = (f, f >= 0.7)
     res = run_experiment("glun2b-deletion")
