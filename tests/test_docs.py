@@ -452,3 +452,25 @@ The `--no-such-flag` option.
     assert "--not-checked" not in problems
     good = "`ketasim trial murrough2013a --json`, `ketasim docs model --out docs/model.md`"
     assert _doc_problems(good) == []
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md",
+                                  "docs/guides/scenario.md", "docs/scale-out.md"])
+def test_python_examples_in_the_docs_run(page: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The self-contained Python blocks of these pages run as written (in a scratch folder
+    prepared as the page says: `my-trial.toml` copied from a shipped scenario, `run1` written
+    by `ketasim trial ... --out run1`)."""
+    import shutil
+
+    from ketasim import scenarios
+
+    text = (ROOT / page).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, page
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(Path(scenarios.__path__[0]) / "murrough2013a.toml", "my-trial.toml")
+    if "run1" in text:
+        assert main(["trial", "murrough2013a", "--n", "12", "--out", "run1"]) == 0
+    for block in blocks:
+        exec(compile(block, page, "exec"), {"__name__": "__doc_example__"})
+    capsys.readouterr()
