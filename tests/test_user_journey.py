@@ -196,3 +196,10 @@ def test_pk_without_effect_site_says_where_trials_take_it(capsys):
     assert "has no effect site" in text and "racemic equivalents" in text
     rc, out, err = run(capsys, ["pk", "--times-h", "1"])  # racemic: has an effect site
     assert "effect site (ng/mL)" in out and "has no effect site" not in " ".join(out.split())
+    # memantine (no effect site either) runs in `pk` but is not a trial drug: no trial clause
+    rc, out, err = run(capsys, ["pk", "--drug", "memantine", "--route", "oral", "--dose",
+                                "10 mg", "--times-h", "1"])
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "has no effect site" in text and "trials" not in text
+    assert "memantine" in _help("pk", "drug")

@@ -94,7 +94,7 @@ def _default_times_h(regimen) -> np.ndarray:
 
 @app.command()
 def pk(
-    drug: Annotated[str, typer.Option(help="ketamine | esketamine")] = "ketamine",
+    drug: Annotated[str, typer.Option(help="ketamine | esketamine | memantine")] = "ketamine",
     model: Annotated[str | None, typer.Option(help="PK model id (see `ketasim models`)")] = None,
     route: Annotated[str, typer.Option(help="iv-bolus, iv-infusion, intranasal, oral, im, sc, "
                                             "sublingual, rectal")] = "iv-infusion",
@@ -235,9 +235,12 @@ def pk(
     if not res.effect_ng_per_ml:
         req = " (racemic equivalents: × the esketamine potency factor)" \
             if drug == "esketamine" else ""
+        # memantine is not a trial drug (scenario arms: ketamine, esketamine)
+        trials = "" if drug == "memantine" else (
+            ", and trials (`ketasim run`, `ketasim trial`) report this plasma concentration as "
+            f"the effect-site concentration{req}")
         out.print(f"[dim]The {card.id} card has no effect site: the brain follows plasma "
-                  f"without delay, and trials (`ketasim run`, `ketasim trial`) report this "
-                  f"plasma concentration as the effect-site concentration{req}.[/]")
+                  f"without delay{trials}.[/]")
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 
