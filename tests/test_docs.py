@@ -302,3 +302,175 @@ def test_doi_links_end_at_the_doi() -> None:
                       ("(DOI 10.2147/DDDT.S224553; READ)", "10.2147/DDDT.S224553")):
         out = docsgen._linkify(text)
         assert f"(https://doi.org/{doi})" in out, out
+
+
+# --- commands, options and API names named in the user-facing docs --------------------------
+
+#: pages checked: README, CONTRIBUTING and the written docs pages (not the dated benchmark log,
+#: the generated model page or the changelog, which records what was true then)
+_DOC_SKIP = {"benchmarks.md", "model.md", "changelog.md"}
+#: Parquet metadata keys written ``ketasim.<key>`` (web.md, user-guide.md), not Python names
+_METADATA_KEYS = {"ketasim.seed", "ketasim.ketasim_version", "ketasim.card_hashes",
+                  "ketasim.scenario_hash"}
+
+
+def _doc_pages() -> list[Path]:
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    return pages + [p for p in sorted((ROOT / "docs").rglob("*.md")) if p.name not in _DOC_SKIP]
+
+
+def _code_snippets(text: str) -> list[tuple[int, str]]:
+    """(line, code) for every line of a fenced block (``\\`` continuations joined, ``#``
+    comments dropped) and every inline code span (which may wrap onto the next line)."""
+    out: list[tuple[int, str]] = []
+    fence, buf, start = False, "", 0
+    for i, line in enumerate(text.split("\n"), 1):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            continue
+        if not fence:
+            continue
+        code = re.split(r"(?:^|\s)#(?:\s|$)", line)[0]
+        buf, start = (buf + " " + code, start) if buf else (code, i)
+        if not code.rstrip().endswith("\\"):
+            out.append((start, buf.replace("\\", " ")))
+            buf = ""
+    prose = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    for m in re.finditer(r"(?<!`)`([^`]+)`(?!`)", prose):
+        out.append((prose.count("\n", 0, m.start()) + 1, m.group(1).replace("\n", " ")))
+    return out
+
+
+def _script_options() -> set[str]:
+    opts: set[str] = set()
+    for script in (ROOT / "scripts").glob("*.py"):
+        opts |= set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", script.read_text("utf-8")))
+    return opts
+
+
+def _doc_problems(text: str) -> list[str]:
+    """Commands, subcommands, options, shipped example and experiment names (``ketasim ...``)
+    and ``ketasim.module.name`` API names in ``text`` that the code does not have."""
+    import importlib
+
+    import typer
+
+    from ketasim.cli import app
+    from ketasim.experiments import EXPERIMENTS
+    from ketasim.trial import example_names
+
+    root = typer.main.get_command(app)
+
+    def options(cmd) -> set[str]:
+        return {"--help"} | {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)
+                             if o.startswith("--")}
+
+    every_option = set(_script_options()) | {"--help"}
+    stack = [root]
+    while stack:
+        c = stack.pop()
+        every_option |= options(c)
+        stack += list(getattr(c, "commands", {}).values())
+
+    def resolves(dotted: str) -> bool:
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    return False
+                obj = getattr(obj, attr)
+            return True
+        return False
+
+    problems = []
+    for line, code in _code_snippets(text):
+        for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", code):
+            if o not in every_option:
+                problems.append(f"line {line}: no command has the option {o}: {code.strip()!r}")
+        for m in re.finditer(r"\bketasim(?:\.\w+)+", code):
+            name = m.group(0).rstrip(".")
+            if name not in _METADATA_KEYS and not resolves(name):
+                problems.append(f"line {line}: no Python name {name}")
+        for part in re.split(r"(?=(?<![\w.-])ketasim [a-z])", code)[1:]:
+            words = part.split()
+            name, rest = words[1], words[2:]
+            if name not in root.commands:
+                problems.append(f"line {line}: no command `ketasim {name}`")
+                continue
+            cmd, label = root.commands[name], f"ketasim {name}"
+            if getattr(cmd, "commands", None) and rest and not rest[0].startswith("-"):
+                if rest[0] not in cmd.commands:
+                    problems.append(f"line {line}: no command `{label} {rest[0]}`")
+                    continue
+                cmd, label, rest = cmd.commands[rest[0]], f"{label} {rest[0]}", rest[1:]
+            for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", " ".join(rest)):
+                if o not in options(cmd):
+                    problems.append(f"line {line}: `{label}` has no option {o}")
+            arg = rest[0] if rest and not rest[0].startswith(("-", "[")) else None
+            if arg and name in ("trial", "export-sbml") and arg.isidentifier() \
+                    and arg not in example_names():
+                problems.append(f"line {line}: no shipped scenario {arg!r} (`{label}`)")
+            if arg and name == "experiment" and re.fullmatch(r"[a-z0-9-]+", arg) \
+                    and arg not in EXPERIMENTS:
+                problems.append(f"line {line}: no experiment {arg!r}")
+    return problems
+
+
+def test_commands_options_and_api_names_in_the_docs_exist() -> None:
+    """Every `ketasim COMMAND [SUB] --option`, shipped scenario or experiment name and
+    `ketasim.module.name` in a code span or block of the user-facing docs exists in the code
+    (option defaults and outputs are checked by the tests of each command)."""
+    problems = [f"{p.relative_to(ROOT)} {msg}" for p in _doc_pages()
+                for msg in _doc_problems(p.read_text(encoding="utf-8"))]
+    assert problems == []
+
+
+def test_doc_name_check_catches_a_broken_doc() -> None:
+    broken = """
+Run `ketasim trial murrough2013a --jsn` or `ketasim frobnicate`, then
+`ketasim calibrate clinc`, `ketasim experiment rapamycine --json`,
+`ketasim export-sbml transform3 --out x.xml` and `ketasim.pk.simulate_pkk(...)`.
+
+```bash
+.venv/bin/ketasim pk --drug ketamine \\
+    --dose "0.5 mg/kg" --weigth 70     # typo on the continued line
+ketasim sensitivity --endpoint "madrs_change@24h"   # --not-checked-in-a-comment
+```
+The `--no-such-flag` option.
+"""
+    problems = "\n".join(_doc_problems(broken))
+    for expected in ("`ketasim trial` has no option --jsn", "no command `ketasim frobnicate`",
+                     "no command `ketasim calibrate clinc`", "no experiment 'rapamycine'",
+                     "no shipped scenario 'transform3'", "no Python name ketasim.pk.simulate_pkk",
+                     "`ketasim pk` has no option --weigth", "no command has the option "
+                     "--no-such-flag"):
+        assert expected in problems, (expected, problems)
+    assert "--not-checked" not in problems
+    good = "`ketasim trial murrough2013a --json`, `ketasim docs model --out docs/model.md`"
+    assert _doc_problems(good) == []
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md",
+                                  "docs/guides/scenario.md", "docs/scale-out.md"])
+def test_python_examples_in_the_docs_run(page: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The self-contained Python blocks of these pages run as written (in a scratch folder
+    prepared as the page says: `my-trial.toml` copied from a shipped scenario, `run1` written
+    by `ketasim trial ... --out run1`)."""
+    import shutil
+
+    from ketasim import scenarios
+
+    text = (ROOT / page).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, page
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(Path(scenarios.__path__[0]) / "murrough2013a.toml", "my-trial.toml")
+    if "run1" in text:
+        assert main(["trial", "murrough2013a", "--n", "12", "--out", "run1"]) == 0
+    for block in blocks:
+        exec(compile(block, page, "exec"), {"__name__": "__doc_example__"})
+    capsys.readouterr()

@@ -3,6 +3,7 @@ educator read in the CLI's tables, JSON and help texts agrees with what was comp
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
@@ -64,6 +65,27 @@ def test_help_texts_state_the_defaults_behind_none_and_zero():
     for command in ("pk", "simulate"):
         assert "40 min if not given" in _help(command, "duration")
     assert "past the last score" in _help("forecast", "days")
+
+
+def test_help_texts_state_the_defaults_the_code_uses(monkeypatch, tmp_path):
+    """Options whose default is None: the help says what the code then does (documentation
+    audit, eleventh session: these four said nothing, or only half)."""
+    import os
+
+    from ketasim import sensitivity
+    from ketasim.web.app import Settings
+
+    samples = _help("sensitivity", "samples")
+    assert "default 128" in samples and "default 10" in samples
+    assert '128 if method == "sobol" else 10' in inspect.getsource(sensitivity.run_sensitivity)
+    assert "$XDG_DATA_HOME/ketasim/web" in _help("serve", "data_dir")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert Settings().data_dir == os.path.join(str(tmp_path), "ketasim", "web")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert Settings().data_dir == os.path.expanduser("~/.local/share/ketasim/web")
+    assert "default 2" in _help("trial", "workers")
+    assert "default serial" in _help("trial", "executor")
+    assert "at most 1000" in _help("trial", "chunk_size")
 
 
 @pytest.mark.parametrize("args", [
@@ -174,3 +196,10 @@ def test_pk_without_effect_site_says_where_trials_take_it(capsys):
     assert "has no effect site" in text and "racemic equivalents" in text
     rc, out, err = run(capsys, ["pk", "--times-h", "1"])  # racemic: has an effect site
     assert "effect site (ng/mL)" in out and "has no effect site" not in " ".join(out.split())
+    # memantine (no effect site either) runs in `pk` but is not a trial drug: no trial clause
+    rc, out, err = run(capsys, ["pk", "--drug", "memantine", "--route", "oral", "--dose",
+                                "10 mg", "--times-h", "1"])
+    assert rc == 0, err
+    text = " ".join(out.split())
+    assert "has no effect site" in text and "trials" not in text
+    assert "memantine" in _help("pk", "drug")

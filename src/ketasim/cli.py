@@ -94,7 +94,7 @@ def _default_times_h(regimen) -> np.ndarray:
 
 @app.command()
 def pk(
-    drug: Annotated[str, typer.Option(help="ketamine | esketamine")] = "ketamine",
+    drug: Annotated[str, typer.Option(help="ketamine | esketamine | memantine")] = "ketamine",
     model: Annotated[str | None, typer.Option(help="PK model id (see `ketasim models`)")] = None,
     route: Annotated[str, typer.Option(help="iv-bolus, iv-infusion, intranasal, oral, im, sc, "
                                             "sublingual, rectal")] = "iv-infusion",
@@ -235,9 +235,12 @@ def pk(
     if not res.effect_ng_per_ml:
         req = " (racemic equivalents: × the esketamine potency factor)" \
             if drug == "esketamine" else ""
+        # memantine is not a trial drug (scenario arms: ketamine, esketamine)
+        trials = "" if drug == "memantine" else (
+            ", and trials (`ketasim run`, `ketasim trial`) report this plasma concentration as "
+            f"the effect-site concentration{req}")
         out.print(f"[dim]The {card.id} card has no effect site: the brain follows plasma "
-                  f"without delay, and trials (`ketasim run`, `ketasim trial`) report this "
-                  f"plasma concentration as the effect-site concentration{req}.[/]")
+                  f"without delay{trials}.[/]")
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 
@@ -464,13 +467,19 @@ def trial(
                                                              "summary.json, report.html here")]
     = None,
     chunk_size: Annotated[int | None, typer.Option(help="patients per chunk (results do not "
-                                                        "depend on it)")] = None,
+                                                        "depend on it; default: total / 100, "
+                                                        "at least 50, serial; total / (8 × "
+                                                        "workers) otherwise; at most 1000)")]
+    = None,
     workers: Annotated[int | None, typer.Option(help="worker processes (processes / dask "
-                                                     "LocalCluster); >1 alone: processes")]
+                                                     "LocalCluster; default 2); >1 alone: "
+                                                     "processes")]
     = None,
     n: Annotated[int | None, typer.Option("--n", help="override population.n")] = None,
     seed: Annotated[int | None, typer.Option(help="override population.seed", min=0)] = None,
-    executor: Annotated[str | None, typer.Option(help="serial | processes | dask")] = None,
+    executor: Annotated[str | None, typer.Option(help="serial | processes | dask (default "
+                                                      "serial; processes with --workers > 1, "
+                                                      "dask with --scheduler)")] = None,
     scheduler: Annotated[str | None, typer.Option(help="dask scheduler tcp://HOST:PORT (an "
                                                        "existing cluster; implies dask)")]
     = None,
@@ -1034,6 +1043,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     data_dir: Annotated[str | None, typer.Option(help="folder for the jobs database and trial "
                                                      "results (default "
+                                                     "$XDG_DATA_HOME/ketasim/web, else "
                                                      "~/.local/share/ketasim/web)")] = None,
     max_n: Annotated[int, typer.Option(help="most patients in one trial job")] = 2000,
     max_days: Annotated[float, typer.Option(help="latest trial visit, days")] = 120.0,
@@ -1275,7 +1285,8 @@ def sensitivity(
     = "madrs_change@24h",
     method: Annotated[str, typer.Option(help="sobol or morris")] = "morris",
     samples: Annotated[int | None, typer.Option(
-        help="Sobol: base samples N (power of 2); Morris: trajectories")] = None,
+        help="Sobol: base samples N (power of 2; default 128); Morris: trajectories "
+             "(default 10)")] = None,
     n: Annotated[int, typer.Option(help="virtual patients")] = 100,
     seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
     spread: Annotated[float, typer.Option(help="bounds: card value × (1 ± spread)")] = 0.5,
