@@ -203,3 +203,14 @@ def test_pk_without_effect_site_says_where_trials_take_it(capsys):
     text = " ".join(out.split())
     assert "has no effect site" in text and "trials" not in text
     assert "memantine" in _help("pk", "drug")
+
+
+def test_pk_json_times_are_the_minutes_asked_for(capsys):
+    # before: the default times came back as 4.99999998, 10.00000002, ... minutes (hours
+    # rounded to 1e-9 for the dose-event keys, then multiplied by 60)
+    rc, out, err = run(capsys, ["pk", "--json"])
+    assert rc == 0, err
+    t = json.loads(out)["time_min"]
+    assert t[:4] == [5.0, 10.0, 15.0, 20.0]
+    rc, out, err = run(capsys, ["pk", "--json", "--times-min", "0.5,1.5,2.5"])
+    assert json.loads(out)["time_min"] == [0.5, 1.5, 2.5]

@@ -160,7 +160,7 @@ def pk(
                "event-table")
     s = {k: v[0] for k, v in res.summary.items()}
     payload = {
-        "time_min": (res.time_h * 60.0).tolist(),
+        "time_min": np.round(res.time_h * 60.0, 6).tolist(),  # undo the 1e-9-h key rounding
         "plasma_ng_per_ml": res.plasma_ng_per_ml[res.parent][0].tolist(),
         "cmax_ng_per_ml": s["cmax_ng_per_ml"],
         "tmax_min": round(float(s["tmax_h"]) * 60.0, 6),
