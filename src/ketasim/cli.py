@@ -550,8 +550,9 @@ def run(
     seed: Annotated[int | None, typer.Option(help="random seed (default 0)", min=0)] = None,
     workers: Annotated[int, typer.Option(help="worker processes (1 = serial)")] = 2,
 ) -> None:
-    """The main job: ketamine 0.5 mg/kg IV over 40 min vs midazolam in 500 virtual TRD patients,
-    14 days; prints a summary and writes figures and a report."""
+    """The main job: ketamine vs midazolam in 500 virtual TRD patients over 14 days.
+
+    Ketamine 0.5 mg/kg IV over 40 min; prints a summary and writes figures and a report."""
     import time
 
     from .report import write_trial_outputs
@@ -1016,8 +1017,9 @@ def export_sbml(
     arm: Annotated[str | None, typer.Option("--arm", help="arm name (default: the first drug "
                                                           "arm)")] = None,
 ) -> None:
-    """Write one typical patient's model of an arm (PK, mechanism, mood; doses as events) as
-    SBML for libRoadRunner, COPASI or tellurium."""
+    """Write one typical patient's model of an arm as SBML (libRoadRunner, COPASI, tellurium).
+
+    PK, mechanism and mood, with the doses as SBML events."""
     _out_file(out_path, "out")
     from .sbml import export_arm, pick_arm, typical_patient
     from .shards import scenario_hash
