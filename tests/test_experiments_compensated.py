@@ -171,3 +171,20 @@ def test_knockout_calibration_criterion_uses_the_compensated_readouts():
         "bdnf-knockout: removes ≥70% of synaptic_strength_within_genotype effect at 24 h",
         "bdnf-knockout: removes ≥70% of fst_immobility_compensated effect at 24 h"}
     assert all(met and 0.7 <= value < 1.5 for value, met in ko.values())
+
+
+def test_known_discrepancy_is_reported_but_not_counted(capsys):
+    # the eEF2K-knockout resistance (Adaikkan 2018) is not a fitted target, but the report
+    # and the CLI must show it, with the model's value, so the discrepancy is not hidden
+    from ketasim.calibration import open_checks, report
+    from ketasim.cli import main
+
+    oc = open_checks()
+    assert len(oc) == 2 and all(k.startswith("eef2k-knockout") for k in oc)
+    assert all(0.1 < v < 0.5 and not met for v, met in oc.values())  # today's model
+    r = report()
+    assert set(r["open_checks"]) == set(oc)
+    assert r["total"] == len(r["timing"]) + len(r["experiments"])  # not counted
+    assert main(["calibrate", "mechanism"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Checked but not fitted" in out and "Adaikkan 2018" in out

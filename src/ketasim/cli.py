@@ -869,6 +869,11 @@ def calibrate_mechanism(
     for k, v in r["experiments"].items():
         out.print(("[green]met[/]  " if v["met"] else "[red]MISS[/] ") + f"{k}: {v['value']:.3g}")
     out.print(f"[bold]{r['met']} / {r['total']} targets met[/]")
+    if r["open_checks"]:
+        out.print("Checked but not fitted (known discrepancies stay visible here):")
+        for k, v in r["open_checks"].items():
+            out.print(("[green]met[/]  " if v["met"] else "[yellow]MISS[/] ")
+                      + f"{k}: {v['value']:.3g}")
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 
