@@ -482,3 +482,43 @@ def test_outputs_written_atomically(monkeypatch, tmp_path, reference):
         report.write_trial_outputs(reference, str(tmp_path))
     assert (tmp_path / "summary.json").read_text() == "keep me"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".ketasim-")]
+
+
+# ------------------------------------------------------------------ numbers a reader sees
+def test_report_ci_bounds_never_read_zero_when_they_are_not():
+    """A Welch CI of [-3.80, -0.004] (p 0.0497, CI excluding 0) was shown "[-3.8, -0.0]", and
+    [-0.04, 3.2] (p 0.0503) "[-0.0, 3.2]": rounding hid whether the interval excludes 0 (the
+    report's onset rule). A bound that is not 0 now shows its first significant digit."""
+    from ketasim.report import _ci, _pp_ci
+
+    assert _ci((-3.8, -0.004)) == "[-3.8, -0.004]"
+    assert _ci((-0.04, 3.2)) == "[-0.04, 3.2]"
+    assert _ci((-0.0499, 2.0)) == "[-0.05, 2.0]"
+    assert _ci((-3.84, -1.0)) == "[-3.8, -1.0]" and _ci((0.0, 1.0)) == "[0.0, 1.0]"
+    assert _ci((None, 1.0)) == "[–, 1.0]" and _ci((math.nan, 1.0)) == "[–, 1.0]"
+    assert _ci((0.0004, 0.5), 1, True) == "[0.04%, 50.0%]"
+    # response-rate difference CIs, percentage points
+    assert _pp_ci((-0.0004, 0.5)) == "[-0.04, +50.0]" and _pp_ci((0.0, 0.1)) == "[+0.0, +10.0]"
+
+
+def test_results_parquet_and_report_say_only_the_first_patients_are_kept(small, tmp_path):
+    """results.parquet holds the visit-by-visit rows of the first ``trajectories`` patients
+    per arm, while report.html and summary.json use every patient; neither the file's metadata
+    nor the report said so, so a reader recomputing a response rate from results.parquet got
+    another number than the report (e.g. 16 / 20 vs 36 / 50 ever responded)."""
+    import pyarrow.parquet as pq
+
+    from ketasim import report
+
+    res = run_trial(small, executor="serial", trajectories=2)
+    report.write_trial_outputs(res, str(tmp_path))
+    md = pq.read_schema(tmp_path / "results.parquet").metadata
+    assert json.loads(md[b"ketasim.trajectories"]) == 2
+    assert json.loads(md[b"ketasim.n_per_arm"]) == {"ketamine": 7, "midazolam": 7}
+    assert pd.read_parquet(tmp_path / "results.parquet")["patient"].nunique() == 2
+    html = (tmp_path / "report.html").read_text()
+    assert "first 2 patients of each arm only (of ketamine: 7, midazolam: 7)" in html
+    # every patient kept: said so
+    full = run_trial(small, executor="serial", trajectories=100)
+    assert "visit-by-visit rows of every patient" in report.trial_html(full, figures={
+        "scores.png": b"", "response.png": b""})

@@ -272,6 +272,21 @@ def test_page_runs_a_small_trial(server, browser):
     assert errors == [] and errors2 == [], errors + errors2
 
 
+def test_page_trial_ci_bounds_never_read_zero_when_they_are_not(server, browser):
+    """The trial tables' 95% CIs showed a bound of -0.004 as "-0.0" (and -0.04 as "-0.0"),
+    hiding whether the interval excludes 0; they now show its first significant digit, as
+    the HTML report does (ketasim.report._ci)."""
+    from ketasim.report import _ci
+
+    page, errors = _page(browser, server + "/")
+    cases = [[-3.8, -0.004], [-0.04, 3.2], [-0.0499, 2.0], [-3.84, -1.0], [0.0, 1.0],
+             [1.24, 2.5]]
+    shown = page.evaluate(f"{json.dumps(cases)}.map((c) => ci(c))")
+    assert shown == [_ci(c) for c in cases]
+    assert shown[:2] == ["[-3.8, -0.004]", "[-0.04, 3.2]"]
+    assert errors == []
+
+
 # every panel's lines as drawn: per trace (by index) the path's segments as [x, y] pixel lists
 _PATHS = """() => Object.fromEntries(["plot-plasma", "plot-brain", "plot-block", "plot-signal",
   "plot-spines", "plot-madrs", "plot-suicide", "plot-exposure", "plot-side"].map((id) => {

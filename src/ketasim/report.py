@@ -211,10 +211,28 @@ def _f(v, nd: int = 1, pct: bool = False) -> str:
     return f"{v:.{nd}f}"
 
 
+def _bound(v, nd: int = 1, pct: bool = False, signed: bool = False) -> str:
+    """A confidence bound: ``nd`` decimals, or more when a bound that is not 0 would otherwise
+    read 0.0 or -0.0, so "[-3.8, -0.0]" does not hide whether the interval excludes 0: it
+    reads "[-3.8, -0.004]" (one significant digit). ``pct``: a fraction shown as %;
+    ``signed``: a fraction shown in signed percentage points (no unit)."""
+    import math
+
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    x = 100.0 * v if (pct or signed) else float(v)
+    k = nd
+    if x != 0:
+        k = max(nd, min(nd + 6, -math.floor(math.log10(abs(x))))) \
+            if round(abs(x), nd) == 0 else nd
+    text = f"{x:+.{k}f}" if signed else f"{x:.{k}f}"
+    return text + ("%" if pct else "")
+
+
 def _ci(c, nd: int = 1, pct: bool = False) -> str:
     if c is None:
         return "–"
-    return f"[{_f(c[0], nd, pct)}, {_f(c[1], nd, pct)}]"
+    return f"[{_bound(c[0], nd, pct)}, {_bound(c[1], nd, pct)}]"
 
 
 def _pp(v) -> str:
@@ -223,7 +241,9 @@ def _pp(v) -> str:
 
 
 def _pp_ci(c) -> str:
-    return "–" if c is None else f"[{_pp(c[0])}, {_pp(c[1])}]"
+    if c is None:
+        return "–"
+    return f"[{_bound(c[0], signed=True)}, {_bound(c[1], signed=True)}]"
 
 
 def _html_table(headers: list[str], rows: list[list[str]], caption: str = "") -> str:
@@ -250,6 +270,22 @@ img{max-width:100%;border:1px solid #eee}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 .muted{color:#666;font-size:.85em}
 """
+
+
+def _kept_text(meta: dict) -> str:
+    """What results.parquet holds: the visit-by-visit rows of the first ``trajectories``
+    patients of each arm only, while every statistic of the report uses all patients (a
+    reader recomputing the report from results.parquet alone would get other numbers)."""
+    k = meta.get("trajectories")
+    sizes = meta["n_per_arm"]
+    if k is None:
+        return "visit-by-visit rows of the kept patients"
+    if all(k >= v for v in sizes.values()):
+        return "visit-by-visit rows of every patient"
+    return (f"visit-by-visit rows of the first {k} patients of each arm only (of "
+            + ", ".join(f"{a}: {v}" for a, v in sizes.items())
+            + "); the statistics above use every patient (per-patient summaries of all: "
+            "ketasim trial --out DIR, then ketasim.trial.load_patients(DIR))")
 
 
 def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
@@ -364,7 +400,8 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
         ["executor", f"{meta['executor']} ({meta['workers']} worker(s), chunks of "
                      f"{meta['chunk_size']})"],
         ["wall time (s)", _f(meta["wall_s"], 2)],
-        ["patients per arm", ", ".join(f"{k}: {v}" for k, v in meta["n_per_arm"].items())]]))
+        ["patients per arm", ", ".join(f"{k}: {v}" for k, v in meta["n_per_arm"].items())],
+        ["results.parquet", _kept_text(meta)]]))
     parts.append(_html_table(["card", "sha256 (prefix)"],
                              [[k, v] for k, v in sorted(meta["card_hashes"].items())],
                              "card hashes"))
@@ -397,7 +434,7 @@ def _atomic_bytes(path: str, data: bytes, field: str) -> None:
 
 #: run metadata copied into a results file's Parquet key-value metadata (``ketasim.*``)
 PROVENANCE_KEYS = ("seed", "ketasim_version", "card_hashes", "scenario_hash", "scenario",
-                   "n_per_arm", "visits", "scale")
+                   "n_per_arm", "visits", "scale", "trajectories")
 
 
 def _parquet_with_provenance(df, meta: dict,

@@ -1186,7 +1186,18 @@ function pp(v) {
   return v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${(100 * v).toFixed(0)}`;
 }
 function pct(v) { return v === null || v === undefined ? "–" : `${(100 * v).toFixed(0)}%`; }
-function ci(c) { return c && c[0] !== null ? `[${fmt(c[0])}, ${fmt(c[1])}]` : "–"; }
+/* A confidence bound to one decimal, or to its first significant digit when it is not 0 but
+   would read 0.0 or -0.0 (so "[-3.8, -0.0]" does not hide whether the interval excludes 0:
+   "[-3.8, -0.004]"), as the HTML report (ketasim.report._bound). */
+function bound(v) {
+  if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+  let nd = 1;
+  if (v !== 0 && Math.abs(v) < 0.05 && Number(Math.abs(v).toFixed(1)) === 0) {
+    nd = Math.min(7, Math.max(1, -Math.floor(Math.log10(Math.abs(v)))));
+  }
+  return v.toFixed(nd);
+}
+function ci(c) { return c && c[0] !== null ? `[${bound(c[0])}, ${bound(c[1])}]` : "–"; }
 
 async function showResult(job) {
   const r = await fetch(job.links.result);
