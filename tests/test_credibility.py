@@ -19,6 +19,7 @@ SECTIONS = ("context", "diagram", "verification", "parameters", "calibration", "
             "sensitivity", "limitations")
 CHROMIUM = "/usr/bin/chromium"
 MESSAGES: list[str] = []  # progress messages of the fixture's report
+SC: dict = {}  # the fixture's scorecard and sensitivity
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def html(tmp_path_factory) -> str:
                         only=["example_single_iv", "example_pk", "example_bipolar_suicidality"])
     sens = run_sensitivity("madrs_change@24h", method="morris", samples=3, n=20, seed=0,
                            params=["drug_emax", "placebo_active", "drive50"])
+    SC.update(scorecard=sc, sensitivity=sens)
     return build_report(scorecard=sc, sensitivity=sens, progress=MESSAGES.append)
 
 
@@ -137,3 +139,35 @@ def test_report_records_the_case_selection_and_sensitivity_design(html):
     assert "no shipped cases" in html
     assert "only example_single_iv, example_pk, example_bipolar_suicidality" in html
     assert "morris, 3 samples" in html
+
+
+def test_scorecard_marks_verdicts_within_the_monte_carlo_error():
+    """`ketasim validate` marks a verdict another seed may flip with "~" and counts them; the
+    credibility report's scorecard showed every yes / no as firm (76 of 142 at n = 60)."""
+    from ketasim.credibility import _scorecard_html
+
+    ep = {"name": "e", "observed": 1.0, "predicted": 1.1, "pi90": [0.9, 1.3],
+          "tolerance": {"interval": [0.8, 1.2], "rule": None}, "within": True,
+          "scale": "madrs", "at": "24 h", "arm": "ketamine", "vs": None}
+    sc = {"cases": [{"id": "c1", "set": "calibration", "reason": None, "kind": "trial",
+                     "endpoints": [
+        {**ep, "mc_stable": False}, {**ep, "name": "f", "within": False, "mc_stable": True}]}],
+        "summary": {"calibration": {"cases": 1, "endpoints": 2, "within": 1,
+                                    "fraction_within": 0.5, "mc_unstable": 1},
+                    "validation": {"cases": 0, "endpoints": 0, "within": 0,
+                                   "fraction_within": None, "mc_unstable": 0}},
+        "meta": {"n_per_arm": 60}}
+    out = _scorecard_html(sc)
+    assert '<span class="ok">yes~</span>' in out and '<span class="bad">no</span>' in out
+    assert "1 verdicts (~) within the Monte Carlo error of 60 patients per arm" in out
+
+
+def test_report_seed_is_the_scorecards(html):
+    """build_report(scorecard=...) showed its own default seed (0) in the run metadata while
+    the figures, drawn from the scorecard, recorded the scorecard's seed."""
+    import copy
+
+    sc = copy.deepcopy(SC["scorecard"])
+    sc["meta"]["seed"] = 7
+    out = build_report(scorecard=sc, sensitivity=SC["sensitivity"])
+    assert "<td>seed</td><td>7</td>" in out

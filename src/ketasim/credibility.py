@@ -335,8 +335,11 @@ def _scorecard_html(sc: dict) -> str:
             continue
         for e in c["endpoints"]:
             acc = e["tolerance"]["interval"] or e["tolerance"]["rule"]
-            mark = ('<span class="ok">yes</span>' if e["within"]
-                    else '<span class="bad">no</span>')
+            # ~: the verdict is within the Monte Carlo error (another seed may flip it), as
+            # `ketasim validate` marks it
+            tilde = "" if e.get("mc_stable", True) else "~"
+            mark = (f'<span class="ok">yes{tilde}</span>' if e["within"]
+                    else f'<span class="bad">no{tilde}</span>')
             rows.append([escape(c["id"]), escape(c["set"]), escape(e["name"]),
                          _f(e["observed"]), _f(e["predicted"]), _f(e["pi90"]), _f(acc), mark])
     summ = []
@@ -344,7 +347,10 @@ def _scorecard_html(sc: dict) -> str:
         if v["endpoints"]:
             summ.append(f"<li><b>{s}</b> ({'in' if s == 'calibration' else 'out of'} sample):"
                         f" {v['within']} / {v['endpoints']} endpoints within tolerance "
-                        f"({100 * v['fraction_within']:.0f}%), {v['cases']} cases</li>")
+                        f"({100 * v['fraction_within']:.0f}%), {v['cases']} cases; "
+                        f"{v.get('mc_unstable', 0)} verdicts (~) within the Monte Carlo error "
+                        f"of {sc['meta']['n_per_arm']} patients per arm (another seed may "
+                        "flip them)</li>")
         else:
             summ.append(f"<li><b>{s}</b>: no endpoints (add cases with --cases)</li>")
     misses = [[escape(c["id"]), escape(e["name"]), escape(_why(e)), escape(e.get("note") or "")]
@@ -439,7 +445,10 @@ def build_report(n: int = 100, seed: int = 0, replicates: int = 100,
               _f(r.get("max_rel_diff_vs_lsoda")), _f(r.get("mass_balance_rel_error")),
               escape(r.get("error", ""))] for r in ver["rows"]]
     versions = card_versions()
-    meta_rows = [["ketasim version", __version__], ["seed", str(seed)],
+    # the scorecard's own seed when one is given (as its figures record it), not the default
+    sc_seed = _seed_of(sc)
+    meta_rows = [["ketasim version", __version__],
+                 ["seed", str(seed if sc_seed is None else sc_seed)],
                  ["virtual patients per arm", str(sc["meta"]["n_per_arm"])],
                  ["replicates", str(sc["meta"]["replicates"])],
                  # what reruns it: the case selection (the scorecard's own record when given)
