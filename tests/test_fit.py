@@ -355,6 +355,20 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     assert "Visual predictive check" in html
 
 
+def test_fit_report_marks_an_iiv_at_its_bound(tmp_path, capsys):
+    """The report's table showed V1's IIV CV at its lower bound as "1.0%", like an estimate
+    (only the warning above said otherwise); it now reads "1.0% (at bound)"."""
+    rep = tmp_path / "fit.html"
+    assert main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate",
+                 "CL,V1", "--json", "--report", str(rep)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "omega_V1" in d["diagnostics"]["at_bounds"]
+    html = rep.read_text()
+    cv = 100 * d["estimates"]["V1"]["iiv_cv"]
+    assert f"<td>{cv:.1f}% (at bound)</td>" in html
+    assert f"<td>{100 * d['estimates']['CL']['iiv_cv']:.1f}%</td>" in html  # estimated
+
+
 def test_parallel_fit_is_identical_to_serial():
     """workers=2 farms out the independent objective evaluations (gradients, the Hessian,
     profiles): every reported number is the same as in one process, bit for bit."""

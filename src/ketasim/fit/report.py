@@ -131,11 +131,15 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
                     "simulations")
         figs["Visual predictive check"] = _png(fig)
     plt.close("all")
+    # an IIV at its bound: its CV is the bound, not an estimate (the warning says so; the
+    # table said "1.0%" as if estimated)
+    at_b = set(fit.diagnostics.get("at_bounds", []))
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{e.value:.4g}</td><td>{e.se:.3g}</td>"
         f"<td>{e.ci95[0]:.4g} – {e.ci95[1]:.4g}"
         f"{' (profile)' if e.ci95_method == 'profile-likelihood' else ''}</td><td>"
-        f"{'' if e.iiv_cv is None else f'{100 * e.iiv_cv:.1f}%'}</td>"
+        f"{'' if e.iiv_cv is None else f'{100 * e.iiv_cv:.1f}%'}"
+        f"{' (at bound)' if e.iiv_cv is not None and f'omega_{k}' in at_b else ''}</td>"
         f"<td>{html.escape(problem.units(k))}</td></tr>" for k, e in fit.estimates.items())
     rows += "".join(f"<tr><td>{k}</td><td>{e.value:.4g}</td><td>{e.se:.3g}</td>"
                     f"<td>{e.ci95[0]:.4g} – {e.ci95[1]:.4g}</td><td></td><td></td></tr>"
