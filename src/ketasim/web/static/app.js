@@ -953,7 +953,7 @@ function renderSummary() {
   const t = $("summary");
   const cols = [["scenario", null], ["MADRS baseline", "baseline_madrs"],
     ["MADRS 24 h", "madrs_24h"], ["lowest MADRS", "madrs_min"], ["MADRS at end", "madrs_end"],
-    ["peak effect site (ng/mL)", "peak_effect_site_ng_per_ml"], ["peak CADSS", "peak_cadss"],
+    ["peak effect site (ng/mL, racemic-equivalent)", "peak_effect_site_ng_per_ml"], ["peak CADSS", "peak_cadss"],
     ["peak ΔSBP (mmHg)", "peak_sbp_change_mmhg"], ["anaesthetic band", "anaesthetic_band"],
     ["PK model", "model"], ["server ms", null]];
   t.tHead.innerHTML = "<tr>" + cols.map(([h]) => `<th scope="col">${h}</th>`).join("") + "</tr>";
