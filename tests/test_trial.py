@@ -522,3 +522,20 @@ def test_results_parquet_and_report_say_only_the_first_patients_are_kept(small, 
     full = run_trial(small, executor="serial", trajectories=100)
     assert "visit-by-visit rows of every patient" in report.trial_html(full, figures={
         "scores.png": b"", "response.png": b""})
+
+
+def test_run_keeps_every_patient_so_the_file_reproduces_the_report(tmp_path):
+    # before: `ketasim run` wrote the visit rows of only the first 20 patients per arm, so a
+    # response rate recomputed from results.parquet differed from report.html / summary.json
+    from ketasim.cli import main
+
+    assert main(["run", "--n", "60", "--workers", "1", "--out", str(tmp_path)]) == 0
+    d = pd.read_parquet(tmp_path / "results.parquet")
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert d.groupby("arm")["patient"].nunique().to_dict() == s["meta"]["n_per_arm"]
+    assert sum(s["meta"]["n_per_arm"].values()) == 60
+    visit = next(iter(s["headline"]["response"]))
+    for arm, rate in s["headline"]["response"][visit].items():
+        rows = d[(d["arm"] == arm) & (d["visit"] == visit)]
+        responded = rows["madrs"] <= 0.5 * rows["baseline_madrs"]  # >= 50% fall
+        assert abs(float(responded.mean()) - rate) < 1e-12, (arm, visit)

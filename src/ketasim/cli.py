@@ -20,6 +20,9 @@ from .errors import KetasimError
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 DISCLAIMER = "ketasim is a research tool, not medical advice."
+#: ``ketasim run`` keeps the visit rows of up to this many patients per arm (all at the default
+#: n = 500: 3,500 rows); larger runs belong to ``ketasim trial --out`` (per-patient shards)
+RUN_TRAJECTORIES_MAX = 10_000
 #: most output times a one-subject command returns (a guard against a tiny step)
 MAX_OUTPUT_TIMES = 200_000
 
@@ -351,7 +354,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     out.print(f"[dim]{DISCLAIMER}[/]")
 
 
-def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: str):
+def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: str,
+                  trajectories: int | None = None):
     from .progress import RichProgress
     from .trial import run_trial
 
@@ -361,9 +365,10 @@ def _run_scenario(scenario, chunk_size: int | None, workers: int | None, label: 
     try:
         if workers is not None and workers > 1:
             res = run_trial(scenario, chunk_size=chunk_size, executor="processes",
-                            progress=bar, workers=workers)
+                            progress=bar, workers=workers, trajectories=trajectories)
         else:
-            res = run_trial(scenario, chunk_size=chunk_size, executor="serial", progress=bar)
+            res = run_trial(scenario, chunk_size=chunk_size, executor="serial", progress=bar,
+                            trajectories=trajectories)
     finally:
         bar.close()
     bar.finish()
@@ -561,7 +566,10 @@ def run(
     _out_dir(out_dir, "out", (*_TRIAL_FILES, "scores.png", "response.png"))
     t0 = time.perf_counter()
     sc = with_overrides(resolve_scenario("default"), n=n, seed=seed)
-    res = _run_scenario(sc, None, workers, "virtual patients")
+    # the main job keeps every patient's visit rows in results.parquet (up to
+    # RUN_TRAJECTORIES_MAX per arm), so the file alone reproduces the report's statistics
+    res = _run_scenario(sc, None, workers, "virtual patients",
+                        trajectories=min(sc.population.n, RUN_TRAJECTORIES_MAX))
     s = res.to_dict()
     s["files"] = write_trial_outputs(res, out_dir, figures=True, field="out")
     s["meta"]["total_wall_s"] = round(time.perf_counter() - t0, 3)
