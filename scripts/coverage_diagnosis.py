@@ -65,7 +65,7 @@ def _fit(job: tuple) -> dict:
 
 def realised(path: str, subjects: int, model: str = "kamp2020") -> None:
     """Print the realised-sample diagnostics of a saved recovery study (see the docstring)."""
-    with open(path) as fh:
+    with open(path, encoding="utf-8") as fh:
         saved = json.load(fh)
     rows, truth, true_cv = saved["replicates"], saved["truth"], saved["true_cv"]
     est = list(truth)
@@ -130,7 +130,7 @@ def main() -> None:
                   f"{o['seconds']:5.0f} s ofv {o['objective']:.3f} it "
                   f"{o['refine_iterations']} |g| {o['max_abs_gradient']:.3g} {msg}", flush=True)
     if a.json:
-        with open(a.json, "w") as fh:
+        with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=1, default=float)
 
 

@@ -230,5 +230,5 @@ for d in [7, 10, 14, 21, 28]:
         "highmiss",
         np.mean([r["y"] > r["hi"] for r in rr_]).round(3),
     )
-with open(f"forecast_oracle_{mode}_{n}_{seed}.json", "w") as fh:
+with open(f"forecast_oracle_{mode}_{n}_{seed}.json", "w", encoding="utf-8") as fh:
     json.dump(out, fh)

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="instead: forecast-band calibration on this many simulated patients")
     a = ap.parse_args(argv)
     if a.summarize:
-        with open(a.summarize) as fh:
+        with open(a.summarize, encoding="utf-8") as fh:
             saved = json.load(fh)
         print(f"{len(saved['replicates'])} replicates from {a.summarize}")
         # the study's own design where the file records it (files written before it was
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"rep {rec['replicate']:3d} {rec['seconds']:6.1f} s conv={rec['converged']} "
                   f"{msg}", flush=True)
             if a.json:  # written as it goes, so an interrupted study keeps its replicates
-                with open(a.json, "w") as fh:
+                with open(a.json, "w", encoding="utf-8") as fh:
                     json.dump({"replicates": rows, "seed": a.seed, "truth": truth,
                                "true_cv": true_cv, "subjects": a.subjects,
                                "sigma_prop": a.sigma_prop}, fh, default=float)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ketasim {__version__}; card {a.model} {card_versions().get('pk/' + a.model, '')}")
     summary = summarize(rows, truth, true_cv, a.sigma_prop, a.subjects)
     if a.json:
-        with open(a.json, "w") as fh:
+        with open(a.json, "w", encoding="utf-8") as fh:
             json.dump({"summary": summary, "replicates": rows, "seed": a.seed,
                        "truth": truth, "true_cv": true_cv, "subjects": a.subjects,
                        "sigma_prop": a.sigma_prop, "ketasim_version": __version__,

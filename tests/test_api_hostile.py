@@ -240,7 +240,7 @@ def test_run_trial_refuses_out_in_a_missing_folder_before_any_work(tmp_path):
         with pytest.raises(KetasimError) as e:
             run_trial(sc, out=bad)
         assert e.value.field == "out"
-    assert (tmp_path / "file").read_text() == "x"
+    assert (tmp_path / "file").read_text(encoding="utf-8") == "x"
     res = run_trial(sc, out=tmp_path / "run")  # a pathlib.Path in an existing folder is fine
     assert (tmp_path / "run" / "manifest.json").exists() and len(res.data) > 0
 

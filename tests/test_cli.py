@@ -96,7 +96,7 @@ def test_failed_write_keeps_existing_file(capsys, tmp_path):
     target.write_text("precious")
     rc, _, err = run(capsys, [*KAMP[:-1], "--weight", "999", "--csv", str(target)])
     assert rc == 2
-    assert target.read_text() == "precious"
+    assert target.read_text(encoding="utf-8") == "precious"
 
 
 def test_pk_csv_carries_its_provenance(capsys, tmp_path):
@@ -107,15 +107,15 @@ def test_pk_csv_carries_its_provenance(capsys, tmp_path):
                                 str(target), "--json"])
     assert rc == 0, err
     printed = json.loads(out)["metadata"]
-    side = json.loads((tmp_path / "conc.csv.meta.json").read_text())
+    side = json.loads((tmp_path / "conc.csv.meta.json").read_text(encoding="utf-8"))
     assert side["table"] == "conc.csv"
     assert side["metadata"] == printed
     assert side["metadata"]["card_hashes"]["pk/kamp2020"]
     assert side["metadata"]["covariates"]["weight_kg"] == 82.0
     assert side["metadata"]["covariates"]["age_years"] == 61.0
     assert side["weight_kg"] == 82.0 and "not medical advice" in side["disclaimer"].lower()
-    header = target.read_text().splitlines()[0].split(",")
-    assert header[0] == "time_h" and len(target.read_text().splitlines()) == 5
+    header = target.read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header[0] == "time_h" and len(target.read_text(encoding="utf-8").splitlines()) == 5
 
 
 def test_pk_csv_sidecar_checked_before_work(capsys, tmp_path):
@@ -131,7 +131,7 @@ def test_event_table_round_trip(capsys, tmp_path):
                                  "--schedule", "every 3.5 d x 8", "--times-h", "1,200",
                                  "--event-table", str(table), "--json"])
     assert rc == 0, err
-    assert "ADDL" in table.read_text()
+    assert "ADDL" in table.read_text(encoding="utf-8")
     rc, out2, err = run(capsys, ["pk", "--regimen-csv", str(table), "--times-h", "1,200",
                                  "--json"])
     assert rc == 0, err
@@ -250,7 +250,7 @@ def test_simulate_metadata_records_covariates_and_output_times(capsys, tmp_path)
     assert {"ketasim_version", "card_hashes", "hypotheses", "solver", "regimen"} <= set(m)
     rc, _, err = run(capsys, [*args, "--out", str(tmp_path)])
     assert rc == 0, err
-    saved = json.loads((tmp_path / "metadata.json").read_text())
+    saved = json.loads((tmp_path / "metadata.json").read_text(encoding="utf-8"))
     assert saved["covariates"] == m["covariates"]
     assert saved["output_times"] == m["output_times"]
 

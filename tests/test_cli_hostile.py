@@ -94,7 +94,7 @@ def test_fit_report_for_one_sparse_subject_and_worker_cap(capsys, tmp_path):
     rc, err = _run(capsys, ["fit", p, "--model", "kamp2020", "--estimate", "CL", "--method",
                             "map", "--report", tmp_path / "r.html"])
     assert rc == 0, err  # too few observations for a VPC bin: the report has no VPC
-    assert "Individual fits" in (tmp_path / "r.html").read_text()
+    assert "Individual fits" in (tmp_path / "r.html").read_text(encoding="utf-8")
     rc, err = _run(capsys, ["fit", p, "--model", "kamp2020", "--estimate", "CL",
                             "--workers", "100000"])
     assert rc == 2
@@ -138,7 +138,7 @@ def test_outputs_are_checked_before_anything_is_written(capsys, tmp_path):
     # pk: the CSV existed, the plot cannot be written: the CSV is left as it was
     csv = _csv(tmp_path, "existing.csv", PRECIOUS)
     rc, err = _run(capsys, ["pk", "--csv", csv, "--plot", tmp_path / "nodir" / "x.png"])
-    assert rc == 2 and csv.read_text() == PRECIOUS
+    assert rc == 2 and csv.read_text(encoding="utf-8") == PRECIOUS
     _one_line(err, "plot: folder does not exist")
     # simulate: three files in --out, a bad --plot
     o = tmp_path / "o"
@@ -147,11 +147,11 @@ def test_outputs_are_checked_before_anything_is_written(capsys, tmp_path):
         (o / name).write_text(PRECIOUS)
     rc, err = _run(capsys, ["simulate", "--days", "1", "--out", o, "--plot",
                             tmp_path / "nodir" / "x.png"])
-    assert rc == 2 and (o / "timecourse.csv").read_text() == PRECIOUS
+    assert rc == 2 and (o / "timecourse.csv").read_text(encoding="utf-8") == PRECIOUS
     # an output name that is a folder, an --out that is a file
     (o / "timecourse.parquet").mkdir()
     rc, err = _run(capsys, ["simulate", "--days", "1", "--out", o])
-    assert rc == 2 and (o / "metadata.json").read_text() == PRECIOUS
+    assert rc == 2 and (o / "metadata.json").read_text(encoding="utf-8") == PRECIOUS
     _one_line(err, "is a folder, not a file")
     rc, err = _run(capsys, ["simulate", "--days", "1", "--out", csv])
     assert rc == 2
@@ -162,7 +162,7 @@ def test_outputs_are_checked_before_anything_is_written(capsys, tmp_path):
     (t / "report.html").mkdir()
     (t / "summary.json").write_text(PRECIOUS)
     rc, err = _run(capsys, ["trial", "default", "--n", "4", "--out", t])
-    assert rc == 2 and (t / "summary.json").read_text() == PRECIOUS
+    assert rc == 2 and (t / "summary.json").read_text(encoding="utf-8") == PRECIOUS
     # docs model into a folder, serve with a data dir that is a file
     rc, err = _run(capsys, ["docs", "model", "--out", t])
     assert rc == 2

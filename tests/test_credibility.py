@@ -86,7 +86,7 @@ def test_cli_report_writes_file(tmp_path, capsys, monkeypatch):
     rc = main(["report", "credibility", "--out", str(out), "--cases", str(sub), "--no-shipped",
                "--n", "6", "--replicates", "5", "--sensitivity-samples", "2"])
     assert rc == 0
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert all(f'id="{s}"' in text for s in SECTIONS)
     assert main(["report", "credibility", "--out", str(tmp_path / "no" / "r.html"),
                  "--cases", str(sub), "--no-shipped", "--n", "6", "--replicates", "5",

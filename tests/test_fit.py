@@ -350,7 +350,7 @@ def test_cli_fit_json_and_report(tmp_path, capsys):
     assert d["n_subjects"] == 8 and isinstance(d["converged"], bool)
     assert np.isfinite(d["objective"])
     assert d["metadata"]["ketasim_version"] and "pk/kamp2020" in d["metadata"]["card_hashes"]
-    html = rep.read_text()
+    html = rep.read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 3
     assert "Visual predictive check" in html
 
@@ -363,7 +363,7 @@ def test_fit_report_marks_an_iiv_at_its_bound(tmp_path, capsys):
                  "CL,V1", "--json", "--report", str(rep)]) == 0
     d = json.loads(capsys.readouterr().out)
     assert "omega_V1" in d["diagnostics"]["at_bounds"]
-    html = rep.read_text()
+    html = rep.read_text(encoding="utf-8")
     cv = 100 * d["estimates"]["V1"]["iiv_cv"]
     assert f"<td>{cv:.1f}% (at bound)</td>" in html
     assert f"<td>{100 * d['estimates']['CL']['iiv_cv']:.1f}%</td>" in html  # estimated

@@ -194,7 +194,8 @@ def test_simulate_cli_json_and_out(capsys, tmp_path):
     assert "card_hashes" in d["metadata"]
     assert main(["simulate", "--days", "2", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "timecourse.parquet").exists()
-    assert json.loads((tmp_path / "metadata.json").read_text())["species"] == "human"
+    meta = json.loads((tmp_path / "metadata.json").read_text(encoding="utf-8"))
+    assert meta["species"] == "human"
     assert main(["simulate", "--hypotheses", "only:q"]) == 2
 
 
@@ -274,8 +275,8 @@ def test_outputs_carry_units(capsys, tmp_path):
     assert run_experiment("dose-response")["readouts"][0]["units"] == "% change from vehicle"
     assert main(["simulate", "--days", "1", "--step-h", "12", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    meta = json.loads((tmp_path / "metadata.json").read_text())
-    cols = (tmp_path / "timecourse.csv").read_text().splitlines()[0].split(",")
+    meta = json.loads((tmp_path / "metadata.json").read_text(encoding="utf-8"))
+    cols = (tmp_path / "timecourse.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert set(meta["units"]) == set(cols) and all(meta["units"][c] for c in cols)
     assert meta["units"]["ketamine_plasma_ng_per_ml"] == "ng/mL"
     assert meta["units"]["block_H_norketamine"].startswith("fraction")

@@ -24,7 +24,7 @@ CAL = Path(__file__).resolve().parents[2] / "shared/literature/calibration/pk"
 def _table3() -> dict[str, float]:
     path = CAL / "perez_ruixo2021_esketamine.yaml"
     if path.exists():
-        d = yaml.safe_load(path.read_text())
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
         vals = {p["name"]: p["value"] for p in d["parameters"]}
         vals.update({a["name"]: a["value"] for a in d["abstract_values"]})
         return vals

@@ -207,7 +207,7 @@ def test_export_sbml_records_the_scenario(tmp_path):
 
     out = tmp_path / "m.xml"
     assert main(["export-sbml", "default", "--out", str(out)]) == 0
-    meta = read_metadata(out.read_text())
+    meta = read_metadata(out.read_text(encoding="utf-8"))
     assert meta["scenario"] == "default"
     assert meta["scenario_hash"] == scenario_hash(scenario_dict(resolve_scenario("default")))
 
@@ -252,12 +252,12 @@ def test_every_output_names_the_card_hashes_card_hashes(tmp_path, capsys,
     png, csv = tmp_path / "pk.png", tmp_path / "pk.csv"
     seen["pk --json"] = cli_json(["pk", "--times-h", "1,2", "--json", "--csv", str(csv),
                                   "--plot", str(png)])
-    seen["pk --csv meta.json"] = json.loads(Path(f"{csv}.meta.json").read_text())
+    seen["pk --csv meta.json"] = json.loads(Path(f"{csv}.meta.json").read_text(encoding="utf-8"))
     seen["PNG text"] = json.loads(Image.open(png).text["Description"])
     sim = tmp_path / "sim"
     seen["simulate --json"] = cli_json(["simulate", "--days", "1", "--step-h", "12", "--json",
                                         "--out", str(sim)])
-    seen["simulate metadata.json"] = json.loads((sim / "metadata.json").read_text())
+    seen["simulate metadata.json"] = json.loads((sim / "metadata.json").read_text(encoding="utf-8"))
     seen["fit --json"] = cli_json(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020",
                                    "--estimate", "CL", "--method", "map", "--json"])
     seen["forecast"] = forecast_patient(str(DATA / "patient.csv"), horizon_days=3, seed=1,
@@ -271,15 +271,15 @@ def test_every_output_names_the_card_hashes_card_hashes(tmp_path, capsys,
                     '[[arm]]\nname = "p"\ncontrol = "saline"\n[endpoints]\nat = ["24 h"]\n')
     run = tmp_path / "run"
     seen["trial --json"] = cli_json(["trial", str(toml), "--json", "--out", str(run)])
-    seen["summary.json"] = json.loads((run / "summary.json").read_text())
-    seen["manifest.json"] = json.loads((run / "manifest.json").read_text())
+    seen["summary.json"] = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    seen["manifest.json"] = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
     for name in ("results.parquet", "sim/timecourse.parquet"):
         folder = run if name == "results.parquet" else tmp_path
         md = pq.read_schema(folder / name).metadata
         seen[name] = {k.decode().removeprefix("ketasim."): v for k, v in md.items()}
     xml = tmp_path / "m.xml"
     assert main(["export-sbml", "default", "--out", str(xml)]) == 0
-    seen["SBML notes"] = read_metadata(xml.read_text())
+    seen["SBML notes"] = read_metadata(xml.read_text(encoding="utf-8"))
     try:
         from fastapi.testclient import TestClient
 
@@ -302,7 +302,7 @@ def test_every_output_names_the_card_hashes_card_hashes(tmp_path, capsys,
         assert "version" not in obj, f"{where}: still version"
     assert seen["manifest.json"]["card_hashes"] == card_versions()
     # and the HTML reports label them as hashes
-    assert "card_versions" not in (run / "report.html").read_text()
+    assert "card_versions" not in (run / "report.html").read_text(encoding="utf-8")
 
 
 def test_resume_reads_a_manifest_with_the_old_card_key(tmp_path, monkeypatch) -> None:
@@ -319,7 +319,7 @@ def test_resume_reads_a_manifest_with_the_old_card_key(tmp_path, monkeypatch) ->
                          "endpoints": {"at": ["24 h"]}})
     out = tmp_path / "o"
     trial.run_trial(sc, chunk_size=2, out=str(out))
-    man = json.loads((out / "manifest.json").read_text())
+    man = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     man["card_versions"] = man.pop("card_hashes")
     man["version"] = man.pop("ketasim_version")  # the package version's old key, too
     (out / "manifest.json").write_text(json.dumps(man))
@@ -330,7 +330,8 @@ def test_resume_reads_a_manifest_with_the_old_card_key(tmp_path, monkeypatch) ->
     res = trial.run_trial(sc, out=str(out))
     chunks = res.meta["chunks"]
     assert calls == [] and chunks["run"] == 0 and chunks["resumed"] == chunks["total"] > 0
-    assert "card_hashes" in json.loads((out / "manifest.json").read_text())  # rewritten
+    rewritten = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert "card_hashes" in rewritten
     man["card_versions"] = {**man["card_versions"], "pk/kamp2020": "000000000000"}
     (out / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(KetasimError, match="other cards"):

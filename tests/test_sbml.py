@@ -238,7 +238,7 @@ def test_cli_export_writes_valid_sbml(capsys, tmp_path):
     path = tmp_path / "model.xml"
     rc, out, err = run_cli(capsys, ["export-sbml", "transform2", "--out", str(path)])
     assert rc == 0, err
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert validate(text) == []
     assert "perez-ruixo-2021" in text and "esketamine + AD" in text
 
@@ -407,9 +407,16 @@ def test_min_max_are_continuous_functions(default_export):
             assert got == f(a, b), (name, a, b, got)
 
 
-def test_copasi_runs_a_long_course():
+def test_copasi_runs_a_long_course(request):
     """In COPASI (python-copasi, when installed) the 95-day six-infusion course imports without
     a message, runs to the end and agrees with libRoadRunner on MADRS at every visit."""
+    import locale
+
+    # importing (and running) COPASI switches the process to the "C" locale (ASCII default
+    # encoding): give the other tests their locale back afterwards (ketasim itself writes
+    # UTF-8 either way, tests/test_locale.py)
+    saved = locale.setlocale(locale.LC_ALL)
+    request.addfinalizer(lambda: locale.setlocale(locale.LC_ALL, saved))
     COPASI = pytest.importorskip("COPASI")
     import os
     import tempfile

@@ -116,7 +116,7 @@ def _crash_once(marker: str, start: int):
 
     def run_chunk(scenario, chunk, labels, visits_h, trajectories):
         if chunk.arm_index == 0 and chunk.start == start and not os.path.exists(marker):
-            open(marker, "w").close()
+            open(marker, "w", encoding="utf-8").close()
             os._exit(3)  # the worker process dies: BrokenProcessPool in the parent
         return real(scenario, chunk, labels, visits_h, trajectories)
 
@@ -207,7 +207,7 @@ def test_shards_manifest_and_atomic_files(small, reference, tmp_path):
     out = tmp_path / "o"
     res = run_trial(small, chunk_size=4, out=str(out), trajectories=3)
     assert_same(res, reference)
-    man = json.loads((out / MANIFEST).read_text())
+    man = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     assert man["status"] == "complete" and man["seed"] == 11
     assert man["ketasim_version"] and man["card_hashes"] and len(man["scenario_hash"]) == 64
     names = sorted(p.name for p in (out / "shards" / "arm=ketamine").iterdir())
@@ -316,7 +316,7 @@ def test_resume_refuses_other_scenario(small, tmp_path, capsys):
         run_trial(small, chunk_size=3, out=str(out))
     other = run_trial(with_overrides(small, seed=12), out=str(out), resume=False)
     assert other.meta["chunks"]["resumed"] == 0
-    assert json.loads((out / MANIFEST).read_text())["seed"] == 12
+    assert json.loads((out / MANIFEST).read_text(encoding="utf-8"))["seed"] == 12
     # the CLI: one line, exit 2
     path = tmp_path / "s.toml"
     path.write_text(TOML)

@@ -274,7 +274,7 @@ def test_relapse_not_assessable_without_followup(capsys, tmp_path):
     assert len(lines) == 2
     assert all("no follow-up after the responder visit" in x and "censored" not in x
                for x in lines)
-    html = (tmp_path / "o" / "report.html").read_text()
+    html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
     assert html.count("not assessable: no follow-up after the responder visit") == 2
 
 
@@ -457,8 +457,8 @@ def test_run_writes_files(capsys, tmp_path):
     for name in ("results.parquet", "summary.json", "report.html", "scores.png",
                  "response.png"):
         assert (folder / name).stat().st_size > 0
-    assert json.loads((folder / "summary.json").read_text())["arms"] == d["arms"]
-    html = (folder / "report.html").read_text()
+    assert json.loads((folder / "summary.json").read_text(encoding="utf-8"))["arms"] == d["arms"]
+    html = (folder / "report.html").read_text(encoding="utf-8")
     assert "research tool, not medical advice" in html
     assert html.count("data:image/png;base64,") == 2
     assert "<script" not in html and "src='http" not in html and 'href="http' not in html
@@ -480,7 +480,7 @@ def test_outputs_written_atomically(monkeypatch, tmp_path, reference):
     monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(KetasimError, match="summary.json"):
         report.write_trial_outputs(reference, str(tmp_path))
-    assert (tmp_path / "summary.json").read_text() == "keep me"
+    assert (tmp_path / "summary.json").read_text(encoding="utf-8") == "keep me"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".ketasim-")]
 
 
@@ -516,7 +516,7 @@ def test_results_parquet_and_report_say_only_the_first_patients_are_kept(small, 
     assert json.loads(md[b"ketasim.trajectories"]) == 2
     assert json.loads(md[b"ketasim.n_per_arm"]) == {"ketamine": 7, "midazolam": 7}
     assert pd.read_parquet(tmp_path / "results.parquet")["patient"].nunique() == 2
-    html = (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "first 2 patients of each arm only (of ketamine: 7, midazolam: 7)" in html
     # every patient kept: said so
     full = run_trial(small, executor="serial", trajectories=100)
@@ -531,7 +531,7 @@ def test_run_keeps_every_patient_so_the_file_reproduces_the_report(tmp_path):
 
     assert main(["run", "--n", "60", "--workers", "1", "--out", str(tmp_path)]) == 0
     d = pd.read_parquet(tmp_path / "results.parquet")
-    s = json.loads((tmp_path / "summary.json").read_text())
+    s = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     assert d.groupby("arm")["patient"].nunique().to_dict() == s["meta"]["n_per_arm"]
     assert sum(s["meta"]["n_per_arm"].values()) == 60
     visit = next(iter(s["headline"]["response"]))

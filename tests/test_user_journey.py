@@ -112,7 +112,7 @@ def test_suicidality_column_names_the_madrs_item(capsys, tmp_path):
     rc, out, err = run(capsys, ["trial", "fava2020", "--n", "30", "--out", str(tmp_path)])
     assert rc == 0, err
     assert "Δ MADRS item 10" in out and "sedation (0–1)" in out
-    assert "Δ MADRS item 10" in (tmp_path / "report.html").read_text()
+    assert "Δ MADRS item 10" in (tmp_path / "report.html").read_text(encoding="utf-8")
 
 
 def test_esketamine_effect_site_is_labelled_racemic_equivalent(capsys, tmp_path):
@@ -122,7 +122,8 @@ def test_esketamine_effect_site_is_labelled_racemic_equivalent(capsys, tmp_path)
     assert rc == 0, err
     line = next(x for x in out.splitlines() if "peaks per patient" in x)
     assert "ng/mL racemic-equivalent" in line
-    assert "median peak Ce (ng/mL, racemic-equivalent)" in (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "median peak Ce (ng/mL, racemic-equivalent)" in html
 
 
 def test_pk_tmax_of_a_multi_week_schedule_reads_in_days(capsys):
@@ -146,10 +147,10 @@ def test_response_rate_differences_read_as_percentage_points(tmp_path, capsys):
     assert main(["trial", str(toml), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "Δ response (pp)" in text
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     diff = summary["differences"]["k-p"]["24 h"]["response_rate_difference"]
     assert f"{100 * diff:+.0f}" in text
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert "percentage points" in html and f"{100 * diff:+.1f}" in html
 
 

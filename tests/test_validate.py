@@ -194,7 +194,7 @@ def test_prediction_interval_includes_parameter_uncertainty(monkeypatch):
 
 
 def test_strict_exits_nonzero_only_with_strict(tmp_path, capsys):
-    case = (DATA / "single_iv.yaml").read_text()
+    case = (DATA / "single_iv.yaml").read_text(encoding="utf-8")
     case = case.replace("observed: -8.0, se: 2.5", "observed: 40.0, se: 0.1")
     (tmp_path / "c.yaml").write_text(case)
     args = ["validate", "--cases", str(tmp_path), "--no-shipped", "--n", "8",
@@ -257,7 +257,7 @@ def test_folder_errors(tmp_path, capsys):
 
 
 def test_duplicate_ids_rejected(tmp_path):
-    src = (DATA / "single_iv.yaml").read_text()
+    src = (DATA / "single_iv.yaml").read_text(encoding="utf-8")
     (tmp_path / "a.yaml").write_text(src)
     (tmp_path / "b.yaml").write_text(src)
     with pytest.raises(KetasimError, match="duplicate"):

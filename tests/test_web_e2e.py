@@ -411,7 +411,7 @@ def test_page_live_regions_do_not_repeat_themselves(server, browser):
 
 def test_artifacts_folder_is_ignored():
     root = os.path.join(os.path.dirname(__file__), "..")
-    with open(os.path.join(root, ".gitignore")) as fh:
+    with open(os.path.join(root, ".gitignore"), encoding="utf-8") as fh:
         assert "test-artifacts/" in fh.read()
 
 

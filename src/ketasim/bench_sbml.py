@@ -152,7 +152,7 @@ def quiet_solver():
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "w") as null:
+    with open(os.devnull, "w", encoding="utf-8") as null:
         os.dup2(null.fileno(), 1)
         os.dup2(null.fileno(), 2)
         try:
@@ -192,7 +192,7 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()

@@ -309,7 +309,8 @@ def _write(path: str, text: str | bytes, field: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ketasim-")
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes)
+              else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             fh.write(text)
         from .shards import _ordinary_mode
 

@@ -388,7 +388,7 @@ class Validation:
         self._proc: Any = None
         self._stopped = False
         try:
-            with open(self.path) as fh:
+            with open(self.path, encoding="utf-8") as fh:
                 cached = json.load(fh)
             if (cached.get("card_hashes") == self.hashes
                     and cached.get("ketasim_version") == __version__):
@@ -416,7 +416,7 @@ class Validation:
             targets = [{"target": k, "value": float(v), "met": bool(ok)}
                        for k, (v, ok) in res.items()]
             tmp = self.path + ".tmp"
-            with open(tmp, "w") as fh:
+            with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump({"card_hashes": self.hashes, "ketasim_version": __version__,
                            "targets": targets}, fh)
             os.replace(tmp, self.path)
