@@ -539,3 +539,28 @@ def test_run_keeps_every_patient_so_the_file_reproduces_the_report(tmp_path):
         rows = d[(d["arm"] == arm) & (d["visit"] == visit)]
         responded = rows["madrs"] <= 0.5 * rows["baseline_madrs"]  # >= 50% fall
         assert abs(float(responded.mean()) - rate) < 1e-12, (arm, visit)
+
+
+def test_pairs_with_a_dash_in_an_arm_name_are_labelled_unambiguously(capsys, tmp_path):
+    """Difference keys join the arm names with "-", so with "ketamine-iv" and "saline-iv" the
+    terminal named the favoured arm "ketamine" (key.split("-")[0]) and the report and page
+    showed "ketamine-iv-saline-iv". The summary now lists each key's two arms (``pairs``),
+    and every label reads "ARM1 vs ARM2"."""
+    path = tmp_path / "s.toml"
+    path.write_text(NO_FOLLOWUP.replace('name = "ketamine"', 'name = "ketamine-iv"')
+                    .replace('name = "saline"', 'name = "saline-iv"'))
+    rc, out, err = run(capsys, ["trial", str(path), "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["pairs"] == {"ketamine-iv-saline-iv": ["ketamine-iv", "saline-iv"]}
+    assert d["headline"]["pair_arms"] == ["ketamine-iv", "saline-iv"]
+    assert "pairs" in d["meta"]["definitions"]
+    rc, out, err = run(capsys, ["trial", str(path), "--out", str(tmp_path / "o")])
+    assert rc == 0, err
+    flat = " ".join(out.split())
+    assert "ketamine-iv vs saline-iv: difference in mean" in flat
+    assert "(negative favours ketamine-iv)" in flat
+    html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    assert "<td>ketamine-iv vs saline-iv</td>" in html
+    assert "ketamine-iv vs saline-iv: none" in html or "ketamine-iv vs saline-iv: 40" in html \
+        or "ketamine-iv vs saline-iv: 24" in html

@@ -252,6 +252,10 @@ def test_page_runs_a_small_trial(server, browser):
 
     meta_line = page.locator("#trial p.muted").last.inner_text()
     assert f"ketasim {__version__}" in meta_line and "undefined" not in meta_line, meta_line
+    # the difference table names its two arms with "vs" (the key joins them with "-")
+    caps = page.evaluate("[...document.querySelectorAll('#trial caption')].map(c => "
+                         "c.textContent).filter(t => t.startsWith('Difference'))")
+    assert len(caps) == 1 and " vs " in caps[0], caps
     links = page.locator("#trial-downloads a")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert any(h.endswith("results.csv") for h in hrefs)
@@ -286,6 +290,28 @@ def test_page_trial_ci_bounds_never_read_zero_when_they_are_not(server, browser)
     assert shown[:2] == ["[-3.8, -0.004]", "[-0.04, 3.2]"]
     assert errors == []
 
+
+
+def test_page_rounds_ties_like_the_report(server, browser):
+    """The page rounded exact ties away from zero (JS toFixed: 1.25 -> "1.3", 12.5% -> "13%")
+    where the HTML report (Python's format) rounds them half to even ("1.2", "12%"), so the
+    same number read differently in the two. fixed() now agrees with Python's format on ties,
+    near-ties (1.35, 1.45, 0.125 are not exact in binary), negatives and random values."""
+    import random
+
+    rng = random.Random(7)
+    cases = [[1.25, 1], [1.35, 1], [1.45, 1], [0.125, 2], [0.375, 2], [12.5, 0], [13.5, 0],
+             [0.5, 0], [-0.5, 0], [-2.5, 0], [-1.25, 1], [-0.04, 1], [2.675, 2], [0.0, 1],
+             [1e-9, 4], [123456.5, 0], [0.00005, 4], [0.00015, 4], [-3.75, 1]]
+    cases += [[rng.choice([-1, 1]) * rng.randrange(0, 20000) / 8, rng.randrange(0, 4)]
+              for _ in range(200)]
+    cases += [[rng.uniform(-100, 100), rng.randrange(0, 5)] for _ in range(200)]
+    page, errors = _page(browser, server + "/")
+    shown = page.evaluate(f"{json.dumps(cases)}.map(([v, nd]) => fixed(v, nd))")
+    assert shown == [f"{v:.{nd}f}" for v, nd in cases]
+    assert shown[:2] == ["1.2", "1.4"] and shown[5] == "12"
+    assert page.evaluate("[pct(0.125), pp(-0.125), fmt(2.25, 1)]") == ["12%", "-12", "2.2"]
+    assert errors == []
 
 # every panel's lines as drawn: per trace (by index) the path's segments as [x, y] pixel lists
 _PATHS = """() => Object.fromEntries(["plot-plasma", "plot-brain", "plot-block", "plot-signal",

@@ -444,8 +444,9 @@ def _print_trial(s: dict) -> None:
                   f"({tt['n_responded']}/{tt['n']} ever responded); relapse: "
                   + _relapse_text(rl))
     for key, rows in s["differences"].items():
-        t = Table(title=f"{key}: difference in mean {scale} change (negative favours "
-                        f"{key.split('-')[0] if rows else ''})")
+        a1, a2 = s["pairs"][key]
+        t = Table(title=f"{a1} vs {a2}: difference in mean {scale} change (negative favours "
+                        f"{a1})")
         for col in ("visit", "difference", "95% CI", "p", "d", "Δ response (pp)", "95% CI "):
             t.add_column(col, justify="right")
         for v, r in rows.items():

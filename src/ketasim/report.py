@@ -211,6 +211,13 @@ def _f(v, nd: int = 1, pct: bool = False) -> str:
     return f"{v:.{nd}f}"
 
 
+def _pair_label(s: dict, key: str) -> str:
+    """"ARM1 vs ARM2" for a key of the summary's differences (the keys join the names with
+    "-", ambiguous when a name contains one: "esketamine + AD-placebo + AD")."""
+    arms = s.get("pairs", {}).get(key)
+    return f"{arms[0]} vs {arms[1]}" if arms else key
+
+
 def _bound(v, nd: int = 1, pct: bool = False, signed: bool = False) -> str:
     """A confidence bound: ``nd`` decimals, or more when a bound that is not 0 would otherwise
     read 0.0 or -0.0, so "[-3.8, -0.0]" does not hide whether the interval excludes 0: it
@@ -347,7 +354,7 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
     drows = []
     for key, rows in s["differences"].items():
         for v, r in rows.items():
-            drows.append([key, v, f"{_f(r['difference'])} {_ci(r['ci95'])}",
+            drows.append([_pair_label(s, key), v, f"{_f(r['difference'])} {_ci(r['ci95'])}",
                           "–" if r["p_value"] is None else
                           ("<0.0001" if r["p_value"] < 1e-4 else f"{r['p_value']:.4f}"),
                           _f(r["cohens_d"], 2),
@@ -357,8 +364,8 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
         parts.append(_html_table(["pair", "visit", "difference [95% CI]", "p", "Cohen's d",
                                   "response-rate difference, percentage points [95% CI]"],
                                  drows))
-        on = [f"{k}: {v['visit']} (favours {v['favours']})" if v else f"{k}: none"
-              for k, v in s["onset"].items()]
+        on = [f"{_pair_label(s, k)}: {v['visit']} (favours {v['favours']})" if v
+              else f"{_pair_label(s, k)}: none" for k, v in s["onset"].items()]
         parts.append(f"<p>Onset (first visit with a 95% CI excluding 0): "
                      f"{escape('; '.join(on))}.</p>")
     else:

@@ -1036,7 +1036,8 @@ def summarise(result: TrialResult) -> dict:
     arm_summary = {arm.name: _arm_level(sc, arm, store, i, labels, t, last)
                    for i, arm in enumerate(sc.arms)}
     out = {"arms": arms, "differences": differences, "arm_summary": arm_summary,
-           "onset": onset, "meta": dict(result.meta)}
+           "onset": onset, "pairs": {f"{a}-{b}": [a, b] for a, b in pairs},
+           "meta": dict(result.meta)}
     out["meta"].update(scale=scale, response_fraction=f, remission_threshold=thr,
                        dissociation_cadss_threshold=DISSOCIATION_CADSS,
                        definitions=_DEFINITIONS)
@@ -1050,6 +1051,8 @@ _DEFINITIONS = {
     "response": "score ≤ (1 − response_fraction) × baseline",
     "remission": "score ≤ remission_threshold",
     "dissociation_incidence": "fraction with CADSS ≥ 4 (at the visit; peak_… at the peak)",
+    "pairs": "the two arms (ARM1, ARM2) of each key of differences and onset; the keys join "
+             "the arm names with '-', which is ambiguous when a name contains '-'",
     "difference": "ARM1 minus ARM2 in mean change; Welch 95% CI (null CI and p when neither "
                   "arm has any spread); negative favours ARM1",
     "response_rate_difference": "ARM1 minus ARM2; Newcombe hybrid score 95% CI (Wilson-based, "
@@ -1159,6 +1162,7 @@ def headline(summary: dict, sc: Scenario) -> dict:
     names = [a.name for a in sc.arms]
     pair = f"{names[0]}-{names[1]}" if len(names) > 1 else None
     h = {"scale": sc.endpoints.scale, "pair": pair,
+         "pair_arms": list(names[:2]) if pair else None,
          "median_peak_effect_site_ng_per_ml": {}, "mean_peak_cadss": {},
          "mean_peak_sbp_change_mmhg": {}, "response": {}, "remission": {}}
     for a in sc.arms:

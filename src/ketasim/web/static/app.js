@@ -942,10 +942,25 @@ function renderLegend() {
   });
 }
 
+/* v.toFixed(nd), except that an exact tie is rounded half to even, as Python's format and
+   so the HTML report do (toFixed rounds it away from zero: 1.25 -> "1.3" where the report
+   writes "1.2"). toFixed's long form is the double's exact decimal expansion, so a tie is
+   recognised exactly, not by a scaled comparison. */
+function fixed(v, nd) {
+  const s = v.toFixed(nd);
+  if (!Number.isFinite(v) || Math.abs(v) >= 1e21) return s;
+  const exact = Math.abs(v).toFixed(Math.min(100, nd + 80));
+  const dot = exact.indexOf(".");
+  if (!/^50*$/.test(exact.slice(dot + 1 + nd))) return s;
+  const down = nd === 0 ? exact.slice(0, dot) : exact.slice(0, dot + 1 + nd);
+  if (Number(down[down.length - 1]) % 2 !== 0) return s;
+  return (v < 0 ? "-" : "") + down;
+}
+
 function fmt(v, nd) {
   if (v === null || v === undefined || Number.isNaN(v)) return "–";
   if (typeof v === "boolean") return v ? "yes" : "no";
-  if (typeof v === "number") return v.toFixed(nd === undefined ? 1 : nd);
+  if (typeof v === "number") return fixed(v, nd === undefined ? 1 : nd);
   return String(v);
 }
 
@@ -1183,9 +1198,9 @@ function cell(tr, text, header) {
 }
 
 function pp(v) {
-  return v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${(100 * v).toFixed(0)}`;
+  return v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${fixed(100 * v, 0)}`;
 }
-function pct(v) { return v === null || v === undefined ? "–" : `${(100 * v).toFixed(0)}%`; }
+function pct(v) { return v === null || v === undefined ? "–" : `${fixed(100 * v, 0)}%`; }
 /* A confidence bound to one decimal, or to its first significant digit when it is not 0 but
    would read 0.0 or -0.0 (so "[-3.8, -0.0]" does not hide whether the interval excludes 0:
    "[-3.8, -0.004]"), as the HTML report (ketasim.report._bound). */
@@ -1195,7 +1210,7 @@ function bound(v) {
   if (v !== 0 && Math.abs(v) < 0.05 && Number(Math.abs(v).toFixed(1)) === 0) {
     nd = Math.min(7, Math.max(1, -Math.floor(Math.log10(Math.abs(v)))));
   }
-  return v.toFixed(nd);
+  return fixed(v, nd);
 }
 function ci(c) { return c && c[0] !== null ? `[${bound(c[0])}, ${bound(c[1])}]` : "–"; }
 
@@ -1243,7 +1258,9 @@ async function showResult(job) {
   for (const [pair, rows] of Object.entries(s.differences)) {
     const t = document.createElement("table");
     t.className = "data";
-    t.createCaption().textContent = `Difference ${pair} in mean change (negative favours the first)`;
+    const arms = (s.pairs || {})[pair];
+    const label = arms ? `${arms[0]} vs ${arms[1]}` : pair;
+    t.createCaption().textContent = `Difference ${label} in mean change (negative favours the first)`;
     const hr = t.createTHead().insertRow();
     for (const h of ["visit", "difference", "95% CI", "p", "Cohen's d",
                      "response difference (percentage points)"]) {
@@ -1255,7 +1272,7 @@ async function showResult(job) {
       cell(tr, v, "row");
       cell(tr, fmt(d.difference));
       cell(tr, ci(d.ci95));
-      cell(tr, d.p_value === null ? "–" : (d.p_value < 1e-4 ? "<0.0001" : d.p_value.toFixed(4)));
+      cell(tr, d.p_value === null ? "–" : (d.p_value < 1e-4 ? "<0.0001" : fixed(d.p_value, 4)));
       cell(tr, fmt(d.cohens_d, 2));
       cell(tr, pp(d.response_rate_difference));
     }
