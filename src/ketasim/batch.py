@@ -155,9 +155,12 @@ METHOD = "rodas4"  # Rosenbrock method of the mechanism integrator (see METHODS)
 JAC_EVERY = 1  # accepted steps between Jacobian refreshes (1: every step; see the docstring)
 #: compiled kernel of :func:`simulate_batch` for two or more patients: "lanes" integrates
 #: :data:`ketasim._batch_kernels.LANES` patients in lock-step (:func:`_course_lanes`; the same
-#: algorithm and results per patient, faster), "course" one patient at a time (:func:`_course`)
+#: algorithm and results per patient, faster), "course" one patient at a time (:func:`_course`),
+#: "codegen" the lanes kernel with each step attempt's numerical core generated for the run's
+#: configuration as vector code (:mod:`ketasim._codegen`; the lanes kernel where it does not
+#: apply; results equal to rounding, not to the bit)
 KERNEL = "lanes"
-KERNELS = ("lanes", "course")
+KERNELS = ("lanes", "course", "codegen")
 
 # ---------------------------------------------------------------- ROS34PW2 (Rang & Angermann)
 # Published form: (I − γhJ) k_i = h f(t + α_i h, y + Σ a_ij k_j) + hJ Σ Γ_ij k_j + γ_i h² f_t,
@@ -538,6 +541,9 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     (:data:`ketasim.mechanism.STATE_NAMES`, and :data:`MOOD_STATE_NAMES` with ``mood``).
     ``kernel``: "lanes" (lock-step lanes of patients, used for two or more patients) or
     "course" (one patient at a time); default :data:`KERNEL`. Both give the same results.
+    "codegen": the lanes kernel with a generated vector step (:mod:`ketasim._codegen`) where
+    the configuration allows it (Jacobian every step, no windowed intervention, mood states),
+    else "lanes"; the same steps and results to rounding.
     """
     t0 = time.perf_counter()
     t_out = np.asarray(times_h, dtype=float)
@@ -710,17 +716,27 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
             co["M"], co["E"], co["ALPHA"], co["GSUM"], co["meth"], ys, xs, peak, stats,
             trace if trace is not None else np.zeros((0, 4)), nmood, mc, mpat)
     old = numba.get_num_threads()
+    used = "course"
     try:
         kern = _kernels()
-        lanes = kernel == "lanes" and n >= 2
+        cg = None
+        if kernel == "codegen" and n >= 2:
+            from ._codegen import codegen_kernels
+
+            cg = codegen_kernels(args)
+        lanes = kernel in ("lanes", "codegen") and n >= 2
+        used = "codegen" if cg is not None else "lanes" if lanes else "course"
         if threads == 1:
-            (kern._run_serial_lanes if lanes else kern._run_serial)(*args)
+            if cg is not None:
+                cg._run_serial_cg(*args)
+            else:
+                (kern._run_serial_lanes if lanes else kern._run_serial)(*args)
         else:
             if threads is not None:
                 numba.set_num_threads(threads)
             if lanes:
                 ng = max(1, min(numba.get_num_threads(), -(-n // kern.LANES)))
-                kern._run_batch_lanes(ng, *args)
+                (cg._run_batch_cg if cg is not None else kern._run_batch_lanes)(ng, *args)
             else:
                 kern._run_batch(*args)
     finally:
@@ -750,7 +766,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
                    f"rtol={rtol:g} atol={atol:g}, Jacobian refreshed every {jac_every} steps"),
         "card_hashes": card_versions(), "wall_ms": (time.perf_counter() - t0) * 1000.0,
         "threads": 1 if threads == 1 else (threads or old),
-        "kernel": "lanes" if kernel == "lanes" and n >= 2 else "course",
+        "kernel": used,
     }
     return BatchResult(t_out, plasma, brain, reads,
                        {b: peak[:, i] for i, b in enumerate(blockers)}, stats[:, :3], meta,
