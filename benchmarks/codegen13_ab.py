@@ -4,11 +4,12 @@ through ``batch._fast_run`` (the path ``ketasim bench`` times).
 
     python benchmarks/codegen13_ab.py ab --n 200 --reps 15 --threads 1
     python benchmarks/codegen13_ab.py accuracy --n 200
+    python benchmarks/codegen13_ab.py single --n 20 --reps 7
 
 ``ab``: alternating repetitions (lanes, codegen, lanes, …), CPU (and wall) µs per course, the
 paired codegen/lanes CPU ratio per repetition (median, quartiles). ``accuracy``: MADRS at the
 visits of both kernels against a tight solution (the lanes kernel at rtol 1e-10, atol 1e-12
-on every state), attempts per course.
+on every state), attempts per course. ``single``: one patient per call, alternating.
 """
 
 from __future__ import annotations
@@ -86,14 +87,38 @@ def accuracy(a) -> None:
               "points")
 
 
+def single(a) -> None:
+    """One patient per call (the web app's and ``ketasim simulate``'s case): the lanes
+    setting runs the one-at-a-time kernel there, codegen one busy lane of 8."""
+    arm, v, pts = bench_arm(), visits_h(), bench_patients(a.n, 0)
+    kinds = ("lanes", "codegen")
+    for k in kinds:
+        run(k, arm, pts[:1], v, 1)
+    r = {k: [] for k in kinds}
+    used = {}
+    for _ in range(a.reps):
+        for k in kinds:
+            c = time.process_time()
+            for p in pts:
+                _, res = run(k, arm, [p], v, 1)
+            r[k].append(1e6 * (time.process_time() - c) / a.n)
+            used[k] = res.metadata["kernel"]
+    for k in kinds:
+        print(f"{k} ({used[k]}): CPU µs per one-patient call, median {np.median(r[k]):.0f} "
+              f"(min {min(r[k]):.0f}), incl. Python set-up")
+    q = np.array(r["codegen"]) / np.array(r["lanes"])
+    print(f"codegen/lanes paired median {np.median(q):.3f}, quartiles {np.percentile(q, 25):.3f}"
+          f"–{np.percentile(q, 75):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("ab", "accuracy"))
+    ap.add_argument("what", choices=("ab", "accuracy", "single"))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    {"ab": ab, "accuracy": accuracy}[a.what](a)
+    {"ab": ab, "accuracy": accuracy, "single": single}[a.what](a)
 
 
 if __name__ == "__main__":

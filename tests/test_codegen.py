@@ -247,10 +247,24 @@ def _captured_args():
             cap["args"] = args
             return real._run_serial_lanes(*args)
 
-    old = batch._KERNELS
-    batch._KERNELS = Shim()
+    old, oldk = batch._KERNELS, batch.KERNEL
+    batch._KERNELS, batch.KERNEL = Shim(), "lanes"
     try:
         batch._fast_run(bench_arm(), bench_patients(2, 0), visits_h(), threads=1)
     finally:
-        batch._KERNELS = old
+        batch._KERNELS, batch.KERNEL = old, oldk
     return cap["args"]
+
+
+def test_codegen_results_do_not_depend_on_the_batch(monkeypatch):
+    """Each lane's arithmetic is its own (the vector step is element-wise), so a patient's
+    scores and steps are the same to the bit alone (one lane busy, seven idle) and in a batch
+    of 9 on two threads."""
+    monkeypatch.setattr(batch, "KERNEL", "codegen")
+    arm, v, pts = bench_arm(), visits_h(), bench_patients(9, 0)
+    threads = 2 if numba.config.NUMBA_NUM_THREADS >= 2 else 1
+    s9, r9 = batch._fast_run(arm, pts, v, threads=threads)
+    s1, r1 = batch._fast_run(arm, [pts[6]], v, threads=1)
+    assert r9.metadata["kernel"] == "codegen" and r1.metadata["kernel"] == "codegen"
+    assert np.array_equal(r1.stats[0], r9.stats[6])
+    assert np.array_equal(s1["madrs"][0], s9["madrs"][6])

@@ -543,7 +543,8 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     "course" (one patient at a time); default :data:`KERNEL`. Both give the same results.
     "codegen": the lanes kernel with a generated vector step (:mod:`ketasim._codegen`) where
     the configuration allows it (Jacobian every step, no windowed intervention, mood states),
-    else "lanes"; the same steps and results to rounding.
+    also for one patient (a lane's results do not depend on the other lanes), else as
+    "lanes"; the same steps and results to rounding (not to the bit) as "lanes".
     """
     t0 = time.perf_counter()
     t_out = np.asarray(times_h, dtype=float)
@@ -720,7 +721,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     try:
         kern = _kernels()
         cg = None
-        if kernel == "codegen" and n >= 2:
+        if kernel == "codegen":
             from ._codegen import codegen_kernels
 
             cg = codegen_kernels(args)
@@ -734,7 +735,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
         else:
             if threads is not None:
                 numba.set_num_threads(threads)
-            if lanes:
+            if lanes or cg is not None:
                 ng = max(1, min(numba.get_num_threads(), -(-n // kern.LANES)))
                 (cg._run_batch_cg if cg is not None else kern._run_batch_lanes)(ng, *args)
             else:
