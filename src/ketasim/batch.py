@@ -854,12 +854,14 @@ def _mood_constants(arm, patients: Sequence, c: dict[str, float],
 
 def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
               hypotheses: Hypotheses | None = None, threads: int | None = None,
-              stages: bool = False) -> tuple[dict[str, np.ndarray], BatchResult | None]:
+              stages: bool = False, kernel: str | None = None
+              ) -> tuple[dict[str, np.ndarray], BatchResult | None]:
     """Scores at the visits with the mood layer integrated with the mechanism (mood ODE
     states in the batched kernel; steps land only on doses and visits) and the engine
     result (None for a control arm). ``stages``: the engine result's readouts (LHb block and
     bursting among them) are reported too, so those states keep ``FAST_ATOL`` instead of the
-    scores-only :data:`FAST_BLOCK_ATOL_FACTOR` / :data:`FAST_STATE_ATOL_FACTOR`."""
+    scores-only :data:`FAST_BLOCK_ATOL_FACTOR` / :data:`FAST_STATE_ATOL_FACTOR`.
+    ``kernel``: that of :func:`simulate_batch` (default :data:`KERNEL`)."""
     from . import mood
 
     visits_h = np.asarray(visits_h, dtype=float)
@@ -883,7 +885,8 @@ def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
                          threads=threads, mood=(shared, per), rtol=FAST_RTOL,
                          atol=FAST_ATOL,
                          block_atol_factor=1.0 if stages else FAST_BLOCK_ATOL_FACTOR,
-                         state_atol_factor=None if stages else FAST_STATE_ATOL_FACTOR)
+                         state_atol_factor=None if stages else FAST_STATE_ATOL_FACTOR,
+                         kernel=kernel)
     parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
     fu = load_param_card("brain").value("fu_ketamine")
     scale = load_drug(parent).constant("molar_mass") / fu
@@ -913,14 +916,17 @@ def _patient_covariates(patients: Sequence) -> _CovariateGroups:
 
 
 def scores_at_visits(arm, patients: Sequence, visits_h, hypotheses: Hypotheses | None = None,
-                     threads: int | None = None) -> dict[str, np.ndarray]:
+                     threads: int | None = None, kernel: str | None = None
+                     ) -> dict[str, np.ndarray]:
     """Every key of :func:`ketasim.mood.scores_batch` (arrays patients × visits, ``time_h``
     the visits in h), computed with the mood layer's dynamic states (two effect compartments,
     priming, consolidation) integrated together with the mechanism in the batched kernel, so
     the integrator lands only on dose events and visits (no fine output grid). Effect-site
     concentrations (ng/mL) at the visits are exact; their peak is the exact maximum of the
-    known sum of exponentials over every dose interval."""
-    return _fast_run(arm, patients, visits_h, hypotheses, threads)[0]
+    known sum of exponentials over every dose interval. ``kernel``: that of
+    :func:`simulate_batch` (default :data:`KERNEL`; ``"codegen"`` for large batches, see
+    :data:`KERNEL`)."""
+    return _fast_run(arm, patients, visits_h, hypotheses, threads, kernel=kernel)[0]
 
 
 def scores_and_stages(arm, patients: Sequence, times_h, hypotheses: Hypotheses | None = None,
@@ -935,9 +941,9 @@ def scores_and_stages(arm, patients: Sequence, times_h, hypotheses: Hypotheses |
 
 
 def simulate_arm_fast(arm, patients: Sequence, visits_h, hypotheses: Hypotheses | None = None,
-                      threads: int | None = None) -> pd.DataFrame:
+                      threads: int | None = None, kernel: str | None = None) -> pd.DataFrame:
     """The table of :func:`ketasim.mood.simulate_arm` (one row per patient and visit) from
-    :func:`scores_at_visits`."""
+    :func:`scores_at_visits` (``kernel`` as there)."""
     visits_h = np.asarray(visits_h, dtype=float)
-    out = scores_at_visits(arm, patients, visits_h, hypotheses, threads)
+    out = scores_at_visits(arm, patients, visits_h, hypotheses, threads, kernel=kernel)
     return _long_table(arm, patients, out, len(visits_h))
