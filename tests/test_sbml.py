@@ -277,7 +277,13 @@ def test_bench_json_keys(capfd):
                       "scipy_us_per_patient", "max_rel_diff_vs_roadrunner",
                       "max_rel_diff_vs_scipy", "n_patients", "machine",
                       "scipy_refined_us_per_patient", "max_rel_diff_vs_scipy_refined",
-                      "seed", "ketasim_version", "card_hashes"}
+                      "seed", "ketasim_version", "card_hashes", "kernel", "ketasim_setup_s",
+                      "ketasim_codegen_us_per_patient", "ketasim_lanes_us_per_patient",
+                      "max_rel_diff_lanes_vs_codegen"}
+    # the generated kernel ran, and the lanes kernel agrees with it to rounding
+    assert d["kernel"] == "codegen" and d["ketasim_setup_s"] > 0
+    assert d["ketasim_codegen_us_per_patient"] == d["ketasim_us_per_patient"]
+    assert d["ketasim_lanes_us_per_patient"] > 0 and d["max_rel_diff_lanes_vs_codegen"] < 1e-5
     assert d["n_patients"] == 3 and d["seed"] == 0 and d["ketasim_version"]
     assert "mechanism/clinic" in d["card_hashes"]
     for k in ("ketasim_us_per_patient", "roadrunner_us_per_patient", "scipy_us_per_patient"):

@@ -110,15 +110,28 @@ def test_dask_cluster_equals_serial(small, reference, cluster):
     assert_same(res, reference)
 
 
+def test_generated_kernel_is_identical_serially_with_processes_and_on_dask(small, cluster):
+    """The generated kernel (``kernel="codegen"``, what trials of ≥ TRIAL_CODEGEN_MIN patients
+    use) gives the same per-patient results, to the bit, serially, with 2 processes and on a
+    dask cluster (whose workers load it from the disk cache)."""
+    ref = run_trial(small, chunk_size=1000, executor="serial", kernel="codegen")
+    assert ref.meta["kernel"] == "codegen"
+    for kw in ({"executor": "processes", "workers": 2, "chunk_size": 2},
+               {"executor": "dask", "scheduler": cluster.scheduler_address, "chunk_size": 3}):
+        res = run_trial(small, kernel="codegen", **kw)
+        assert res.meta["kernel"] == "codegen"
+        assert_same(res, ref)
+
+
 # ------------------------------------------------------------------ failures and retries
 def _crash_once(marker: str, start: int):
     real = trial._run_chunk
 
-    def run_chunk(scenario, chunk, labels, visits_h, trajectories):
+    def run_chunk(scenario, chunk, labels, visits_h, trajectories, *rest):
         if chunk.arm_index == 0 and chunk.start == start and not os.path.exists(marker):
             open(marker, "w", encoding="utf-8").close()
             os._exit(3)  # the worker process dies: BrokenProcessPool in the parent
-        return real(scenario, chunk, labels, visits_h, trajectories)
+        return real(scenario, chunk, labels, visits_h, trajectories, *rest)
 
     return run_chunk
 

@@ -155,9 +155,12 @@ METHOD = "rodas4"  # Rosenbrock method of the mechanism integrator (see METHODS)
 JAC_EVERY = 1  # accepted steps between Jacobian refreshes (1: every step; see the docstring)
 #: compiled kernel of :func:`simulate_batch` for two or more patients: "lanes" integrates
 #: :data:`ketasim._batch_kernels.LANES` patients in lock-step (:func:`_course_lanes`; the same
-#: algorithm and results per patient, faster), "course" one patient at a time (:func:`_course`)
+#: algorithm and results per patient, faster), "course" one patient at a time (:func:`_course`),
+#: "codegen" the lanes kernel with each step attempt's numerical core generated for the run's
+#: configuration as vector code (:mod:`ketasim._codegen`; the lanes kernel where it does not
+#: apply; results equal to rounding, not to the bit)
 KERNEL = "lanes"
-KERNELS = ("lanes", "course")
+KERNELS = ("lanes", "course", "codegen")
 
 # ---------------------------------------------------------------- ROS34PW2 (Rang & Angermann)
 # Published form: (I − γhJ) k_i = h f(t + α_i h, y + Σ a_ij k_j) + hJ Σ Γ_ij k_j + γ_i h² f_t,
@@ -538,6 +541,10 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     (:data:`ketasim.mechanism.STATE_NAMES`, and :data:`MOOD_STATE_NAMES` with ``mood``).
     ``kernel``: "lanes" (lock-step lanes of patients, used for two or more patients) or
     "course" (one patient at a time); default :data:`KERNEL`. Both give the same results.
+    "codegen": the lanes kernel with a generated vector step (:mod:`ketasim._codegen`) where
+    the configuration allows it (Jacobian every step, no windowed intervention, mood states),
+    also for one patient (a lane's results do not depend on the other lanes), else as
+    "lanes"; the same steps and results to rounding (not to the bit) as "lanes".
     """
     t0 = time.perf_counter()
     t_out = np.asarray(times_h, dtype=float)
@@ -710,17 +717,27 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
             co["M"], co["E"], co["ALPHA"], co["GSUM"], co["meth"], ys, xs, peak, stats,
             trace if trace is not None else np.zeros((0, 4)), nmood, mc, mpat)
     old = numba.get_num_threads()
+    used = "course"
     try:
         kern = _kernels()
-        lanes = kernel == "lanes" and n >= 2
+        cg = None
+        if kernel == "codegen":
+            from ._codegen import codegen_kernels
+
+            cg = codegen_kernels(args)
+        lanes = kernel in ("lanes", "codegen") and n >= 2
+        used = "codegen" if cg is not None else "lanes" if lanes else "course"
         if threads == 1:
-            (kern._run_serial_lanes if lanes else kern._run_serial)(*args)
+            if cg is not None:
+                cg._run_serial_cg(*args)
+            else:
+                (kern._run_serial_lanes if lanes else kern._run_serial)(*args)
         else:
             if threads is not None:
                 numba.set_num_threads(threads)
-            if lanes:
+            if lanes or cg is not None:
                 ng = max(1, min(numba.get_num_threads(), -(-n // kern.LANES)))
-                kern._run_batch_lanes(ng, *args)
+                (cg._run_batch_cg if cg is not None else kern._run_batch_lanes)(ng, *args)
             else:
                 kern._run_batch(*args)
     finally:
@@ -750,7 +767,7 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
                    f"rtol={rtol:g} atol={atol:g}, Jacobian refreshed every {jac_every} steps"),
         "card_hashes": card_versions(), "wall_ms": (time.perf_counter() - t0) * 1000.0,
         "threads": 1 if threads == 1 else (threads or old),
-        "kernel": "lanes" if kernel == "lanes" and n >= 2 else "course",
+        "kernel": used,
     }
     return BatchResult(t_out, plasma, brain, reads,
                        {b: peak[:, i] for i, b in enumerate(blockers)}, stats[:, :3], meta,
@@ -837,12 +854,14 @@ def _mood_constants(arm, patients: Sequence, c: dict[str, float],
 
 def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
               hypotheses: Hypotheses | None = None, threads: int | None = None,
-              stages: bool = False) -> tuple[dict[str, np.ndarray], BatchResult | None]:
+              stages: bool = False, kernel: str | None = None
+              ) -> tuple[dict[str, np.ndarray], BatchResult | None]:
     """Scores at the visits with the mood layer integrated with the mechanism (mood ODE
     states in the batched kernel; steps land only on doses and visits) and the engine
     result (None for a control arm). ``stages``: the engine result's readouts (LHb block and
     bursting among them) are reported too, so those states keep ``FAST_ATOL`` instead of the
-    scores-only :data:`FAST_BLOCK_ATOL_FACTOR` / :data:`FAST_STATE_ATOL_FACTOR`."""
+    scores-only :data:`FAST_BLOCK_ATOL_FACTOR` / :data:`FAST_STATE_ATOL_FACTOR`.
+    ``kernel``: that of :func:`simulate_batch` (default :data:`KERNEL`)."""
     from . import mood
 
     visits_h = np.asarray(visits_h, dtype=float)
@@ -866,7 +885,8 @@ def _fast_run(arm, patients: Sequence, visits_h: np.ndarray,
                          threads=threads, mood=(shared, per), rtol=FAST_RTOL,
                          atol=FAST_ATOL,
                          block_atol_factor=1.0 if stages else FAST_BLOCK_ATOL_FACTOR,
-                         state_atol_factor=None if stages else FAST_STATE_ATOL_FACTOR)
+                         state_atol_factor=None if stages else FAST_STATE_ATOL_FACTOR,
+                         kernel=kernel)
     parent = "esketamine" if arm.drug == "esketamine" else "ketamine"
     fu = load_param_card("brain").value("fu_ketamine")
     scale = load_drug(parent).constant("molar_mass") / fu
@@ -896,14 +916,17 @@ def _patient_covariates(patients: Sequence) -> _CovariateGroups:
 
 
 def scores_at_visits(arm, patients: Sequence, visits_h, hypotheses: Hypotheses | None = None,
-                     threads: int | None = None) -> dict[str, np.ndarray]:
+                     threads: int | None = None, kernel: str | None = None
+                     ) -> dict[str, np.ndarray]:
     """Every key of :func:`ketasim.mood.scores_batch` (arrays patients × visits, ``time_h``
     the visits in h), computed with the mood layer's dynamic states (two effect compartments,
     priming, consolidation) integrated together with the mechanism in the batched kernel, so
     the integrator lands only on dose events and visits (no fine output grid). Effect-site
     concentrations (ng/mL) at the visits are exact; their peak is the exact maximum of the
-    known sum of exponentials over every dose interval."""
-    return _fast_run(arm, patients, visits_h, hypotheses, threads)[0]
+    known sum of exponentials over every dose interval. ``kernel``: that of
+    :func:`simulate_batch` (default :data:`KERNEL`; ``"codegen"`` for large batches, see
+    :data:`KERNEL`)."""
+    return _fast_run(arm, patients, visits_h, hypotheses, threads, kernel=kernel)[0]
 
 
 def scores_and_stages(arm, patients: Sequence, times_h, hypotheses: Hypotheses | None = None,
@@ -918,9 +941,9 @@ def scores_and_stages(arm, patients: Sequence, times_h, hypotheses: Hypotheses |
 
 
 def simulate_arm_fast(arm, patients: Sequence, visits_h, hypotheses: Hypotheses | None = None,
-                      threads: int | None = None) -> pd.DataFrame:
+                      threads: int | None = None, kernel: str | None = None) -> pd.DataFrame:
     """The table of :func:`ketasim.mood.simulate_arm` (one row per patient and visit) from
-    :func:`scores_at_visits`."""
+    :func:`scores_at_visits` (``kernel`` as there)."""
     visits_h = np.asarray(visits_h, dtype=float)
-    out = scores_at_visits(arm, patients, visits_h, hypotheses, threads)
+    out = scores_at_visits(arm, patients, visits_h, hypotheses, threads, kernel=kernel)
     return _long_table(arm, patients, out, len(visits_h))

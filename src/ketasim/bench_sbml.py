@@ -109,15 +109,15 @@ def plasma_batch(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
     return out
 
 
-def _ketasim_course_batch(arm: ArmSpec, patients: list[Patient],
-                          visits: np.ndarray) -> dict[str, np.ndarray]:
+def _ketasim_course_batch(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
+                          kernel: str | None = None) -> dict[str, np.ndarray]:
     """ketasim for a batch: MADRS and parent plasma (patients × visits), from one call of the
-    fast batched path (mood layer as ODE states in the compiled kernel; exact PK at the
-    visits)."""
-    scores, res = _fast_run(arm, patients, visits)
+    fast batched path (mood layer as ODE states in the compiled kernel ``kernel``, default
+    :data:`ketasim.batch.KERNEL`; exact PK at the visits)."""
+    scores, res = _fast_run(arm, patients, visits, kernel=kernel)
     plasma = (res.plasma_ng_per_ml[arm.drug] if arm.drug in res.plasma_ng_per_ml
               else plasma_batch(arm, patients, visits))
-    return {"madrs": scores["madrs"], "plasma": plasma}
+    return {"madrs": scores["madrs"], "plasma": plasma, "kernel": res.metadata["kernel"]}
 
 
 def scipy_madrs(arm: ArmSpec, patients: list[Patient], visits: np.ndarray,
@@ -205,10 +205,21 @@ def machine() -> str:
             f"libsbml {libsbml.getLibSBMLDottedVersion()}, ketasim {__version__}")
 
 
-def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIPY) -> dict:
+#: ketasim kernel the bench times: the generated one (:mod:`ketasim._codegen`), which large
+#: runs use (:data:`ketasim.trial.TRIAL_CODEGEN_MIN`); its one-off generation and compilation
+#: for the bench configuration is reported as ``ketasim_setup_s``, as libRoadRunner's model
+#: load is (``details.roadrunner_load_s``), and the lanes kernel is timed as well
+BENCH_KERNEL = "codegen"
+
+
+def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIPY,
+                     kernel: str = BENCH_KERNEL, both_kernels: bool = True) -> dict:
     """Time the three paths on the same patients; returns the JSON keys plus ``details``.
 
-    Timed: ketasim (all N, after a one-patient warm-up), the libRoadRunner loop (all N; model
+    Timed: ketasim with ``kernel`` (all N, after a warm-up that generates or loads the kernel,
+    timed separately as ``ketasim_setup_s``), and with the other of "codegen"/"lanes"
+    (``ketasim_<kernel>_us_per_patient`` for both; not with ``both_kernels=False``), the
+    libRoadRunner loop (all N; model
     loaded once, parameters per patient prepared beforehand and reported separately), the SciPy
     reference MADRS (first ``n_scipy`` patients). Untimed checks: SciPy's LSODA PK reference
     for plasma, and ketasim's MADRS on a refined mood grid (the converged mood layer)."""
@@ -220,14 +231,21 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
     n_ref = max(1, min(n_scipy, n_patients))
     ref_pts = patients[:n_ref]
 
-    # warm-up, not timed: compile or load the kernels the timed call uses (with ≥ 2 patients
-    # the lanes kernel and its parallel driver; 1 patient would load only the serial one),
-    # read the cards
-    _ketasim_course_batch(arm, patients[:16], visits)
-    _ketasim_course_batch(arm, patients[:1], visits)
-    t0 = time.perf_counter()
-    ks = _ketasim_course_batch(arm, patients, visits)
-    ketasim_s = time.perf_counter() - t0
+    if kernel not in ("codegen", "lanes"):
+        raise ValueError(f"kernel must be 'codegen' or 'lanes', got {kernel!r}")
+    other = "lanes" if kernel == "codegen" else "codegen"
+    times, outs, setup = {}, {}, {}
+    for k in (kernel, other) if both_kernels else (kernel,):
+        # warm-up, timed apart: generate, compile or load the kernels the timed call uses
+        # (with ≥ 2 patients the parallel driver; 1 patient the serial one), read the cards
+        t0 = time.perf_counter()
+        _ketasim_course_batch(arm, patients[:16], visits, k)
+        _ketasim_course_batch(arm, patients[:1], visits, k)
+        setup[k] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outs[k] = _ketasim_course_batch(arm, patients, visits, k)
+        times[k] = time.perf_counter() - t0
+    ks, ketasim_s = outs[kernel], times[kernel]
 
     t0 = time.perf_counter()
     em = export_arm(arm, patients[0], seed=seed)
@@ -265,6 +283,9 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
             "plasma": _max_rel_diff(ks["plasma"][:n_ref], sp_plasma)}
     res = {
         "ketasim_us_per_patient": ketasim_s / n_patients * 1e6,
+        "kernel": ks["kernel"],  # the kernel that ran (codegen falls back where it cannot)
+        "ketasim_setup_s": setup[kernel],
+        f"ketasim_{kernel}_us_per_patient": ketasim_s / n_patients * 1e6,
         "roadrunner_us_per_patient": rr_s / n_patients * 1e6,
         "scipy_us_per_patient": scipy_s / n_ref * 1e6,
         "max_rel_diff_vs_roadrunner": max(d_rr.values()),
@@ -278,6 +299,11 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
         "ketasim_version": __version__,
         "card_hashes": card_versions(),
     }
+    if both_kernels:
+        res[f"ketasim_{other}_us_per_patient"] = times[other] / n_patients * 1e6
+        res[f"max_rel_diff_{other}_vs_{kernel}"] = max(
+            _max_rel_diff(outs[other]["madrs"], ks["madrs"]),
+            _max_rel_diff(outs[other]["plasma"], ks["plasma"]))
     rel = np.abs(ks["madrs"] - rr_madrs) / np.maximum(np.maximum(np.abs(ks["madrs"]),
                                                                  np.abs(rr_madrs)), 1e-300)
     res["details"] = {
@@ -285,7 +311,8 @@ def run_side_by_side(n_patients: int = 100, seed: int = 0, n_scipy: int = N_SCIP
         "visits": list(VISITS), "seed": int(seed), "n_scipy": int(n_ref),
         "ketasim_path": "batch.scores_at_visits path (exact modal PK + RODAS4 on mechanism "
                         "and mood ODE states, numba, all patients at once, outputs only at "
-                        "the visits); plasma from the same exact PK",
+                        f"the visits; kernel {kernel!r}); plasma from the same exact PK",
+        "ketasim_setup_s": setup,
         "scipy_path": "engine.simulate via mood.mechanism_components + mood.scores_batch "
                       "(timed); plasma from pk.solve_reference, LSODA rtol 1e-10 (untimed); "
                       "'refined': the same on bench_sbml.reference_grid "

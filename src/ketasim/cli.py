@@ -497,6 +497,10 @@ def trial(
     trajectories: Annotated[int | None, typer.Option(help="patients per arm whose visit-by-"
                                                           "visit table is kept (default 20)")]
     = None,
+    kernel: Annotated[str, typer.Option(help="compiled kernel: auto (codegen from 20,000 "
+                                             "patients, else lanes), lanes or codegen "
+                                             "(generated per arm, ~7 s once, ~5x faster)")]
+    = "auto",
 ) -> None:
     """Run a virtual trial from a TOML scenario: arms, endpoints, differences, report.
 
@@ -528,7 +532,8 @@ def trial(
     try:
         res = run_trial(sc, chunk_size=chunk_size, executor=executor, progress=bar,
                         workers=workers if workers is not None else 2, out=out_dir,
-                        resume=resume, trajectories=trajectories, scheduler=scheduler)
+                        resume=resume, trajectories=trajectories, scheduler=scheduler,
+                        kernel=kernel)
     finally:
         bar.close()
     bar.finish()
@@ -983,6 +988,9 @@ def bench_side_by_side(
     n: Annotated[int, typer.Option(help="virtual patients (ketasim and libRoadRunner)")] = 100,
     n_scipy: Annotated[int, typer.Option(help="patients for the SciPy reference")] = 5,
     seed: Annotated[int, typer.Option(help="random seed", min=0)] = 0,
+    kernel: Annotated[str, typer.Option(help="ketasim kernel timed as ketasim_us_per_patient: "
+                                             "codegen (generated for the configuration) or "
+                                             "lanes; the other is timed too")] = "codegen",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """28-day twice-weekly IV course: µs per patient-course for ketasim, libRoadRunner on the
@@ -993,9 +1001,11 @@ def bench_side_by_side(
         raise KetasimError("n", f"must be 1..100,000, got {n}")
     if not 1 <= n_scipy <= 1000:
         raise KetasimError("n-scipy", f"must be 1..1000, got {n_scipy}")
+    if kernel not in ("codegen", "lanes"):
+        raise KetasimError("kernel", f"unknown kernel {kernel!r}", "codegen, lanes")
     from .bench_sbml import run_side_by_side
 
-    r = run_side_by_side(n_patients=n, seed=seed, n_scipy=n_scipy)
+    r = run_side_by_side(n_patients=n, seed=seed, n_scipy=n_scipy, kernel=kernel)
     if as_json:
         print(json.dumps(_jsonable({k: v for k, v in r.items() if k != "details"})))
         return
@@ -1004,7 +1014,12 @@ def bench_side_by_side(
     for col in ("path", "µs per patient-course", "× ketasim", "max rel. diff vs ketasim"):
         t.add_column(col, justify="right")
     k = r["ketasim_us_per_patient"]
-    t.add_row(f"ketasim ({r['n_patients']} patients)", f"{k:,.0f}", "1", "–")
+    kern, other = kernel, "lanes" if kernel == "codegen" else "codegen"
+    t.add_row(f"ketasim, {r['kernel']} kernel ({r['n_patients']} patients)", f"{k:,.0f}", "1",
+              "–")
+    ko = r[f"ketasim_{other}_us_per_patient"]
+    t.add_row(f"ketasim, {other} kernel ({r['n_patients']})", f"{ko:,.0f}", f"{ko / k:.2f}",
+              f"{r[f'max_rel_diff_{other}_vs_{kern}']:.1e}")
     t.add_row(f"libRoadRunner loop ({r['n_patients']})", f"{r['roadrunner_us_per_patient']:,.0f}",
               f"{r['roadrunner_us_per_patient'] / k:.2f}",
               f"{r['max_rel_diff_vs_roadrunner']:.1e}")
@@ -1015,6 +1030,9 @@ def bench_side_by_side(
               f"{r['scipy_refined_us_per_patient'] / k:.2f}",
               f"{r['max_rel_diff_vs_scipy_refined']:.1e}")
     out.print(t)
+    setup = ", ".join(f"{k} {v:.2f} s" for k, v in d["ketasim_setup_s"].items())
+    out.print(f"ketasim setup (generate and compile, or load, each kernel; once per "
+              f"configuration, not in the per-course times): {setup}")
     for key in ("ketasim_path", "roadrunner", "roadrunner_load_s", "sbml_export_s",
                 "roadrunner_param_prep_us_per_patient", "diff_vs_roadrunner", "diff_vs_scipy",
                 "madrs_worst_visit_vs_roadrunner", "madrs_mood_grid_vs_refined_grid",

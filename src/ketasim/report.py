@@ -406,6 +406,7 @@ def trial_html(result, figures: dict[str, bytes] | None = None) -> str:
         ["ketasim version", meta["ketasim_version"]], ["seed", str(meta["seed"])],
         ["executor", f"{meta['executor']} ({meta['workers']} worker(s), chunks of "
                      f"{meta['chunk_size']})"],
+        ["kernel", str(meta.get("kernel", "lanes"))],
         ["wall time (s)", _f(meta["wall_s"], 2)],
         ["patients per arm", ", ".join(f"{k}: {v}" for k, v in meta["n_per_arm"].items())],
         ["results.parquet", _kept_text(meta)]]))
