@@ -178,24 +178,8 @@ def shipped_attempt(tau, h, lam, xs_f, W_f, f_blk, f_scale, c0, y, kd0, kesc, mg
 def default_config(n: int = 16):
     """The configuration and kernel arguments of ``ketasim bench``'s fast path (bench arm,
     default hypotheses, no interventions), captured from a call of the shipped kernel."""
-    real = B._kernels()
-    cap = {}
-
-    class Shim:
-        def __getattr__(self, a):
-            return getattr(real, a)
-
-        def _run_serial_lanes(self, *args):
-            cap["args"] = args
-            return real._run_serial_lanes(*args)
-
-    old = B._KERNELS
-    B._KERNELS = Shim()
-    try:
-        B._fast_run(bench_arm(), bench_patients(n, 0), visits_h(), threads=1)
-    finally:
-        B._KERNELS = old
-    d = dict(zip(G.ARG_NAMES, cap["args"], strict=True))
+    args = G.captured_args(bench_arm(), bench_patients(n, 0), visits_h())
+    d = dict(zip(G.ARG_NAMES, args, strict=True))
     return G.config_of(d), d
 
 
@@ -209,24 +193,7 @@ def real_inputs(d, t_rel: float, h_lane, which: int, patients):
     t_abs = float(bps[k0] + t_rel)
     k = int(np.searchsorted(bps, t_abs, side="right") - 1)
     vis = np.array([0.0, t_abs, float(bps[-1])])
-    cap = {}
-    real = B._kernels()
-
-    class Shim:
-        def __getattr__(self, a):
-            return getattr(real, a)
-
-        def _run_serial_lanes(self, *args):
-            cap["args"] = args
-            return real._run_serial_lanes(*args)
-
-    old = B._KERNELS
-    B._KERNELS = Shim()
-    try:
-        B._fast_run(bench_arm(), patients, vis, threads=1)
-    finally:
-        B._KERNELS = old
-    a = cap["args"]
+    a = G.captured_args(bench_arm(), patients, vis)
     ys, xs = a[32], a[33]
     lamA, VA, ViA, drate, f_idx, f_scale = a[4], a[5], a[6], a[2], a[7], a[9]
     mpat = a[39]

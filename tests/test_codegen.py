@@ -236,24 +236,7 @@ def test_codegen_falls_back_to_lanes_where_it_does_not_apply():
 
 
 def _captured_args():
-    real = batch._kernels()
-    cap = {}
-
-    class Shim:
-        def __getattr__(self, a):
-            return getattr(real, a)
-
-        def _run_serial_lanes(self, *args):
-            cap["args"] = args
-            return real._run_serial_lanes(*args)
-
-    old, oldk = batch._KERNELS, batch.KERNEL
-    batch._KERNELS, batch.KERNEL = Shim(), "lanes"
-    try:
-        batch._fast_run(bench_arm(), bench_patients(2, 0), visits_h(), threads=1)
-    finally:
-        batch._KERNELS, batch.KERNEL = old, oldk
-    return cap["args"]
+    return G.captured_args(bench_arm(), bench_patients(2, 0), visits_h())
 
 
 def test_codegen_results_do_not_depend_on_the_batch(monkeypatch):

@@ -705,6 +705,33 @@ def _inline_expr(e: Ex, loads) -> str:
     return _PY[e.op].format(*(_inline_expr(a, loads) for a in e.args))
 
 
+def captured_args(arm, patients, visits_h) -> tuple:
+    """The arguments the lanes kernel receives for ``batch._fast_run(arm, patients,
+    visits_h, threads=1)`` (in the order of :data:`ARG_NAMES`), captured from a real call of
+    the shipped kernel (which runs as usual): the inputs for tests and benchmarks of the
+    generated step."""
+    from ketasim import batch
+
+    real = batch._kernels()
+    cap = {}
+
+    class Shim:
+        def __getattr__(self, a):
+            return getattr(real, a)
+
+        def _run_serial_lanes(self, *args):
+            cap["args"] = args
+            return real._run_serial_lanes(*args)
+
+    old, oldk = batch._KERNELS, batch.KERNEL
+    batch._KERNELS, batch.KERNEL = Shim(), "lanes"
+    try:
+        batch._fast_run(arm, patients, visits_h, threads=1, kernel="lanes")
+    finally:
+        batch._KERNELS, batch.KERNEL = old, oldk
+    return cap["args"]
+
+
 def config_of(d) -> Config:
     """The :class:`Config` of kernel arguments by name (:data:`ARG_NAMES`)."""
     return Config(kd0=d["kd0"], kesc=d["kesc"], mgf=d["mgf"], P=d["P"], mc=d["mc"],
