@@ -104,3 +104,26 @@ def test_cli_kernel_option(capsys, tmp_path):
     assert main(["bench", "--n", "2", "--kernel", "warp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "kernel" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["transform2", "fava2020"])
+def test_codegen_agrees_with_lanes_on_other_arms(name):
+    """Beyond the bench course: intranasal esketamine and four IV doses, 40 patients each,
+    MADRS within the fast path's tolerance (measured ≤ 8.4e-5 points on every shipped arm,
+    benchmarks/codegen_arms.py)."""
+    from ketasim import batch
+    from ketasim.population import sample_arm
+
+    sc = T.resolve_scenario(name)
+    _, v = T.visit_schedule(sc)
+    n = 0
+    for i, arm in enumerate(sc.arms):
+        pts = sample_arm(sc.population, i, 40)
+        a, ra = batch._fast_run(arm, pts, v, kernel="lanes")
+        b, rb = batch._fast_run(arm, pts, v, kernel="codegen")
+        if ra is None:
+            continue
+        n += 1
+        assert rb.metadata["kernel"] == "codegen"
+        np.testing.assert_allclose(b["madrs"], a["madrs"], rtol=1e-4, atol=2e-4)
+    assert n >= 1

@@ -158,7 +158,8 @@ JAC_EVERY = 1  # accepted steps between Jacobian refreshes (1: every step; see t
 #: algorithm and results per patient, faster), "course" one patient at a time (:func:`_course`),
 #: "codegen" the lanes kernel with each step attempt's numerical core generated for the run's
 #: configuration as vector code (:mod:`ketasim._codegen`; the lanes kernel where it does not
-#: apply; results equal to rounding, not to the bit)
+#: apply; each attempt equal to rounding, so the same steps until a rounding difference
+#: flips an accept or a kink cut; results within the integration tolerance, not to the bit)
 KERNEL = "lanes"
 KERNELS = ("lanes", "course", "codegen")
 
@@ -544,7 +545,8 @@ def simulate_batch(courses: list[Course], times_h, covariates=None,
     "codegen": the lanes kernel with a generated vector step (:mod:`ketasim._codegen`) where
     the configuration allows it (Jacobian every step, no windowed intervention, mood states),
     also for one patient (a lane's results do not depend on the other lanes), else as
-    "lanes"; the same steps and results to rounding (not to the bit) as "lanes".
+    "lanes"; each attempt equal to rounding, so results within the integration tolerance of
+    "lanes" (not to the bit).
     """
     t0 = time.perf_counter()
     t_out = np.asarray(times_h, dtype=float)

@@ -346,7 +346,9 @@ def _patient_summaries(scenario: Scenario, chunk: Chunk, patients: list, long: p
 ENGINE = "fast"
 #: compiled kernel of the fast engine (``run_trial(kernel=...)``): "lanes", "codegen" (each
 #: arm's step generated as vector code for its configuration, :mod:`ketasim._codegen`: ~4.5–6×
-#: less CPU per course, results within ~1e-6 relative of "lanes"), or "auto": "codegen" for
+#: less CPU per course, results within the integration tolerance of "lanes": 5e-7 relative
+#: on the bench course, ≤ 3.4e-5 (8.4e-5 MADRS points) on the shipped scenarios' arms), or
+#: "auto": "codegen" for
 #: trials of at least :data:`TRIAL_CODEGEN_MIN` patients, "lanes" below. Generating and
 #: compiling costs ~7 s per arm configuration on first use (then numba's disk cache serves
 #: it), which the ~0.25 ms per course it saves repays after ~20,000 patients on 2 cores.
