@@ -93,7 +93,7 @@ class PKProblem:
     likelihood ``Φ((LLOQ − f)/sd(f))`` of being below the limit) or are dropped (``"m1"``; a
     subject left without observations is dropped too). ``cens`` marks the censored
     observations (``y`` holds their limit), ``n_censored`` counts those of the data set
-    (whether used or dropped).
+    (whether used or dropped; for :meth:`take`, those of the subjects taken).
     """
 
     def __init__(self, card: PKCard | str, data: Dataset, estimate: list[str],
@@ -351,6 +351,8 @@ class PKProblem:
                      "ev_route"):
             setattr(new, name, getattr(self, name)[idx])
         new.subjects = [self.subjects[i] for i in idx]
+        new.n_censored = int(sum((np.isin(s.obs_quantity, self.quantities)
+                                  & s.obs_censored).sum() for s in new.subjects))
         new.n = len(idx)
         new.n_obs = int(new.mask.sum())
         return new
