@@ -35,6 +35,12 @@ term with one node. Five
 nodes agree with a dense-grid integral to < 0.003 per subject and with seven nodes to 0.0004
 in log V1 (tests/test_fit.py, docs/fit.md). ``quadrature=False`` gives plain FOCE-I.
 
+**Censored observations (BLQ, Beal's M3).** A concentration below its limit L contributes
+``−2 log Φ((L − f)/√R)`` instead of the normal term (:func:`_data_obj`), in the modes, the
+quadrature integrand (so the reported objective is the exact marginal likelihood with M3),
+MAP and MCMC; FOCE-I's Laplace matrix uses the Gauss–Newton curvature of those terms
+(:func:`_score_weights`). M1 (dropping them) is the problem's ``blq="m1"``.
+
 **Covariance.** ``2·H⁻¹`` of the reported (quadrature) objective in the log-parameters, H by
 forward differences of central-difference gradients with converged modes; intervals
 ``exp(log θ ± 1.96·SE)`` (log scale: positive parameters, skewed intervals). The robust
