@@ -139,6 +139,10 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         sim_q = np.array(sim_q)
         fig, a = plt.subplots(figsize=(8, 5))
         a.semilogy(t[~cens], np.maximum(y[~cens], 1e-3), ".", color="0.7", ms=3)
+        if cens.any():
+            a.axhline(y[cens].max(), color="k", ls=":", lw=1)
+            a.text(t.min(), y[cens].max(), f" LLOQ {y[cens].max():g} ng/mL "
+                   f"({cens.sum()} of {cens.size} below)", va="bottom", fontsize=8)
         for j, col in zip(range(3), ("C0", "C3", "C0"), strict=True):
             a.fill_between(mids, sim_q[:, 0, j], sim_q[:, 2, j], color=col, alpha=0.2)
             a.plot(mids, obs_q[:, j], color=col, lw=1.5)
