@@ -164,7 +164,7 @@ def test_fit_metadata_names_data_content_and_options(capsys) -> None:
     m = json.loads(capsys.readouterr().out)["metadata"]
     assert m["data_sha256"] == _sha256(data)
     assert m["options"] == {"estimate": ["CL"], "iiv": ["CL"], "error": "proportional",
-                            "method": "map"}
+                            "method": "map", "blq": "m3"}  # BLQ handling (default M3)
 
 
 def test_forecast_metadata_names_data_horizon_and_sampler() -> None:

@@ -1434,6 +1434,9 @@ def fit(
     workers: Annotated[int, typer.Option(help="worker processes for the population fit's "
                                               "objective evaluations (foce; the same results "
                                               "as 1)")] = 1,
+    blq: Annotated[str, typer.Option(help="concentrations below the limit of quantification "
+                                          "(CENS or BLQ column): m3 (likelihood of being "
+                                          "below the limit) | m1 (drop them)")] = "m3",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Fit a PK model to data: typical values, IIV and residual error (FOCE-I), or MAP."""
@@ -1441,14 +1444,16 @@ def fit(
     if not 1 <= workers <= 256:
         raise KetasimError("workers", f"must be 1..256, got {workers}")
     from .cards import card_versions
-    from .fit import fit_population
+    from .fit import check_blq, fit_population
+
+    blq = check_blq(blq)
     from .progress import RichStatus
 
     status = RichStatus(f"fitting {model}")
     try:
         problem, res = fit_population(data, model, _names(estimate, "estimate"), error,
                                       _names(iiv, "iiv") if iiv else None, method,
-                                      progress=status, workers=workers)
+                                      progress=status, workers=workers, blq=blq)
     finally:
         status.close()
     d = res.to_dict()
@@ -1461,7 +1466,7 @@ def fit(
                      # the options that rerun this fit (with the data and the model)
                      "options": {"estimate": list(problem.estimate),
                                  "iiv": _names(iiv, "iiv") if iiv else list(problem.estimate),
-                                 "error": error, "method": method},
+                                 "error": error, "method": method, "blq": blq},
                      "units": {k: problem.units(k) for k in problem.estimate}}
     if hasattr(res, "individual"):
         d["individual"] = {str(i): {k: e.to_dict() for k, e in v.items()}
@@ -1488,6 +1493,11 @@ def fit(
     out.print(t)
     out.print(f"objective (−2 log L): {res.objective:.3f}; converged: {res.converged}; "
               f"{res.elapsed_s:.1f} s")
+    n_cens = getattr(res, "n_censored", 0)
+    if n_cens:
+        how = ("in the likelihood as below the limit (M3)" if res.blq == "m3"
+               else "dropped (M1)")
+        out.print(f"{n_cens} observation(s) below the limit of quantification: {how}")
     for w in res.warnings():
         out.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if report:

@@ -16,11 +16,11 @@ import pandas as pd
 from ..cards import PKCard
 from .data import Dataset, Subject, as_dataset, read_dataset
 from .estimators import FitResult, IndividualMAP, IndividualMCMC, PopulationFOCEI
-from .problem import ErrorModel, PKProblem, simulate_dataset
+from .problem import BLQ_METHODS, ErrorModel, PKProblem, check_blq, simulate_dataset
 
 __all__ = ["Dataset", "Subject", "read_dataset", "PKProblem", "ErrorModel", "simulate_dataset",
            "PopulationFOCEI", "IndividualMAP", "IndividualMCMC", "FitResult", "fit_population",
-           "as_dataset"]
+           "as_dataset", "BLQ_METHODS"]
 
 #: estimators of :func:`fit_population`
 FIT_METHODS = ("foce", "map")
@@ -31,7 +31,7 @@ MAX_FIT_WORKERS = 256
 def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str | PKCard,
                    estimate: list[str], error: str = "proportional", iiv: list[str] | None = None,
                    method: str = "foce", progress: Callable[[str], None] | None = None,
-                   workers: int = 1) -> tuple[PKProblem, FitResult]:
+                   workers: int = 1, blq: str | None = None) -> tuple[PKProblem, FitResult]:
     """One call: read ``data``, build the problem and run the estimator (``foce`` or ``map``).
     ``data``: a NONMEM-style CSV path, a pandas DataFrame with the same columns (validated
     the same way) or a :class:`Dataset`.
@@ -39,6 +39,9 @@ def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str 
     ``workers``: processes for the population fit's independent objective evaluations
     (gradients, Hessian, profiles; :class:`PopulationFOCEI`), identical results to 1;
     1..256 as the CLI's ``--workers``.
+    ``blq``: observations below the limit of quantification (``CENS``/``BLQ`` columns) by
+    Beal's M3 (``"m3"``, the default: their likelihood of being below the limit) or M1
+    (``"m1"``: dropped); the result records it (``blq``) with the count (``n_censored``).
 
     Argument types, ``workers`` and ``method`` are checked before the data are read or any
     fitting starts; a wrong type or value raises :class:`~ketasim.errors.KetasimError` naming
@@ -48,6 +51,7 @@ def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str 
     from ..errors import KetasimError, check_callable, check_int
 
     workers = check_int("workers", workers, 1, MAX_FIT_WORKERS)
+    blq = check_blq(blq)
     if not isinstance(method, str) or method not in FIT_METHODS:
         raise KetasimError("method", f"unknown method {method!r}", ", ".join(FIT_METHODS))
     if not isinstance(model, str | PKCard):
@@ -64,7 +68,8 @@ def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str 
                                "e.g. ['CL', 'V1']")
     check_callable("progress", progress)
     ds = as_dataset(data)
-    problem = PKProblem(model, ds, list(estimate), error, list(iiv) if iiv is not None else None)
+    problem = PKProblem(model, ds, list(estimate), error, list(iiv) if iiv is not None else None,
+                        blq=blq)
     if method == "foce":
         return problem, PopulationFOCEI(problem, progress=progress, workers=workers).run()
     return problem, IndividualMAP(problem, progress=progress).run()

@@ -10,6 +10,19 @@ Without that column every observation is ``plasma``. Covariates: ``WT``/``WEIGHT
 
 Units: TIME h, AMT mg base, RATE mg/h, concentrations ng/mL, scores in scale points.
 
+Concentrations below the lower limit of quantification (BLQ) are marked by one of two flag
+columns (0 = observed, 1 = left-censored; empty = 0):
+
+* ``CENS`` (Monolix): DV holds the limit (LLOQ, ng/mL). Right censoring (``CENS -1``) is
+  refused. A ``LIMIT`` column may be present; on a censored row it must be empty or 0 and is
+  not used (the likelihood is Beal's M3, censoring interval (−∞, LLOQ]).
+* ``BLQ`` (NONMEM style): the limit is in an ``LLOQ`` column when the data have one (then it is
+  required on every censored row and DV is not used there), else in DV.
+
+Only observation rows (EVID 0, MDV not 1) can be censored: a flag on a dose or MDV 1 row is
+ignored. A flag on a score (MADRS, SSI, CADSS) is refused: scores are censored at their scale
+bounds by the forecast itself.
+
 Every problem is reported as one line naming the row (1-based data row; the file line is one
 more because of the header) and the column.
 """
@@ -40,6 +53,9 @@ _WEIGHT_COLS = ("WT", "WEIGHT", "WEIGHT_KG", "BW")
 MAX_ADDL = 9999
 #: largest subject ID magnitude: every ID an integer exact in a float (and in JSON readers)
 MAX_ID = 2**53
+#: censoring flag columns: Monolix ``CENS`` (limit in DV), NONMEM-style ``BLQ`` (limit in
+#: ``LLOQ`` where that column exists, else in DV); 1 = below the limit (left-censored)
+CENS_COLUMNS = ("CENS", "BLQ")
 
 
 @dataclass
@@ -57,11 +73,23 @@ class Subject:
     race: str
     disorder: str
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # data rows of the obs
+    #: True where the observation is below its limit of quantification (left-censored); its
+    #: ``obs_value`` is then the limit (LLOQ, ng/mL). Default: nothing censored.
+    obs_censored: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.obs_censored is None:
+            self.obs_censored = np.zeros(np.shape(self.obs_time_h), bool)
 
     def observed(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
-        """Observation times (h) and values of one quantity (e.g. plasma ng/mL, MADRS)."""
+        """Observation times (h) and values of one quantity (e.g. plasma ng/mL, MADRS); for a
+        censored observation the value is its limit (see :meth:`censored`)."""
         m = self.obs_quantity == quantity
         return self.obs_time_h[m], self.obs_value[m]
+
+    def censored(self, quantity: str) -> np.ndarray:
+        """Boolean mask, aligned with :meth:`observed`, of the censored (BLQ) observations."""
+        return self.obs_censored[self.obs_quantity == quantity]
 
 
 @dataclass
@@ -81,6 +109,11 @@ class Dataset:
         """Number of observations (of one quantity, or all)."""
         return int(sum((s.obs_quantity == quantity).sum() if quantity else s.obs_time_h.size
                        for s in self.subjects))
+
+    def n_censored(self, quantity: str | None = None) -> int:
+        """Number of censored (BLQ) observations (of one quantity, or all)."""
+        return int(sum((s.obs_censored & (s.obs_quantity == quantity)).sum() if quantity
+                       else s.obs_censored.sum() for s in self.subjects))
 
 
 def _err(source: str, row: int | None, col: str, problem: str,
@@ -174,6 +207,7 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
     mdv = _num(df, "MDV", source, -1.0)
     ii = _num(df, "II", source, 0.0)
     addl = _num(df, "ADDL", source, 0.0)
+    cens, limit, flag_col, lim_col = _censoring(df, source, evid, mdv, dv)
     for col, arr in (("ID", ids), ("TIME", time)):
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -209,7 +243,13 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             if addl[r] < 0 or addl[r] != int(addl[r]) or (addl[r] > 0 and not ii[r] > 0):
                 raise _err(source, row, "ADDL", "needs a whole number ≥ 0 and II > 0")
         elif evid[r] == 0 and mdv[r] != 1:
-            if not np.isfinite(dv[r]):
+            if cens[r]:
+                if not (np.isfinite(limit[r]) and limit[r] > 0):
+                    got = "missing" if np.isnan(limit[r]) else f"{limit[r]:g}"
+                    raise _err(source, row, lim_col, f"a censored observation ({flag_col} 1) "
+                               f"needs its limit of quantification (ng/mL, finite, > 0) in "
+                               f"{lim_col}, got {got}")
+            elif not np.isfinite(dv[r]):
                 raise _err(source, row, "DV", "an observation (EVID 0, MDV 0) needs a value")
     # times within an ID must not decrease (NONMEM order)
     for sid in pd.unique(ids):
@@ -228,7 +268,11 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                 continue
             quantity[r] = _quantity(str(v), source, r + 1, qcol)
     for r in range(len(df)):
-        if evid[r] != 0 or mdv[r] == 1 or not np.isfinite(dv[r]):
+        if cens[r] and quantity[r] in SCORE_BOUNDS:
+            raise _err(source, r + 1, flag_col, f"a {quantity[r]} score cannot be marked "
+                       "censored: scores are censored at their scale bounds automatically",
+                       f"{flag_col} 0 on score rows")
+        if evid[r] != 0 or mdv[r] == 1 or cens[r] or not np.isfinite(dv[r]):
             continue
         lo, hi = SCORE_BOUNDS.get(quantity[r], (0.0, np.inf))
         if not lo <= dv[r] <= hi:
@@ -278,12 +322,50 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             raise _err(source, int(idx[0]) + 1, col, exc.problem, exc.allowed) from exc
         subjects.append(Subject(
             id=int(sid), regimen=Regimen(tuple(doses)),
-            obs_time_h=time[obs].astype(float), obs_value=dv[obs].astype(float),
+            obs_time_h=time[obs].astype(float),
+            obs_value=np.where(cens[obs], limit[obs], dv[obs]).astype(float),
             obs_quantity=np.array([quantity[r] for r in obs], dtype="<U12"),
             weight_kg=w_, age_years=age_, sex=sex, race=race,
             disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
-            rows=np.asarray(obs, dtype=int) + 1))
+            rows=np.asarray(obs, dtype=int) + 1,
+            obs_censored=cens[obs].astype(bool)))
     return Dataset(df, subjects, source)
+
+
+def _censoring(df: pd.DataFrame, source: str, evid: np.ndarray, mdv: np.ndarray,
+               dv: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Censoring of each row: (censored observation?, limit (ng/mL), flag column, limit
+    column). ``CENS`` (Monolix: limit in DV) or ``BLQ`` (limit in ``LLOQ`` if the data have
+    that column, else DV); flag values 0/1 (empty = 0) on every row, a 1 counting only on
+    observation rows (EVID 0, MDV not 1). Without a flag column nothing is censored."""
+    n = len(df)
+    present = [c for c in CENS_COLUMNS if c in df.columns]
+    if not present:
+        return np.zeros(n, bool), dv, "CENS", "DV"
+    if len(present) > 1:
+        raise _err(source, None, present[1], "two censoring flag columns: give either CENS "
+                   "(Monolix) or BLQ (NONMEM style), not both")
+    flag_col = present[0]
+    flag = _num(df, flag_col, source, 0.0)
+    for r in range(n):
+        if flag[r] in (0.0, 1.0):
+            continue
+        if flag_col == "CENS" and flag[r] == -1.0:
+            raise _err(source, r + 1, flag_col, "right censoring (CENS -1, above an upper "
+                       "limit) is not supported", "0 = observed, 1 = below the LLOQ in DV")
+        raise _err(source, r + 1, flag_col, f"must be 0 or 1, got {flag[r]:g}",
+                   "0 = observed, 1 = below the limit of quantification")
+    cens = (flag == 1.0) & (evid == 0) & (mdv != 1)
+    if "LIMIT" in df.columns:  # Monolix's lower end of the censoring interval: only 0/empty
+        lim_lo = _num(df, "LIMIT", source, 0.0)
+        bad = cens & (lim_lo != 0.0)
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise _err(source, r + 1, "LIMIT", f"interval censoring (a lower limit "
+                       f"{lim_lo[r]:g}) is not supported", "empty or 0 on censored rows")
+    if flag_col == "BLQ" and "LLOQ" in df.columns:
+        return cens, _num(df, "LLOQ", source), flag_col, "LLOQ"
+    return cens, dv, flag_col, "DV"
 
 
 def _dose_record(source: str, row: int, time_h: float, amt_mg: float, rate_mg_h: float,
@@ -346,19 +428,29 @@ def to_csv_table(subjects: list[dict]) -> pd.DataFrame:
     """Build a NONMEM-style table from ``[{"id", "regimen", "weight_kg", "obs": [(t, dv, q)]}]``.
 
     Dose rows use :meth:`Regimen.to_event_table` (uncompressed); observation rows have EVID 0.
+    An observation may be ``(t, dv, q, cens)``: with ``cens`` 1 it is below the limit of
+    quantification and ``dv`` is that limit (ng/mL); the table then has a Monolix-style
+    ``CENS`` column (0 on every other row), which :func:`read_dataset` reads back.
     """
+    with_cens = any(len(o) > 3 for s in subjects for o in s["obs"])
     rows = []
     for s in subjects:
         w = s.get("weight_kg", 70.0)
         ev = s["regimen"].to_event_table(w, subject_id=s["id"], compress=False)
         for rec in ev.to_dict("records"):
-            rec.update({"DV": np.nan, "MDV": 1, "DVID": "", "WT": w})
+            rec.update({"DV": np.nan, "MDV": 1, "DVID": "", "WT": w, "CENS": 0})
             rows.append(rec)
-        for t, y, q in s["obs"]:
+        for o in s["obs"]:
+            t, y, q = o[:3]
             rows.append({"ID": s["id"], "TIME": t, "EVID": 0, "AMT": 0.0, "RATE": 0.0, "CMT": 1,
                          "II": 0.0, "ADDL": 0, "ROUTE": "", "DV": y, "MDV": 0, "DVID": q,
-                         "WT": w})
+                         "WT": w, "CENS": int(o[3]) if len(o) > 3 else 0})
     df = pd.DataFrame(rows)
     df = df.sort_values(["ID", "TIME", "EVID"], ascending=[True, True, False], kind="stable")
-    return df[["ID", "TIME", "EVID", "AMT", "RATE", "CMT", "II", "ADDL", "ROUTE", "DV", "MDV",
-               "DVID", "WT"]].reset_index(drop=True)
+    cols = ["ID", "TIME", "EVID", "AMT", "RATE", "CMT", "II", "ADDL", "ROUTE", "DV", "MDV",
+            "DVID", "WT"]
+    if with_cens:
+        cols.insert(cols.index("MDV"), "CENS")
+    else:
+        df = df.drop(columns="CENS", errors="ignore")
+    return df[cols].reset_index(drop=True)

@@ -35,6 +35,12 @@ term with one node. Five
 nodes agree with a dense-grid integral to < 0.003 per subject and with seven nodes to 0.0004
 in log V1 (tests/test_fit.py, docs/fit.md). ``quadrature=False`` gives plain FOCE-I.
 
+**Censored observations (BLQ, Beal's M3).** A concentration below its limit L contributes
+``−2 log Φ((L − f)/√R)`` instead of the normal term (:func:`_data_obj`), in the modes, the
+quadrature integrand (so the reported objective is the exact marginal likelihood with M3),
+MAP and MCMC; FOCE-I's Laplace matrix uses the Gauss–Newton curvature of those terms
+(:func:`_score_weights`). M1 (dropping them) is the problem's ``blq="m1"``.
+
 **Covariance.** ``2·H⁻¹`` of the reported (quadrature) objective in the log-parameters, H by
 forward differences of central-difference gradients with converged modes; intervals
 ``exp(log θ ± 1.96·SE)`` (log scale: positive parameters, skewed intervals). The robust
@@ -66,6 +72,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import log_ndtr
 
 from ..cards import load_param_card
 from ..errors import KetasimError
@@ -114,10 +121,50 @@ def _sig(problem: PKProblem, log_sig: np.ndarray) -> dict[str, float]:
 
 
 def _data_obj(problem: PKProblem, f: np.ndarray, sig: dict[str, float]):
+    """Each subject's data part of −2 log p(y|η) without the log 2π constants ((n,)), the
+    residual variance R and the residuals ``y − f`` ((n, T) each).
+
+    An observed value contributes ``log R + (y − f)²/R``; a censored one (BLQ, ``y`` its limit,
+    Beal's M3) ``−2 log Φ((y − f)/√R)``, the probability of a value below the limit, computed
+    by ``scipy.special.log_ndtr`` (no underflow far in the tail; with R → 0 under the
+    proportional model at f = 0 the term is 0, as Φ → 1)."""
     R = problem.error.variance(f, sig)
     r = problem.y - f
-    ll = np.where(problem.mask, np.log(R) + r * r / R, 0.0).sum(axis=1)
+    if not problem.any_censored:
+        ll = np.where(problem.mask, np.log(R) + r * r / R, 0.0).sum(axis=1)
+        return ll, R, r
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        term = np.where(problem.cens, -2.0 * log_ndtr(r / np.sqrt(R)), np.log(R) + r * r / R)
+    ll = np.where(problem.mask, term, 0.0).sum(axis=1)
     return ll, R, r
+
+
+def _score_weights(problem: PKProblem, f: np.ndarray, R: np.ndarray, r: np.ndarray,
+                   sig: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per observation ((n, T) each): ``gf`` = ∂(data −2LL)/∂f (exact) and the weight ``W``
+    of the Gauss–Newton curvature ``∂²(−2LL)/∂η² ≈ 2·JᵀWJ``.
+
+    Observed values: ``W = 1/R + (∂R/∂f)²/(2R²)``, the expected information of a normal with
+    variance R(f) (FOCE-I's W̃). Censored ones (M3, ``z = (LLOQ − f)/s``, ``s = √R``,
+    ``λ = φ(z)/Φ(z)``): ``gf = −2λ·dz/df`` and ``W = λ(z + λ)·(dz/df)²`` — the exact second
+    derivative of ``−2 log Φ(z(f))`` in f without the ``d²z/df²`` term (exact for additive
+    error; always ≥ 0, as ``0 < λ(z + λ) < 1``), times JᵀJ as for the observed values."""
+    mask = problem.mask
+    dR = problem.error.dvariance(f, sig)
+    gf = np.where(mask, dR / R - 2 * r / R - r * r * dR / R**2, 0.0)
+    W = np.where(mask, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
+    if problem.any_censored:
+        cm = problem.cens
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            sd = np.sqrt(R)
+            z = r / sd
+            dz = -(1.0 + z * dR / (2.0 * sd)) / sd  # z = (L − f)/s(f): −(1 + z·s')/s, s' = R'/(2s)
+            lam = np.exp(-0.5 * z * z - 0.5 * np.log(2 * np.pi) - log_ndtr(z))  # φ/Φ
+            gc = -2.0 * lam * dz
+            wc = np.clip(lam * (z + lam), 0.0, 1.0) * dz * dz
+        gf = np.where(cm, gc, gf)
+        W = np.where(cm, wc, W)
+    return gf, W
 
 
 def conditional_modes(problem: PKProblem, theta: dict[str, float], omega_sd: np.ndarray,
@@ -144,9 +191,7 @@ def conditional_modes(problem: PKProblem, theta: dict[str, float], omega_sd: np.
             e2[:, k] += JAC_STEP
             J[:, :, k] = (problem.predict(theta, e2) - f) / JAC_STEP
         J[~mask] = 0.0
-        dR = problem.error.dvariance(f, sig)
-        gf = np.where(mask, dR / R - 2 * r / R - r * r * dR / R**2, 0.0)
-        W = np.where(mask, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
+        gf, W = _score_weights(problem, f, R, r, sig)
         g = np.einsum("ntk,nt->nk", J, gf) + 2 * eta @ Oinv
         H = 2 * np.einsum("ntk,nt,ntl->nkl", J, W, J) + 2 * Oinv
         # Newton decrement gᵀH⁻¹g/2 ≈ the remaining decrease of the objective
@@ -181,8 +226,7 @@ def conditional_modes(problem: PKProblem, theta: dict[str, float], omega_sd: np.
         e2[:, k] += JAC_STEP
         J[:, :, k] = (problem.predict(theta, e2) - f) / JAC_STEP
     J[~mask] = 0.0
-    dR = problem.error.dvariance(f, sig)
-    W = np.where(mask, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
+    W = _score_weights(problem, f, R, r, sig)[1]
     info = np.einsum("ntk,nt,ntl->nkl", J, W, J) + Oinv
     return Conditional(eta, f, R, info, obj, conv)
 
@@ -234,14 +278,19 @@ class FitResult:
     sigma: dict[str, float]
     diagnostics: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
+    blq: str = "m3"  # how censored (BLQ) observations entered: "m3" likelihood, "m1" dropped
+    n_censored: int = 0  # censored observations in the data (fitted quantities), used or not
 
     def to_dict(self) -> dict:
-        """JSON-ready form of the fit (estimates, objective, diagnostics)."""
+        """JSON-ready form of the fit (estimates, objective, diagnostics; ``n_obs`` counts
+        the observations in the likelihood, censored ones included under M3, and
+        ``n_censored`` the censored ones in the data, dropped under M1)."""
         return {"method": self.method,
                 "estimates": {k: v.to_dict() for k, v in self.estimates.items()},
                 "residual_error": {k: v.to_dict() for k, v in self.residual.items()},
                 "objective": self.objective, "n_subjects": self.n_subjects,
-                "n_obs": self.n_obs, "converged": self.converged,
+                "n_obs": self.n_obs, "blq": self.blq, "n_censored": self.n_censored,
+                "converged": self.converged,
                 "diagnostics": self.diagnostics, "elapsed_s": self.elapsed_s,
                 "warnings": self.warnings()}
 
@@ -348,7 +397,7 @@ class PopulationFOCEI:
             return None
         _, logdet = np.linalg.slogdet(c.info)
         terms = (c.obj + np.sum(np.log(om**2)) + logdet
-                 + pr.mask.sum(axis=1) * np.log(2 * np.pi))
+                 + pr.normal_counts() * np.log(2 * np.pi))
         if self._nodes is not None:
             terms = terms + self._quadrature_correction(c, theta, om, sig)
         if not np.all(np.isfinite(terms)):
@@ -499,7 +548,7 @@ class PopulationFOCEI:
         t0 = time.perf_counter()
         self._stage = "FOCE-I"
         pr = self.problem
-        y = pr.y[pr.mask]
+        y = pr.y[pr.mask & ~pr.cens]  # starting σ from observed values
         x0 = np.concatenate([np.log([self.theta0[k] for k in pr.estimate]),
                              np.full(len(pr.iiv), np.log(self.omega0)),
                              np.log(list(pr.error.initial(y).values()))])
@@ -612,7 +661,8 @@ class PopulationFOCEI:
                                        for k, v in zip(self._names(), se_s, strict=True)}
         self.cond = cond
         return FitResult(method, est, resid, f_best, pr.n, pr.n_obs, converged,
-                         cond.eta, theta, om, sig, diag, time.perf_counter() - t0)
+                         cond.eta, theta, om, sig, diag, time.perf_counter() - t0,
+                         pr.blq, pr.n_censored)
 
     def profiles_enabled(self) -> bool:
         """Whether :meth:`run` computes profile-likelihood intervals of the typical values
@@ -884,7 +934,7 @@ class IndividualMAP:
         sig = self.sigma
         opt_msg = "sigma given"
         if sig is None:
-            y = pr.y[pr.mask]
+            y = pr.y[pr.mask & ~pr.cens]  # starting σ from observed values
             s0 = np.log(list(pr.error.initial(y).values()))
             state = {"eta": None, "n": 0}
 
@@ -919,12 +969,12 @@ class IndividualMAP:
         resid = {k: Estimate(v, float("nan"), (float("nan"),) * 2) for k, v in sig.items()}
         _, logdet = np.linalg.slogdet(c.info)
         ofv = float(c.obj.sum() + pr.n * np.sum(np.log(self.omega_sd**2)) + logdet.sum()
-                    + pr.n_obs * np.log(2 * np.pi))
+                    + int(pr.normal_counts().sum()) * np.log(2 * np.pi))
         res = FitResult("MAP", est, resid, ofv, pr.n, pr.n_obs, bool(c.converged.all()), c.eta,
                         self.theta, self.omega_sd, sig,
                         {"sigma_optimizer": opt_msg,
                          "inner_converged_fraction": float(c.converged.mean())},
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, pr.blq, pr.n_censored)
         res.individual = per  # type: ignore[attr-defined]
         self.cond = c
         return res

@@ -27,6 +27,20 @@ from ..units import quantity_to_base
 from .data import Dataset, Subject
 
 ERROR_MODELS = ("additive", "proportional", "combined")
+#: handling of observations below the limit of quantification (BLQ): Beal's M3 (their
+#: likelihood, the probability of being below the limit) or M1 (discard them)
+BLQ_METHODS = ("m3", "m1")
+
+
+def check_blq(blq: object) -> str:
+    """The BLQ method ``blq`` (``None``: ``"m3"``) checked; a wrong one is a
+    :class:`KetasimError` naming ``blq``."""
+    if blq is None:
+        return "m3"
+    if not isinstance(blq, str) or blq.lower() not in BLQ_METHODS:
+        raise KetasimError("blq", f"unknown BLQ method {blq!r}",
+                           "m3 (likelihood of being below the limit), m1 (discard BLQ rows)")
+    return blq.lower()
 
 
 @dataclass(frozen=True)
@@ -73,11 +87,20 @@ class PKProblem:
     ``estimate``: card parameter names to estimate (typical values); ``iiv``: the subset with
     inter-individual variability (default: all estimated). Observations of scores are ignored
     here (see :mod:`ketasim.fit.forecast`).
+
+    ``blq``: observations below the limit of quantification (censored, see
+    :func:`~ketasim.fit.data.read_dataset`) enter by Beal's M3 (``"m3"``, the default: the
+    likelihood ``Φ((LLOQ − f)/sd(f))`` of being below the limit) or are dropped (``"m1"``; a
+    subject left without observations is dropped too). ``cens`` marks the censored
+    observations (``y`` holds their limit), ``n_censored`` counts those of the data set
+    (whether used or dropped; for :meth:`take`, those of the subjects taken).
     """
 
     def __init__(self, card: PKCard | str, data: Dataset, estimate: list[str],
                  error: ErrorModel | str = "proportional", iiv: list[str] | None = None,
-                 quantities: tuple[str, ...] = ("plasma", "metabolite")) -> None:
+                 quantities: tuple[str, ...] = ("plasma", "metabolite"),
+                 blq: str | None = None) -> None:
+        self.blq = check_blq(blq)
         self.card = load_pk_card(card) if isinstance(card, str) else card
         self.data = data
         self.error = ErrorModel(error) if isinstance(error, str) else error
@@ -95,9 +118,14 @@ class PKProblem:
         for name in self.iiv:
             if name not in self.estimate:
                 raise KetasimError("iiv", f"{name!r} must also be estimated", ", ".join(estimate))
-        subs = [s for s in data.subjects if np.isin(s.obs_quantity, quantities).any()]
+        self.quantities = quantities
+        self.n_censored = int(sum((np.isin(s.obs_quantity, quantities)
+                                   & s.obs_censored).sum() for s in data.subjects))
+        subs = [s for s in data.subjects if self._used(s).any()]
         if not subs:
-            raise KetasimError("data", f"no {' or '.join(quantities)} observations to fit")
+            raise KetasimError("data", f"no {' or '.join(quantities)} observations to fit"
+                               + (" (BLQ rows dropped by --blq m1)" if self.n_censored
+                                  and self.blq == "m1" else ""))
         routes = sorted({r for s in subs for r in s.regimen.routes})
         for r in routes:
             if r not in self.card.routes:
@@ -107,8 +135,23 @@ class PKProblem:
             _check_zero_predictions(data, subs, quantities)
         self.subjects: list[Subject] = subs
         self.routes = tuple(routes)
-        self.quantities = quantities
         self._setup()
+
+    def _used(self, s: Subject) -> np.ndarray:
+        """Which of a subject's observations enter the likelihood: the fitted quantities,
+        without the censored ones under M1."""
+        m = np.isin(s.obs_quantity, self.quantities)
+        return m & ~s.obs_censored if self.blq == "m1" else m
+
+    @property
+    def any_censored(self) -> bool:
+        """Whether any observation in the likelihood is censored (M3 terms present)."""
+        return bool(self.cens.any())
+
+    def normal_counts(self) -> np.ndarray:
+        """(n,) number of each subject's uncensored observations in the likelihood (the
+        normal-density terms, each with its log 2π)."""
+        return (self.mask & ~self.cens).sum(axis=1)
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -144,18 +187,20 @@ class PKProblem:
                                            if c.role == "plasma" and c.species == sp))
                               for sp, (i, _) in sysm.plasma.items()}
         # observations, padded (n, T)
-        T = max(int(np.isin(s.obs_quantity, self.quantities).sum()) for s in subs)
+        T = max(int(self._used(s).sum()) for s in subs)
         self.T = T
         self.t_obs = np.zeros((n, T))
         self.y = np.zeros((n, T))
         self.mask = np.zeros((n, T), bool)
+        self.cens = np.zeros((n, T), bool)  # censored (y is the limit), within mask
         self.qidx = np.zeros((n, T), int)  # 0 parent, 1 metabolite
         for i, s in enumerate(subs):
-            m = np.isin(s.obs_quantity, self.quantities)
+            m = self._used(s)
             k = int(m.sum())
             self.t_obs[i, :k] = s.obs_time_h[m]
             self.y[i, :k] = s.obs_value[m]
             self.mask[i, :k] = True
+            self.cens[i, :k] = s.obs_censored[m]
             q = s.obs_quantity[m]
             if np.any(q == "metabolite") and self.species["metabolite"] is None:
                 raise KetasimError("data", f"model {card.id} has no metabolite output")
@@ -302,9 +347,12 @@ class PKProblem:
         idx = np.asarray(idx, dtype=int)
         new = copy.copy(self)
         new.base_params = {k: v[idx] for k, v in self.base_params.items()}
-        for name in ("t_obs", "y", "mask", "qidx", "ev_t", "ev_amt", "ev_dur", "ev_route"):
+        for name in ("t_obs", "y", "mask", "cens", "qidx", "ev_t", "ev_amt", "ev_dur",
+                     "ev_route"):
             setattr(new, name, getattr(self, name)[idx])
         new.subjects = [self.subjects[i] for i in idx]
+        new.n_censored = int(sum((np.isin(s.obs_quantity, self.quantities)
+                                  & s.obs_censored).sum() for s in new.subjects))
         new.n = len(idx)
         new.n_obs = int(new.mask.sum())
         return new
@@ -327,10 +375,11 @@ def _check_zero_predictions(data: Dataset, subjects: list[Subject],
     for s in subjects:
         t_first = min((d.time_h for d in s.regimen), default=np.inf)
         bolus_at_first = any(d.time_h == t_first and d.route == "iv-bolus" for d in s.regimen)
-        for t, y, q, row in zip(s.obs_time_h, s.obs_value, s.obs_quantity, s.rows,
-                                strict=True):
-            if q in quantities and y > 0 and (t < t_first or (t == t_first
-                                                              and not bolus_at_first)):
+        for t, y, q, row, c in zip(s.obs_time_h, s.obs_value, s.obs_quantity, s.rows,
+                                   s.obs_censored, strict=True):
+            # a censored one is fine there: below its limit with probability 1 (M3)
+            if q in quantities and y > 0 and not c and (t < t_first or (
+                    t == t_first and not bolus_at_first)):
                 when = ("the subject has no dose" if not np.isfinite(t_first) else
                         f"at or before the first dose ({t_first:g} h)")
                 raise KetasimError(f"{data.source} row {int(row)} column DV",
@@ -351,7 +400,7 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
                      error: str = "proportional", sigma: dict[str, float] | None = None,
                      seed: int = 1, weight_kg: tuple[float, float] = (75.0, 12.0),
                      weight_range_kg: tuple[float, float] = (45.0, 120.0),
-                     metabolite: bool = False):
+                     metabolite: bool = False, lloq: float | None = None):
     """Simulate a NONMEM-style PK data set with ketasim's exact PK solver (``simulate_pk``).
 
     ``theta``: typical values (card units) of named parameters (others as on the card);
@@ -359,12 +408,19 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
     (``sigma_add`` ng/mL, ``sigma_prop`` fraction; none given = noise-free data, on which a
     fit's residual error runs to its bound); weights normal(mean, sd) kg clipped to
     ``weight_range_kg``. Returns a DataFrame (TIME h, AMT mg, DV ng/mL, WT kg). Seeded.
+
+    ``lloq`` (ng/mL, > 0): a simulated value below it becomes a censored row (DV = ``lloq``,
+    ``CENS`` 1; the table then has a ``CENS`` column). The random draws are the same with or
+    without it.
     """
     import pandas as pd
 
     from ..pk import simulate_pk
     from .data import to_csv_table
 
+    if lloq is not None and not (isinstance(lloq, int | float | np.number)
+                                 and np.isfinite(lloq) and lloq > 0):
+        raise KetasimError("lloq", f"must be a finite number > 0 ng/mL, got {lloq!r}")
     card = load_pk_card(model)
     rng = np.random.default_rng(seed)
     theta = theta or {}
@@ -392,7 +448,11 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
         for q, c in outs:
             f = c[i]
             y = f + np.sqrt(em.variance(f, sigma)) * noise[q][i]
-            obs += [(float(a), float(b), q) for a, b in zip(t, y, strict=True)]
+            if lloq is None:
+                obs += [(float(a), float(b), q) for a, b in zip(t, y, strict=True)]
+            else:
+                obs += [(float(a), float(lloq), q, 1) if b < lloq else (float(a), float(b), q, 0)
+                        for a, b in zip(t, y, strict=True)]
         obs.sort(key=lambda o: o[0])
         subs.append({"id": i + 1, "regimen": regimen, "weight_kg": float(w[i]), "obs": obs})
     df: pd.DataFrame = to_csv_table(subs)

@@ -5,6 +5,11 @@ residuals vs time and vs prediction), individual fits (up to 12 subjects) and a 
 predictive check (simulated 5/50/95th percentiles with their 90% bands vs the observed ones,
 binned by time). The VPC simulates from the fitted model with the same problem's batched exact
 solver, through :func:`simulate_replicates` so the heavy part can be routed elsewhere.
+
+Censored (BLQ) observations are not residuals: the goodness-of-fit panels leave them out, the
+individual fits show them as open triangles at their limit, and in the VPC they count as
+below the limit — an observed percentile that falls below the highest limit in its time bin
+is not drawn (nor are censored values in the scatter). The page says how many there were.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = problem.mask
+    m = problem.mask & ~problem.cens  # censored observations are not residuals
     y = problem.y[m]
     t = problem.t_obs[m]
     pred = problem.predict(fit.theta)[m]
@@ -91,8 +96,12 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         if j >= k:
             a.axis("off")
             continue
-        mm = sub.mask[j] & (sub.qidx[j] == 0)
+        mm = sub.mask[j] & (sub.qidx[j] == 0) & ~sub.cens[j]
         a.plot(sub.t_obs[j][mm], sub.y[j][mm], "ko", ms=3)
+        mc = sub.mask[j] & (sub.qidx[j] == 0) & sub.cens[j]
+        if mc.any():  # below the limit: drawn at the limit, open
+            a.plot(sub.t_obs[j][mc], sub.y[j][mc], "v", mfc="none", mec="k", ms=4,
+                   label="below LLOQ (at the limit)")
         a.plot(grid[j], dense_i[j], "C0-", lw=1, label="individual")
         a.plot(grid[j], dense_p[j], "C1--", lw=1, label="population")
         a.set_title(f"ID {sub.subjects[j].id}", fontsize=9)
@@ -104,6 +113,10 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     m = problem.mask & (problem.qidx == 0)
     y = problem.y[m]
     t = problem.t_obs[m]
+    cens = problem.cens[m]
+    # a censored value ranks below every observed one; where a percentile lands among them
+    # (below the bin's highest limit) it is unknown and not drawn
+    y_rank = np.where(cens, -np.inf, y)
     edges = np.unique(np.quantile(t, np.linspace(0, 1, 9)))
     b = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
     mids, obs_q, sim_q = [], [], []
@@ -112,7 +125,11 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         if sel.sum() < 3:
             continue
         mids.append(np.median(t[sel]))
-        obs_q.append(np.quantile(y[sel], [0.05, 0.5, 0.95]))
+        if (sel & cens).any():  # order statistics (no interpolation with −∞)
+            oq = np.quantile(y_rank[sel], [0.05, 0.5, 0.95], method="inverted_cdf")
+            obs_q.append(np.where(oq > y[sel & cens].max(), oq, np.nan))
+        else:
+            obs_q.append(np.quantile(y[sel], [0.05, 0.5, 0.95]))
         s = sims[:, m][:, sel]
         sq = np.quantile(s, [0.05, 0.5, 0.95], axis=1)  # (3, rep)
         sim_q.append(np.quantile(sq, [0.05, 0.5, 0.95], axis=1))  # (3 bands, 3 pct)
@@ -121,7 +138,11 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         obs_q = np.array(obs_q)
         sim_q = np.array(sim_q)
         fig, a = plt.subplots(figsize=(8, 5))
-        a.semilogy(t, np.maximum(y, 1e-3), ".", color="0.7", ms=3)
+        a.semilogy(t[~cens], np.maximum(y[~cens], 1e-3), ".", color="0.7", ms=3)
+        if cens.any():
+            a.axhline(y[cens].max(), color="k", ls=":", lw=1)
+            a.text(t.min(), y[cens].max(), f" LLOQ {y[cens].max():g} ng/mL "
+                   f"({cens.sum()} of {cens.size} below)", va="bottom", fontsize=8)
         for j, col in zip(range(3), ("C0", "C3", "C0"), strict=True):
             a.fill_between(mids, sim_q[:, 0, j], sim_q[:, 2, j], color=col, alpha=0.2)
             a.plot(mids, obs_q[:, j], color=col, lw=1.5)
@@ -156,6 +177,14 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     sha = f" (sha256 {file_sha256(src)})" if os.path.isfile(src) else ""
     inputs = html.escape(f"Data: {src}{sha}. Estimated: {', '.join(problem.estimate)}; IIV on: "
                          f"{', '.join(problem.iiv) or 'none'}.")
+    n_cens = getattr(fit, "n_censored", 0)
+    if n_cens:
+        how = ("entered the likelihood as the probability of being below the limit (Beal's "
+               "M3); they are left out of the residual plots, drawn as open triangles at "
+               "the limit in the individual fits, and count as below the limit in the VPC"
+               if fit.blq == "m3" else "were dropped before the fit (M1)")
+        inputs += html.escape(f" {n_cens} observation(s) below the limit of quantification "
+                              f"{how}.")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ketasim fit</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px}}
 img{{max-width:100%}}</style></head><body>
