@@ -10,8 +10,12 @@ Without that column every observation is ``plasma``. Covariates: ``WT``/``WEIGHT
 
 Units: TIME h, AMT mg base, RATE mg/h, concentrations ng/mL, scores in scale points.
 
+Text conventions (NONMEM): comma, tab or white-space delimited; ``#`` lines are comments (a
+``#ID,TIME,...`` line is the header); with a first column ``C``, rows whose ``C`` starts with
+"C" are comments (``IGNORE=C``).
+
 Every problem is reported as one line naming the row (1-based data row; the file line is one
-more because of the header) and the column.
+more, because of the header; comment and blank lines are counted) and the column.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def _num(df: pd.DataFrame, col: str, source: str, default: float | None = None) 
     bad &= ~raw.astype(str).str.strip().str.lower().isin(["nan", "."]).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise _err(source, i + 1, col, f"not a number: {raw.iloc[i]!r}")
+        raise _err(source, int(df.index[i]) + 1, col, f"not a number: {raw.iloc[i]!r}")
     if default is not None:
         vals = np.where(np.isnan(vals), default, vals)
     return vals
@@ -130,6 +134,61 @@ def as_dataset(data: str | os.PathLike | pd.DataFrame | Dataset, field: str = "d
                        f"{type(data).__name__}")
 
 
+def _read_text_table(path: str) -> pd.DataFrame:
+    """A NONMEM-style text table as strings, indexed by data row (file line − 2, 0-based).
+
+    Comma-, tab- or whitespace-delimited (decided from the header line); a UTF-8 byte-order
+    mark is dropped. Lines starting with ``#`` are comments (NONMEM's default ``IGNORE=#``),
+    except a ``#``-line naming the columns (``#ID,TIME,...``), which is the header; blank
+    lines are skipped. Row numbers keep counting comment and blank lines, so row N is always
+    file line N + 1."""
+    import io
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError as exc:
+        raise KetasimError("data", f"file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KetasimError("data", f"cannot read {path} as text: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    header_at, header = None, ""
+    for k, line in enumerate(lines):
+        t = line.strip()
+        if not t:
+            continue
+        if t.startswith("#"):
+            names = {w.strip().upper() for w in t.lstrip("#").replace(",", " ").split()}
+            if not {"ID", "TIME"} <= names:
+                continue  # a comment before the header
+            t = t.lstrip("#").strip()
+        header_at, header = k, t
+        break
+    if header_at is None:
+        raise KetasimError("data", f"{path} has no header line")
+    sep = "," if "," in header else "\t" if "\t" in header else r"\s+"
+    keep = [header]
+    rows = []
+    for k in range(header_at + 1, len(lines)):
+        t = lines[k].strip()
+        if not t or t.startswith("#"):
+            continue
+        keep.append(lines[k] if sep != r"\s+" else t)
+        rows.append(k - 1)  # file line k + 1, data row k, 0-based k - 1
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(keep)), dtype=str, keep_default_na=False,
+                         skipinitialspace=True, sep=sep, engine="c" if len(sep) == 1 else
+                         "python", skip_blank_lines=False)
+    except Exception as exc:  # pandas parser errors: report the class, one line
+        raise KetasimError("data", f"cannot read {path} as CSV: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    if len(df) != len(rows):  # cannot happen with skip_blank_lines=False; keep rows honest
+        raise KetasimError("data", f"cannot read {path}: {len(df)} rows parsed from "
+                           f"{len(rows)} data lines")
+    df.index = pd.Index(rows)
+    return df
+
+
 def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = None) -> Dataset:
     """Read and validate a NONMEM-style CSV (path) or DataFrame into a :class:`Dataset`."""
     if isinstance(data, os.PathLike):
@@ -139,18 +198,16 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                            f"{type(data).__name__}")
     if isinstance(data, str):
         source = source or data
-        try:
-            df = pd.read_csv(data, dtype=str, keep_default_na=False, skipinitialspace=True)
-        except FileNotFoundError as exc:
-            raise KetasimError("data", f"file not found: {data}") from exc
-        except Exception as exc:  # pandas parser errors: report the class, one line
-            raise KetasimError("data", f"cannot read {data} as CSV: "
-                               f"{str(exc).splitlines()[0]}") from exc
+        df = _read_text_table(data)
     else:
-        df = data.astype(str)
+        df = data.astype(str).reset_index(drop=True)
         df.attrs = {}
         source = source or "<table>"
     df.columns = [str(c).strip().upper() for c in df.columns]
+    if len(df.columns) and df.columns[0] == "C":  # NONMEM IGNORE=C: "C" rows are comments
+        keep = ~df["C"].astype(str).str.strip().str.upper().str.startswith("C").to_numpy()
+        df = df[keep]
+    rownum = [int(i) + 1 for i in df.index]  # 1-based data rows (file line − 1)
     for c in df.columns:  # pandas renames a repeated header "DV" to "DV.1"
         base, dot, k = c.rpartition(".")
         if dot and k.isdigit() and base in df.columns:
@@ -177,25 +234,25 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
     for col, arr in (("ID", ids), ("TIME", time)):
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise _err(source, int(np.argmax(bad)) + 1, col, "missing or not finite")
+            raise _err(source, rownum[int(np.argmax(bad))], col, "missing or not finite")
     for col, arr, hi, unit in (("TIME", time, MAX_DURATION_H, "h"), ("AMT", amt, MAX_DOSE_MG, "mg"),
                                ("RATE", rate, None, "mg/h"), ("II", ii, MAX_DURATION_H, "h"),
                                ("ADDL", addl, MAX_ADDL, ""), ("DV", dv, None, "")):
         bad = np.isinf(arr) | ((arr > hi) if hi is not None else False)
         if bad.any():
             r = int(np.argmax(bad))
-            raise _err(source, r + 1, col, f"{arr[r]:g} is not finite or above {hi:g} {unit}"
+            raise _err(source, rownum[r], col, f"{arr[r]:g} is not finite or above {hi:g} {unit}"
                        if hi is not None else f"{arr[r]:g} is not finite")
     big = np.abs(ids) > MAX_ID
     if big.any():
         r = int(np.argmax(big))
-        raise _err(source, r + 1, "ID", f"{ids[r]:g} is outside ±{MAX_ID:g}")
+        raise _err(source, rownum[r], "ID", f"{ids[r]:g} is outside ±{MAX_ID:g}")
     frac = ids != np.round(ids)
     if frac.any():
         r = int(np.argmax(frac))
-        raise _err(source, r + 1, "ID", f"must be a whole number, got {ids[r]:g}")
+        raise _err(source, rownum[r], "ID", f"must be a whole number, got {ids[r]:g}")
     for r in range(len(df)):
-        row = r + 1
+        row = rownum[r]
         if evid[r] not in (0, 1, 2, 3, 4):
             raise _err(source, row, "EVID", f"unknown event id {evid[r]:g}", "0, 1, 2, 3, 4")
         if time[r] < 0:
@@ -217,7 +274,7 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         d = np.diff(time[idx])
         if np.any(d < 0):
             k = int(np.argmax(d < 0)) + 1
-            raise _err(source, int(idx[k]) + 1, "TIME",
+            raise _err(source, rownum[idx[k]], "TIME",
                        f"time decreases within ID {sid:g} ({time[idx[k]]:g} h after "
                        f"{time[idx[k - 1]]:g} h)")
     qcol = next((c for c in QUANTITY_COLUMNS if c in df.columns), None)
@@ -226,13 +283,13 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         for r, v in enumerate(df[qcol].to_numpy()):
             if evid[r] != 0 or mdv[r] == 1 or (isinstance(v, float) and np.isnan(v)):
                 continue
-            quantity[r] = _quantity(str(v), source, r + 1, qcol)
+            quantity[r] = _quantity(str(v), source, rownum[r], qcol)
     for r in range(len(df)):
         if evid[r] != 0 or mdv[r] == 1 or not np.isfinite(dv[r]):
             continue
         lo, hi = SCORE_BOUNDS.get(quantity[r], (0.0, np.inf))
         if not lo <= dv[r] <= hi:
-            raise _err(source, r + 1, "DV", f"{quantity[r]} value {dv[r]:g} is outside "
+            raise _err(source, rownum[r], "DV", f"{quantity[r]} value {dv[r]:g} is outside "
                        f"{lo:g}–{hi:g}")
     route_col = df["ROUTE"] if "ROUTE" in df.columns else None
     wcol = next((c for c in _WEIGHT_COLS if c in df.columns), None)
@@ -240,7 +297,7 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
     age = _num(df, "AGE", source) if "AGE" in df.columns else np.full(len(df), np.nan)
     for col, arr in ((wcol, weight), ("AGE", age)):
         if np.isinf(arr).any():
-            raise _err(source, int(np.argmax(np.isinf(arr))) + 1, col, "not finite")
+            raise _err(source, rownum[int(np.argmax(np.isinf(arr)))], col, "not finite")
     subjects = []
     for sid in pd.unique(ids):
         idx = np.nonzero(ids == sid)[0]
@@ -253,18 +310,18 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                 try:
                     route = normalise_route(route_col.iloc[r])
                 except KetasimError as exc:
-                    raise _err(source, int(r) + 1, "ROUTE", exc.problem, exc.allowed) from exc
+                    raise _err(source, rownum[r], "ROUTE", exc.problem, exc.allowed) from exc
             if route is None:
                 route = "iv-infusion" if rate[r] > 0 else "iv-bolus"
             if rate[r] <= 0 and route == "iv-infusion":
-                raise _err(source, int(r) + 1, "RATE", "an IV infusion record needs RATE > 0 mg/h")
-            doses += _dose_record(source, int(r) + 1, float(time[r]), float(amt[r]),
+                raise _err(source, rownum[r], "RATE", "an IV infusion record needs RATE > 0 mg/h")
+            doses += _dose_record(source, rownum[r], float(time[r]), float(amt[r]),
                                   float(rate[r]), float(ii[r]), int(addl[r]), route)
         obs = [r for r in idx if evid[r] == 0 and mdv[r] != 1]
         w = _first(weight[idx])
         a_ = _first(age[idx])
         if w is not None and not 0.5 <= w <= 300:
-            r = int(idx[np.nonzero(weight[idx] == w)[0][0]]) + 1
+            r = rownum[idx[np.nonzero(weight[idx] == w)[0][0]]]
             raise _err(source, r, wcol or "WT", f"weight must be 0.5–300 kg, got {w:g}")
         sex = _text_cov(df, "SEX", idx, {"0": "male", "1": "female", "m": "male",
                                          "f": "female"}, "male")
@@ -275,14 +332,14 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         except KetasimError as exc:
             col = {"weight": wcol or "WT", "age": "AGE", "sex": "SEX", "race": "RACE"}.get(
                 exc.field, exc.field.upper())
-            raise _err(source, int(idx[0]) + 1, col, exc.problem, exc.allowed) from exc
+            raise _err(source, rownum[idx[0]], col, exc.problem, exc.allowed) from exc
         subjects.append(Subject(
             id=int(sid), regimen=Regimen(tuple(doses)),
             obs_time_h=time[obs].astype(float), obs_value=dv[obs].astype(float),
             obs_quantity=np.array([quantity[r] for r in obs], dtype="<U12"),
             weight_kg=w_, age_years=age_, sex=sex, race=race,
             disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
-            rows=np.asarray(obs, dtype=int) + 1))
+            rows=np.asarray([rownum[r] for r in obs], dtype=int)))
     return Dataset(df, subjects, source)
 
 

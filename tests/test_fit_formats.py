@@ -1,0 +1,109 @@
+"""NONMEM text conventions in data files: comment rows and lines, ``#`` headers, delimiters,
+byte-order marks, and row numbers that stay those of the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ketasim.cli import main
+from ketasim.errors import KetasimError
+from ketasim.fit import read_dataset
+
+PLAIN = """ID,TIME,AMT,RATE,DV,MDV,EVID
+1,0,35,52.5,.,1,1
+1,0.25,.,.,120.5,0,0
+1,1,.,.,80.1,0,0
+2,0,35,52.5,.,1,1
+2,0.5,.,.,110,0,0
+"""
+
+
+def _write(tmp_path, text: str, name: str = "d.csv", encoding: str = "utf-8") -> str:
+    p = tmp_path / name
+    p.write_bytes(text.encode(encoding))
+    return str(p)
+
+
+def _obs(ds) -> list[tuple[int, float, float]]:
+    return [(s.id, float(t), float(v)) for s in ds.subjects
+            for t, v in zip(s.obs_time_h, s.obs_value, strict=True)]
+
+
+def test_c_column_rows_are_comments(tmp_path):
+    """NONMEM IGNORE=C: a first column named C marks comment rows; such a row must not be
+    fitted (it was taken as an observation before)."""
+    text = ("C,ID,TIME,AMT,RATE,DV,MDV,EVID\n"
+            ".,1,0,35,52.5,.,1,1\n"
+            ".,1,0.25,.,.,120.5,0,0\n"
+            "C,1,0.5,.,.,999,0,0\n"
+            ".,1,1,.,.,80.1,0,0\n")
+    ds = read_dataset(_write(tmp_path, text))
+    assert _obs(ds) == [(1, 0.25, 120.5), (1, 1.0, 80.1)]
+    assert list(ds.subjects[0].rows) == [2, 4]  # data rows of the file, comment row counted
+
+
+def test_c_column_in_a_dataframe():
+    df = pd.DataFrame({"C": [".", "C", "."], "ID": [1, 1, 1], "TIME": [0, 0.5, 1],
+                       "AMT": [35, 0, 0], "RATE": [52.5, 0, 0], "DV": [np.nan, 999, 80.1],
+                       "MDV": [1, 0, 0], "EVID": [1, 0, 0]})
+    ds = read_dataset(df)
+    assert _obs(ds) == [(1, 1.0, 80.1)]
+
+
+def test_hash_comment_lines_and_hash_header(tmp_path):
+    text = ("# study KET-01, plasma ketamine\n"
+            "#ID,TIME,AMT,RATE,DV,MDV,EVID\n"
+            "1,0,35,52.5,.,1,1\n"
+            "1,0.25,.,.,120.5,0,0\n"
+            "#1,0.5,.,.,999,0,0\n"
+            "\n"
+            "# a note, with, commas, and more fields than the header, a, b, c, d\n"
+            "1,1,.,.,80.1,0,0\n")
+    ds = read_dataset(_write(tmp_path, text))
+    assert _obs(ds) == [(1, 0.25, 120.5), (1, 1.0, 80.1)]
+    assert list(ds.subjects[0].rows) == [3, 7]  # file lines 4 and 8
+
+
+@pytest.mark.parametrize("sep", ["\t", " ", "   "])
+def test_tab_and_whitespace_delimited(tmp_path, sep):
+    ref = _obs(read_dataset(_write(tmp_path, PLAIN, "ref.csv")))
+    text = "\n".join(sep.join(line.split(",")) for line in PLAIN.splitlines()) + "\n"
+    assert _obs(read_dataset(_write(tmp_path, text, "ws.txt"))) == ref
+
+
+def test_byte_order_mark_and_crlf(tmp_path):
+    ref = _obs(read_dataset(_write(tmp_path, PLAIN, "ref.csv")))
+    path = _write(tmp_path, PLAIN.replace("\n", "\r\n"), "bom.csv", encoding="utf-8-sig")
+    assert _obs(read_dataset(path)) == ref
+
+
+def test_error_rows_are_file_rows_after_comments_and_blank_lines(tmp_path):
+    """Row N is file line N + 1 whatever comment or blank lines come before it."""
+    text = ("ID,TIME,AMT,RATE,DV,MDV,EVID\n"   # line 1
+            "1,0,35,52.5,.,1,1\n"               # line 2, row 1
+            "# checked 2026-01-02\n"            # line 3, row 2
+            "\n"                                # line 4, row 3
+            "1,0.25,.,.,abc,0,0\n")             # line 5, row 4
+    with pytest.raises(KetasimError) as e:
+        read_dataset(_write(tmp_path, text))
+    assert "row 4 column DV" in str(e.value)
+    text = ("C,ID,TIME,AMT,RATE,DV,MDV,EVID\n"
+            ".,1,0,35,52.5,.,1,1\n"
+            "C,1,0.5,.,.,junk,0,0\n"             # a comment row may hold anything
+            ".,1,2,.,.,80,0,0\n"
+            ".,1,1,.,.,70,0,0\n")                # row 4: time decreases
+    with pytest.raises(KetasimError) as e:
+        read_dataset(_write(tmp_path, text))
+    assert "row 4 column TIME" in str(e.value)
+
+
+def test_no_header_and_unreadable_file_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(KetasimError, match="no header line"):
+        read_dataset(_write(tmp_path, "# only a comment\n\n"))
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("ID,TIME,AMT,DV,EVID\n1,0,35,.,1\n# caf\xe9\n".encode("latin-1"))
+    rc = main(["fit", str(path), "--model", "kamp2020", "--estimate", "CL"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "cannot read" in err
