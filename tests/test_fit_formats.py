@@ -107,3 +107,20 @@ def test_no_header_and_unreadable_file_are_one_line_errors(tmp_path, capsys):
     rc = main(["fit", str(path), "--model", "kamp2020", "--estimate", "CL"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "cannot read" in err
+
+
+def test_doses_into_two_compartments_need_a_route_column(tmp_path):
+    """Without ROUTE every dose is IV; doses into a depot (CMT 1) and the central compartment
+    (CMT 2) must not silently become IV doses."""
+    text = ("ID,TIME,AMT,RATE,CMT,DV,MDV,EVID\n"
+            "1,0,35,52.5,2,.,1,1\n"
+            "1,1,.,.,2,80.1,0,0\n"
+            "2,0,50,0,1,.,1,1\n"
+            "2,1,.,.,2,20,0,0\n")
+    with pytest.raises(KetasimError) as e:
+        read_dataset(_write(tmp_path, text))
+    assert "row 3 column CMT" in str(e.value) and "ROUTE" in str(e.value)
+    lines = ["ID,TIME,AMT,RATE,CMT,DV,MDV,EVID,ROUTE", "1,0,35,52.5,2,.,1,1,iv-infusion",
+             "1,1,.,.,2,80.1,0,0,", "2,0,50,0,1,.,1,1,oral", "2,1,.,.,2,20,0,0,"]
+    ds = read_dataset(_write(tmp_path, "\n".join(lines) + "\n", "r.csv"))
+    assert [s.regimen.routes for s in ds.subjects] == [("iv-infusion",), ("oral",)]

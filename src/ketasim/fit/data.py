@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..errors import KetasimError
 from ..pk.model import Covariates
-from ..regimen import Dose, Infusion, Regimen, normalise_route
+from ..regimen import ROUTES, Dose, Infusion, Regimen, normalise_route
 from ..units import MAX_DOSE_MG, MAX_DURATION_H
 
 QUANTITIES: tuple[str, ...] = ("plasma", "metabolite", "madrs", "ssi", "cadss")
@@ -292,6 +292,17 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             raise _err(source, rownum[r], "DV", f"{quantity[r]} value {dv[r]:g} is outside "
                        f"{lo:g}–{hi:g}")
     route_col = df["ROUTE"] if "ROUTE" in df.columns else None
+    if route_col is None and "CMT" in df.columns:
+        # without ROUTE every dose is IV (RATE > 0 infusion, else bolus); doses into two
+        # compartments (e.g. a depot and the central one) would silently become IV doses
+        cmt = _num(df, "CMT", source, 1.0)
+        dose_rows = np.nonzero(np.isin(evid, (1, 4)))[0]
+        if dose_rows.size and np.unique(cmt[dose_rows]).size > 1:
+            r = int(dose_rows[np.nonzero(cmt[dose_rows] != cmt[dose_rows[0]])[0][0]])
+            raise _err(source, rownum[r], "CMT", f"doses go into compartments "
+                       f"{cmt[dose_rows[0]]:g} and {cmt[r]:g}, and the route of a dose is not "
+                       "read from CMT: add a ROUTE column naming each dose's route",
+                       ", ".join(ROUTES))
     wcol = next((c for c in _WEIGHT_COLS if c in df.columns), None)
     weight = _num(df, wcol, source) if wcol else np.full(len(df), np.nan)
     age = _num(df, "AGE", source) if "AGE" in df.columns else np.full(len(df), np.nan)
