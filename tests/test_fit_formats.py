@@ -124,3 +124,67 @@ def test_doses_into_two_compartments_need_a_route_column(tmp_path):
              "1,1,.,.,2,80.1,0,0,", "2,0,50,0,1,.,1,1,oral", "2,1,.,.,2,20,0,0,"]
     ds = read_dataset(_write(tmp_path, "\n".join(lines) + "\n", "r.csv"))
     assert [s.regimen.routes for s in ds.subjects] == [("iv-infusion",), ("oral",)]
+
+
+def _two_period(evid_second: int) -> str:
+    """Subject 1: an infusion at 0 h and a second at 24 h (EVID ``evid_second``), samples in
+    both periods; subject 2: the second period alone, as a reference."""
+    return ("ID,TIME,AMT,RATE,DV,MDV,EVID\n"
+            "1,0,35,52.5,.,1,1\n"
+            "1,1,.,.,120,0,0\n"
+            "1,23.9,.,.,2,0,0\n"
+            f"1,24,35,52.5,.,1,{evid_second}\n"
+            "1,24.5,.,.,140,0,0\n"
+            "1,26,.,.,60,0,0\n"
+            "2,24,35,52.5,.,1,1\n"
+            "2,24.5,.,.,140,0,0\n"
+            "2,26,.,.,60,0,0\n")
+
+
+def test_reset_evid4_removes_earlier_doses(tmp_path):
+    """NONMEM EVID 4 (reset and dose): after the reset the prediction is that of the new dose
+    alone; before it, that of the earlier doses. Without the reset the first dose's tail adds
+    to the second period (EVID 1)."""
+    from ketasim.fit import PKProblem
+
+    reset = PKProblem("kamp2020", read_dataset(_write(tmp_path, _two_period(4))), ["CL"],
+                      error="combined")
+    plain = PKProblem("kamp2020", read_dataset(_write(tmp_path, _two_period(1), "p.csv")),
+                      ["CL"], error="combined")
+    th = reset.theta0()
+    fr, fp = reset.predict(th), plain.predict(th)
+    # subject 1, second period (obs 2, 3) equals subject 2 (who only had the second dose)
+    np.testing.assert_allclose(fr[0, 2:4], fr[1, 0:2], rtol=1e-12)
+    assert np.all(fp[0, 2:4] > fr[0, 2:4] * (1 + 1e-6))  # the tail of dose 1 is there
+    np.testing.assert_array_equal(fr[0, :2], fp[0, :2])  # first period unchanged
+    assert list(reset.subjects[0].reset_times_h) == [24.0]
+
+
+def test_reset_evid3_then_concentration_before_next_dose_is_refused(tmp_path):
+    """After a reset (EVID 3) and before a new dose the model predicts 0: a concentration
+    there cannot be fitted with proportional error (one line naming the row)."""
+    from ketasim.fit import PKProblem
+
+    text = ("ID,TIME,AMT,RATE,DV,MDV,EVID\n"
+            "1,0,35,52.5,.,1,1\n"
+            "1,1,.,.,120,0,0\n"
+            "1,12,.,.,.,1,3\n"
+            "1,13,.,.,5,0,0\n")
+    ds = read_dataset(_write(tmp_path, text))
+    with pytest.raises(KetasimError) as e:
+        PKProblem("kamp2020", ds, ["CL"], error="proportional")
+    assert "row 4 column DV" in str(e.value) and "reset" in str(e.value)
+    f = PKProblem("kamp2020", ds, ["CL"], error="combined").predict({"CL": 96.6})
+    assert f[0, 0] > 0 and f[0, 1] == 0.0
+
+
+def test_forecast_refuses_a_reset(tmp_path, capsys):
+    text = ("ID,TIME,EVID,AMT,RATE,DV,DVID\n"
+            "1,0,0,0,0,30,madrs\n"
+            "1,0,1,35,52.5,.,\n"
+            "1,24,0,0,0,20,madrs\n"
+            "1,48,4,35,52.5,.,\n"
+            "1,72,0,0,0,18,madrs\n")
+    rc = main(["forecast", _write(tmp_path, text), "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "EVID 3/4" in err

@@ -61,6 +61,9 @@ class Subject:
     race: str
     disorder: str
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # data rows of the obs
+    #: times (h) of resets (EVID 3, and EVID 4 before its dose) after the first dose: from a
+    #: reset on, doses before it no longer contribute (NONMEM semantics)
+    reset_times_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def observed(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
         """Observation times (h) and values of one quantity (e.g. plasma ng/mL, MADRS)."""
@@ -329,6 +332,9 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             doses += _dose_record(source, rownum[r], float(time[r]), float(amt[r]),
                                   float(rate[r]), float(ii[r]), int(addl[r]), route)
         obs = [r for r in idx if evid[r] == 0 and mdv[r] != 1]
+        first_dose = min((float(time[r]) for r in idx if evid[r] in (1, 4)), default=np.inf)
+        resets = sorted({float(time[r]) for r in idx if evid[r] in (3, 4)
+                         and time[r] > first_dose})  # a reset before any dose changes nothing
         w = _first(weight[idx])
         a_ = _first(age[idx])
         if w is not None and not 0.5 <= w <= 300:
@@ -350,7 +356,8 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             obs_quantity=np.array([quantity[r] for r in obs], dtype="<U12"),
             weight_kg=w_, age_years=age_, sex=sex, race=race,
             disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
-            rows=np.asarray([rownum[r] for r in obs], dtype=int)))
+            rows=np.asarray([rownum[r] for r in obs], dtype=int),
+            reset_times_h=np.asarray(resets, dtype=float)))
     return Dataset(df, subjects, source)
 
 
