@@ -188,3 +188,15 @@ def test_forecast_refuses_a_reset(tmp_path, capsys):
     rc = main(["forecast", _write(tmp_path, text), "--json"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "EVID 3/4" in err
+
+
+def test_steady_state_records_are_refused(tmp_path):
+    text = ("ID,TIME,AMT,RATE,DV,MDV,EVID,SS,II\n"
+            "1,0,35,0,.,1,1,0,.\n"
+            "1,24,35,0,.,1,1,1,24\n"
+            "1,25,.,.,80,0,0,.,.\n")
+    with pytest.raises(KetasimError) as e:
+        read_dataset(_write(tmp_path, text))
+    assert "row 2 column SS" in str(e.value) and "\n" not in str(e.value)
+    ok = read_dataset(_write(tmp_path, text.replace(",1,1,1,24", ",1,1,0,24"), "ok.csv"))
+    assert len(ok.subjects[0].regimen) == 2

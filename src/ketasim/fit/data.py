@@ -234,6 +234,11 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
     mdv = _num(df, "MDV", source, -1.0)
     ii = _num(df, "II", source, 0.0)
     addl = _num(df, "ADDL", source, 0.0)
+    ss = _num(df, "SS", source, 0.0)
+    if np.any(ss != 0):  # a steady-state record would silently be read as a single dose
+        r = int(np.argmax(ss != 0))
+        raise _err(source, rownum[r], "SS", f"steady-state dosing (SS {ss[r]:g}) is not "
+                   "supported: give the doses that lead to it (ADDL/II)", "0 or empty")
     for col, arr in (("ID", ids), ("TIME", time)):
         bad = ~np.isfinite(arr)
         if bad.any():
