@@ -200,3 +200,13 @@ def test_steady_state_records_are_refused(tmp_path):
     assert "row 2 column SS" in str(e.value) and "\n" not in str(e.value)
     ok = read_dataset(_write(tmp_path, text.replace(",1,1,1,24", ",1,1,0,24"), "ok.csv"))
     assert len(ok.subjects[0].regimen) == 2
+
+
+def test_evid_inferred_when_absent(tmp_path):
+    """Without EVID (older NONMEM files): AMT > 0 is a dose, MDV 1 another event, else an
+    observation — the same subjects as with EVID."""
+    ref = read_dataset(_write(tmp_path, PLAIN, "ref.csv"))
+    no_evid = "\n".join(",".join(line.split(",")[:-1]) for line in PLAIN.splitlines()) + "\n"
+    ds = read_dataset(_write(tmp_path, no_evid, "n.csv"))
+    assert _obs(ds) == _obs(ref)
+    assert [s.regimen for s in ds.subjects] == [s.regimen for s in ref.subjects]

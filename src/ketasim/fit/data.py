@@ -1,6 +1,7 @@
 """NONMEM-style data sets in: reading, validating and splitting into subjects.
 
-Columns (case-insensitive): ``ID, TIME, EVID, AMT, DV`` are required; ``RATE`` (mg/h, 0 for a
+Columns (case-insensitive): ``ID, TIME, AMT, DV`` are required; ``EVID`` (from ``AMT`` and
+``MDV`` when absent, as NONMEM does), ``RATE`` (mg/h, 0 for a
 bolus or an absorption dose), ``CMT``, ``MDV``, ``ROUTE``, ``II``/``ADDL`` are optional, and a
 column naming the observed quantity (``DVID``, also accepted as ``OBS``, ``QUANTITY``,
 ``OBSERVED``, ``DVNAME``, ``ANALYTE``) with values ``plasma`` (parent drug, ng/mL),
@@ -36,7 +37,7 @@ QUANTITY_ALIASES = {"conc": "plasma", "concentration": "plasma", "parent": "plas
                     "cp": "plasma", "ketamine": "plasma", "esketamine": "plasma",
                     "norketamine": "metabolite", "nk": "metabolite", "metab": "metabolite"}
 QUANTITY_COLUMNS = ("DVID", "OBS", "QUANTITY", "OBSERVED", "DVNAME", "ANALYTE")
-REQUIRED = ("ID", "TIME", "EVID", "AMT", "DV")
+REQUIRED = ("ID", "TIME", "AMT", "DV")  # EVID: from AMT and MDV when absent (NONMEM)
 #: score bounds (scale points) for censoring at the limits
 SCORE_BOUNDS = {"madrs": (0.0, 60.0), "ssi": (0.0, 38.0), "cadss": (0.0, 92.0)}
 _WEIGHT_COLS = ("WT", "WEIGHT", "WEIGHT_KG", "BW")
@@ -222,16 +223,19 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise _err(source, None, ",".join(missing), "missing required column(s)",
-                   "ID, TIME, EVID, AMT, DV (+ RATE, CMT, MDV, DVID, WT, ...)")
+                   "ID, TIME, AMT, DV (+ EVID, RATE, CMT, MDV, DVID, WT, ...)")
     if len(df) == 0:
         raise KetasimError(source, "no data rows")
     ids = _num(df, "ID", source)
     time = _num(df, "TIME", source)
-    evid = _num(df, "EVID", source, 0.0)
     amt = _num(df, "AMT", source, 0.0)
     rate = _num(df, "RATE", source, 0.0)
     dv = _num(df, "DV", source)
     mdv = _num(df, "MDV", source, -1.0)
+    if "EVID" in df.columns:
+        evid = _num(df, "EVID", source, 0.0)
+    else:  # NONMEM without EVID: AMT > 0 is a dose, MDV 1 another event, else an observation
+        evid = np.where(amt > 0, 1.0, np.where(mdv == 1, 2.0, 0.0))
     ii = _num(df, "II", source, 0.0)
     addl = _num(df, "ADDL", source, 0.0)
     ss = _num(df, "SS", source, 0.0)
