@@ -210,3 +210,20 @@ def test_evid_inferred_when_absent(tmp_path):
     ds = read_dataset(_write(tmp_path, no_evid, "n.csv"))
     assert _obs(ds) == _obs(ref)
     assert [s.regimen for s in ds.subjects] == [s.regimen for s in ref.subjects]
+
+
+def test_observations_in_two_compartments_need_a_quantity_column(tmp_path):
+    """Without DVID every observation is the parent drug; parent and metabolite told apart by
+    CMT alone must not silently all become parent."""
+    text = ("ID,TIME,AMT,RATE,CMT,DV,MDV,EVID\n"
+            "1,0,35,52.5,1,.,1,1\n"
+            "1,1,.,.,1,80.1,0,0\n"
+            "1,1,.,.,3,30.2,0,0\n")
+    with pytest.raises(KetasimError) as e:
+        read_dataset(_write(tmp_path, text))
+    assert "row 3 column CMT" in str(e.value) and "DVID" in str(e.value)
+    with_q = text.replace("EVID\n", "EVID,DVID\n").replace("1,1\n", "1,1,\n")
+    with_q = with_q.replace("80.1,0,0\n", "80.1,0,0,plasma\n").replace(
+        "30.2,0,0\n", "30.2,0,0,metabolite\n")
+    ds = read_dataset(_write(tmp_path, with_q, "q.csv"))
+    assert list(ds.subjects[0].obs_quantity) == ["plasma", "metabolite"]

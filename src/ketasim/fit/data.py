@@ -291,6 +291,17 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                        f"{time[idx[k - 1]]:g} h)")
     qcol = next((c for c in QUANTITY_COLUMNS if c in df.columns), None)
     quantity = np.array(["plasma"] * len(df), dtype=object)
+    if qcol is None and "CMT" in df.columns:
+        # without a quantity column every observation is the parent drug; observations in
+        # two compartments (parent and metabolite, say) would silently all become parent
+        cmt = _num(df, "CMT", source, 1.0)
+        obs_rows = np.nonzero((evid == 0) & (mdv != 1))[0]
+        if obs_rows.size and np.unique(cmt[obs_rows]).size > 1:
+            r = int(obs_rows[np.nonzero(cmt[obs_rows] != cmt[obs_rows[0]])[0][0]])
+            raise _err(source, rownum[r], "CMT", f"observations in compartments "
+                       f"{cmt[obs_rows[0]]:g} and {cmt[r]:g}, and the observed quantity is not "
+                       "read from CMT: add a DVID column naming each observation's quantity",
+                       ", ".join(QUANTITIES))
     if qcol is not None:
         for r, v in enumerate(df[qcol].to_numpy()):
             if evid[r] != 0 or mdv[r] == 1 or (isinstance(v, float) and np.isnan(v)):
