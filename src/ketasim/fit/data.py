@@ -1,6 +1,7 @@
 """NONMEM-style data sets in: reading, validating and splitting into subjects.
 
-Columns (case-insensitive): ``ID, TIME, EVID, AMT, DV`` are required; ``RATE`` (mg/h, 0 for a
+Columns (case-insensitive): ``ID, TIME, AMT, DV`` are required; ``EVID`` (from ``AMT`` and
+``MDV`` when absent, as NONMEM does), ``RATE`` (mg/h, 0 for a
 bolus or an absorption dose), ``CMT``, ``MDV``, ``ROUTE``, ``II``/``ADDL`` are optional, and a
 column naming the observed quantity (``DVID``, also accepted as ``OBS``, ``QUANTITY``,
 ``OBSERVED``, ``DVNAME``, ``ANALYTE``) with values ``plasma`` (parent drug, ng/mL),
@@ -23,8 +24,12 @@ Only observation rows (EVID 0, MDV not 1) can be censored: a flag on a dose or M
 ignored. A flag on a score (MADRS, SSI, CADSS) is refused: scores are censored at their scale
 bounds by the forecast itself.
 
+Text conventions (NONMEM): comma, tab or white-space delimited; ``#`` lines are comments (a
+``#ID,TIME,...`` line is the header); with a first column ``C``, rows whose ``C`` starts with
+"C" are comments (``IGNORE=C``).
+
 Every problem is reported as one line naming the row (1-based data row; the file line is one
-more because of the header) and the column.
+more, because of the header; comment and blank lines are counted) and the column.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import pandas as pd
 
 from ..errors import KetasimError
 from ..pk.model import Covariates
-from ..regimen import Dose, Infusion, Regimen, normalise_route
+from ..regimen import ROUTES, Dose, Infusion, Regimen, normalise_route
 from ..units import MAX_DOSE_MG, MAX_DURATION_H
 
 QUANTITIES: tuple[str, ...] = ("plasma", "metabolite", "madrs", "ssi", "cadss")
@@ -45,7 +50,7 @@ QUANTITY_ALIASES = {"conc": "plasma", "concentration": "plasma", "parent": "plas
                     "cp": "plasma", "ketamine": "plasma", "esketamine": "plasma",
                     "norketamine": "metabolite", "nk": "metabolite", "metab": "metabolite"}
 QUANTITY_COLUMNS = ("DVID", "OBS", "QUANTITY", "OBSERVED", "DVNAME", "ANALYTE")
-REQUIRED = ("ID", "TIME", "EVID", "AMT", "DV")
+REQUIRED = ("ID", "TIME", "AMT", "DV")  # EVID: from AMT and MDV when absent (NONMEM)
 #: score bounds (scale points) for censoring at the limits
 SCORE_BOUNDS = {"madrs": (0.0, 60.0), "ssi": (0.0, 38.0), "cadss": (0.0, 92.0)}
 _WEIGHT_COLS = ("WT", "WEIGHT", "WEIGHT_KG", "BW")
@@ -80,6 +85,9 @@ class Subject:
     def __post_init__(self) -> None:
         if self.obs_censored is None:
             self.obs_censored = np.zeros(np.shape(self.obs_time_h), bool)
+    #: times (h) of resets (EVID 3, and EVID 4 before its dose) after the first dose: from a
+    #: reset on, doses before it no longer contribute (NONMEM semantics)
+    reset_times_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def observed(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
         """Observation times (h) and values of one quantity (e.g. plasma ng/mL, MADRS); for a
@@ -132,7 +140,7 @@ def _num(df: pd.DataFrame, col: str, source: str, default: float | None = None) 
     bad &= ~raw.astype(str).str.strip().str.lower().isin(["nan", "."]).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise _err(source, i + 1, col, f"not a number: {raw.iloc[i]!r}")
+        raise _err(source, int(df.index[i]) + 1, col, f"not a number: {raw.iloc[i]!r}")
     if default is not None:
         vals = np.where(np.isnan(vals), default, vals)
     return vals
@@ -163,6 +171,61 @@ def as_dataset(data: str | os.PathLike | pd.DataFrame | Dataset, field: str = "d
                        f"{type(data).__name__}")
 
 
+def _read_text_table(path: str) -> pd.DataFrame:
+    """A NONMEM-style text table as strings, indexed by data row (file line − 2, 0-based).
+
+    Comma-, tab- or whitespace-delimited (decided from the header line); a UTF-8 byte-order
+    mark is dropped. Lines starting with ``#`` are comments (NONMEM's default ``IGNORE=#``),
+    except a ``#``-line naming the columns (``#ID,TIME,...``), which is the header; blank
+    lines are skipped. Row numbers keep counting comment and blank lines, so row N is always
+    file line N + 1."""
+    import io
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError as exc:
+        raise KetasimError("data", f"file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KetasimError("data", f"cannot read {path} as text: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    header_at, header = None, ""
+    for k, line in enumerate(lines):
+        t = line.strip()
+        if not t:
+            continue
+        if t.startswith("#"):
+            names = {w.strip().upper() for w in t.lstrip("#").replace(",", " ").split()}
+            if not {"ID", "TIME"} <= names:
+                continue  # a comment before the header
+            t = t.lstrip("#").strip()
+        header_at, header = k, t
+        break
+    if header_at is None:
+        raise KetasimError("data", f"{path} has no header line")
+    sep = "," if "," in header else "\t" if "\t" in header else r"\s+"
+    keep = [header]
+    rows = []
+    for k in range(header_at + 1, len(lines)):
+        t = lines[k].strip()
+        if not t or t.startswith("#"):
+            continue
+        keep.append(lines[k] if sep != r"\s+" else t)
+        rows.append(k - 1)  # file line k + 1, data row k, 0-based k - 1
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(keep)), dtype=str, keep_default_na=False,
+                         skipinitialspace=True, sep=sep, engine="c" if len(sep) == 1 else
+                         "python", skip_blank_lines=False)
+    except Exception as exc:  # pandas parser errors: report the class, one line
+        raise KetasimError("data", f"cannot read {path} as CSV: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    if len(df) != len(rows):  # cannot happen with skip_blank_lines=False; keep rows honest
+        raise KetasimError("data", f"cannot read {path}: {len(df)} rows parsed from "
+                           f"{len(rows)} data lines")
+    df.index = pd.Index(rows)
+    return df
+
+
 def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = None) -> Dataset:
     """Read and validate a NONMEM-style CSV (path) or DataFrame into a :class:`Dataset`."""
     if isinstance(data, os.PathLike):
@@ -172,18 +235,16 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                            f"{type(data).__name__}")
     if isinstance(data, str):
         source = source or data
-        try:
-            df = pd.read_csv(data, dtype=str, keep_default_na=False, skipinitialspace=True)
-        except FileNotFoundError as exc:
-            raise KetasimError("data", f"file not found: {data}") from exc
-        except Exception as exc:  # pandas parser errors: report the class, one line
-            raise KetasimError("data", f"cannot read {data} as CSV: "
-                               f"{str(exc).splitlines()[0]}") from exc
+        df = _read_text_table(data)
     else:
-        df = data.astype(str)
+        df = data.astype(str).reset_index(drop=True)
         df.attrs = {}
         source = source or "<table>"
     df.columns = [str(c).strip().upper() for c in df.columns]
+    if len(df.columns) and df.columns[0] == "C":  # NONMEM IGNORE=C: "C" rows are comments
+        keep = ~df["C"].astype(str).str.strip().str.upper().str.startswith("C").to_numpy()
+        df = df[keep]
+    rownum = [int(i) + 1 for i in df.index]  # 1-based data rows (file line − 1)
     for c in df.columns:  # pandas renames a repeated header "DV" to "DV.1"
         base, dot, k = c.rpartition(".")
         if dot and k.isdigit() and base in df.columns:
@@ -195,41 +256,49 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise _err(source, None, ",".join(missing), "missing required column(s)",
-                   "ID, TIME, EVID, AMT, DV (+ RATE, CMT, MDV, DVID, WT, ...)")
+                   "ID, TIME, AMT, DV (+ EVID, RATE, CMT, MDV, DVID, WT, ...)")
     if len(df) == 0:
         raise KetasimError(source, "no data rows")
     ids = _num(df, "ID", source)
     time = _num(df, "TIME", source)
-    evid = _num(df, "EVID", source, 0.0)
     amt = _num(df, "AMT", source, 0.0)
     rate = _num(df, "RATE", source, 0.0)
     dv = _num(df, "DV", source)
     mdv = _num(df, "MDV", source, -1.0)
+    if "EVID" in df.columns:
+        evid = _num(df, "EVID", source, 0.0)
+    else:  # NONMEM without EVID: AMT > 0 is a dose, MDV 1 another event, else an observation
+        evid = np.where(amt > 0, 1.0, np.where(mdv == 1, 2.0, 0.0))
     ii = _num(df, "II", source, 0.0)
     addl = _num(df, "ADDL", source, 0.0)
+    ss = _num(df, "SS", source, 0.0)
+    if np.any(ss != 0):  # a steady-state record would silently be read as a single dose
+        r = int(np.argmax(ss != 0))
+        raise _err(source, rownum[r], "SS", f"steady-state dosing (SS {ss[r]:g}) is not "
+                   "supported: give the doses that lead to it (ADDL/II)", "0 or empty")
     cens, limit, flag_col, lim_col = _censoring(df, source, evid, mdv, dv)
     for col, arr in (("ID", ids), ("TIME", time)):
         bad = ~np.isfinite(arr)
         if bad.any():
-            raise _err(source, int(np.argmax(bad)) + 1, col, "missing or not finite")
+            raise _err(source, rownum[int(np.argmax(bad))], col, "missing or not finite")
     for col, arr, hi, unit in (("TIME", time, MAX_DURATION_H, "h"), ("AMT", amt, MAX_DOSE_MG, "mg"),
                                ("RATE", rate, None, "mg/h"), ("II", ii, MAX_DURATION_H, "h"),
                                ("ADDL", addl, MAX_ADDL, ""), ("DV", dv, None, "")):
         bad = np.isinf(arr) | ((arr > hi) if hi is not None else False)
         if bad.any():
             r = int(np.argmax(bad))
-            raise _err(source, r + 1, col, f"{arr[r]:g} is not finite or above {hi:g} {unit}"
+            raise _err(source, rownum[r], col, f"{arr[r]:g} is not finite or above {hi:g} {unit}"
                        if hi is not None else f"{arr[r]:g} is not finite")
     big = np.abs(ids) > MAX_ID
     if big.any():
         r = int(np.argmax(big))
-        raise _err(source, r + 1, "ID", f"{ids[r]:g} is outside ±{MAX_ID:g}")
+        raise _err(source, rownum[r], "ID", f"{ids[r]:g} is outside ±{MAX_ID:g}")
     frac = ids != np.round(ids)
     if frac.any():
         r = int(np.argmax(frac))
-        raise _err(source, r + 1, "ID", f"must be a whole number, got {ids[r]:g}")
+        raise _err(source, rownum[r], "ID", f"must be a whole number, got {ids[r]:g}")
     for r in range(len(df)):
-        row = r + 1
+        row = rownum[r]
         if evid[r] not in (0, 1, 2, 3, 4):
             raise _err(source, row, "EVID", f"unknown event id {evid[r]:g}", "0, 1, 2, 3, 4")
         if time[r] < 0:
@@ -257,34 +326,56 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         d = np.diff(time[idx])
         if np.any(d < 0):
             k = int(np.argmax(d < 0)) + 1
-            raise _err(source, int(idx[k]) + 1, "TIME",
+            raise _err(source, rownum[idx[k]], "TIME",
                        f"time decreases within ID {sid:g} ({time[idx[k]]:g} h after "
                        f"{time[idx[k - 1]]:g} h)")
     qcol = next((c for c in QUANTITY_COLUMNS if c in df.columns), None)
     quantity = np.array(["plasma"] * len(df), dtype=object)
+    if qcol is None and "CMT" in df.columns:
+        # without a quantity column every observation is the parent drug; observations in
+        # two compartments (parent and metabolite, say) would silently all become parent
+        cmt = _num(df, "CMT", source, 1.0)
+        obs_rows = np.nonzero((evid == 0) & (mdv != 1))[0]
+        if obs_rows.size and np.unique(cmt[obs_rows]).size > 1:
+            r = int(obs_rows[np.nonzero(cmt[obs_rows] != cmt[obs_rows[0]])[0][0]])
+            raise _err(source, rownum[r], "CMT", f"observations in compartments "
+                       f"{cmt[obs_rows[0]]:g} and {cmt[r]:g}, and the observed quantity is not "
+                       "read from CMT: add a DVID column naming each observation's quantity",
+                       ", ".join(QUANTITIES))
     if qcol is not None:
         for r, v in enumerate(df[qcol].to_numpy()):
             if evid[r] != 0 or mdv[r] == 1 or (isinstance(v, float) and np.isnan(v)):
                 continue
-            quantity[r] = _quantity(str(v), source, r + 1, qcol)
+            quantity[r] = _quantity(str(v), source, rownum[r], qcol)
     for r in range(len(df)):
         if cens[r] and quantity[r] in SCORE_BOUNDS:
-            raise _err(source, r + 1, flag_col, f"a {quantity[r]} score cannot be marked "
+            raise _err(source, rownum[r], flag_col, f"a {quantity[r]} score cannot be marked "
                        "censored: scores are censored at their scale bounds automatically",
                        f"{flag_col} 0 on score rows")
         if evid[r] != 0 or mdv[r] == 1 or cens[r] or not np.isfinite(dv[r]):
             continue
         lo, hi = SCORE_BOUNDS.get(quantity[r], (0.0, np.inf))
         if not lo <= dv[r] <= hi:
-            raise _err(source, r + 1, "DV", f"{quantity[r]} value {dv[r]:g} is outside "
+            raise _err(source, rownum[r], "DV", f"{quantity[r]} value {dv[r]:g} is outside "
                        f"{lo:g}–{hi:g}")
     route_col = df["ROUTE"] if "ROUTE" in df.columns else None
+    if route_col is None and "CMT" in df.columns:
+        # without ROUTE every dose is IV (RATE > 0 infusion, else bolus); doses into two
+        # compartments (e.g. a depot and the central one) would silently become IV doses
+        cmt = _num(df, "CMT", source, 1.0)
+        dose_rows = np.nonzero(np.isin(evid, (1, 4)))[0]
+        if dose_rows.size and np.unique(cmt[dose_rows]).size > 1:
+            r = int(dose_rows[np.nonzero(cmt[dose_rows] != cmt[dose_rows[0]])[0][0]])
+            raise _err(source, rownum[r], "CMT", f"doses go into compartments "
+                       f"{cmt[dose_rows[0]]:g} and {cmt[r]:g}, and the route of a dose is not "
+                       "read from CMT: add a ROUTE column naming each dose's route",
+                       ", ".join(ROUTES))
     wcol = next((c for c in _WEIGHT_COLS if c in df.columns), None)
     weight = _num(df, wcol, source) if wcol else np.full(len(df), np.nan)
     age = _num(df, "AGE", source) if "AGE" in df.columns else np.full(len(df), np.nan)
     for col, arr in ((wcol, weight), ("AGE", age)):
         if np.isinf(arr).any():
-            raise _err(source, int(np.argmax(np.isinf(arr))) + 1, col, "not finite")
+            raise _err(source, rownum[int(np.argmax(np.isinf(arr)))], col, "not finite")
     subjects = []
     for sid in pd.unique(ids):
         idx = np.nonzero(ids == sid)[0]
@@ -297,18 +388,21 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
                 try:
                     route = normalise_route(route_col.iloc[r])
                 except KetasimError as exc:
-                    raise _err(source, int(r) + 1, "ROUTE", exc.problem, exc.allowed) from exc
+                    raise _err(source, rownum[r], "ROUTE", exc.problem, exc.allowed) from exc
             if route is None:
                 route = "iv-infusion" if rate[r] > 0 else "iv-bolus"
             if rate[r] <= 0 and route == "iv-infusion":
-                raise _err(source, int(r) + 1, "RATE", "an IV infusion record needs RATE > 0 mg/h")
-            doses += _dose_record(source, int(r) + 1, float(time[r]), float(amt[r]),
+                raise _err(source, rownum[r], "RATE", "an IV infusion record needs RATE > 0 mg/h")
+            doses += _dose_record(source, rownum[r], float(time[r]), float(amt[r]),
                                   float(rate[r]), float(ii[r]), int(addl[r]), route)
         obs = [r for r in idx if evid[r] == 0 and mdv[r] != 1]
+        first_dose = min((float(time[r]) for r in idx if evid[r] in (1, 4)), default=np.inf)
+        resets = sorted({float(time[r]) for r in idx if evid[r] in (3, 4)
+                         and time[r] > first_dose})  # a reset before any dose changes nothing
         w = _first(weight[idx])
         a_ = _first(age[idx])
         if w is not None and not 0.5 <= w <= 300:
-            r = int(idx[np.nonzero(weight[idx] == w)[0][0]]) + 1
+            r = rownum[idx[np.nonzero(weight[idx] == w)[0][0]]]
             raise _err(source, r, wcol or "WT", f"weight must be 0.5–300 kg, got {w:g}")
         sex = _text_cov(df, "SEX", idx, {"0": "male", "1": "female", "m": "male",
                                          "f": "female"}, "male")
@@ -319,7 +413,7 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         except KetasimError as exc:
             col = {"weight": wcol or "WT", "age": "AGE", "sex": "SEX", "race": "RACE"}.get(
                 exc.field, exc.field.upper())
-            raise _err(source, int(idx[0]) + 1, col, exc.problem, exc.allowed) from exc
+            raise _err(source, rownum[idx[0]], col, exc.problem, exc.allowed) from exc
         subjects.append(Subject(
             id=int(sid), regimen=Regimen(tuple(doses)),
             obs_time_h=time[obs].astype(float),
@@ -327,8 +421,9 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             obs_quantity=np.array([quantity[r] for r in obs], dtype="<U12"),
             weight_kg=w_, age_years=age_, sex=sex, race=race,
             disorder=_text_cov(df, "DISORDER", idx, {}, "trd"),
-            rows=np.asarray(obs, dtype=int) + 1,
-            obs_censored=cens[obs].astype(bool)))
+            rows=np.asarray([rownum[r] for r in obs], dtype=int),
+            obs_censored=cens[obs].astype(bool),
+            reset_times_h=np.asarray(resets, dtype=float)))
     return Dataset(df, subjects, source)
 
 
@@ -350,10 +445,11 @@ def _censoring(df: pd.DataFrame, source: str, evid: np.ndarray, mdv: np.ndarray,
     for r in range(n):
         if flag[r] in (0.0, 1.0):
             continue
+        row = int(df.index[r]) + 1  # the file's data row
         if flag_col == "CENS" and flag[r] == -1.0:
-            raise _err(source, r + 1, flag_col, "right censoring (CENS -1, above an upper "
+            raise _err(source, row, flag_col, "right censoring (CENS -1, above an upper "
                        "limit) is not supported", "0 = observed, 1 = below the LLOQ in DV")
-        raise _err(source, r + 1, flag_col, f"must be 0 or 1, got {flag[r]:g}",
+        raise _err(source, row, flag_col, f"must be 0 or 1, got {flag[r]:g}",
                    "0 = observed, 1 = below the limit of quantification")
     cens = (flag == 1.0) & (evid == 0) & (mdv != 1)
     if "LIMIT" in df.columns:  # Monolix's lower end of the censoring interval: only 0/empty
@@ -361,8 +457,8 @@ def _censoring(df: pd.DataFrame, source: str, evid: np.ndarray, mdv: np.ndarray,
         bad = cens & (lim_lo != 0.0)
         if bad.any():
             r = int(np.argmax(bad))
-            raise _err(source, r + 1, "LIMIT", f"interval censoring (a lower limit "
-                       f"{lim_lo[r]:g}) is not supported", "empty or 0 on censored rows")
+            raise _err(source, int(df.index[r]) + 1, "LIMIT", "interval censoring (a lower "
+                       f"limit {lim_lo[r]:g}) is not supported", "empty or 0 on censored rows")
     if flag_col == "BLQ" and "LLOQ" in df.columns:
         return cens, _num(df, "LLOQ", source), flag_col, "LLOQ"
     return cens, dv, flag_col, "DV"

@@ -173,6 +173,10 @@ def forecast_patient(data: Dataset | str | os.PathLike | pd.DataFrame | Subject,
             raise KetasimError("data", f"a forecast needs one patient, found "
                                f"{len(ds.subjects)} IDs")
         subject = ds.subjects[0]
+    if subject.reset_times_h.size:
+        raise KetasimError("data", f"a reset (EVID 3/4) after a dose at "
+                           f"{subject.reset_times_h[0]:g} h: resets empty a PK system and have "
+                           "no meaning for a mood forecast", "EVID 0, 1 or 2")
     if drug not in ("ketamine", "esketamine"):
         raise KetasimError("drug", f"unknown drug {drug!r}", "ketamine, esketamine")
     for name, v in (("horizon_days", horizon_days), ("probability", probability),

@@ -5,6 +5,8 @@ card's exact linear solution: the system matrix ``K`` of each subject is diagona
 (``K = V Λ V⁻¹``) and each dose adds its exact response (bolus: ``e^{λ(t−t₀)}``, zero-order
 input over ``D`` h: ``(e^{λ(t−t₀)} − e^{λ(t−t₀−D)⁺})/(λD)``), summed over doses — superposition
 is exact for a linear system. Predictions are batched over subjects (arrays (subjects, obs)).
+A reset (EVID 3, or EVID 4 before its dose) at time r empties the system as in NONMEM: at
+times ≥ r only doses given at or after r contribute.
 
 Parameters to estimate are named as on the card (``CL``, ``V1``, ``Q2`` …). Each subject's
 parameter is ``p_i = p_card(covariates) · (θ/θ_card) · e^{η_i}``: ``θ`` is the typical value
@@ -227,6 +229,11 @@ class PKProblem:
                 self.ev_amt[i, j] = d.amount.mg(s.weight_kg)
                 self.ev_dur[i, j] = d.duration_h
                 self.ev_route[i, j] = self.routes.index(d.route)
+        # resets (EVID 3/4), padded with -inf (n, R)
+        R = max((s.reset_times_h.size for s in subs), default=0)
+        self.resets = np.full((n, R), -np.inf)
+        for i, s in enumerate(subs):
+            self.resets[i, :s.reset_times_h.size] = s.reset_times_h
 
     # ------------------------------------------------------------- parameters
     def params(self, theta: dict[str, float], eta: np.ndarray | None = None
@@ -335,6 +342,10 @@ class PKProblem:
                                              - np.exp(lt * te)) / (lt * np.where(d4 > 0, d4,
                                                                                   1.0)), 0.0)
                 g = np.where(d4 > 0, inf, bol)  # (n, T, E, s)
+                if self.resets.shape[1]:  # a dose before the last reset at or before t: gone
+                    last = np.where(self.resets[:, None, :] <= t[:, :, None],
+                                    self.resets[:, None, :], -np.inf).max(axis=2)  # (n, T)
+                    g = g * (self.ev_t[:, None, :] >= last[:, :, None])[..., None]
                 M = a[:, :, None] * R[:, None, :]  # (n, E, s)
                 y += np.einsum("nts,ntes->nt", L, np.einsum("ntes,nes->ntes", g, M))
         y[bad] = np.nan
@@ -348,7 +359,7 @@ class PKProblem:
         new = copy.copy(self)
         new.base_params = {k: v[idx] for k, v in self.base_params.items()}
         for name in ("t_obs", "y", "mask", "cens", "qidx", "ev_t", "ev_amt", "ev_dur",
-                     "ev_route"):
+                     "ev_route", "resets"):
             setattr(new, name, getattr(self, name)[idx])
         new.subjects = [self.subjects[i] for i in idx]
         new.n_censored = int(sum((np.isin(s.obs_quantity, self.quantities)
@@ -373,15 +384,20 @@ def _check_zero_predictions(data: Dataset, subjects: list[Subject],
     bolus is given then. Under a proportional error model the residual variance there is 0,
     so −2LL is ~1e13 per such observation and swamps the fit (no convergence, no SEs)."""
     for s in subjects:
-        t_first = min((d.time_h for d in s.regimen), default=np.inf)
-        bolus_at_first = any(d.time_h == t_first and d.route == "iv-bolus" for d in s.regimen)
         for t, y, q, row, c in zip(s.obs_time_h, s.obs_value, s.obs_quantity, s.rows,
                                    s.obs_censored, strict=True):
+            # doses that count at t: none before the last reset at or before t
+            since = max((r for r in s.reset_times_h if r <= t), default=-np.inf)
+            doses = [d for d in s.regimen if d.time_h >= since]
+            t_first = min((d.time_h for d in doses), default=np.inf)
+            bolus_at_first = any(d.time_h == t_first and d.route == "iv-bolus" for d in doses)
             # a censored one is fine there: below its limit with probability 1 (M3)
             if q in quantities and y > 0 and not c and (t < t_first or (
                     t == t_first and not bolus_at_first)):
-                when = ("the subject has no dose" if not np.isfinite(t_first) else
-                        f"at or before the first dose ({t_first:g} h)")
+                when = ("the subject has no dose" if not s.regimen else
+                        f"at or before the first dose ({t_first:g} h)" if since == -np.inf
+                        else f"after the reset (EVID 3/4) at {since:g} h, at or before the "
+                        "next dose")
                 raise KetasimError(f"{data.source} row {int(row)} column DV",
                                    f"{q} {y:g} ng/mL where the model predicts 0 ({when}); a "
                                    "proportional error model cannot fit it",
