@@ -335,11 +335,10 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         # without a quantity column every observation is the parent drug; observations in
         # two compartments (parent and metabolite, say) would silently all become parent
         cmt = _num(df, "CMT", source, 1.0)
-        obs_rows = np.nonzero((evid == 0) & (mdv != 1))[0]
-        if obs_rows.size and np.unique(cmt[obs_rows]).size > 1:
-            r = int(obs_rows[np.nonzero(cmt[obs_rows] != cmt[obs_rows[0]])[0][0]])
+        r0, r = _second_cmt(cmt, (evid == 0) & (mdv != 1))
+        if r is not None:
             raise _err(source, rownum[r], "CMT", f"observations in compartments "
-                       f"{cmt[obs_rows[0]]:g} and {cmt[r]:g}, and the observed quantity is not "
+                       f"{cmt[r0]:g} and {cmt[r]:g}, and the observed quantity is not "
                        "read from CMT: add a DVID column naming each observation's quantity",
                        ", ".join(QUANTITIES))
     if qcol is not None:
@@ -363,11 +362,10 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
         # without ROUTE every dose is IV (RATE > 0 infusion, else bolus); doses into two
         # compartments (e.g. a depot and the central one) would silently become IV doses
         cmt = _num(df, "CMT", source, 1.0)
-        dose_rows = np.nonzero(np.isin(evid, (1, 4)))[0]
-        if dose_rows.size and np.unique(cmt[dose_rows]).size > 1:
-            r = int(dose_rows[np.nonzero(cmt[dose_rows] != cmt[dose_rows[0]])[0][0]])
+        r0, r = _second_cmt(cmt, np.isin(evid, (1, 4)))
+        if r is not None:
             raise _err(source, rownum[r], "CMT", f"doses go into compartments "
-                       f"{cmt[dose_rows[0]]:g} and {cmt[r]:g}, and the route of a dose is not "
+                       f"{cmt[r0]:g} and {cmt[r]:g}, and the route of a dose is not "
                        "read from CMT: add a ROUTE column naming each dose's route",
                        ", ".join(ROUTES))
     wcol = next((c for c in _WEIGHT_COLS if c in df.columns), None)
@@ -425,6 +423,16 @@ def read_dataset(data: str | os.PathLike | pd.DataFrame, source: str | None = No
             obs_censored=cens[obs].astype(bool),
             reset_times_h=np.asarray(resets, dtype=float)))
     return Dataset(df, subjects, source)
+
+
+def _second_cmt(cmt: np.ndarray, rows: np.ndarray) -> tuple[int, int | None]:
+    """Among the rows selected by the mask ``rows``: the first one and the first whose CMT
+    differs from it (``None`` when all selected rows share one compartment)."""
+    idx = np.nonzero(rows)[0]
+    if idx.size == 0:
+        return 0, None
+    other = np.nonzero(cmt[idx] != cmt[idx[0]])[0]
+    return int(idx[0]), (int(idx[other[0]]) if other.size else None)
 
 
 def _censoring(df: pd.DataFrame, source: str, evid: np.ndarray, mdv: np.ndarray,
