@@ -497,3 +497,147 @@ def test_recovery_study_summarize_uses_the_saved_design(tmp_path, monkeypatch, c
     monkeypatch.setattr(sys, "argv", ["recovery_study.py", "--summarize", str(path)])
     mod.main()
     assert "oracle_ci95_coverage 1.0000" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ residual error per quantity
+def _two_analytes(n=12, sigma=None, seed=3, times=T_RICH[::2], **kw):
+    return simulate_dataset("kamp2020", n, IV, times, {"CL": 96.6}, {"CL": 0.3},
+                            sigma={"sigma_prop_plasma": 0.10, "sigma_prop_metabolite": 0.25}
+                            if sigma is None else sigma,
+                            seed=seed, metabolite=True, **kw)
+
+
+def test_error_per_quantity_names_and_variance():
+    em = ErrorModel("combined", by_quantity=True)
+    assert em.names == ["sigma_add_plasma", "sigma_prop_plasma", "sigma_add_metabolite",
+                        "sigma_prop_metabolite"]
+    assert ErrorModel("proportional", by_quantity=True).names == ["sigma_prop_plasma",
+                                                                  "sigma_prop_metabolite"]
+    assert ErrorModel("combined").names == ["sigma_add", "sigma_prop"]  # off: unchanged
+    f = np.array([[10.0, 10.0, 100.0]])
+    q = np.array([[0, 1, 1]])
+    sig = {"sigma_add_plasma": 1.0, "sigma_prop_plasma": 0.1, "sigma_add_metabolite": 3.0,
+           "sigma_prop_metabolite": 0.3}
+    np.testing.assert_allclose(em.variance(f, sig, q), [[1 + 1.0, 9 + 9.0, 9 + 900.0]],
+                               rtol=1e-5)
+    np.testing.assert_allclose(em.dvariance(f, sig, q), [[2 * 0.01 * 10, 2 * 0.09 * 10,
+                                                          2 * 0.09 * 100]])
+    with pytest.raises(KetasimError, match="qidx"):
+        em.variance(f, sig)
+    # starting values from each quantity's own observed values
+    ini = em.initial(np.array([10.0, 20.0, 300.0]), np.array([0, 0, 1]))
+    assert list(ini) == em.names
+    assert ini["sigma_add_plasma"] == pytest.approx(1.5)
+    assert ini["sigma_add_metabolite"] == pytest.approx(30.0)
+    # the problem routes each observation to its quantity's σ
+    pr = PKProblem("kamp2020", read_dataset(_two_analytes(n=3)), ["CL"],
+                   error_by_quantity=True)
+    assert pr.error.names == ["sigma_prop_plasma", "sigma_prop_metabolite"]
+    fp = pr.predict(pr.theta0())
+    R = pr.variance(fp, {"sigma_prop_plasma": 0.1, "sigma_prop_metabolite": 0.25})
+    m = pr.mask
+    assert (pr.qidx[m] == 1).any() and (pr.qidx[m] == 0).any()
+    np.testing.assert_allclose(R[m], (np.where(pr.qidx == 1, 0.25, 0.1) * fp)[m] ** 2 + 1e-12)
+
+
+def test_error_per_quantity_refused_with_one_quantity(capsys):
+    plasma_only = simulate_dataset("kamp2020", 3, IV, T_RICH[::3], sigma={"sigma_prop": 0.1})
+    with pytest.raises(KetasimError) as e:
+        PKProblem("kamp2020", read_dataset(plasma_only), ["CL"], error_by_quantity=True)
+    assert "error_by_quantity" in str(e.value) and "plasma only" in str(e.value)
+    assert "\n" not in str(e.value)
+    # both analytes in the file, but only the parent fitted: refused too
+    with pytest.raises(KetasimError, match="error_by_quantity"):
+        PKProblem("kamp2020", read_dataset(_two_analytes(n=2)), ["CL"], quantities=("plasma",),
+                  error=ErrorModel("proportional", by_quantity=True))
+    rc = main(["fit", str(DATA / "pk_small.csv"), "--model", "kamp2020", "--estimate", "CL",
+               "--error-per-quantity"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "error_by_quantity" in err
+
+
+def test_simulate_dataset_per_quantity_sigma_keeps_the_draws():
+    base = _two_analytes(n=4, sigma={"sigma_prop": 0.1})
+    same = _two_analytes(n=4, sigma={"sigma_prop_plasma": 0.1, "sigma_prop_metabolite": 0.1})
+    pd.testing.assert_frame_equal(base, same)
+    noisy = _two_analytes(n=4, sigma={"sigma_prop": 0.1, "sigma_prop_metabolite": 0.3})
+    clean = _two_analytes(n=4, sigma={})
+    met = (base.EVID == 0) & (base.DVID == "metabolite")
+    par = (base.EVID == 0) & (base.DVID == "plasma")
+    assert met.any() and par.any()
+    np.testing.assert_array_equal(noisy.DV[par], base.DV[par])
+    # the metabolite residuals are the same draws, 3× larger
+    np.testing.assert_allclose((noisy.DV[met] - clean.DV[met]) / (base.DV[met] - clean.DV[met]),
+                               3.0, rtol=1e-4)  # DV rounded in the table
+    with pytest.raises(KetasimError, match="sigma"):
+        _two_analytes(n=2, sigma={"sigma_prop_parent": 0.1})
+    with pytest.raises(KetasimError, match="metabolite=False"):
+        simulate_dataset("kamp2020", 2, IV, T_RICH, sigma={"sigma_prop_metabolite": 0.1})
+
+
+def test_error_per_quantity_recovers_two_sigmas():
+    """Parent σ 0.10, metabolite σ 0.25: the per-quantity fit recovers both (the shared σ
+    lies between) and its objective is far lower (one more parameter)."""
+    ds = read_dataset(_two_analytes(n=12))
+    per = PopulationFOCEI(PKProblem("kamp2020", ds, ["CL"], error_by_quantity=True)).run()
+    shared = PopulationFOCEI(PKProblem("kamp2020", ds, ["CL"])).run()
+    assert per.converged and shared.converged
+    assert set(per.residual) == {"sigma_prop_plasma", "sigma_prop_metabolite"}
+    assert per.sigma["sigma_prop_plasma"] == pytest.approx(0.10, rel=0.2)
+    assert per.sigma["sigma_prop_metabolite"] == pytest.approx(0.25, rel=0.2)
+    assert per.sigma["sigma_prop_plasma"] < shared.sigma["sigma_prop"] < per.sigma[
+        "sigma_prop_metabolite"]
+    assert shared.objective - per.objective > 50
+    for k, e in per.residual.items():  # each σ has its own SE and interval
+        assert 0 < e.se < 0.3 * e.value and e.ci95[0] < e.value < e.ci95[1], k
+    assert abs(per.estimates["CL"].value / 96.6 - 1) < 0.15
+    # with equal σ the per-quantity objective is the shared one
+    pq = PKProblem("kamp2020", ds, ["CL"], error_by_quantity=True)
+    p1 = PKProblem("kamp2020", ds, ["CL"])
+    x = np.log([96.6, 0.3, 0.15])
+    assert PopulationFOCEI(pq).ofv(np.r_[x, x[-1]]) == pytest.approx(
+        PopulationFOCEI(p1).ofv(x), rel=1e-12)
+    # MAP and MCMC need σ for each quantity when given
+    with pytest.raises(KetasimError, match="sigma_prop_metabolite"):
+        IndividualMAP(pq, sigma={"sigma_prop": 0.1})
+    m = IndividualMAP(pq, theta=per.theta, omega_sd=per.omega_sd, sigma=per.sigma).run()
+    assert set(m.sigma) == set(per.sigma)
+
+
+def test_cli_fit_error_per_quantity_json_and_report(tmp_path, capsys):
+    csv = tmp_path / "two.csv"
+    _two_analytes(n=8).to_csv(csv, index=False)
+    rep = tmp_path / "fit.html"
+    assert main(["fit", str(csv), "--model", "kamp2020", "--estimate", "CL",
+                 "--error-per-quantity", "--report", str(rep), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert list(d["residual_error"]) == ["sigma_prop_plasma", "sigma_prop_metabolite"]
+    assert d["residual_error"]["sigma_prop_plasma"]["value"] < d["residual_error"][
+        "sigma_prop_metabolite"]["value"]
+    assert d["metadata"]["options"] == {"estimate": ["CL"], "iiv": ["CL"],
+                                        "error": "proportional", "method": "foce",
+                                        "blq": "m3", "error_per_quantity": True}
+    assert "proportional, one per observed quantity (plasma, metabolite)" in rep.read_text()
+    # MAP estimates both σ as well; the text table names them with their units
+    assert main(["fit", str(csv), "--model", "kamp2020", "--estimate", "CL", "--method",
+                 "map", "--error-per-quantity"]) == 0
+    out = capsys.readouterr().out
+    assert "sigma_prop_plasma" in out and "sigma_prop_metabolite" in out
+    assert out.count("fraction of the") == 2
+
+
+def test_error_option_off_gives_the_objective_of_before():
+    """Pinned from the code before the per-quantity option (commit 70625fd): a combined error
+    model with metabolite and censored (M3) observations, FOCE-I and quadrature objectives."""
+    df = simulate_dataset("kamp2020", 6, IV, T_RICH[::2], {"CL": 96.6, "V1": 21.25},
+                          {"CL": 0.3, "V1": 0.3}, error="combined",
+                          sigma={"sigma_add": 2.0, "sigma_prop": 0.15}, seed=17, metabolite=True,
+                          lloq=5.0)
+    assert float(df.DV.sum()) == pytest.approx(6728.06226814141, rel=1e-12)
+    assert int(df.CENS.sum()) == 11
+    pr = PKProblem("kamp2020", read_dataset(df), ["CL", "V1"], error="combined")
+    est = PopulationFOCEI(pr)
+    x = np.log([96.6, 21.25, 0.3, 0.3, 2.0, 0.15])
+    assert est.ofv(x) == pytest.approx(656.9648621251655, rel=1e-10)
+    est.set_quadrature(5)
+    assert est.ofv(x) == pytest.approx(656.0918279972719, rel=1e-10)

@@ -1437,6 +1437,10 @@ def fit(
     blq: Annotated[str, typer.Option(help="concentrations below the limit of quantification "
                                           "(CENS or BLQ column): m3 (likelihood of being "
                                           "below the limit) | m1 (drop them)")] = "m3",
+    error_per_quantity: Annotated[bool, typer.Option(
+        "--error-per-quantity", help="a separate residual error (of the --error kind) for each "
+                                     "observed quantity, parent plasma and metabolite (needs "
+                                     "both in the data)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Fit a PK model to data: typical values, IIV and residual error (FOCE-I), or MAP."""
@@ -1453,7 +1457,8 @@ def fit(
     try:
         problem, res = fit_population(data, model, _names(estimate, "estimate"), error,
                                       _names(iiv, "iiv") if iiv else None, method,
-                                      progress=status, workers=workers, blq=blq)
+                                      progress=status, workers=workers, blq=blq,
+                                      error_by_quantity=error_per_quantity)
     finally:
         status.close()
     d = res.to_dict()
@@ -1466,7 +1471,10 @@ def fit(
                      # the options that rerun this fit (with the data and the model)
                      "options": {"estimate": list(problem.estimate),
                                  "iiv": _names(iiv, "iiv") if iiv else list(problem.estimate),
-                                 "error": error, "method": method, "blq": blq},
+                                 "error": error, "method": method, "blq": blq,
+                                 # recorded only when on: the keys of a default fit unchanged
+                                 **({"error_per_quantity": True} if error_per_quantity
+                                    else {})},
                      "units": {k: problem.units(k) for k in problem.estimate}}
     if hasattr(res, "individual"):
         d["individual"] = {str(i): {k: e.to_dict() for k, e in v.items()}
@@ -1488,8 +1496,9 @@ def fit(
     res_units = {"sigma_prop": "fraction of the prediction",
                  "sigma_add": "DV units (ng/mL for concentrations)"}
     for k, e in res.residual.items():
+        base = next((b for b in res_units if k == b or k.startswith(b + "_")), k)
         t.add_row(k, f"{e.value:.4g}", f"{e.se:.3g}", f"{e.ci95[0]:.4g}–{e.ci95[1]:.4g}", "",
-                  res_units.get(k, ""))
+                  res_units.get(base, ""))
     out.print(t)
     out.print(f"objective (−2 log L): {res.objective:.3f}; converged: {res.converged}; "
               f"{res.elapsed_s:.1f} s")

@@ -31,7 +31,8 @@ MAX_FIT_WORKERS = 256
 def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str | PKCard,
                    estimate: list[str], error: str = "proportional", iiv: list[str] | None = None,
                    method: str = "foce", progress: Callable[[str], None] | None = None,
-                   workers: int = 1, blq: str | None = None) -> tuple[PKProblem, FitResult]:
+                   workers: int = 1, blq: str | None = None,
+                   error_by_quantity: bool = False) -> tuple[PKProblem, FitResult]:
     """One call: read ``data``, build the problem and run the estimator (``foce`` or ``map``).
     ``data``: a NONMEM-style CSV path, a pandas DataFrame with the same columns (validated
     the same way) or a :class:`Dataset`.
@@ -42,6 +43,10 @@ def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str 
     ``blq``: observations below the limit of quantification (``CENS``/``BLQ`` columns) by
     Beal's M3 (``"m3"``, the default: their likelihood of being below the limit) or M1
     (``"m1"``: dropped); the result records it (``blq``) with the count (``n_censored``).
+    ``error_by_quantity``: a separate residual error (of kind ``error``) for each observed
+    quantity, parent plasma and metabolite, named ``sigma_prop_plasma``,
+    ``sigma_prop_metabolite`` … (NONMEM's EPS per DVID); refused when the data have one
+    quantity only (:class:`PKProblem`).
 
     Argument types, ``workers`` and ``method`` are checked before the data are read or any
     fitting starts; a wrong type or value raises :class:`~ketasim.errors.KetasimError` naming
@@ -66,10 +71,13 @@ def fit_population(data: str | os.PathLike | pd.DataFrame | Dataset, model: str 
         if not isinstance(names, list | tuple) or not all(isinstance(x, str) for x in names):
             raise KetasimError(name, f"must be a list of parameter names, got {names!r}",
                                "e.g. ['CL', 'V1']")
+    if not isinstance(error_by_quantity, bool):
+        raise KetasimError("error_by_quantity", f"must be True or False, got "
+                           f"{error_by_quantity!r}")
     check_callable("progress", progress)
     ds = as_dataset(data)
     problem = PKProblem(model, ds, list(estimate), error, list(iiv) if iiv is not None else None,
-                        blq=blq)
+                        blq=blq, error_by_quantity=error_by_quantity)
     if method == "foce":
         return problem, PopulationFOCEI(problem, progress=progress, workers=workers).run()
     return problem, IndividualMAP(problem, progress=progress).run()

@@ -128,7 +128,7 @@ def _data_obj(problem: PKProblem, f: np.ndarray, sig: dict[str, float]):
     Beal's M3) ``−2 log Φ((y − f)/√R)``, the probability of a value below the limit, computed
     by ``scipy.special.log_ndtr`` (no underflow far in the tail; with R → 0 under the
     proportional model at f = 0 the term is 0, as Φ → 1)."""
-    R = problem.error.variance(f, sig)
+    R = problem.variance(f, sig)
     r = problem.y - f
     if not problem.any_censored:
         ll = np.where(problem.mask, np.log(R) + r * r / R, 0.0).sum(axis=1)
@@ -150,7 +150,7 @@ def _score_weights(problem: PKProblem, f: np.ndarray, R: np.ndarray, r: np.ndarr
     derivative of ``−2 log Φ(z(f))`` in f without the ``d²z/df²`` term (exact for additive
     error; always ≥ 0, as ``0 < λ(z + λ) < 1``), times JᵀJ as for the observed values."""
     mask = problem.mask
-    dR = problem.error.dvariance(f, sig)
+    dR = problem.dvariance(f, sig)
     gf = np.where(mask, dR / R - 2 * r / R - r * r * dR / R**2, 0.0)
     W = np.where(mask, 1.0 / R + 0.5 * (dR / R) ** 2, 0.0)
     if problem.any_censored:
@@ -548,10 +548,9 @@ class PopulationFOCEI:
         t0 = time.perf_counter()
         self._stage = "FOCE-I"
         pr = self.problem
-        y = pr.y[pr.mask & ~pr.cens]  # starting σ from observed values
         x0 = np.concatenate([np.log([self.theta0[k] for k in pr.estimate]),
                              np.full(len(pr.iiv), np.log(self.omega0)),
-                             np.log(list(pr.error.initial(y).values()))])
+                             np.log(list(pr.initial_sigma().values()))])  # σ: observed values
         p, d = len(pr.estimate), len(pr.iiv)
         bounds = ([(v - 5, v + 5) for v in x0[:p]] + [OMEGA_BOUNDS] * d
                   + [(v - 10, v + 5) for v in x0[p + d:]])
@@ -925,6 +924,7 @@ class IndividualMAP:
         self.progress = progress
         self.theta = {**problem.theta0(), **(theta or {})}
         self.omega_sd = prior_omega(problem) if omega_sd is None else np.asarray(omega_sd)
+        _check_sigma_names(problem, sigma)
         self.sigma = sigma
 
     def run(self) -> FitResult:
@@ -934,8 +934,7 @@ class IndividualMAP:
         sig = self.sigma
         opt_msg = "sigma given"
         if sig is None:
-            y = pr.y[pr.mask & ~pr.cens]  # starting σ from observed values
-            s0 = np.log(list(pr.error.initial(y).values()))
+            s0 = np.log(list(pr.initial_sigma().values()))  # from the observed values
             state = {"eta": None, "n": 0}
 
             def f(ls):
@@ -978,6 +977,17 @@ class IndividualMAP:
         res.individual = per  # type: ignore[attr-defined]
         self.cond = c
         return res
+
+
+def _check_sigma_names(problem: PKProblem, sigma: dict[str, float] | None) -> None:
+    """A given ``sigma`` of a per-quantity error model must name each quantity's parameters
+    (a plain ``sigma_prop`` would silently leave them at 0)."""
+    if sigma is None or not problem.error.by_quantity:
+        return
+    missing = [k for k in problem.error.names if k not in sigma]
+    if missing:
+        raise KetasimError("sigma", f"the per-quantity error model needs {', '.join(missing)}",
+                           ", ".join(problem.error.names))
 
 
 def gelman_rubin(chains: np.ndarray) -> np.ndarray:
@@ -1040,6 +1050,7 @@ class IndividualMCMC:
                  n_walkers: int = 24, n_steps: int = 2000) -> None:
         if not 0 <= subject_index < problem.n:
             raise KetasimError("subject", f"index {subject_index} out of range 0..{problem.n-1}")
+        _check_sigma_names(problem, sigma)
         self.pr = problem
         self.i = subject_index
         self.theta, self.omega_sd, self.sigma = theta, np.asarray(omega_sd), sigma

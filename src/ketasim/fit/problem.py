@@ -18,7 +18,7 @@ Units: time h, amounts mg, concentrations ng/mL (= µg/L).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,42 +45,116 @@ def check_blq(blq: object) -> str:
     return blq.lower()
 
 
+#: the observed quantities of a PK problem, in the order of its ``qidx`` (0 parent, 1 metabolite)
+QUANTITIES = ("plasma", "metabolite")
+#: the base names of the residual-error parameters (a per-quantity one adds ``_<quantity>``)
+SIGMA_BASE = ("sigma_add", "sigma_prop")
+
+
 @dataclass(frozen=True)
 class ErrorModel:
-    """Residual error: additive (SD ``a``), proportional (CV ``b``) or combined.
+    """Residual error: additive (SD ``a``, ng/mL), proportional (CV ``b``, fraction of the
+    prediction) or combined.
 
-    Variance ``R = a² + (b·f)²``; only the named parts are estimated (log scale).
+    Variance ``R = a² + (b·f)²`` (ng²/mL²); only the named parts are estimated (log scale).
+
+    ``by_quantity``: each observed quantity of ``quantities`` (plasma = the parent drug,
+    metabolite; in the order of a problem's ``qidx``) has its own parameters of the same kind,
+    named with the quantity as suffix (``sigma_prop_plasma``, ``sigma_prop_metabolite``;
+    combined: ``sigma_add_plasma``, ``sigma_prop_plasma``, ``sigma_add_metabolite``,
+    ``sigma_prop_metabolite``) — NONMEM's separate EPS per DVID. The variance then needs each
+    observation's quantity (``qidx``: 0 plasma, 1 metabolite, the shape of ``f``);
+    :class:`PKProblem` binds ``quantities`` to those its data observe
+    (:meth:`PKProblem.variance` passes ``qidx``).
     """
 
     kind: str = "proportional"
+    by_quantity: bool = False
+    quantities: tuple[str, ...] = QUANTITIES
 
     def __post_init__(self) -> None:
         if self.kind not in ERROR_MODELS:
             raise KetasimError("error model", f"unknown {self.kind!r}", ", ".join(ERROR_MODELS))
+        if not isinstance(self.by_quantity, bool | np.bool_):
+            raise KetasimError("error_by_quantity", f"must be true or false, got "
+                               f"{self.by_quantity!r}")
+        for q in self.quantities:
+            if q not in QUANTITIES:
+                raise KetasimError("error model quantities", f"unknown quantity {q!r}",
+                                   ", ".join(QUANTITIES))
 
     @property
-    def names(self) -> list[str]:
-        """Names of the residual-error parameters of this error model."""
+    def base_names(self) -> list[str]:
+        """Names of the parameters of this kind, without a quantity suffix."""
         return {"additive": ["sigma_add"], "proportional": ["sigma_prop"],
                 "combined": ["sigma_add", "sigma_prop"]}[self.kind]
 
-    def variance(self, f: np.ndarray, sig: dict[str, float]) -> np.ndarray:
-        """Residual variance (units² of the observation) at predictions ``f``."""
-        a = sig.get("sigma_add", 0.0)
-        b = sig.get("sigma_prop", 0.0)
-        floor = 1e-6 * (1.0 if a > 0 else 0.0)
-        return a * a + (b * f) ** 2 + floor + (1e-12 if a == 0 else 0.0)
+    @property
+    def names(self) -> list[str]:
+        """Names of the residual-error parameters of this error model (per quantity: grouped
+        by quantity, e.g. ``sigma_add_plasma, sigma_prop_plasma, sigma_add_metabolite, …``)."""
+        if not self.by_quantity:
+            return self.base_names
+        return [f"{b}_{q}" for q in self.quantities for b in self.base_names]
 
-    def dvariance(self, f: np.ndarray, sig: dict[str, float]) -> np.ndarray:
-        """dR/df."""
-        b = sig.get("sigma_prop", 0.0)
+    def describe(self) -> str:
+        """The error model in words (e.g. for a report)."""
+        if not self.by_quantity:
+            return self.kind
+        return f"{self.kind}, one per observed quantity ({', '.join(self.quantities)})"
+
+    def _per_obs(self, base: str, sig: dict[str, float], qidx: np.ndarray | None
+                 ) -> np.ndarray:
+        """The parameter ``base`` (e.g. ``sigma_prop``) of each observation's quantity."""
+        if qidx is None:
+            raise KetasimError("qidx", "a per-quantity error model needs each observation's "
+                               "quantity (use PKProblem.variance)")
+        vals = np.array([sig.get(f"{base}_{q}", 0.0) if q in self.quantities else np.nan
+                         for q in QUANTITIES])
+        return vals[np.asarray(qidx, dtype=int)]
+
+    def variance(self, f: np.ndarray, sig: dict[str, float],
+                 qidx: np.ndarray | None = None) -> np.ndarray:
+        """Residual variance (ng²/mL², units² of the observation) at predictions ``f``
+        (ng/mL). ``qidx`` (the shape of ``f``; 0 plasma, 1 metabolite): each observation's
+        quantity, needed (and only used) with ``by_quantity``."""
+        if not self.by_quantity:
+            a = sig.get("sigma_add", 0.0)
+            b = sig.get("sigma_prop", 0.0)
+            floor = 1e-6 * (1.0 if a > 0 else 0.0)
+            return a * a + (b * f) ** 2 + floor + (1e-12 if a == 0 else 0.0)
+        a = self._per_obs("sigma_add", sig, qidx)
+        b = self._per_obs("sigma_prop", sig, qidx)
+        return a * a + (b * f) ** 2 + np.where(a > 0, 1e-6, 1e-12)
+
+    def dvariance(self, f: np.ndarray, sig: dict[str, float],
+                  qidx: np.ndarray | None = None) -> np.ndarray:
+        """dR/df (ng/mL); ``qidx`` as for :meth:`variance`."""
+        if not self.by_quantity:
+            b = sig.get("sigma_prop", 0.0)
+            return 2.0 * b * b * f
+        b = self._per_obs("sigma_prop", sig, qidx)
         return 2.0 * b * b * f
 
-    def initial(self, y: np.ndarray) -> dict[str, float]:
-        """Starting values from the data (estimator settings, not model numbers)."""
-        scale = float(np.median(np.abs(y))) if y.size else 1.0
-        out = {"sigma_add": 0.1 * max(scale, 1e-3), "sigma_prop": 0.2}
-        return {k: out[k] for k in self.names}
+    def initial(self, y: np.ndarray, qidx: np.ndarray | None = None) -> dict[str, float]:
+        """Starting values from the observed (uncensored) values ``y`` (ng/mL; estimator
+        settings, not model numbers), in the order of :attr:`names`; per quantity (``qidx``,
+        the shape of ``y``) from that quantity's values."""
+        def start(v: np.ndarray) -> dict[str, float]:
+            scale = float(np.median(np.abs(v))) if v.size else 1.0
+            return {"sigma_add": 0.1 * max(scale, 1e-3), "sigma_prop": 0.2}
+
+        if not self.by_quantity:
+            out = start(y)
+            return {k: out[k] for k in self.names}
+        if qidx is None:
+            raise KetasimError("qidx", "a per-quantity error model needs each observation's "
+                               "quantity")
+        res = {}
+        for q in self.quantities:
+            out = start(y[np.asarray(qidx) == QUANTITIES.index(q)])
+            res.update({f"{b}_{q}": out[b] for b in self.base_names})
+        return res
 
 
 class PKProblem:
@@ -96,16 +170,28 @@ class PKProblem:
     subject left without observations is dropped too). ``cens`` marks the censored
     observations (``y`` holds their limit), ``n_censored`` counts those of the data set
     (whether used or dropped; for :meth:`take`, those of the subjects taken).
+
+    ``error_by_quantity`` (or an :class:`ErrorModel` with ``by_quantity=True``): a separate
+    residual error of the same kind for each observed quantity (plasma, metabolite), its
+    parameters named with the quantity as suffix (``sigma_prop_plasma`` …); refused (one line
+    naming ``error_by_quantity``) when the observations to fit are of one quantity only.
+    Every residual variance goes through :meth:`variance`, which knows each observation's
+    quantity (``qidx``).
     """
 
     def __init__(self, card: PKCard | str, data: Dataset, estimate: list[str],
                  error: ErrorModel | str = "proportional", iiv: list[str] | None = None,
                  quantities: tuple[str, ...] = ("plasma", "metabolite"),
-                 blq: str | None = None) -> None:
+                 blq: str | None = None, error_by_quantity: bool = False) -> None:
         self.blq = check_blq(blq)
         self.card = load_pk_card(card) if isinstance(card, str) else card
         self.data = data
+        if not isinstance(error_by_quantity, bool | np.bool_):
+            raise KetasimError("error_by_quantity", f"must be true or false, got "
+                               f"{error_by_quantity!r}")
         self.error = ErrorModel(error) if isinstance(error, str) else error
+        if error_by_quantity and not self.error.by_quantity:
+            self.error = replace(self.error, by_quantity=True)
         if not estimate:
             raise KetasimError("estimate", "name at least one parameter", ", ".join(
                 self.card.parameters))
@@ -138,6 +224,41 @@ class PKProblem:
         self.subjects: list[Subject] = subs
         self.routes = tuple(routes)
         self._setup()
+        if self.error.by_quantity:
+            present = tuple(q for k, q in enumerate(QUANTITIES)
+                            if (self.qidx[self.mask] == k).any())
+            if len(present) < 2:
+                raise KetasimError("error_by_quantity", "a residual error per observed "
+                                   f"quantity needs observations of two quantities; the data "
+                                   f"to fit have {' and '.join(present) or 'none'} only (the "
+                                   "second sigma would be unidentifiable)",
+                                   "one shared residual error (leave the option off)")
+            self.error = replace(self.error, quantities=present)
+
+    def variance(self, f: np.ndarray, sig: dict[str, float],
+                 qidx: np.ndarray | None = None) -> np.ndarray:
+        """Residual variance (ng²/mL²) at predictions ``f`` (ng/mL) of this problem's
+        observations (``qidx``: each value's quantity, 0 plasma, 1 metabolite, default the
+        problem's own, the shape of ``f``)."""
+        if not self.error.by_quantity:
+            return self.error.variance(f, sig)
+        return self.error.variance(f, sig, self.qidx if qidx is None else qidx)
+
+    def dvariance(self, f: np.ndarray, sig: dict[str, float],
+                  qidx: np.ndarray | None = None) -> np.ndarray:
+        """dR/df (ng/mL) at predictions ``f``; ``qidx`` as for :meth:`variance`."""
+        if not self.error.by_quantity:
+            return self.error.dvariance(f, sig)
+        return self.error.dvariance(f, sig, self.qidx if qidx is None else qidx)
+
+    def initial_sigma(self) -> dict[str, float]:
+        """Starting values of the residual-error parameters (in the order of
+        ``error.names``), from the observed (uncensored) values in the likelihood — per
+        quantity from that quantity's values."""
+        m = self.mask & ~self.cens
+        if not self.error.by_quantity:
+            return self.error.initial(self.y[m])
+        return self.error.initial(self.y[m], self.qidx[m])
 
     def _used(self, s: Subject) -> np.ndarray:
         """Which of a subject's observations enter the likelihood: the fitted quantities,
@@ -425,6 +546,12 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
     fit's residual error runs to its bound); weights normal(mean, sd) kg clipped to
     ``weight_range_kg``. Returns a DataFrame (TIME h, AMT mg, DV ng/mL, WT kg). Seeded.
 
+    ``sigma`` may also hold per-quantity values, the name with the quantity as suffix
+    (``sigma_prop_plasma``, ``sigma_add_metabolite`` …): for that quantity they replace the
+    plain one (a metabolite key needs ``metabolite=True``). The random draws are the same
+    whichever keys are given; with the plain keys only, the data are as before. Another key
+    is refused (one line naming ``sigma``).
+
     ``lloq`` (ng/mL, > 0): a simulated value below it becomes a censored row (DV = ``lloq``,
     ``CENS`` 1; the table then has a ``CENS`` column). The random draws are the same with or
     without it.
@@ -441,7 +568,15 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
     rng = np.random.default_rng(seed)
     theta = theta or {}
     omega_sd = omega_sd or {}
-    sigma = sigma or {}
+    sigma = dict(sigma or {})
+    allowed = [*SIGMA_BASE, *(f"{b}_{q}" for q in QUANTITIES for b in SIGMA_BASE)]
+    for k in sigma:
+        if k not in allowed:
+            raise KetasimError("sigma", f"unknown residual-error parameter {k!r}",
+                               ", ".join(allowed))
+        if k.endswith("_metabolite") and not metabolite:
+            raise KetasimError("sigma", f"{k} given but metabolite=False (no metabolite "
+                               "observations are simulated)")
     w = np.clip(rng.normal(weight_kg[0], weight_kg[1], n), *weight_range_kg)
     iiv = {}
     for k in sorted(set(theta) | set(omega_sd)):
@@ -459,11 +594,15 @@ def simulate_dataset(model: str, n: int, regimen, times_h: np.ndarray,
         outs.append(("metabolite", res.plasma_ng_per_ml[sp]))
     subs = []
     noise = {q: rng.standard_normal((n, len(t))) for q, _ in outs}
+    # each quantity's σ: the plain keys, replaced by that quantity's own where given
+    sig_q = {q: {**{k: v for k, v in sigma.items() if k in SIGMA_BASE},
+                 **{b: sigma[f"{b}_{q}"] for b in SIGMA_BASE if f"{b}_{q}" in sigma}}
+             for q, _ in outs}
     for i in range(n):
         obs = []
         for q, c in outs:
             f = c[i]
-            y = f + np.sqrt(em.variance(f, sigma)) * noise[q][i]
+            y = f + np.sqrt(em.variance(f, sig_q[q])) * noise[q][i]
             if lloq is None:
                 obs += [(float(a), float(b), q) for a, b in zip(t, y, strict=True)]
             else:

@@ -37,7 +37,7 @@ def simulate_replicates(problem: PKProblem, fit: FitResult, n_rep: int, seed: in
     for r in range(n_rep):
         eta = rng.standard_normal((problem.n, d)) * fit.omega_sd[None, :]
         f = problem.predict(fit.theta, eta)
-        sd = np.sqrt(problem.error.variance(f, fit.sigma))
+        sd = np.sqrt(problem.variance(f, fit.sigma))
         out[r] = f + sd * rng.standard_normal(f.shape)
     return out
 
@@ -62,7 +62,7 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     pred = problem.predict(fit.theta)[m]
     ipred_all = problem.predict(fit.theta, fit.eta)
     ipred = ipred_all[m]
-    R = problem.error.variance(ipred, fit.sigma)
+    R = problem.variance(ipred, fit.sigma, problem.qidx[m])
     cwres = (y - ipred) / np.sqrt(R)
     figs = {}
     fig, ax = plt.subplots(2, 2, figsize=(9, 8))
@@ -177,6 +177,7 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     sha = f" (sha256 {file_sha256(src)})" if os.path.isfile(src) else ""
     inputs = html.escape(f"Data: {src}{sha}. Estimated: {', '.join(problem.estimate)}; IIV on: "
                          f"{', '.join(problem.iiv) or 'none'}.")
+    err_txt = html.escape(problem.error.describe())
     n_cens = getattr(fit, "n_censored", 0)
     if n_cens:
         how = ("entered the likelihood as the probability of being below the limit (Beal's "
@@ -191,7 +192,7 @@ img{{max-width:100%}}</style></head><body>
 <h1>Population fit: {html.escape(problem.card.id)} ({fit.method})</h1>
 <p>{fit.n_subjects} subjects, {fit.n_obs} observations; objective (−2 log L)
 {fit.objective:.3f}; converged: {fit.converged}; {fit.elapsed_s:.1f} s. Error model:
-{problem.error.kind}. ketasim {__version__}, seed {seed}.</p><p>{inputs}</p>{warns}
+{err_txt}. ketasim {__version__}, seed {seed}.</p><p>{inputs}</p>{warns}
 <table><tr><th>parameter</th><th>estimate</th><th>SE</th><th>95% CI</th><th>IIV CV</th>
 <th>units</th></tr>{rows}</table><h3>Diagnostics</h3><ul>{diag}</ul>{body}
 <p style="font-size:small">Card hashes: {versions}. ketasim is a research tool, not medical
