@@ -4,6 +4,7 @@ likelihood in every estimator, M1, the command line and the forecast."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,14 @@ def test_cli_blq_option_json_and_report(blq_csv, tmp_path, capsys):
     html = rep.read_text(encoding="utf-8")
     assert f"{n_cens} observation(s) below the limit of quantification" in html
     assert "M3" in html and html.count("data:image/png;base64,") == 3
+    # the VPC's panel of the fraction below the limit, with its numbers under the figure
+    m = re.search(r"Fraction below the LLOQ \(([\d.]+) ng/mL\) per time bin .*?: observed "
+                  r"([\d., ]+); simulated median ([\d., ]+) \(90% band", html)
+    assert m is not None
+    obs = [float(x) for x in m.group(2).split(", ")]
+    sim = [float(x) for x in m.group(3).split(", ")]
+    assert len(obs) == len(sim) >= 3 and max(obs) > 0 and min(obs) == 0.0
+    assert abs(sum(obs) - sum(sim)) < 0.5 * len(obs)  # a fitted model tracks the BLQ fraction
     assert main(["fit", str(p), "--model", "kamp2020", "--estimate", "CL", "--json",
                  "--blq", "m1"]) == 0
     d1 = json.loads(capsys.readouterr().out)

@@ -65,6 +65,7 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     R = problem.variance(ipred, fit.sigma, problem.qidx[m])
     cwres = (y - ipred) / np.sqrt(R)
     figs = {}
+    notes: dict[str, str] = {}  # a line of text under a figure
     fig, ax = plt.subplots(2, 2, figsize=(9, 8))
     for a, x, lab in ((ax[0, 0], pred, "population prediction"),
                       (ax[0, 1], ipred, "individual prediction")):
@@ -119,12 +120,16 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     y_rank = np.where(cens, -np.inf, y)
     edges = np.unique(np.quantile(t, np.linspace(0, 1, 9)))
     b = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
-    mids, obs_q, sim_q = [], [], []
+    mids, obs_q, sim_q, obs_f, sim_f = [], [], [], [], []
+    lloq = float(y[cens].max()) if cens.any() else None
     for i in range(len(edges) - 1):
         sel = b == i
         if sel.sum() < 3:
             continue
         mids.append(np.median(t[sel]))
+        if lloq is not None:  # fraction below the limit: observed vs simulated (90% band)
+            obs_f.append(float(cens[sel].mean()))
+            sim_f.append(np.quantile((sims[:, m][:, sel] < lloq).mean(axis=1), [0.05, 0.5, 0.95]))
         if (sel & cens).any():  # order statistics (no interpolation with −∞)
             oq = np.quantile(y_rank[sel], [0.05, 0.5, 0.95], method="inverted_cdf")
             obs_q.append(np.where(oq > y[sel & cens].max(), oq, np.nan))
@@ -137,7 +142,20 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         mids = np.array(mids)
         obs_q = np.array(obs_q)
         sim_q = np.array(sim_q)
-        fig, a = plt.subplots(figsize=(8, 5))
+        if lloq is None:
+            fig, a = plt.subplots(figsize=(8, 5))
+        else:
+            fig, (a, af) = plt.subplots(2, 1, figsize=(8, 7), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 1.2]})
+            sim_f = np.array(sim_f)
+            af.fill_between(mids, sim_f[:, 0], sim_f[:, 2], color="C2", alpha=0.25,
+                            label=f"simulated, 90% band of {n_rep}")
+            af.plot(mids, sim_f[:, 1], "C2--", lw=1)
+            af.plot(mids, obs_f, "k.-", lw=1.2, label="observed")
+            af.set_ylim(-0.02, 1.02)
+            af.set_ylabel(f"fraction < {lloq:g}")
+            af.set_xlabel("time (h)")
+            af.legend(fontsize=7, loc="upper left")
         a.semilogy(t[~cens], np.maximum(y[~cens], 1e-3), ".", color="0.7", ms=3)
         if cens.any():
             a.axhline(y[cens].max(), color="k", ls=":", lw=1)
@@ -146,11 +164,19 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
         for j, col in zip(range(3), ("C0", "C3", "C0"), strict=True):
             a.fill_between(mids, sim_q[:, 0, j], sim_q[:, 2, j], color=col, alpha=0.2)
             a.plot(mids, obs_q[:, j], color=col, lw=1.5)
-        a.set_xlabel("time (h)")
+        if lloq is None:
+            a.set_xlabel("time (h)")
         a.set_ylabel("concentration (ng/mL)")
         a.set_title(f"VPC: observed 5/50/95th percentiles (lines), 90% bands of {n_rep} "
                     "simulations")
         figs["Visual predictive check"] = _png(fig)
+        if lloq is not None:
+            notes["Visual predictive check"] = (
+                f"Fraction below the LLOQ ({lloq:g} ng/mL) per time bin (median times "
+                f"{', '.join(f'{x:.3g}' for x in mids)} h): observed "
+                f"{', '.join(f'{x:.2f}' for x in obs_f)}; simulated median "
+                f"{', '.join(f'{x:.2f}' for x in sim_f[:, 1])} (90% band "
+                f"{', '.join(f'{lo:.2f}–{hi:.2f}' for lo, hi in sim_f[:, [0, 2]])}).")
     plt.close("all")
     # an IIV at its bound: its CV is the bound, not an estimate (the warning says so; the
     # table said "1.0%" as if estimated)
@@ -168,6 +194,7 @@ def fit_report_html(problem: PKProblem, fit: FitResult, seed: int = 1, n_rep: in
     diag = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
                    for k, v in fit.diagnostics.items())
     body = "".join(f"<h2>{html.escape(k)}</h2><img src='data:image/png;base64,{v}'>"
+                   + (f"<p>{html.escape(notes[k])}</p>" if k in notes else "")
                    for k, v in figs.items())
     warns = "".join(f"<li>{html.escape(w)}</li>" for w in fit.warnings())
     warns = f"<p><b>Warnings</b></p><ul style='color:#a40'>{warns}</ul>" if warns else ""
