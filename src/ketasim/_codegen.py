@@ -930,6 +930,26 @@ def applicable(args) -> str | None:
     return None
 
 
+#: where the entry points of :mod:`ketasim._batch_kernels` begin (they run to its end)
+_ENTRY = "# ------------------------------------------------------------------ entry points\n"
+
+
+def driver_text(kernels: str) -> str:
+    """The driver part of a generated module: the entry points of the lanes kernel
+    (``_run_batch_lanes``, ``_run_serial_lanes``: their text in ``kernels``, the source of
+    :mod:`ketasim._batch_kernels`) with the generated ``step8`` as the attempt core of the
+    shared driver :func:`ketasim._batch_kernels._course_lanes`, as ``_run_batch_cg`` and
+    ``_run_serial_cg``."""
+    entry = kernels[kernels.index(_ENTRY):]
+    if entry.count("\nSTEP = None\n") != 1:
+        raise RuntimeError("ketasim._batch_kernels: no single 'STEP = None' in its entry points")
+    return ('"""Entry points: those of ketasim._batch_kernels, the generated step8 as the attempt '
+            'core."""\n\nfrom numba import njit, prange\n\n'
+            "from ketasim._batch_kernels import _course_lanes, step_ref\n\n"
+            + entry.replace("\nSTEP = None\n", "\nSTEP = step_ref(step8)\n")
+            + "\n\n_run_batch_cg = _run_batch_lanes\n_run_serial_cg = _run_serial_lanes\n")
+
+
 def codegen_kernels(args):
     """The module with ``_run_serial_cg`` / ``_run_batch_cg`` for the configuration in
     ``args`` (the arguments of ``_run_serial_lanes``), generated and loaded once per
@@ -954,10 +974,9 @@ def codegen_kernels(args):
         except TypeError:  # a branch on a traced value
             _LOADED[key] = None
             return None
-        here = Path(__file__)
-        driver = here.with_name("_codegen_driver.py").read_text(encoding="utf-8")
-        salt = (Path(_batch_kernels.__file__).read_text(encoding="utf-8")
-                + Path(mechanism.__file__).read_text(encoding="utf-8"))
-        mod = generated_module("ketasim_codegen", step + "\n\n" + driver, salt=salt)
+        kernels = Path(_batch_kernels.__file__).read_text(encoding="utf-8")
+        salt = kernels + Path(mechanism.__file__).read_text(encoding="utf-8")
+        mod = generated_module("ketasim_codegen", step + "\n\n" + driver_text(kernels),
+                               salt=salt)
         _LOADED[key] = mod
         return mod
