@@ -19,7 +19,9 @@ selects), so LLVM can vectorise it over the lanes.
 :func:`emit_ir` writes the DAG as LLVM IR on vectors of 8 doubles (a numba intrinsic; what
 the engine uses); :func:`emit` as a numba loop over the lanes (measured, not used: LLVM
 does not vectorise a loop body this large, so it runs as scalar code). :func:`codegen_kernels`
-loads the generated step together with the driver (:mod:`ketasim._codegen_driver`).
+loads the generated step together with the entry points of the one driver,
+:func:`ketasim._batch_kernels._course_lanes`, with ``step8`` as its attempt core
+(:func:`driver_text`).
 
 Options: ``dfdt`` ``"fd"`` (the shipped forward difference of f over 10⁻⁸ h: one more
 concentration and right-hand side) or ``"exact"`` (Σ_b ∂f/∂c_b·dc_b/dτ, from the same
