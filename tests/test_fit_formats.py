@@ -248,3 +248,25 @@ def test_blq_rows_with_comments_and_resets(tmp_path):
     assert list(s.obs_value) == [1.0, 80.0, 1.0] and list(s.reset_times_h) == [24.0]
     pr = PKProblem("kamp2020", ds, ["CL"], error="proportional")
     assert pr.n_censored == 2 and pr.any_censored
+
+
+def test_rows_with_a_wrong_number_of_fields(tmp_path):
+    """Rows with more fields than the header: when every row had them, pandas took the
+    surplus leading fields as an index and shifted every column (the error then named the
+    wrong column, or none); now the row is named. Trailing empty fields (a spreadsheet's
+    trailing commas) are dropped."""
+    with pytest.raises(KetasimError, match=r"row 1: 7 fields where the header names 5"):
+        read_dataset(_write(tmp_path, "ID,TIME,AMT,DV,EVID\n1,0,35,.,1,9,9\n1,1,.,50,0,9,9\n",
+                            "all.csv"))
+    text = "ID,TIME,AMT,DV,EVID\n1,0,35,.,1\n1,1,.,50,0,9,9\n"
+    with pytest.raises(KetasimError) as e:
+        read_dataset(_write(tmp_path, text))
+    assert "row 2" in str(e.value) and "7 fields" in str(e.value) and "names 5" in str(e.value)
+    with pytest.raises(KetasimError, match="row 1: 3 fields"):
+        read_dataset(_write(tmp_path, "ID,TIME,AMT,DV,EVID\n1,0,35\n", "short.csv"))
+    ref = _obs(read_dataset(_write(tmp_path, PLAIN, "ref.csv")))
+    head, *body = PLAIN.splitlines()
+    trailing = "\n".join([head] + [line + ",," for line in body]) + "\n"
+    assert _obs(read_dataset(_write(tmp_path, trailing, "t.csv"))) == ref
+    quoted = PLAIN.replace("1,0.25,.,.,120.5,0,0", '"1","0.25",,,"120.5",0,0,,')
+    assert _obs(read_dataset(_write(tmp_path, quoted, "q.csv"))) == ref

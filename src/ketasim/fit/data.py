@@ -171,6 +171,16 @@ def as_dataset(data: str | os.PathLike | pd.DataFrame | Dataset, field: str = "d
                        f"{type(data).__name__}")
 
 
+def _join(fields: list[str], sep: str) -> str:
+    """One delimited line from ``fields`` (quoted where needed, as :mod:`csv` writes it)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=sep, lineterminator="").writerow(fields)
+    return buf.getvalue()
+
+
 def _read_text_table(path: str) -> pd.DataFrame:
     """A NONMEM-style text table as strings, indexed by data row (file line − 2, 0-based).
 
@@ -212,6 +222,22 @@ def _read_text_table(path: str) -> pd.DataFrame:
             continue
         keep.append(lines[k] if sep != r"\s+" else t)
         rows.append(k - 1)  # file line k + 1, data row k, 0-based k - 1
+    # every row must have the header's number of fields: pandas would take surplus leading
+    # fields as an index (the columns then shift) and pad missing ones with empty cells
+    import csv
+
+    def _fields(line: str) -> list[str]:
+        return line.split() if sep == r"\s+" else next(csv.reader([line], delimiter=sep))
+
+    n_head = len(_fields(header))
+    for i, r in enumerate(rows, start=1):
+        f = _fields(keep[i])
+        if len(f) > n_head and not any(x.strip() for x in f[n_head:]):
+            f = f[:n_head]  # trailing empty fields (a spreadsheet's trailing commas)
+            keep[i] = " ".join(f) if sep == r"\s+" else _join(f, sep)
+        if len(f) != n_head:
+            raise KetasimError(f"{path} row {r + 1}", f"{len(f)} fields where the header "
+                               f"names {n_head}")
     try:
         df = pd.read_csv(io.StringIO("\n".join(keep)), dtype=str, keep_default_na=False,
                          skipinitialspace=True, sep=sep, engine="c" if len(sep) == 1 else
