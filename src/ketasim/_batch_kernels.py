@@ -887,6 +887,7 @@ class StepRef(types.TypeRef):
 
     @property
     def literal_type(self):
+        """Itself: a step reference is its own literal, known at compile time."""
         return self
 
 
